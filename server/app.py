@@ -1,0 +1,106 @@
+"""Assembling and running the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dmha.config import DMHAConfig
+from dmha.executor import run_blocking
+from dmha.runtime import Runtime, build_runtime
+from dmha_proto.v1 import auth_pb2, auth_pb2_grpc, chat_pb2, chat_pb2_grpc, session_pb2, session_pb2_grpc
+from dmha_server.auth import AuthServicer
+from dmha_server.chat import ChatServicer
+from dmha_server.interceptors import ServiceInterceptor
+from dmha_server.metrics import start_metrics_server
+from dmha_server.sessions import SessionServicer
+
+__all__ = ["create_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+# 64 MiB: long exports stream in pieces, but one message may carry a big KB text.
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Build (not start) the server with every service, health and reflection.
+
+    Args:
+        runtime: the running components.
+        cfg: the whole config (``server`` section: host and port; 0 = any free port).
+
+    Returns:
+        ``(server, bound port, health servicer)``.
+    """
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(runtime.auth, runtime.limiter)],
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ],
+    )
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(runtime.pipeline, cfg.limits), server)
+    session_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(runtime.sessions), server)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(runtime.auth), server)
+    services = [
+        chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
+        session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    ]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{cfg.server.host}:{cfg.server.port}")
+    return server, port, health_servicer
+
+
+async def _watch_backends(runtime: Runtime, health_servicer: health.aio.HealthServicer) -> None:
+    """Report NOT_SERVING while Redis is down, so load balancers route around us."""
+    serving = True
+    while True:
+        ok = await run_blocking(runtime.redis.ping)
+        if ok != serving:
+            serving = ok
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            await health_servicer.set("", status)
+            log.warning("backends %s", "recovered" if ok else "unavailable: health is NOT_SERVING")
+        await asyncio.sleep(2.0)
+
+
+async def serve(cfg: DMHAConfig, on_ready: Callable[[int], None] | None = None) -> None:
+    """Start everything and serve until SIGINT/SIGTERM.
+
+    Args:
+        cfg: the whole config.
+        on_ready: called with the bound port once the server accepts calls.
+    """
+    runtime = await asyncio.to_thread(build_runtime, cfg, lambda line: log.info("%s", line))
+    try:
+        server, port, health_servicer = await create_server(runtime, cfg)
+        await server.start()
+        if cfg.server.metrics_port is not None:
+            mport = start_metrics_server(cfg.server.host, cfg.server.metrics_port)
+            log.info("Prometheus metrics on http://%s:%d/metrics", cfg.server.host, mport)
+        log.info("DMHA serving on %s:%d (admin API key in %s)", cfg.server.host, port, cfg.data_dir / "secrets.json")
+        if on_ready:
+            on_ready(port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        watcher = asyncio.create_task(_watch_backends(runtime, health_servicer))
+        await stop.wait()
+        log.info("shutting down (grace %.0fs)", cfg.server.grace_seconds)
+        watcher.cancel()
+        await server.stop(cfg.server.grace_seconds)
+    finally:
+        runtime.close()

@@ -1,0 +1,72 @@
+"""Domain records -> protos (and the few request fields that need unpacking)."""
+
+from __future__ import annotations
+
+from dmha.memory.working import SessionInfo, Turn
+from dmha.turn import TurnResult
+from dmha_proto.v1 import chat_pb2, common_pb2, session_pb2
+
+__all__ = ["chat_reply", "option_fields", "session_proto", "session_summary"]
+
+
+def option_fields(options: common_pb2.GenerationOptions) -> dict[str, float | int | None]:
+    """The set fields of GenerationOptions as keyword arguments (unset -> None)."""
+    return {
+        name: getattr(options, name) if options.HasField(name) else None
+        for name in ("temperature", "top_p", "max_new_tokens", "seed")
+    }
+
+
+def chat_reply(result: TurnResult) -> chat_pb2.ChatReply:
+    """A finished turn as the wire ChatReply."""
+    return chat_pb2.ChatReply(
+        session_id=result.session_id,
+        user_turn_id=result.user_turn_id,
+        assistant_turn_id=result.assistant_turn_id,
+        text=result.text,
+        usage=common_pb2.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+        finish_reason=result.finish_reason,
+        model_version=result.model_version,
+        request_id=result.request_id,
+        memories=[
+            chat_pb2.RetrievedMemory(id=m.id, kind=m.kind, text=m.text, score=m.score, why=m.why)
+            for m in result.memories
+        ],
+        statements=[
+            chat_pb2.StatementOutcome(
+                statement=s.statement, status=s.status, id=s.id, reason=s.reason,
+                conflicts_with=list(s.conflicts_with),
+            )
+            for s in result.statements
+        ],
+        claims=[
+            chat_pb2.ClaimCheck(claim=c.claim, verdict=c.verdict, support=list(c.support))
+            for c in result.claims
+        ],
+        metacognition=[
+            chat_pb2.MetacognitionEvent(
+                id=e.id, score=e.score, signals=e.signals, actions=list(e.actions), outcome=e.outcome
+            )
+            for e in result.events
+        ],
+        warnings=list(result.warnings),
+        notice=result.notice,
+    )
+
+
+def session_summary(info: SessionInfo) -> session_pb2.SessionSummary:
+    """A listed session."""
+    return session_pb2.SessionSummary(
+        session_id=info.session_id, turn_count=info.turn_count, last_active=info.last_active
+    )
+
+
+def session_proto(session_id: str, turns: list[Turn]) -> session_pb2.Session:
+    """A session with its turns."""
+    return session_pb2.Session(
+        session_id=session_id,
+        turns=[
+            session_pb2.Turn(turn_id=t.turn_id, role=t.role, text=t.text, created_at=t.created_at)
+            for t in turns
+        ],
+    )

@@ -1,0 +1,179 @@
+"""The one server interceptor: request id, authentication, rate limit, error mapping, metrics.
+
+Every DMHA error class maps to one status code here and nowhere else. Anything
+that is not a :class:`~dmha.errors.DMHAError` is a bug: it is logged with the
+request id and the client gets INTERNAL without internals.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from dmha import errors
+from dmha.auth.ratelimit import RateLimiter
+from dmha.auth.tokens import Authenticator, Principal
+from dmha.logs import request_id
+from dmha_server import metrics
+
+__all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
+
+log = logging.getLogger(__name__)
+
+# Callable without a token: health, reflection and token issuance.
+PUBLIC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/dmha.v1.AuthService/IssueToken",
+)
+
+_STATUS: dict[type[errors.DMHAError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("dmha_principal", default=None)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being served.
+
+    Raises:
+        Unauthenticated: called outside an authenticated RPC (a wiring bug, surfaced safely).
+    """
+    principal = _principal.get()
+    if principal is None:
+        raise errors.Unauthenticated("not authenticated")
+    return principal
+
+
+def status_for(exc: errors.DMHAError) -> grpc.StatusCode:
+    """The status code of a DMHA error (most specific class first)."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _bearer(metadata: tuple[tuple[str, Any], ...] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+def _incoming_request_id(metadata: tuple[tuple[str, Any], ...] | None) -> str:
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return uuid.uuid4().hex[:16]
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler.
+
+    Args:
+        auth: verifies bearer tokens.
+        limiter: per-user rate limit.
+    """
+
+    def __init__(self, auth: Authenticator, limiter: RateLimiter) -> None:
+        self._auth = auth
+        self._limiter = limiter
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        public = method.startswith(PUBLIC_PREFIXES)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, public, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, public, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # streaming-request methods are only reflection's, which is public
+
+    def _enter(self, method: str, public: bool, context: grpc.aio.ServicerContext) -> str:
+        """Set request id and principal for this call; returns the request id."""
+        metadata = context.invocation_metadata()
+        rid = _incoming_request_id(metadata)
+        request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        if not public:
+            principal = self._auth.verify(_bearer(metadata))
+            self._limiter.check(principal.user_id)
+            _principal.set(principal)
+        return rid
+
+    async def _fail(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException, rid: str) -> None:
+        if isinstance(exc, errors.DMHAError):
+            code = status_for(exc)
+            log.info("%s -> %s: %s", method, code.name, exc)
+            metrics.observe_code(method, code.name)
+            await context.abort(code, str(exc))
+        log.error("%s failed (request id %s)", method, rid, exc_info=exc)
+        metrics.observe_code(method, "INTERNAL")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
+
+    def _wrap_unary(self, method: str, public: bool, inner: Callable[..., Awaitable[Any]]):
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            rid = "-"
+            try:
+                rid = self._enter(method, public, context)
+                response = await inner(request, context)
+            except (grpc.aio.AbortError, grpc.RpcError):
+                raise  # a servicer aborted on purpose
+            except Exception as exc:
+                await self._fail(method, context, exc, rid)
+                raise  # unreachable: abort raises
+            metrics.observe_code(method, "OK")
+            metrics.observe_latency(method, time.perf_counter() - start)
+            return response
+
+        return unary
+
+    def _wrap_stream(self, method: str, public: bool, inner: Callable[..., AsyncIterator[Any]]):
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            rid = "-"
+            try:
+                rid = self._enter(method, public, context)
+                async for response in inner(request, context):
+                    yield response
+            except (grpc.aio.AbortError, grpc.RpcError):
+                raise
+            except Exception as exc:
+                await self._fail(method, context, exc, rid)
+                raise
+            metrics.observe_code(method, "OK")
+            metrics.observe_latency(method, time.perf_counter() - start)
+
+        return stream

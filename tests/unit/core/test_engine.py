@@ -1,0 +1,122 @@
+import asyncio
+import dataclasses
+
+import pytest
+import torch
+
+from dmha.config import LimitsConfig, ModelConfig
+from dmha.context import resolve_options
+from dmha.errors import InvalidArgument, ResourceExhausted
+from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, TokenDelta
+from dmha.llm.engine import HFEngine, load_eager_handle, sample
+
+MSGS = [ChatMessage("system", "You are terse."), ChatMessage("user", "Say something.")]
+
+
+@pytest.fixture
+def engine(tiny_model_dir):
+    eng = HFEngine(load_eager_handle(tiny_model_dir, ModelConfig(device="cpu")), LimitsConfig(max_queued_requests=4))
+    yield eng
+    eng.close()
+
+
+async def collect(engine, options):
+    deltas, result = [], None
+    async for item in engine.stream(MSGS, options):
+        if isinstance(item, TokenDelta):
+            deltas.append(item.text)
+        else:
+            result = item
+    return deltas, result
+
+
+async def test_stream_deltas_add_up_to_the_result(engine):
+    deltas, result = await collect(engine, GenerationOptions(max_new_tokens=12))
+    assert isinstance(result, GenerationResult)
+    assert "".join(deltas) == result.text
+    assert result.completion_tokens <= 12 and result.finish_reason in ("stop", "length")
+    assert result.prompt_tokens == len(engine.render_prompt(MSGS))
+
+
+async def test_greedy_is_deterministic_and_seeded_sampling_reproducible(engine):
+    a = await engine.complete(MSGS, GenerationOptions(max_new_tokens=8))
+    b = await engine.complete(MSGS, GenerationOptions(max_new_tokens=8))
+    assert a.text == b.text
+    s1 = await engine.complete(MSGS, GenerationOptions(max_new_tokens=8, temperature=1.0, seed=7))
+    s2 = await engine.complete(MSGS, GenerationOptions(max_new_tokens=8, temperature=1.0, seed=7))
+    assert s1.text == s2.text
+
+
+async def test_concurrent_streams_each_complete(engine):
+    results = await asyncio.gather(*(engine.complete(MSGS, GenerationOptions(max_new_tokens=6)) for _ in range(4)))
+    assert len({r.text for r in results}) == 1  # greedy, same prompt, no interference
+
+
+async def test_closing_the_stream_cancels_generation(engine):
+    stream = engine.stream(MSGS, GenerationOptions(max_new_tokens=200))
+    first = await anext(stream)
+    assert isinstance(first, TokenDelta)
+    await stream.aclose()
+    # The scheduler drops the request: a new one is served right away.
+    done = await asyncio.wait_for(engine.complete(MSGS, GenerationOptions(max_new_tokens=3)), 30)
+    assert done.completion_tokens <= 3
+
+
+async def test_deadline_stops_generation(engine):
+    import time
+
+    result = await engine.complete(MSGS, GenerationOptions(max_new_tokens=200, deadline=time.monotonic() - 1))
+    assert result.finish_reason == "deadline" and result.completion_tokens == 0
+
+
+async def test_swap_keeps_running_streams_on_their_version(engine):
+    stream = engine.stream(MSGS, GenerationOptions(max_new_tokens=30))
+    await anext(stream)
+    old = engine.handle
+    engine.swap(dataclasses.replace(old, version="v2"))
+    rest = [item async for item in stream]
+    assert rest[-1].model_version == "base"
+    assert (await engine.complete(MSGS, GenerationOptions(max_new_tokens=2))).model_version == "v2"
+
+
+async def test_prompt_longer_than_context_is_invalid(engine):
+    long = [ChatMessage("user", "word " * 1200)]
+    with pytest.raises(InvalidArgument, match="context"):
+        await engine.complete(long, GenerationOptions(max_new_tokens=2))
+
+
+async def test_full_queue_is_resource_exhausted(tiny_model_dir):
+    eng = HFEngine(load_eager_handle(tiny_model_dir, ModelConfig(device="cpu")), LimitsConfig(max_queued_requests=1), max_batch_size=1)
+    tasks = [asyncio.create_task(eng.complete(MSGS, GenerationOptions(max_new_tokens=200))) for _ in range(3)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        errors = [t.exception() for t in done if t.exception() is not None]
+        assert errors and isinstance(errors[0], ResourceExhausted) and "queue is full" in str(errors[0])
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        eng.close()
+
+
+def test_sample_greedy_and_top_p():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.9]])
+    assert sample(logits, GenerationOptions(temperature=0), None) == 1
+    g = torch.Generator().manual_seed(0)
+    picks = {sample(logits, GenerationOptions(temperature=1.0, top_p=0.5), g) for _ in range(50)}
+    assert picks <= {1, 3} and 1 in picks
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"temperature": 3.0}, "options.temperature"), ({"top_p": 0.0}, "options.top_p"), ({"max_new_tokens": 10_000}, "options.max_new_tokens")],
+)
+def test_options_out_of_range(kwargs, field):
+    with pytest.raises(InvalidArgument) as err:
+        resolve_options(LimitsConfig(), **kwargs)
+    assert err.value.field == field
+
+
+def test_options_defaults():
+    opts = resolve_options(LimitsConfig(default_new_tokens=50), timeout=10)
+    assert opts.temperature == 0 and opts.top_p == 1 and opts.max_new_tokens == 50 and opts.deadline is not None
