@@ -91,8 +91,8 @@ class ModelConfig(_Section):
     # Measured: the 135M default answers "capital of France" with Paris under this
     # prompt, and with French gibberish under longer "You are DMHA, ..." prompts.
     """System message at the top of every prompt."""
-    max_batch_size: int = Field(8, ge=1, le=64)
-    """How many queued streams one decode step serves together."""
+    max_batch_size: int = Field(16, ge=1, le=256)
+    """Streams decoded concurrently (round-robin, one token each per pass); more wait in the queue."""
     use_frozen: bool = True
     """Serve the TorchScript-frozen module of the live version when one exists."""
 
@@ -258,6 +258,10 @@ class MetacognitionConfig(_Section):
     """Weight of disagreement with retrieved memory."""
     weight_confidence: float = Field(0.15, ge=0)
     """Weight of low model confidence."""
+    reorganise_memory: bool = True
+    """After a KB contradiction, summarise the session's working memory into long-term memory and clear it."""
+    enqueue_candidates: bool = True
+    """Store a corrected answer as a learning candidate (a trainer promotes it; never trained unreviewed)."""
 
 
 class LimitsConfig(_Section):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["configure_executor", "run_blocking", "shutdown_executor"]
+__all__ = ["configure_executor", "run_blocking", "run_in_background", "shutdown_executor"]
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -74,3 +76,31 @@ def shutdown_executor() -> None:
         pool, _pool = _pool, None
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+def run_in_background(fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+    """Schedule blocking follow-up work (archival, event logging) off the request path.
+
+    A reference is kept until it finishes (the loop holds tasks only weakly), and a
+    failure is logged rather than lost.
+
+    Args:
+        fn: a blocking callable.
+        *args: its arguments.
+
+    Returns:
+        The task, for callers that want to await it (tests).
+    """
+    task = asyncio.ensure_future(run_blocking(fn, *args))
+    _background.add(task)
+
+    def done(t: asyncio.Future[Any]) -> None:
+        _background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background %s failed", getattr(fn, "__qualname__", fn), exc_info=t.exception())
+
+    task.add_done_callback(done)
+    return task

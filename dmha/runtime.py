@@ -6,6 +6,7 @@ nothing else constructs components, so choosing a backend happens here only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +17,14 @@ from dmha.auth.tokens import Authenticator, load_secrets
 from dmha.config import DMHAConfig
 from dmha.context import ChatPipeline, TurnHook
 from dmha.executor import configure_executor, shutdown_executor
+from dmha.knowledge.bank import KnowledgeBank
+from dmha.knowledge.hook import KnowledgeHook
 from dmha.llm.engine import HFEngine, load_eager_handle, set_torch_threads
 from dmha.llm.model_store import ensure_model
+from dmha.memory.hook import LLMSummariser, MemoryHook
+from dmha.memory.longterm_memory import LongTermMemory, build_longterm
 from dmha.memory.working import RedisWorkingMemory
+from dmha.metacognition.monitor import EventStore, MonitorHook
 from dmha.redis_connection import RedisConnection
 from dmha.sessions import Sessions
 
@@ -38,6 +44,9 @@ class Runtime:
     limiter: RateLimiter
     pipeline: ChatPipeline
     sessions: Sessions
+    bank: KnowledgeBank
+    events: EventStore
+    longterm: LongTermMemory | None
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -50,12 +59,18 @@ class Runtime:
                 log.exception("error while shutting down")
 
 
-def build_runtime(cfg: DMHAConfig, progress: Callable[[str], None] | None = None) -> Runtime:
+def build_runtime(
+    cfg: DMHAConfig,
+    progress: Callable[[str], None] | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Runtime:
     """Start every component the config asks for.
 
     Args:
         cfg: the whole config.
         progress: receives a line per slow start-up stage (model preparation).
+        loop: the server's event loop; lets archival summarise with the LLM from
+            worker threads (without it summaries are extractive).
 
     Returns:
         The running components.
@@ -79,7 +94,26 @@ def build_runtime(cfg: DMHAConfig, progress: Callable[[str], None] | None = None
 
         secret, api_key = load_secrets(cfg.auth, cfg.data_dir)
         working = RedisWorkingMemory(redis, cfg.memory.working)
+        bank = KnowledgeBank(redis.client, cfg.knowledge)
+        events = EventStore(redis)
+        longterm: LongTermMemory | None = None
+        memory_hook: MemoryHook | None = None
+        if cfg.memory.longterm.enabled:
+            summariser = LLMSummariser(llm, loop) if loop is not None and cfg.memory.longterm.summarise else None
+            longterm = build_longterm(cfg.memory, cfg.data_dir, working=working, summariser=summariser)
+            closers.append(longterm.close)
+            memory_hook = MemoryHook(longterm, llm, cfg.memory.retrieval.top_k, cfg.memory.retrieval.token_budget)
+        # Order matters: the KB strips statement lines before memory retrieval reads
+        # the message, and the monitor reviews last, seeing claims and memories.
         hooks: list[TurnHook] = []
+        knowledge = KnowledgeHook(bank) if cfg.knowledge.enabled else None
+        if knowledge is not None:
+            hooks.append(knowledge)
+        if memory_hook is not None:
+            hooks.append(memory_hook)
+        if knowledge is not None and cfg.metacognition.enabled:
+            reorganise = memory_hook.reorganise if memory_hook and cfg.metacognition.reorganise_memory else None
+            hooks.append(MonitorHook(cfg.metacognition, knowledge, events, reorganise=reorganise))
         pipeline = ChatPipeline(llm, working, cfg.model, cfg.limits, hooks)
     except BaseException:
         for closer in reversed(closers):
@@ -93,5 +127,8 @@ def build_runtime(cfg: DMHAConfig, progress: Callable[[str], None] | None = None
         limiter=RateLimiter(cfg.limits.rate_limit_per_minute),
         pipeline=pipeline,
         sessions=Sessions(working),
+        bank=bank,
+        events=events,
+        longterm=longterm,
         closers=closers,
     )

@@ -14,10 +14,26 @@ from grpc_reflection.v1alpha import reflection
 from dmha.config import DMHAConfig
 from dmha.executor import run_blocking
 from dmha.runtime import Runtime, build_runtime
-from dmha_proto.v1 import auth_pb2, auth_pb2_grpc, chat_pb2, chat_pb2_grpc, session_pb2, session_pb2_grpc
+from dmha_proto.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    chat_pb2,
+    chat_pb2_grpc,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    metacognition_pb2,
+    metacognition_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+)
 from dmha_server.auth import AuthServicer
 from dmha_server.chat import ChatServicer
 from dmha_server.interceptors import ServiceInterceptor
+from dmha_server.knowledge import KnowledgeServicer
+from dmha_server.memory import MemoryServicer
+from dmha_server.metacognition import MetacognitionServicer
 from dmha_server.metrics import start_metrics_server
 from dmha_server.sessions import SessionServicer
 
@@ -49,11 +65,13 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(runtime.pipeline, cfg.limits), server)
     session_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(runtime.sessions), server)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(runtime.auth), server)
-    services = [
-        chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
-        session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
-        auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
-    ]
+    knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(runtime.bank), server)
+    metacognition_pb2_grpc.add_MetacognitionServiceServicer_to_server(MetacognitionServicer(runtime.events), server)
+    descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2]
+    if runtime.longterm is not None:
+        memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(runtime.longterm), server)
+        descriptors.append(memory_pb2)
+    services = [svc.full_name for d in descriptors for svc in d.DESCRIPTOR.services_by_name.values()]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *services):
@@ -83,7 +101,8 @@ async def serve(cfg: DMHAConfig, on_ready: Callable[[int], None] | None = None) 
         cfg: the whole config.
         on_ready: called with the bound port once the server accepts calls.
     """
-    runtime = await asyncio.to_thread(build_runtime, cfg, lambda line: log.info("%s", line))
+    loop = asyncio.get_running_loop()
+    runtime = await asyncio.to_thread(build_runtime, cfg, lambda line: log.info("%s", line), loop)
     try:
         server, port, health_servicer = await create_server(runtime, cfg)
         await server.start()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
 from dmha.memory.working import SessionInfo, Turn
 from dmha.turn import TurnResult
-from dmha_proto.v1 import chat_pb2, common_pb2, session_pb2
+from dmha_proto.v1 import chat_pb2, common_pb2, knowledge_pb2, session_pb2
 
-__all__ = ["chat_reply", "option_fields", "session_proto", "session_summary"]
+__all__ = [
+    "chat_reply",
+    "option_fields",
+    "rejection_proto",
+    "session_proto",
+    "session_summary",
+    "statement_proto",
+]
 
 
 def option_fields(options: common_pb2.GenerationOptions) -> dict[str, float | int | None]:
@@ -69,4 +77,32 @@ def session_proto(session_id: str, turns: list[Turn]) -> session_pb2.Session:
             session_pb2.Turn(turn_id=t.turn_id, role=t.role, text=t.text, created_at=t.created_at)
             for t in turns
         ],
+    )
+
+
+# -- knowledge base --------------------------------------------------------------
+
+
+def statement_proto(rec: StatementRecord) -> knowledge_pb2.Statement:
+    """A stored KB statement."""
+    stmt = rec.statement
+    return knowledge_pb2.Statement(
+        id=rec.id,
+        text=rec.text(),
+        kind=statement_kind(stmt) if not isinstance(stmt, Fact) else ("deny" if stmt.negated else "fact"),
+        scope=rec.scope.value,
+        confidence=stmt.confidence,
+        source=stmt.source or "",
+        created_at=stmt.created_at or 0.0,
+        status=rec.status.value,
+        reason=rec.reason,
+    )
+
+
+def rejection_proto(conflict: Conflict) -> knowledge_pb2.Rejection:
+    """A rejected or demoted statement with its conflict core."""
+    return knowledge_pb2.Rejection(
+        statement=statement_proto(conflict.record),
+        reason=conflict.reason,
+        conflicts_with=[statement_proto(r) for r in conflict.core],
     )

@@ -8,12 +8,13 @@ from typing import Any
 
 from dmha_client import DMHAClient
 
-__all__ = ["chat", "health", "sessions"]
+__all__ = ["chat", "client_from_args", "health", "sessions"]
 
 _HELP = "commands: /new (fresh session)  /history (this session's turns)  /quit"
 
 
-def _client(args: argparse.Namespace) -> DMHAClient:
+def client_from_args(args: argparse.Namespace) -> DMHAClient:
+    """A client for ``--address`` / ``--token`` (or their environment variables)."""
     return DMHAClient(args.address, args.token, timeout=None)
 
 
@@ -51,7 +52,7 @@ def _say(client: DMHAClient, message: str, session: str, args: argparse.Namespac
 def chat(args: argparse.Namespace) -> int:
     """Interactive (or piped) streaming chat."""
     session = args.session
-    with _client(args) as client:
+    with client_from_args(args) as client:
         if args.message is not None:
             _say(client, args.message, session, args)
             return 0
@@ -86,7 +87,7 @@ def chat(args: argparse.Namespace) -> int:
 
 def health(args: argparse.Namespace) -> int:
     """Print SERVING / NOT_SERVING; exit 0 only when serving."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         status = client.health()
     print(status)
     return 0 if status == "SERVING" else 1
@@ -94,7 +95,7 @@ def health(args: argparse.Namespace) -> int:
 
 def sessions(args: argparse.Namespace) -> int:
     """List the caller's sessions."""
-    with _client(args) as client:
+    with client_from_args(args) as client:
         for s in client.list_sessions():
             print(f"{s.session_id}\t{s.turn_count} turns")
     return 0

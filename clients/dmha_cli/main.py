@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dmha.errors import DMHAError
-from dmha_cli import chat_cmd, server_cmds
+from dmha_cli import chat_cmd, kb_cmd, memory_cmd, server_cmds
 
 __all__ = ["build_parser", "main"]
 
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sessions", help="list your sessions")
     _client_flags(p)
     p.set_defaults(func=chat_cmd.sessions)
+
+    kb_cmd.add_parser(sub, _client_flags)
+    memory_cmd.add_parser(sub, _client_flags)
     return parser
 
 

@@ -6,9 +6,10 @@ import os
 import random
 from dataclasses import dataclass
 
-from dmha_proto.v1 import chat_pb2, common_pb2
+from dmha.errors import InvalidArgument
+from dmha_proto.v1 import chat_pb2, common_pb2, memory_pb2
 
-__all__ = ["BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy"]
+__all__ = ["BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy", "memory_request"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -81,3 +82,19 @@ class BaseClient:
         if seed is not None:
             options.seed = seed
         return chat_pb2.ChatRequest(session_id=session_id, message=message, options=options)
+
+
+def memory_request(memory_id: str, session_id: str, everything: bool) -> memory_pb2.DeleteMemoryRequest:
+    """A Delete request with exactly one selector.
+
+    Raises:
+        InvalidArgument: none or several selectors given (checked before any call).
+    """
+    chosen = [bool(memory_id), bool(session_id), everything]
+    if sum(chosen) != 1:
+        raise InvalidArgument("selector", "give exactly one of memory_id, session_id or everything=True")
+    if memory_id:
+        return memory_pb2.DeleteMemoryRequest(id=memory_id)
+    if session_id:
+        return memory_pb2.DeleteMemoryRequest(session_id=session_id)
+    return memory_pb2.DeleteMemoryRequest(all=True)

@@ -10,10 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dmha.errors import Cancelled
-from dmha_client._base import BaseClient, ChatResult
+from dmha_client._base import BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_proto.v1 import auth_pb2, session_pb2
+from dmha_proto.v1 import auth_pb2, knowledge_pb2, memory_pb2, metacognition_pb2, session_pb2
 
 __all__ = ["AsyncChatStream", "AsyncDMHAClient"]
 
@@ -108,6 +108,73 @@ class AsyncDMHAClient(BaseClient):
     async def delete_session(self, session_id: str) -> None:
         """See :meth:`DMHAClient.delete_session`."""
         await self._unary(self._stubs.sessions.DeleteSession, session_pb2.DeleteSessionRequest(session_id=session_id))
+
+    async def memory_search(self, query: str, k: int = 10) -> list[memory_pb2.ScoredMemory]:
+        """See :meth:`DMHAClient.memory_search`."""
+        req = memory_pb2.SearchMemoryRequest(query=query, k=k)
+        return list((await self._unary(self._stubs.memory.Search, req)).results)
+
+    async def memory_list(self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = "") -> memory_pb2.ListMemoriesResponse:
+        """See :meth:`DMHAClient.memory_list`."""
+        req = memory_pb2.ListMemoriesRequest(page_size=page_size, page_token=page_token, kind=kind, session_id=session_id)
+        return await self._unary(self._stubs.memory.List, req)
+
+    async def memory_get(self, memory_id: str) -> memory_pb2.Memory:
+        """See :meth:`DMHAClient.memory_get`."""
+        return await self._unary(self._stubs.memory.Get, memory_pb2.GetMemoryRequest(id=memory_id))
+
+    async def memory_delete(self, *, memory_id: str = "", session_id: str = "", everything: bool = False) -> int:
+        """See :meth:`DMHAClient.memory_delete`."""
+        return (await self._unary(self._stubs.memory.Delete, memory_request(memory_id, session_id, everything))).deleted
+
+    async def memory_export(self) -> AsyncIterator[bytes]:
+        """See :meth:`DMHAClient.memory_export`."""
+        try:
+            async for chunk in self._stubs.memory.Export(memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout):
+                yield chunk.jsonl
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def memory_recluster(self) -> memory_pb2.ReclusterResponse:
+        """See :meth:`DMHAClient.memory_recluster`."""
+        return await self._unary(self._stubs.memory.Recluster, memory_pb2.ReclusterRequest())
+
+    async def memory_stats(self) -> memory_pb2.MemoryStats:
+        """See :meth:`DMHAClient.memory_stats`."""
+        return await self._unary(self._stubs.memory.Stats, memory_pb2.MemoryStatsRequest())
+
+    async def kb_tell(self, text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellResponse:
+        """See :meth:`DMHAClient.kb_tell`."""
+        req = knowledge_pb2.TellRequest(text=text, scope=scope, session_id=session_id)
+        return await self._unary(self._stubs.knowledge.Tell, req)
+
+    async def kb_ask(self, statement: str, session_id: str = "") -> knowledge_pb2.AskResponse:
+        """See :meth:`DMHAClient.kb_ask`."""
+        req = knowledge_pb2.AskRequest(statement=statement, session_id=session_id)
+        return await self._unary(self._stubs.knowledge.Ask, req)
+
+    async def kb_list(self, kind: str = "", status: str = "") -> list[knowledge_pb2.Statement]:
+        """See :meth:`DMHAClient.kb_list`."""
+        req = knowledge_pb2.ListStatementsRequest(kind=kind, status=status)
+        return list((await self._unary(self._stubs.knowledge.ListStatements, req)).statements)
+
+    async def kb_retract(self, statement_id: str) -> None:
+        """See :meth:`DMHAClient.kb_retract`."""
+        await self._unary(self._stubs.knowledge.Retract, knowledge_pb2.RetractRequest(id=statement_id))
+
+    async def kb_conflicts(self) -> list[knowledge_pb2.Rejection]:
+        """See :meth:`DMHAClient.kb_conflicts`."""
+        req = knowledge_pb2.ListConflictsRequest()
+        return list((await self._unary(self._stubs.knowledge.ListConflicts, req)).conflicts)
+
+    async def kb_explain(self, statement_id: str) -> knowledge_pb2.ExplainResponse:
+        """See :meth:`DMHAClient.kb_explain`."""
+        return await self._unary(self._stubs.knowledge.Explain, knowledge_pb2.ExplainRequest(id=statement_id))
+
+    async def monitor_events(self, limit: int = 50, session_id: str = "") -> list[metacognition_pb2.RecordedEvent]:
+        """See :meth:`DMHAClient.monitor_events`."""
+        req = metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
+        return list((await self._unary(self._stubs.metacognition.ListEvents, req)).events)
 
     async def issue_token(self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0) -> str:
         """See :meth:`DMHAClient.issue_token`."""

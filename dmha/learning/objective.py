@@ -1,0 +1,186 @@
+"""The training objective of one update.
+
+    L = CE(target | input)                               task: answer tokens only
+      + lambda_causal   * KL(P(Y | do(T)) || P(Y | T))   causal: internalise the fact
+      + lambda_locality * KL(P_live || P_student)        locality: on the retain set
+
+``do(T)`` is the intervention that makes the fact true: the pre-update model reads it
+as an explicit premise in its system message. Its next-token distribution over the
+answer, for the input and for paraphrases of it, is the teacher; the student sees
+the same questions without the premise. Matching the two makes the adapter encode
+the fact (what the model would believe if told T) rather than the answer string for
+one phrasing, which is what carries it to paraphrases. The locality term holds the
+student to the pre-update model's distribution over its own greedy continuations of
+unrelated prompts. All teacher distributions are computed once, before training.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dmha.learning.feedback import FeedbackItem
+from dmha.learning.generation import answer_logits, greedy
+from dmha.learning.paraphrase import paraphrases
+from dmha.learning.plan import UpdatePlan
+from dmha.learning.prompting import ChatFormat, Sequence
+from dmha.learning.retain import TRAIN_RETAIN
+
+__all__ = ["Objective", "RetainSet", "build_retain_set", "kl_to_teacher"]
+
+# Continuation tokens of each retain prompt that the locality term covers (the gate
+# compares the first 32 greedy tokens).
+RETAIN_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class RetainSet:
+    """The pre-update model's behaviour on the training retain prompts.
+
+    Attributes:
+        seqs: each retain prompt followed by the model's greedy continuation.
+        logprobs: the model's log-probabilities at those continuation positions
+            (``float16 [len(answer), vocab]``; half precision halves the memory,
+            and the KL needs no more).
+    """
+
+    seqs: tuple[Sequence, ...]
+    logprobs: tuple[torch.Tensor, ...]
+
+
+@torch.no_grad()
+def build_retain_set(
+    model: Any, fmt: ChatFormat, prompts: Seq[str] = TRAIN_RETAIN, tokens: int = RETAIN_TOKENS
+) -> RetainSet:
+    """Greedy continuations of ``prompts`` and their log-probabilities under ``model``.
+
+    Args:
+        model: the live model (the one an update starts from).
+        fmt: prompt rendering.
+        prompts: retain prompts.
+        tokens: continuation length.
+
+    Returns:
+        The retain set (depends only on the model: cache it per live version).
+    """
+    model.eval()
+    rendered = [fmt.prompt(p) for p in prompts]
+    conts = greedy(model, rendered, tokens, fmt.eos_ids)
+    seqs = tuple(Sequence(p, tuple(c)) for p, c in zip(rendered, conts, strict=True) if c)
+    logits = answer_logits(model, seqs)
+    return RetainSet(seqs, tuple(F.log_softmax(x, -1).half() for x in logits))
+
+
+def kl_to_teacher(teacher_logprobs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(teacher || student)`` averaged over positions.
+
+    Args:
+        teacher_logprobs: ``[n, vocab]`` log-probabilities (any float dtype).
+        student_logits: ``[n, vocab]`` raw logits.
+
+    Returns:
+        A scalar tensor (nats per position).
+    """
+    t = teacher_logprobs.float()
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+@dataclass(frozen=True)
+class _Target:
+    seq: Sequence
+    teacher: torch.Tensor | None  # log-probs for KL terms, None for CE
+
+
+class Objective:
+    """The loss of one update, with everything that does not change precomputed.
+
+    Args:
+        model: the pre-update model (adapter absent or disabled): the teacher.
+        fmt: prompt rendering, as served.
+        items: the feedback being learned.
+        replay: earlier accepted feedback, replayed through the task loss.
+        plan: weights and sizes.
+        retain: the pre-update model's retain set (:func:`build_retain_set`).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        fmt: ChatFormat,
+        items: Seq[FeedbackItem],
+        replay: Seq[FeedbackItem],
+        plan: UpdatePlan,
+        retain: RetainSet | None,
+    ) -> None:
+        self.plan = plan
+        self._rng = random.Random(plan.seed)
+        self.task = [_Target(fmt.sequence(it.input, it.target), None) for it in (*items, *replay)]
+        self.causal: list[_Target] = []
+        if plan.lambda_causal > 0:
+            self.causal = self._causal_targets(model, fmt, items)
+        self.retain: list[_Target] = []
+        if plan.lambda_locality > 0 and retain is not None:
+            self.retain = [_Target(s, lp) for s, lp in zip(retain.seqs, retain.logprobs, strict=True)]
+        self.pad_id = int(fmt.tokenizer.pad_token_id or 0)
+
+    def _causal_targets(
+        self, model: Any, fmt: ChatFormat, items: Seq[FeedbackItem]
+    ) -> list[_Target]:
+        students: list[Sequence] = []
+        teachers: list[Sequence] = []
+        for it in items:
+            system = fmt.premise_system([(it.input, it.target)])
+            for question in [it.input, *paraphrases(it.input, "train", self.plan.paraphrases)]:
+                students.append(fmt.sequence(question, it.target))
+                teachers.append(fmt.sequence(question, it.target, system=system))
+        with torch.no_grad():
+            logits = answer_logits(model, teachers)
+        return [
+            _Target(s, F.log_softmax(x, -1)) for s, x in zip(students, logits, strict=True)
+        ]
+
+    def loss(self, model: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """One step's loss; samples a fresh subset of the retain set each call.
+
+        Args:
+            model: the student (the peft-wrapped copy being trained).
+
+        Returns:
+            ``(total, parts)`` where parts holds the float value of each term.
+        """
+        k = min(self.plan.retain_per_step, len(self.retain))
+        retain = self._rng.sample(self.retain, k) if k else []
+        # One batch for all terms; a sequence shared by the task and causal terms
+        # (the input itself) is run once.
+        unique: dict[Sequence, int] = {}
+        for t in (*self.task, *self.causal, *retain):
+            unique.setdefault(t.seq, len(unique))
+        logits = answer_logits(model, list(unique), batch_size=64, pad_id=self.pad_id)
+        device = logits[0].device
+
+        def out(t: _Target) -> torch.Tensor:
+            return logits[unique[t.seq]]
+
+        ce = torch.stack(
+            [F.cross_entropy(out(t), torch.tensor(t.seq.answer, device=device)) for t in self.task]
+        ).mean()
+        zero = ce.new_zeros(())
+        causal = (
+            torch.stack([kl_to_teacher(t.teacher, out(t)) for t in self.causal]).mean()
+            if self.causal
+            else zero
+        )
+        locality = (
+            torch.stack([kl_to_teacher(t.teacher, out(t)) for t in retain]).mean()
+            if retain
+            else zero
+        )
+        total = ce + self.plan.lambda_causal * causal + self.plan.lambda_locality * locality
+        parts = {"ce": ce.item(), "causal": causal.item(), "locality": locality.item()}
+        return total, parts

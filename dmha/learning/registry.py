@@ -1,0 +1,440 @@
+"""Immutable model versions on disk, and the pointer to the live one.
+
+Layout under ``<data_dir>/registry``::
+
+    live.json                 {"version": "v3", "previous": "v2", "updated_at": ...}
+    versions/v3/version.json  the record (never rewritten)
+    versions/v3/adapter/      the LoRA adapter that turns the parent into this version
+    versions/v3/frozen.pt     the TorchScript-frozen module (when freezing is on)
+    staging/<random>/         work folders of updates in flight
+
+A version is created by writing everything into a staging folder, writing its record
+there last (temp file + fsync + ``os.replace``) and then renaming the folder into
+``versions/`` in one step: a crash or a full disk at any point leaves either no
+version or a complete one, and never touches the live pointer. The version ``base``
+is the converted default model folder; every other version is its parent plus an
+adapter, so a version is rebuilt by merging the adapters along its ancestry.
+Artifacts carry SHA-256 checksums; a version whose artifacts (or whose ancestors'
+artifacts) are missing or corrupt resolves to its nearest intact ancestor.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from dmha.errors import FailedPrecondition, NotFound
+from dmha.learning.errors import ArtifactError
+from dmha.learning.feedback import FeedbackItem
+from dmha.learning.plan import UpdatePlan
+
+__all__ = ["BASE_VERSION", "Artifact", "Registry", "Version", "Writer", "default_writer"]
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+_ID = re.compile(r"^v(\d+)$")
+
+Writer = Callable[[IO[bytes], bytes], None]
+"""Writes bytes to an open file; injectable so tests can simulate a full disk."""
+
+
+def default_writer(fh: IO[bytes], data: bytes) -> None:
+    """Write, flush and fsync ``data``."""
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once its directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file of a version: path relative to the version folder, checksum and size."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Version:
+    """One immutable model version.
+
+    Attributes:
+        version_id: ``base`` or ``v<n>``.
+        parent: the version it was trained from (None for base).
+        created_at: Unix time.
+        feedback: the feedback items learned by this update.
+        plan: how it was trained (None for base).
+        metrics: the gate's metrics and training figures.
+        artifacts: name -> :class:`Artifact` (``adapter/...`` files, ``frozen``).
+        status: ``base`` or ``accepted`` (only gate-passing updates are registered).
+        path: the version folder (the model folder for base).
+    """
+
+    version_id: str
+    parent: str | None
+    created_at: float
+    feedback: tuple[FeedbackItem, ...] = ()
+    plan: UpdatePlan | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    status: str = "accepted"
+    path: Path = Path()
+
+    @property
+    def feedback_ids(self) -> tuple[str, ...]:
+        """Ids of the learned feedback."""
+        return tuple(f.feedback_id for f in self.feedback)
+
+    @property
+    def adapter_dir(self) -> Path:
+        """Folder of the adapter (base has none)."""
+        return self.path / "adapter"
+
+    @property
+    def frozen_path(self) -> Path | None:
+        """The frozen module, when this version has one."""
+        art = self.artifacts.get("frozen")
+        return self.path / art.path if art else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (``path`` is implied by where the record lives)."""
+        return {
+            "version_id": self.version_id,
+            "parent": self.parent,
+            "created_at": self.created_at,
+            "feedback": [f.to_dict() for f in self.feedback],
+            "plan": self.plan.to_dict() if self.plan else None,
+            "metrics": self.metrics,
+            "artifacts": {k: vars(a) for k, a in self.artifacts.items()},
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path) -> Version:
+        """Parse a record; raises ``KeyError``/``TypeError``/``ValueError`` when malformed."""
+        return cls(
+            version_id=str(data["version_id"]),
+            parent=data["parent"],
+            created_at=float(data["created_at"]),
+            feedback=tuple(FeedbackItem.from_dict(f) for f in data["feedback"]),
+            plan=UpdatePlan.from_dict(data["plan"]) if data["plan"] else None,
+            metrics={str(k): float(v) for k, v in data["metrics"].items()},
+            artifacts={k: Artifact(**a) for k, a in data["artifacts"].items()},
+            status=str(data["status"]),
+            path=path,
+        )
+
+
+class Registry:
+    """The versions of one deployment.
+
+    Args:
+        root: the registry folder (``<data_dir>/registry``); created if absent.
+        base_path: the converted default model folder (version ``base``).
+        writer: how record bytes reach the disk (tests inject a failing one).
+    """
+
+    def __init__(self, root: Path, base_path: Path, writer: Writer = default_writer) -> None:
+        self.root = Path(root)
+        self.base_path = Path(base_path)
+        self._write = writer
+        self._lock = threading.Lock()
+        self._verified: dict[str, bool] = {}
+        (self.root / "versions").mkdir(parents=True, exist_ok=True)
+        staging = self.root / "staging"
+        # Leftovers of updates killed mid-way: never registered, safe to drop.
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+
+    # ----------------------------------------------------------------- writing
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with tmp.open("wb") as fh:
+                self._write(fh, data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def new_staging(self) -> Path:
+        """A fresh folder for an update's artifacts (adapter, frozen module).
+
+        Returns:
+            The folder; pass it to :meth:`commit`, or :meth:`discard` it.
+        """
+        path = self.root / "staging" / uuid.uuid4().hex
+        path.mkdir(parents=True)
+        return path
+
+    def discard(self, staging: Path) -> None:
+        """Remove a staging folder (a rejected or failed update)."""
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _next_id(self) -> str:
+        numbers = [int(m[1]) for p in (self.root / "versions").iterdir() if (m := _ID.match(p.name))]
+        return f"v{max(numbers, default=0) + 1}"
+
+    def commit(
+        self,
+        staging: Path,
+        parent: str,
+        feedback: list[FeedbackItem] | tuple[FeedbackItem, ...],
+        plan: UpdatePlan,
+        metrics: dict[str, float],
+    ) -> Version:
+        """Turn a staging folder into a new immutable version (not yet live).
+
+        Every file in ``staging`` becomes a checksummed artifact. On any error the
+        staging folder is removed and no version exists.
+
+        Args:
+            staging: from :meth:`new_staging`, holding ``adapter/`` and maybe ``frozen.pt``.
+            parent: the version the update started from.
+            feedback: the learned items.
+            plan: how it was trained.
+            metrics: gate and training figures.
+
+        Returns:
+            The new version.
+
+        Raises:
+            NotFound: ``parent`` does not exist.
+            OSError: the disk is full or unwritable (nothing was created).
+        """
+        self.get(parent)
+        try:
+            artifacts: dict[str, Artifact] = {}
+            for f in sorted(p for p in staging.rglob("*") if p.is_file()):
+                rel = f.relative_to(staging).as_posix()
+                name = "frozen" if rel == "frozen.pt" else rel
+                artifacts[name] = Artifact(rel, _sha256(f), f.stat().st_size)
+            with self._lock:
+                for _ in range(100):
+                    vid = self._next_id()
+                    version = Version(
+                        vid, parent, time.time(), tuple(feedback), plan,
+                        dict(metrics), artifacts, "accepted",
+                    )
+                    data = json.dumps(version.to_dict(), indent=2, sort_keys=True).encode()
+                    self._atomic_write(staging / "version.json", data)
+                    target = self.root / "versions" / vid
+                    try:
+                        os.rename(staging, target)
+                    except OSError as exc:
+                        # Another registry took this id first; try the next one.
+                        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or target.exists():
+                            continue
+                        raise
+                    _fsync_dir(target.parent)
+                    log.info("registered version %s (parent %s)", vid, parent)
+                    return Version.from_dict(version.to_dict(), target)
+            raise OSError("could not allocate a version id")
+        except BaseException:
+            self.discard(staging)
+            raise
+
+    # ----------------------------------------------------------------- reading
+
+    def _base(self) -> Version:
+        return Version(BASE_VERSION, None, 0.0, status="base", path=self.base_path)
+
+    def get(self, version_id: str) -> Version:
+        """A version's record.
+
+        Raises:
+            NotFound: no such version, or its record is unreadable.
+        """
+        if version_id == BASE_VERSION:
+            return self._base()
+        if not _ID.match(version_id):
+            raise NotFound(f"no model version {version_id!r}")
+        folder = self.root / "versions" / version_id
+        try:
+            data = json.loads((folder / "version.json").read_text(encoding="utf-8"))
+            return Version.from_dict(data, folder)
+        except FileNotFoundError as exc:
+            raise NotFound(f"no model version {version_id!r}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("version %s: record %s is corrupt: %s", version_id, folder / "version.json", exc)
+            raise NotFound(f"model version {version_id!r} is unreadable") from exc
+
+    def list(self) -> list[Version]:
+        """Every readable version, base first, then by number."""
+        out = [self._base()]
+        names = [p.name for p in (self.root / "versions").iterdir() if _ID.match(p.name)]
+        for name in sorted(names, key=lambda n: int(n[1:])):
+            try:
+                out.append(self.get(name))
+            except NotFound:
+                continue
+        return out
+
+    def lineage(self, version_id: str) -> list[Version]:
+        """The version and its ancestors, base last.
+
+        Raises:
+            NotFound: the version or an ancestor is missing.
+        """
+        chain = [self.get(version_id)]
+        while chain[-1].parent is not None:
+            chain.append(self.get(chain[-1].parent))
+            if len(chain) > 100_000:
+                raise ArtifactError(f"version {version_id}: ancestry loops")
+        return chain
+
+    def feedback_history(self, version_id: str) -> list[FeedbackItem]:
+        """Every item learned along the ancestry of ``version_id``, oldest first."""
+        items: list[FeedbackItem] = []
+        for v in reversed(self.lineage(version_id)):
+            items.extend(v.feedback)
+        return items
+
+    # -------------------------------------------------------------- integrity
+
+    def _intact(self, version: Version) -> str | None:
+        """None when every artifact is present and matches; else what is wrong."""
+        if version.version_id == BASE_VERSION:
+            return None if version.path.is_dir() else f"base model folder {version.path} is missing"
+        cached = self._verified.get(version.version_id)
+        if cached:
+            return None
+        for name, art in version.artifacts.items():
+            path = version.path / art.path
+            if not path.is_file():
+                return f"artifact {name} ({path}) is missing"
+            if path.stat().st_size != art.bytes or _sha256(path) != art.sha256:
+                return f"artifact {name} ({path}) is corrupt (checksum mismatch)"
+        self._verified[version.version_id] = True
+        return None
+
+    def resolve(self, version_id: str) -> Version:
+        """The version itself if it and its ancestors are intact, else the nearest intact ancestor.
+
+        Each fallback is logged with the reason.
+
+        Raises:
+            NotFound: ``version_id`` does not exist.
+            ArtifactError: not even the base model folder is usable.
+        """
+        try:
+            chain = self.lineage(version_id)
+        except NotFound:
+            if version_id == BASE_VERSION:
+                raise
+            log.error("version %s: its record or an ancestor's is unreadable; using base", version_id)
+            chain = [self._base()]
+        # A version is usable only if every adapter below it is: scan from the base up.
+        usable = len(chain) - 1
+        for i in range(len(chain) - 1, -1, -1):
+            problem = self._intact(chain[i])
+            if problem is not None:
+                if chain[i].version_id == BASE_VERSION:
+                    raise ArtifactError(problem)
+                log.error(
+                    "version %s: %s; falling back to its parent %s",
+                    chain[i].version_id, problem, chain[i].parent,
+                )
+                break
+            usable = i
+        if usable != 0:
+            log.error("version %s unusable; serving %s", version_id, chain[usable].version_id)
+        return chain[usable]
+
+    # ------------------------------------------------------------------- live
+
+    def _pointer(self) -> dict[str, Any]:
+        path = self.root / "live.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+                raise ValueError("no 'version' key")
+            return data
+        except FileNotFoundError:
+            return {"version": BASE_VERSION, "previous": None}
+        except (OSError, ValueError) as exc:
+            log.error("live pointer %s is corrupt (%s); using base", path, exc)
+            return {"version": BASE_VERSION, "previous": None}
+
+    @property
+    def live_id(self) -> str:
+        """The id the live pointer names (``base`` when none is set)."""
+        return str(self._pointer()["version"])
+
+    def live(self) -> Version:
+        """The live version, resolved to an intact one (see :meth:`resolve`)."""
+        return self.resolve(self.live_id)
+
+    def promote(self, version_id: str) -> Version:
+        """Make a version live.
+
+        Raises:
+            NotFound: no such version.
+            ArtifactError: it (or an ancestor) is damaged.
+            OSError: the pointer could not be written (the old one stays).
+        """
+        version = self.get(version_id)
+        for v in self.lineage(version_id):
+            problem = self._intact(v)
+            if problem is not None:
+                raise ArtifactError(f"cannot promote {version_id}: {v.version_id}: {problem}")
+        with self._lock:
+            previous = self.live_id
+            data = {"version": version_id, "previous": previous, "updated_at": time.time()}
+            self._atomic_write(self.root / "live.json", json.dumps(data).encode())
+        log.info("live version %s -> %s", previous, version_id)
+        return version
+
+    def rollback(self, to: str | None = None) -> Version:
+        """Make the live version's parent (or ``to``) live.
+
+        Args:
+            to: the version to return to; None = the live version's parent.
+
+        Returns:
+            The new live version.
+
+        Raises:
+            FailedPrecondition: live is base and no target was given.
+            NotFound: ``to`` does not exist.
+            ArtifactError: the target is damaged.
+        """
+        if to is None:
+            current = self.get(self.live_id)
+            if current.parent is None:
+                raise FailedPrecondition("the live version is base; there is nothing to roll back")
+            to = current.parent
+        return self.promote(to)

@@ -1,0 +1,108 @@
+"""Long-term memory's part in a chat turn, and the LLM summariser archival uses.
+
+Before generation the memories relevant to the message are retrieved into the
+prompt (ids, scores and why go back in the reply). After the turn is stored,
+archival of working-memory overflow runs in the background; if Milvus is down
+the turn still answers from working memory with a warning, and the overflow stays
+in Redis until a later turn archives it — nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from dmha.errors import MilvusUnavailable
+from dmha.executor import run_blocking, run_in_background
+from dmha.llm.base import LLM, ChatMessage, GenerationOptions, GenerationResult
+from dmha.llm.prompt import ContextBlock
+from dmha.memory.longterm_memory import LongTermMemory
+from dmha.memory.working import Turn
+from dmha.turn import MemoryRef, TurnState
+
+__all__ = ["LLMSummariser", "MemoryHook"]
+
+log = logging.getLogger(__name__)
+
+MEMORIES_TITLE = "Relevant memories from earlier conversations"
+_SUMMARY_PROMPT = (
+    "Summarise the following conversation excerpt in two or three sentences. "
+    "Keep every name, date, number and stated fact.\n\n{dialogue}"
+)
+
+
+class LLMSummariser:
+    """Summarises archived turns with the serving model (called from worker threads).
+
+    Args:
+        llm: the serving engine.
+        loop: the server's event loop (the engine streams through it).
+        max_new_tokens: summary length cap.
+    """
+
+    def __init__(self, llm: LLM, loop: asyncio.AbstractEventLoop, max_new_tokens: int = 96) -> None:
+        self._llm = llm
+        self._loop = loop
+        self._options = GenerationOptions(max_new_tokens=max_new_tokens)
+
+    def __call__(self, turns: Sequence[Turn]) -> str:
+        dialogue = "\n".join(f"{t.role}: {t.text}" for t in turns)
+        messages = [ChatMessage("user", _SUMMARY_PROMPT.format(dialogue=dialogue))]
+        future = asyncio.run_coroutine_threadsafe(self._llm.complete(messages, self._options), self._loop)
+        result: GenerationResult = future.result()
+        return result.text.strip()
+
+
+class MemoryHook:
+    """:class:`~dmha.context.TurnHook` over :class:`LongTermMemory`.
+
+    Args:
+        memory: long-term memory.
+        llm: for token counting within the retrieval budget.
+        top_k: memories retrieved per turn.
+        token_budget: prompt tokens reserved for them.
+    """
+
+    def __init__(self, memory: LongTermMemory, llm: LLM, top_k: int, token_budget: int) -> None:
+        self._memory = memory
+        self._llm = llm
+        self._top_k = top_k
+        self._budget = token_budget
+
+    async def prepare(self, turn: TurnState) -> None:
+        query = turn.chat_text.strip()
+        if not query or self._top_k <= 0:
+            return
+        try:
+            found = await run_blocking(
+                self._memory.search, turn.principal.user_id, query, self._top_k, self._budget,
+                count_tokens=self._llm.count_tokens,
+            )
+        except MilvusUnavailable:
+            log.warning("long-term memory unavailable; answering from working memory")
+            turn.warnings.append("long-term memory is unavailable; answered from recent turns only")
+            return
+        turn.memories = [MemoryRef(m.id, m.kind, m.text, m.score, m.why) for m in found]
+        if found:
+            turn.blocks.append(ContextBlock(MEMORIES_TITLE, tuple(m.text for m in found)))
+
+    async def review(self, turn: TurnState, reply: GenerationResult, regenerate) -> GenerationResult:
+        return reply
+
+    def committed(self, turn: TurnState, stored: Sequence[Turn]) -> None:
+        run_in_background(self._archive, turn.principal.user_id, turn.session_id)
+
+    def _archive(self, user_id: str, session_id: str) -> None:
+        try:
+            report = self._memory.archive_overflow(user_id, session_id)
+        except MilvusUnavailable:
+            # The overflow stays in Redis; the next turn of this session retries.
+            log.warning("archival postponed: long-term memory unavailable")
+            return
+        if report.recluster_due:
+            self._memory.recluster(user_id)
+
+    def reorganise(self, user_id: str, session_id: str) -> None:
+        """Summarise the whole session into long-term memory and clear it from working memory."""
+        self._memory.archive_session(user_id, session_id)

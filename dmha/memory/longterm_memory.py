@@ -1,0 +1,624 @@
+"""``LongTermMemory``: the one object the server calls for long-term memory.
+
+It composes the embedder, the Milvus store, the hot index, retrieval, clustering
+and archival. Every method is blocking (the server wraps it with ``run_blocking``),
+takes the user it acts for, and validates its input.
+
+Writes go to Milvus first and are mirrored into the user's hot index only after
+Milvus acknowledged, under the user's lock, so the hot index never holds a memory
+Milvus lost and a concurrent reload never misses a write. The hot index assumes
+this process is the only writer of a user's memories; with several server
+replicas on one Milvus, route a user to one replica or set ``hot_users: 0``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import dataclasses
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dmha.config import MemoryConfig
+from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
+from dmha.memory.archival import Archiver, ArchiveResult
+from dmha.memory.clustering import Clusterer
+from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
+from dmha.memory.hot_index import HotIndex, UserIndex
+from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
+from dmha.memory.records import (
+    CLUSTER_PENDING,
+    KINDS,
+    ArchiveReport,
+    ClusterReport,
+    MemoryPage,
+    MemoryRecord,
+    MemoryStats,
+    RetrievedMemory,
+    index_text,
+    memory_id,
+    validate_user_id,
+)
+from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack
+from dmha.memory.summariser import ExtractiveSummariser, Summariser
+from dmha.memory.working import Turn, WorkingMemory
+
+__all__ = ["LongTermMemory", "build_longterm"]
+
+log = logging.getLogger(__name__)
+
+_MAX_PAGE = 1000
+_MAX_TEXTS = 1000
+_CLUSTER_QUOTES = 8  # central members quoted in a cluster summary
+_CLUSTER_SOURCES = 64  # turn ids a cluster summary links (an ARRAY field caps at 256)
+
+
+class LongTermMemory:
+    """Long-term memory for all users.
+
+    Args:
+        cfg: the ``memory`` config section.
+        store: the Milvus store (source of truth).
+        embedder: text embedder; its ``dim`` must equal ``store.dim``.
+        working: the working memory archival reads from (None: the archive methods
+            raise FailedPrecondition).
+        summariser: summarises each archived batch; None = archive without summaries.
+        cluster_summariser: writes cluster summaries (default: extractive, since an
+            LLM call per cluster would make a background run take minutes).
+        count_tokens: default token counter for budgets (default ~4 bytes per token).
+    """
+
+    def __init__(
+        self,
+        cfg: MemoryConfig,
+        store: LongTermStore,
+        embedder: Embedder,
+        *,
+        working: WorkingMemory | None = None,
+        summariser: Summariser | None = None,
+        cluster_summariser: Summariser | None = None,
+        count_tokens: CountTokens = approx_token_count,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._embedder = embedder
+        self._count_tokens = count_tokens
+        self._hot = HotIndex(
+            lambda user: store.scan(user, with_vectors=True),
+            store.dim,
+            cfg.retrieval.hot_users,
+            cfg.retrieval.ivf_threshold,
+        )
+        self._retriever = Retriever(cfg.retrieval)
+        self._clusterer = Clusterer(cfg.clustering)
+        self._cluster_summariser = cluster_summariser or ExtractiveSummariser()
+        self._archiver = (
+            Archiver(working, embedder, self._write, cfg.longterm.archive_batch, summariser)
+            if working is not None
+            else None
+        )
+
+    @property
+    def store(self) -> LongTermStore:
+        """The underlying store (for tools and benchmarks)."""
+        return self._store
+
+    # -- validation -----------------------------------------------------------------
+
+    def _text(self, field: str, value: str, limit: int) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidArgument(field, "must not be empty")
+        size = len(value.encode("utf-8"))
+        if size > limit:
+            raise InvalidArgument(field, f"is {size} bytes; limit {limit}")
+        return value
+
+    @staticmethod
+    def _kind(kind: str | None) -> str | None:
+        if kind is not None and kind not in KINDS:
+            raise InvalidArgument("kind", f"is {kind!r}; expected one of {', '.join(KINDS)}")
+        return kind
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _write(self, records: Sequence[MemoryRecord]) -> None:
+        by_user: dict[str, list[MemoryRecord]] = defaultdict(list)
+        for rec in records:
+            by_user[rec.user_id].append(rec)
+        for user, recs in by_user.items():
+            with self._hot.user_lock(user):
+                self._store.upsert(recs)
+                index = self._hot.peek(user)
+                if index is not None:
+                    index.add(recs)
+
+    def _pending(self, user_id: str) -> int:
+        index = self._hot.get(user_id)
+        if index is not None:
+            return index.counts().get("_pending", 0)
+        return self._store.count(user_id, cluster_id=CLUSTER_PENDING)
+
+    def _report(self, user_id: str, result: ArchiveResult) -> ArchiveReport:
+        due = bool(result.records) and self._pending(user_id) >= self._cfg.clustering.every_n_memories
+        return ArchiveReport(
+            archived_turns=result.turns,
+            summaries=sum(r.kind == "summary" for r in result.records),
+            memory_ids=tuple(r.id for r in result.records),
+            trimmed=result.trimmed,
+            recluster_due=due,
+        )
+
+    def _require_archiver(self) -> Archiver:
+        if self._archiver is None:
+            raise FailedPrecondition("long-term memory was built without a working memory")
+        return self._archiver
+
+    def archive_overflow(self, user_id: str, session_id: str) -> ArchiveReport:
+        """Archive the turns beyond working memory's cap, in whole ``archive_batch`` batches.
+
+        Args:
+            user_id: the user.
+            session_id: the session.
+
+        Returns:
+            What was archived; ``recluster_due`` asks the caller to schedule :meth:`recluster`.
+
+        Raises:
+            InvalidArgument: bad ids.
+            MilvusUnavailable: Milvus did not acknowledge; the turns stay in Redis (retry later).
+            RedisUnavailable: working memory failed.
+            FailedPrecondition: built without a working memory.
+        """
+        validate_user_id(user_id)
+        validate_user_id(session_id, "session_id")
+        return self._report(user_id, self._require_archiver().archive(user_id, session_id, everything=False))
+
+    def archive_session(self, user_id: str, session_id: str) -> ArchiveReport:
+        """Archive every turn of an ended session (the last partial batch too).
+
+        Args:
+            user_id: the user.
+            session_id: the session.
+
+        Returns:
+            What was archived.
+
+        Raises:
+            InvalidArgument: bad ids.
+            MilvusUnavailable: Milvus did not acknowledge; the turns stay in Redis (retry later).
+            RedisUnavailable: working memory failed.
+            FailedPrecondition: built without a working memory.
+        """
+        validate_user_id(user_id)
+        validate_user_id(session_id, "session_id")
+        return self._report(user_id, self._require_archiver().archive(user_id, session_id, everything=True))
+
+    def add_texts(
+        self,
+        user_id: str,
+        texts: Sequence[str],
+        *,
+        session_id: str = "",
+        kind: Literal["fact", "summary"] = "fact",
+        importance: float = 1.0,
+        created_at: float | None = None,
+    ) -> list[str]:
+        """Store free texts (facts the user told, notes) as memories.
+
+        The id derives from the user, kind, session and text, so adding the same text
+        twice stores it once.
+
+        Args:
+            user_id: the owner.
+            texts: the texts (1..1000, each within ``longterm.max_text_bytes``).
+            session_id: optional session the texts belong to.
+            kind: ``fact`` (default) or ``summary``.
+            importance: 0..1, stored with the memory.
+            created_at: epoch seconds (default: now).
+
+        Returns:
+            The memory ids, in input order.
+
+        Raises:
+            InvalidArgument: a bad field (named, with its limit).
+            MilvusUnavailable: Milvus did not acknowledge.
+        """
+        validate_user_id(user_id)
+        if session_id:
+            validate_user_id(session_id, "session_id")
+        if kind not in ("fact", "summary"):
+            raise InvalidArgument("kind", f"is {kind!r}; expected fact or summary")
+        if not texts:
+            raise InvalidArgument("texts", "must not be empty")
+        if len(texts) > _MAX_TEXTS:
+            raise InvalidArgument("texts", f"has {len(texts)} items; limit {_MAX_TEXTS}")
+        if not 0.0 <= importance <= 1.0:
+            raise InvalidArgument("importance", "must be between 0 and 1")
+        limit = self._cfg.longterm.max_text_bytes
+        for i, text in enumerate(texts):
+            self._text(f"texts[{i}]", text, limit)
+        now = time.time() if created_at is None else created_at
+        records = [
+            MemoryRecord(
+                id=memory_id(user_id, kind, [session_id, " ".join(t.split())]),
+                user_id=user_id, session_id=session_id, kind=kind, text=t.strip(),
+                created_at=now, importance=importance,
+            )
+            for t in texts
+        ]
+        vectors = self._embedder.embed([index_text(r) for r in records])
+        self._write([dataclasses.replace(r, vector=v) for r, v in zip(records, vectors, strict=True)])
+        return [r.id for r in records]
+
+    # -- reading ------------------------------------------------------------------------
+
+    def search(
+        self,
+        user_id: str,
+        query: str,
+        k: int | None = None,
+        token_budget: int | None = None,
+        *,
+        kinds: Iterable[str] | None = None,
+        count_tokens: CountTokens | None = None,
+    ) -> list[RetrievedMemory]:
+        """The user's memories most relevant to a query.
+
+        Args:
+            user_id: the user; only their memories are searched.
+            query: the query text (non-empty, within ``retrieval.max_query_bytes``).
+            k: the most results (default ``retrieval.top_k``; 1..``retrieval.max_k``).
+            token_budget: total tokens the results' texts may use; None = unlimited.
+            kinds: restrict to these memory kinds (default: all).
+            count_tokens: token counter for the budget (default: the one given at construction).
+
+        Returns:
+            Results best first, de-duplicated, each with a ``why``.
+
+        Raises:
+            InvalidArgument: a bad field (named, with its limit).
+            MilvusUnavailable: Milvus failed (first search of a user loads their index).
+        """
+        validate_user_id(user_id)
+        self._text("query", query, self._cfg.retrieval.max_query_bytes)
+        if k is None:
+            k = self._cfg.retrieval.top_k
+            if k == 0:
+                return []
+        if not 1 <= k <= self._cfg.retrieval.max_k:
+            raise InvalidArgument("k", f"is {k}; must be between 1 and {self._cfg.retrieval.max_k}")
+        if token_budget is not None and token_budget < 1:
+            raise InvalidArgument("token_budget", f"is {token_budget}; must be at least 1")
+        allowed = None
+        if kinds is not None:
+            allowed = frozenset(kinds)
+            for kind in allowed:
+                self._kind(kind)
+        vector = self._embedder.embed([query])[0]
+        index = self._hot.get(user_id)
+        if index is not None:
+            candidates = self._retriever.rank(index, vector, query, allowed)
+        else:
+            hits = self._store.search(user_id, vector, self._cfg.retrieval.candidates)
+            if allowed is not None:
+                hits = [h for h in hits if h[0].kind in allowed]
+            candidates = self._retriever.rank_hits(hits)
+        return pack(candidates, k, token_budget, count_tokens or self._count_tokens)
+
+    def get(self, user_id: str, memory_id: str) -> MemoryRecord:
+        """One memory of the user (without its vector).
+
+        Raises:
+            NotFound: no such memory for this user (including another user's id).
+            MilvusUnavailable: Milvus failed.
+        """
+        validate_user_id(user_id)
+        if not memory_id:
+            raise InvalidArgument("memory_id", "must not be empty")
+        index = self._hot.peek(user_id)
+        rec = index.get(memory_id) if index is not None else None
+        if rec is None:
+            found = self._store.get(user_id, [memory_id])
+            rec = found[0] if found else None
+        if rec is None or rec.user_id != user_id:
+            raise NotFound(f"memory {memory_id!r} not found")
+        return rec
+
+    def _records(self, user_id: str) -> list[MemoryRecord]:
+        index = self._hot.get(user_id)
+        if index is not None:
+            return list(index.records())
+        return list(self._store.scan(user_id))
+
+    def export(self, user_id: str) -> Iterator[dict[str, Any]]:
+        """Every memory of the user as JSON-able dicts (no vectors), read from Milvus.
+
+        Raises:
+            MilvusUnavailable: Milvus failed (possibly mid-iteration).
+        """
+        validate_user_id(user_id)
+        for rec in self._store.scan(user_id):
+            yield rec.to_dict()
+
+    def stats(self, user_id: str) -> MemoryStats:
+        """Counts of the user's memories.
+
+        Raises:
+            MilvusUnavailable: Milvus failed.
+        """
+        validate_user_id(user_id)
+        records = self._records(user_id)
+        by_kind: dict[str, int] = {kind: 0 for kind in KINDS}
+        for rec in records:
+            by_kind[rec.kind] = by_kind.get(rec.kind, 0) + 1
+        return MemoryStats(
+            total=len(records),
+            by_kind=by_kind,
+            sessions=len({r.session_id for r in records if r.session_id}),
+            clusters=len({r.cluster_id for r in records if r.kind == "cluster_summary"}),
+            unclustered=sum(
+                r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary" for r in records
+            ),
+            hot=self._hot.peek(user_id) is not None,
+        )
+
+    # -- deleting -----------------------------------------------------------------------
+
+    def _forget(self, user_id: str, ids: Sequence[str]) -> None:
+        index = self._hot.peek(user_id)
+        if index is not None and ids:
+            index.remove(ids)
+
+    def delete(self, user_id: str, memory_id: str) -> list[str]:
+        """Delete a memory. Deleting a turn also deletes the summaries built from it,
+        so no copy of its words survives.
+
+        Returns:
+            Every deleted id (the memory first).
+
+        Raises:
+            NotFound: no such memory for this user.
+            MilvusUnavailable: Milvus failed.
+        """
+        rec = self.get(user_id, memory_id)
+        with self._hot.user_lock(user_id):
+            deleted = self._store.delete(user_id, [rec.id])
+            if rec.kind == "turn" and rec.source_ids:
+                deleted += [
+                    i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0])
+                    if i != rec.id
+                ]
+            self._forget(user_id, deleted)
+        if rec.id not in deleted:
+            raise NotFound(f"memory {memory_id!r} not found")
+        return deleted
+
+    def delete_session(self, user_id: str, session_id: str) -> int:
+        """Delete every memory of one session. Cluster summaries (which may quote it)
+        are dropped too; the next :meth:`recluster` rebuilds them.
+
+        Returns:
+            How many of the session's memories were deleted.
+
+        Raises:
+            MilvusUnavailable: Milvus failed.
+        """
+        validate_user_id(user_id)
+        validate_user_id(session_id, "session_id")
+        with self._hot.user_lock(user_id):
+            ids = self._store.delete_where(user_id, session_id=session_id)
+            quoted = self._store.delete_where(user_id, kind="cluster_summary") if ids else []
+            self._forget(user_id, ids + quoted)
+        return len(ids)
+
+    def delete_all(self, user_id: str) -> int:
+        """Delete every memory of the user.
+
+        Returns:
+            How many were deleted.
+
+        Raises:
+            MilvusUnavailable: Milvus failed.
+        """
+        validate_user_id(user_id)
+        with self._hot.user_lock(user_id):
+            ids = self._store.delete_where(user_id)
+            self._hot.drop(user_id)
+        return len(ids)
+
+    # -- clustering ---------------------------------------------------------------------
+
+    def recluster(self, user_id: str) -> ClusterReport:
+        """Cluster the user's memories, write cluster ids back, rebuild cluster summaries.
+
+        Safe to run in the background while the user chats: the heavy part works on
+        a snapshot; memories added meanwhile stay pending for the next run.
+
+        Returns:
+            Counts and timing.
+
+        Raises:
+            MilvusUnavailable: Milvus failed (cluster ids may be partly written; a
+                rerun fixes them).
+        """
+        validate_user_id(user_id)
+        start = time.perf_counter()
+        index = self._hot.get(user_id)
+        if index is None:  # no hot cache: work on a throwaway index
+            index = UserIndex(user_id, self._store.dim)
+            index.add(self._store.scan(user_id, with_vectors=True))
+        ids, vectors = index.snapshot(exclude_kinds=("cluster_summary",))
+        result = self._clusterer.fit(vectors)
+        summaries = self._cluster_summaries(index, user_id, ids, vectors, result)
+        with self._hot.user_lock(user_id):
+            assignments = {
+                mid: int(label) for mid, label in zip(ids, result.labels.tolist(), strict=True)
+                if index.get(mid) is not None  # deleted meanwhile: do not resurrect
+            }
+            self._store.set_clusters(user_id, assignments)
+            self._store.upsert(summaries)
+            keep = {s.id for s in summaries}
+            stale = [r.id for r in index.records() if r.kind == "cluster_summary" and r.id not in keep]
+            self._store.delete(user_id, stale)
+            index.set_clusters(assignments, result.centroids, range(result.clusters))
+            index.add(summaries)
+            index.remove(stale)
+        noise = int(np.sum(result.labels < 0))
+        return ClusterReport(
+            memories=len(ids), clusters=result.clusters, noise=noise,
+            seconds=time.perf_counter() - start, summaries=len(summaries),
+        )
+
+    def _cluster_summaries(
+        self, index: UserIndex, user_id: str, ids: list[str], vectors: np.ndarray, result: Any
+    ) -> list[MemoryRecord]:
+        records: list[MemoryRecord] = []
+        for cluster in range(result.clusters):
+            members = [
+                m for m in (index.get(ids[i]) for i in result.central_members(vectors, cluster, _CLUSTER_QUOTES))
+                if m is not None
+            ]
+            if not members:
+                continue
+            members.sort(key=lambda m: (m.created_at, m.id))
+            pseudo = [
+                Turn(turn_id=m.id, user_id=user_id, session_id=m.session_id,
+                     role=m.role or "user", text=m.text, created_at=m.created_at)  # type: ignore[arg-type]
+                for m in members
+            ]
+            text = self._cluster_summariser(pseudo).strip()
+            if not text:
+                continue
+            sources = list(dict.fromkeys(s for m in members for s in m.source_ids))[:_CLUSTER_SOURCES]
+            records.append(
+                MemoryRecord(
+                    id=memory_id(user_id, "cluster_summary", sorted(m.id for m in members)),
+                    user_id=user_id, session_id="", kind="cluster_summary", text=text,
+                    created_at=max(m.created_at for m in members), source_ids=tuple(sources),
+                    cluster_id=cluster, role="", importance=0.7,
+                )
+            )
+        if not records:
+            return []
+        vecs = self._embedder.embed([index_text(r) for r in records])
+        return [dataclasses.replace(r, vector=v) for r, v in zip(records, vecs, strict=True)]
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def warm(self, user_ids: Iterable[str]) -> None:
+        """Load users' hot indexes now (at start-up) instead of on their first search.
+
+        Raises:
+            MilvusUnavailable: Milvus failed.
+        """
+        for user in user_ids:
+            self._hot.get(validate_user_id(user))
+
+    def close(self) -> None:
+        """Release the store (and an embedded Milvus Lite database)."""
+        self._store.close()
+
+    def list(
+        self,
+        user_id: str,
+        page_size: int = 50,
+        page_token: str = "",
+        kind: str | None = None,
+        session_id: str | None = None,
+    ) -> MemoryPage:
+        """A page of the user's memories, newest first.
+
+        Args:
+            user_id: the user.
+            page_size: 1..1000.
+            page_token: ``next_page_token`` of the previous page ("" for the first).
+            kind: only this kind.
+            session_id: only this session.
+
+        Returns:
+            The page and the token of the next one ("" at the end).
+
+        Raises:
+            InvalidArgument: bad page size, token or kind.
+            MilvusUnavailable: Milvus failed.
+        """
+        validate_user_id(user_id)
+        if not 1 <= page_size <= _MAX_PAGE:
+            raise InvalidArgument("page_size", f"is {page_size}; must be between 1 and {_MAX_PAGE}")
+        self._kind(kind)
+        after = _decode_token(page_token) if page_token else None
+        records = [
+            r for r in self._records(user_id)
+            if (kind is None or r.kind == kind) and (session_id is None or r.session_id == session_id)
+        ]
+        records.sort(key=_order)
+        keys = [_order(r) for r in records]
+        start = bisect.bisect_right(keys, after) if after is not None else 0
+        page = records[start : start + page_size]
+        more = start + page_size < len(records)
+        token = _encode_token(_order(page[-1])) if more and page else ""
+        return MemoryPage(items=page, next_page_token=token)
+
+
+def _order(rec: MemoryRecord) -> tuple[float, str]:
+    return (-rec.created_at, rec.id)
+
+
+def _encode_token(key: tuple[float, str]) -> str:
+    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        neg_created, mid = json.loads(raw)
+        return (float(neg_created), str(mid))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("page_token", "is not a token returned by list") from exc
+
+
+def build_longterm(
+    cfg: MemoryConfig,
+    data_dir: Path | str,
+    *,
+    working: WorkingMemory | None = None,
+    summariser: Summariser | None = None,
+    embedder: Embedder | None = None,
+    count_tokens: CountTokens = approx_token_count,
+    summaries: bool = True,
+) -> LongTermMemory:
+    """Build long-term memory from config (callers skip it when ``longterm.enabled`` is off).
+
+    Args:
+        cfg: the ``memory`` config section.
+        data_dir: DMHA's data dir (the default Milvus Lite file lives there).
+        working: the working memory to archive from.
+        summariser: the LLM summariser; used when ``longterm.summarise`` is on,
+            otherwise (or when None) the extractive one.
+        embedder: an embedder to share (default: the configured sentence-transformers model).
+        count_tokens: default token counter for search budgets.
+        summaries: False archives turns without summary records (benchmark ablation).
+
+    Returns:
+        The ready facade (the embedding model itself loads on first use).
+
+    Raises:
+        StartupError: Milvus cannot be opened (names the path/URI), or the model folder is missing.
+    """
+    embedder = embedder or SentenceTransformerEmbedder(cfg.embedding)
+    store = MilvusLongTermStore(cfg.longterm, Path(data_dir), embedder.dim)
+    chosen: Summariser | None = None
+    if summaries:
+        chosen = summariser if (cfg.longterm.summarise and summariser is not None) else ExtractiveSummariser()
+    return LongTermMemory(
+        cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens
+    )

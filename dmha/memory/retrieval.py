@@ -1,0 +1,289 @@
+"""Hybrid retrieval: several rankings fused with reciprocal-rank fusion, then packed.
+
+Signals (each a ranking of candidate memories, weights from ``memory.retrieval``):
+
+- ``dense``   cosine similarity of embeddings (Faiss);
+- ``lexical`` BM25 over the date-prefixed text (exact names, numbers, rare words);
+- ``cluster`` candidates inside the clusters whose centroids are nearest the query;
+- ``recency`` newer candidates first (a tie-breaker, weighted low);
+- ``context`` from the best few hits: the summary built from a hit turn, and the
+  turns said just before and after it (answers often sit beside the matching line).
+
+Fusion: ``score = sum(weight / (rrf_k + rank))``. Packing walks the fused order,
+skips what is already represented (a summary whose turns were all taken, a turn a
+taken summary quotes, a repeated text), and stops at ``k`` results or the token
+budget: a summary and its source turns never spend the budget twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dmha.config import RetrievalConfig
+from dmha.memory.bm25 import tokenize
+from dmha.memory.hot_index import UserIndex
+from dmha.memory.records import MemoryRecord, RetrievedMemory
+
+__all__ = [
+    "Candidate",
+    "Retriever",
+    "approx_token_count",
+    "coverage",
+    "pack",
+    "rrf_fuse",
+]
+
+CountTokens = Callable[[str], int]
+
+_CONTEXT_HITS = 10  # how many top hits lend their summary / neighbours to "context"
+_ROUTE_CLUSTERS = 2
+
+
+def approx_token_count(text: str) -> int:
+    """A tokenizer-free estimate (~4 UTF-8 bytes per token, as for English BPE).
+
+    Args:
+        text: any text.
+
+    Returns:
+        At least 1.
+    """
+    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+def rrf_fuse(
+    rankings: Mapping[str, Sequence[str]],
+    weights: Mapping[str, float],
+    k0: int = 60,
+) -> list[tuple[str, float, dict[str, int]]]:
+    """Weighted reciprocal-rank fusion.
+
+    Args:
+        rankings: signal name -> ids, best first (an id repeated in one list counts once).
+        weights: signal name -> weight (missing = 1.0; 0 drops the signal).
+        k0: the RRF constant.
+
+    Returns:
+        ``(id, score, {signal: 1-based rank})``, best first; ties broken by id.
+    """
+    scores: dict[str, float] = {}
+    signals: dict[str, dict[str, int]] = {}
+    for name, ids in rankings.items():
+        w = weights.get(name, 1.0)
+        if w <= 0:
+            continue
+        seen: set[str] = set()
+        for rank, mid in enumerate(ids, start=1):
+            if mid in seen:
+                continue
+            seen.add(mid)
+            scores[mid] = scores.get(mid, 0.0) + w / (k0 + rank)
+            signals.setdefault(mid, {})[name] = rank
+    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(mid, score, signals[mid]) for mid, score in fused]
+
+
+def coverage(record: MemoryRecord) -> frozenset[str]:
+    """The turn ids a memory stands for (a turn: itself; a summary: its sources)."""
+    return frozenset(record.source_ids)
+
+
+_CONTAINED = 0.8  # share of a turn's words a summary must quote to stand in for it
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fused candidate before packing."""
+
+    record: MemoryRecord
+    score: float
+    signals: Mapping[str, int]
+
+
+def _why(signals: Mapping[str, int]) -> str:
+    order = ("dense", "lexical", "cluster", "context", "recency")
+    parts = [f"{s}#{signals[s]}" for s in order if s in signals]
+    return " ".join(parts) or "none"
+
+
+def pack(
+    candidates: Sequence[Candidate],
+    k: int,
+    token_budget: int | None = None,
+    count_tokens: CountTokens = approx_token_count,
+) -> list[RetrievedMemory]:
+    """Choose results in fused order: de-duplicated, at most ``k``, within the budget.
+
+    Skipped as redundant: a text equal to a chosen one; a summary whose source turns
+    are all already represented; a turn already chosen, or whose words (80 %) a
+    chosen summary already quotes. A turn a chosen summary only paraphrases is kept:
+    the summary links it but does not carry its content. A candidate too long for
+    the remaining budget is skipped, and a shorter later one may still fit.
+
+    Args:
+        candidates: best first.
+        k: the most results.
+        token_budget: total tokens allowed for the results' texts; None = unlimited.
+        count_tokens: token counter for budget accounting.
+
+    Returns:
+        The chosen memories, best first.
+    """
+    out: list[RetrievedMemory] = []
+    verbatim: set[str] = set()  # turn ids whose text was chosen
+    quoted_by: dict[str, list[set[str]]] = {}  # turn id -> word sets of chosen summaries linking it
+    texts: set[str] = set()
+    used = 0
+    for cand in candidates:
+        if len(out) >= k:
+            break
+        rec = cand.record
+        cov = coverage(rec)
+        norm = " ".join(rec.text.lower().split())
+        if norm in texts:
+            continue
+        words: set[str] | None = None
+        if rec.kind == "turn" and cov:
+            if cov <= verbatim:
+                continue
+            words = set(tokenize(rec.text))
+            holders = [h for tid in cov for h in quoted_by.get(tid, ())]
+            if words and any(len(words & h) >= _CONTAINED * len(words) for h in holders):
+                continue
+        elif cov and cov <= (verbatim | quoted_by.keys()):
+            continue
+        if token_budget is not None:
+            cost = count_tokens(rec.text)
+            if used + cost > token_budget:
+                continue
+            used += cost
+        texts.add(norm)
+        if rec.kind == "turn":
+            verbatim |= cov
+        else:
+            held = set(tokenize(rec.text))
+            for tid in cov:
+                quoted_by.setdefault(tid, []).append(held)
+        out.append(
+            RetrievedMemory(
+                id=rec.id, kind=rec.kind, text=rec.text, score=cand.score,
+                why=_why(cand.signals), session_id=rec.session_id,
+                created_at=rec.created_at, source_ids=rec.source_ids,
+                role=rec.role, cluster_id=rec.cluster_id,
+            )
+        )
+    return out
+
+
+class Retriever:
+    """Runs the signals over one user's index and fuses them.
+
+    Args:
+        cfg: the ``memory.retrieval`` config section.
+    """
+
+    def __init__(self, cfg: RetrievalConfig) -> None:
+        self._cfg = cfg
+        self._weights = {
+            "dense": cfg.weight_dense,
+            "lexical": cfg.weight_lexical,
+            "cluster": cfg.weight_cluster,
+            "recency": cfg.weight_recency,
+            "context": cfg.weight_context,
+        }
+
+    def rank(
+        self,
+        index: UserIndex,
+        query_vector: np.ndarray,
+        query: str,
+        kinds: frozenset[str] | None = None,
+    ) -> list[Candidate]:
+        """Fused candidates from a user's hot index, best first.
+
+        Args:
+            index: the user's index.
+            query_vector: the unit query embedding.
+            query: the query text (for BM25).
+            kinds: memory kinds allowed in the results (None = all).
+
+        Returns:
+            Candidates, best first (not yet de-duplicated or packed).
+        """
+        depth = self._cfg.candidates
+
+        def allowed(row: int) -> MemoryRecord | None:
+            rec = index.record_at(row)
+            return rec if rec is not None and (kinds is None or rec.kind in kinds) else None
+
+        dense = [(r, s) for r, s in index.dense(query_vector, depth) if allowed(r)]
+        lexical = [(r, s) for r, s in index.lexical(tokenize(query), depth) if allowed(r)]
+        pool = list(dict.fromkeys([r for r, _ in dense] + [r for r, _ in lexical]))
+        records = {r: index.record_at(r) for r in pool}
+        rankings: dict[str, list[str]] = {
+            "dense": [records[r].id for r, _ in dense],  # type: ignore[union-attr]
+            "lexical": [records[r].id for r, _ in lexical],  # type: ignore[union-attr]
+        }
+        sims = dict(zip(pool, index.similarity(query_vector, pool).tolist(), strict=True))
+        if self._weights["cluster"] > 0:
+            near = set(index.nearest_clusters(query_vector, _ROUTE_CLUSTERS))
+            routed = [r for r in pool if records[r].cluster_id in near]  # type: ignore[union-attr]
+            routed.sort(key=lambda r: -sims[r])
+            rankings["cluster"] = [records[r].id for r in routed]  # type: ignore[union-attr]
+        if self._weights["recency"] > 0:
+            recent = sorted(pool, key=lambda r: -records[r].created_at)  # type: ignore[union-attr]
+            rankings["recency"] = [records[r].id for r in recent]  # type: ignore[union-attr]
+        fused = rrf_fuse(rankings, self._weights, self._cfg.rrf_k)
+        if self._weights["context"] > 0:
+            rankings["context"] = self._context(index, fused[:_CONTEXT_HITS], kinds)
+            fused = rrf_fuse(rankings, self._weights, self._cfg.rrf_k)
+        out: list[Candidate] = []
+        for mid, score, signals in fused:
+            rec = index.get(mid)
+            if rec is not None:
+                out.append(Candidate(rec, score, signals))
+        return out
+
+    @staticmethod
+    def _context(
+        index: UserIndex,
+        top: Sequence[tuple[str, float, dict[str, int]]],
+        kinds: frozenset[str] | None,
+    ) -> list[str]:
+        """Summaries of, and turns beside, the top hits, in the order of those hits."""
+        out: list[str] = []
+        for mid, _, _ in top:
+            rec = index.get(mid)
+            row = index.row_of(mid)
+            if rec is None or row is None or rec.kind != "turn":
+                continue
+            for owner in sorted(index.owners(rec.source_ids[0]) if rec.source_ids else ()):
+                parent = index.get(owner)
+                if parent is not None and parent.kind == "summary" and (kinds is None or "summary" in kinds):
+                    out.append(owner)
+            if kinds is None or "turn" in kinds:
+                for nrow in index.neighbours(row):
+                    nrec = index.record_at(nrow)
+                    if nrec is not None:
+                        out.append(nrec.id)
+        return out
+
+    def rank_hits(self, hits: Sequence[tuple[MemoryRecord, float]]) -> list[Candidate]:
+        """Fuse a plain dense result list (the path without a hot index) with recency.
+
+        Args:
+            hits: ``(record, similarity)`` best first, e.g. from Milvus.
+
+        Returns:
+            Candidates, best first.
+        """
+        by_id = {rec.id: rec for rec, _ in hits}
+        rankings = {
+            "dense": [rec.id for rec, _ in hits],
+            "recency": [rec.id for rec, _ in sorted(hits, key=lambda h: -h[0].created_at)],
+        }
+        fused = rrf_fuse(rankings, self._weights, self._cfg.rrf_k)
+        return [Candidate(by_id[mid], score, sig) for mid, score, sig in fused]

@@ -1,0 +1,114 @@
+"""Summaries of archived turns: the ``Summariser`` contract and a deterministic one.
+
+The server wires an LLM-backed summariser; :class:`ExtractiveSummariser` needs no
+model, always gives the same output for the same turns, and is used when
+``memory.longterm.summarise`` is off, when the LLM summariser fails, for cluster
+summaries, and by the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from dmha.memory.bm25 import tokenize
+from dmha.memory.working import Turn
+
+__all__ = ["ExtractiveSummariser", "Summariser", "extract_sentences"]
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+@runtime_checkable
+class Summariser(Protocol):
+    """Summarises a batch of turns. Blocking; may call an LLM.
+
+    Raises:
+        DMHAError: any DMHA error (e.g. the model is unavailable); archival then
+            falls back to the extractive summariser, never drops the turns.
+    """
+
+    def __call__(self, turns: Sequence[Turn]) -> str:
+        """Summarise ``turns`` (oldest first) into one short text."""
+        ...
+
+
+def extract_sentences(texts: Sequence[str], max_chars: int) -> list[tuple[int, str]]:
+    """Pick sentences that together cover the most content, in their original order.
+
+    Greedy coverage: each step takes the sentence adding the most not-yet-covered
+    content-word weight per (square root of) length, where a word weighs more when
+    several texts share it (it is what they are about). Coverage rather than
+    centrality keeps a one-off fact ("my sister lives in Berlin") from being crowded
+    out by the batch's main topic. Greetings and fillers have no content words.
+
+    Args:
+        texts: the source texts, in order.
+        max_chars: the budget for the picked sentences' total length.
+
+    Returns:
+        ``(text_index, sentence)`` pairs in source order.
+    """
+    sentences: list[tuple[int, str, set[str]]] = []
+    for ti, text in enumerate(texts):
+        for sent in _SENTENCE.split(text.strip()):
+            sent = sent.strip()
+            toks = set(tokenize(sent))
+            if sent and len(toks) >= 2:  # "Thanks!", "Wow, that's great." carry nothing
+                sentences.append((ti, sent, toks))
+    if not sentences:
+        return []
+    df = Counter(tok for ti in range(len(texts)) for tok in set().union(
+        *(s[2] for s in sentences if s[0] == ti)
+    ))
+    weight = {tok: 1.0 + math.log(n) for tok, n in df.items()}
+    covered: set[str] = set()
+    chosen: list[int] = []
+    used = 0
+    remaining = set(range(len(sentences)))
+    while remaining:
+        best, best_gain = -1, 0.0
+        for pos in sorted(remaining):
+            _, sent, toks = sentences[pos]
+            gain = sum(weight[t] for t in toks - covered) / math.sqrt(len(sent) + 10)
+            if gain > best_gain:
+                best, best_gain = pos, gain
+        if best < 0:
+            break
+        remaining.discard(best)
+        length = len(sentences[best][1])
+        if chosen and used + length > max_chars:
+            continue
+        chosen.append(best)
+        covered |= sentences[best][2]
+        used += length + 1
+    chosen.sort()
+    return [(sentences[p][0], sentences[p][1]) for p in chosen]
+
+
+class ExtractiveSummariser:
+    """A deterministic :class:`Summariser`: the most central sentences, in order.
+
+    Args:
+        max_chars: length budget of the summary (sentences are never cut).
+    """
+
+    def __init__(self, max_chars: int = 400) -> None:
+        self.max_chars = max_chars
+
+    def __call__(self, turns: Sequence[Turn]) -> str:
+        picked = extract_sentences([t.text for t in turns], self.max_chars)
+        if not picked:
+            return " ".join(t.text.strip() for t in turns)[: self.max_chars]
+        groups: dict[int, list[str]] = {}
+        for ti, sent in picked:
+            groups.setdefault(ti, []).append(sent)
+        parts = []
+        for ti, sents in groups.items():
+            # The user's own words need no label; anything else says who said it.
+            label = "" if turns[ti].role == "user" else f"{turns[ti].role}: "
+            parts.append(label + " ".join(sents))
+        return " | ".join(parts)

@@ -1,0 +1,100 @@
+"""The monitor's scoring and self-correction loop (fake checker and regenerate: unit tier)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmha.auth.tokens import Principal
+from dmha.config import MetacognitionConfig
+from dmha.llm.base import GenerationOptions, GenerationResult
+from dmha.metacognition.monitor import MonitorHook, score_signals
+from dmha.turn import ClaimOutcome, MemoryRef, TurnState
+
+BAD = ClaimOutcome("bob.age = 31", "CONTRADICTED", ("fact: bob.age = 30",))
+GOOD = ClaimOutcome("bob.age = 30", "ENTAILED", ("fact: bob.age = 30",))
+
+
+def reply(text, logprob=-0.2):
+    return GenerationResult(text, 10, 5, "stop", "base", mean_logprob=logprob)
+
+
+class Checker:
+    def __init__(self, verdicts):
+        self.verdicts = verdicts  # text -> claims
+        self.asked = []
+
+    async def check(self, turn, text):
+        self.asked.append(text)
+        return self.verdicts.get(text, [])
+
+    async def constraints(self, turn, text):
+        return ["fact: bob.age = 30"]
+
+
+def turn(claims=()):
+    t = TurnState(Principal("alice", frozenset({"user"})), "s1", "How old is Bob?", "How old is Bob?", GenerationOptions())
+    t.claims = list(claims)
+    return t
+
+
+def test_signals_and_weights():
+    cfg = MetacognitionConfig()
+    score, sig = score_signals(cfg, [GOOD], [], reply("Bob is 30."))
+    assert sig["kb_contradiction"] == 0 and score < cfg.threshold
+    score, sig = score_signals(cfg, [BAD], [], reply("Bob is 31."))
+    assert sig["kb_contradiction"] == 1 and score >= cfg.threshold
+    mem = [MemoryRef("m1", "turn", "Bob is thirty years old and lives in Paris", 1.0, "dense")]
+    _, sig = score_signals(cfg, [], mem, reply("Bob thirty years Paris"))
+    assert sig["memory_disagreement"] == 0
+    _, sig = score_signals(cfg, [], mem, reply("Quantum chromodynamics explains gluons"))
+    assert sig["memory_disagreement"] == 1
+    _, sig = score_signals(cfg, [], [], reply("x", logprob=-8))
+    assert sig["low_confidence"] == 1
+
+
+async def test_consistent_reply_passes_untouched():
+    hook = MonitorHook(MetacognitionConfig(), Checker({}), events=None)
+    t = turn([GOOD])
+    out = await hook.review(t, reply("Bob is 30."), regenerate=None)
+    assert out.text == "Bob is 30." and t.events == []
+
+
+async def test_contradiction_is_corrected_by_regeneration():
+    checker = Checker({"Bob is 30.": [GOOD]})
+    seen_blocks = []
+
+    async def regenerate(blocks):
+        seen_blocks.extend(blocks)
+        return reply("Bob is 30.")
+
+    hook = MonitorHook(MetacognitionConfig(), checker, events=None, reorganise=lambda u, s: None)
+    t = turn([BAD])
+    out = await hook.review(t, reply("Bob is 31."), regenerate)
+    assert out.text == "Bob is 30."
+    assert "fact: bob.age = 30" in seen_blocks[0].lines
+    (event,) = t.events
+    assert event.outcome == "corrected"
+    assert event.actions == ("regenerated_with_constraints:1", "memory_reorganised")
+    assert t.claims == [GOOD]
+
+
+async def test_still_inconsistent_answers_from_the_kb():
+    async def regenerate(blocks):
+        return reply("Bob is 31, really.")
+
+    checker = Checker({"Bob is 31, really.": [BAD]})
+    hook = MonitorHook(MetacognitionConfig(max_attempts=2), checker, events=None)
+    t = turn([BAD])
+    out = await hook.review(t, reply("Bob is 31."), regenerate)
+    assert "fact: bob.age = 30" in out.text and "not the case" in out.text
+    assert t.events[0].outcome == "answered_from_kb"
+    assert t.events[0].actions[:2] == ("regenerated_with_constraints:1", "regenerated_with_constraints:2")
+    assert len(checker.asked) == 2
+
+
+@pytest.mark.parametrize("attempts", [0])
+async def test_zero_attempts_goes_straight_to_the_kb(attempts):
+    hook = MonitorHook(MetacognitionConfig(max_attempts=attempts), Checker({}), events=None)
+    t = turn([BAD])
+    out = await hook.review(t, reply("Bob is 31."), regenerate=None)
+    assert t.events[0].outcome == "answered_from_kb" and "bob.age = 30" in out.text
