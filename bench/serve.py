@@ -27,36 +27,39 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-def raw_generate(model_dir: Path, tokens: int, repeats: int) -> dict[str, float]:
+class RawGenerate:
     """Greedy decode with plain transformers in this process (the baseline)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    from dmha.config import ModelConfig
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    messages = [
-        {"role": "system", "content": ModelConfig().system_prompt},
-        {"role": "user", "content": PROMPT},
-    ]
-    ids = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
-              add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ttfts, rates = [], []
-    with torch.inference_mode():
-        for _ in range(repeats):
+        from dmha.config import ModelConfig
+
+        torch.set_num_threads(1)
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        messages = [
+            {"role": "system", "content": ModelConfig().system_prompt},
+            {"role": "user", "content": PROMPT},
+        ]
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        self.ids = self.tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    def run(self, tokens: int) -> dict[str, float]:
+        """One greedy decode of ``tokens`` tokens; TTFT and decode tokens/s."""
+        import torch
+
+        with torch.inference_mode():
             start = time.perf_counter()
-            out = model(ids, use_cache=True)
+            out = self.model(self.ids, use_cache=True)
             past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
             first = time.perf_counter()
             for _ in range(tokens - 1):
-                out = model(nxt, past_key_values=past, use_cache=True)
+                out = self.model(nxt, past_key_values=past, use_cache=True)
                 past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
             end = time.perf_counter()
-            ttfts.append(first - start)
-            rates.append((tokens - 1) / (end - first))
-    return {"ttft_s": statistics.median(ttfts), "tok_s": statistics.median(rates)}
+        return {"ttft_s": first - start, "tok_s": (tokens - 1) / (end - first)}
 
 
 async def one_stream(address: str, token: str, tokens: int) -> dict[str, float]:
@@ -113,14 +116,21 @@ def main() -> None:
     from dmha.llm.model_store import ensure_model
 
     model_dir = ensure_model(None, default_data_dir())
-    raw = raw_generate(model_dir, args.tokens, args.repeats)
+    baseline = RawGenerate(model_dir)
+    raws: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as data_dir:
         proc, address, token = start_server(data_dir, model_dir)
         try:
             runs = []
             for n in args.streams:
-                reps = [asyncio.run(concurrent(address, token, n, args.tokens)) for _ in range(args.repeats if n == 1 else 1)]
+                reps = []
+                for _ in range(args.repeats if n == 1 else 1):
+                    # Alternate baseline and server runs so both see the same machine load.
+                    if n == 1:
+                        raws.append(baseline.run(args.tokens))
+                    reps.append(asyncio.run(concurrent(address, token, n, args.tokens)))
                 runs.append({**{k: statistics.median(r[k] for r in reps) for k in reps[0]}, "streams": n})
+            raw = {k: statistics.median(r[k] for r in raws) for k in ("ttft_s", "tok_s")}
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -165,18 +165,20 @@ class RetrievalConfig(_Section):
     """Largest query accepted by search (UTF-8 bytes)."""
     candidates: int = Field(100, ge=10)
     """Depth of each signal's ranking before fusion."""
-    rrf_k: int = Field(60, ge=1)
+    rrf_k: int = Field(20, ge=1)
     """Reciprocal-rank-fusion constant: score = sum(weight / (rrf_k + rank))."""
     weight_dense: float = Field(1.0, ge=0)
     """RRF weight of dense (embedding) similarity."""
-    weight_lexical: float = Field(1.0, ge=0)
-    """RRF weight of BM25."""
-    weight_cluster: float = Field(0.3, ge=0)
-    """RRF weight of cluster routing (candidates in the clusters nearest the query)."""
+    weight_lexical: float = Field(1.5, ge=0)
+    """RRF weight of BM25 (names, dates and rare words beat MiniLM on LoCoMo)."""
+    weight_cluster: float = Field(0.0, ge=0)
+    """RRF weight of cluster routing (candidates in the clusters nearest the query).
+    Off by default: on LoCoMo it re-ranks what dense already found and cost recall."""
     weight_recency: float = Field(0.1, ge=0)
     """RRF weight of recency among the candidates."""
-    weight_context: float = Field(0.5, ge=0)
-    """RRF weight of context: the summary linking, and the turns beside, the top hits."""
+    weight_context: float = Field(1.0, ge=0)
+    """RRF weight of context: summaries ranked by their turns' scores, and the turns
+    beside the top hits."""
     ivf_threshold: int = Field(200_000, ge=1000)
     """Above this many memories a user's hot index switches from exact IndexFlatIP to IVF."""
 
@@ -198,6 +200,9 @@ class KnowledgeConfig(_Section):
     """Per-call Z3 budget; on timeout the verdict is UNKNOWN with reason 'timeout'."""
     max_statement_bytes: int = Field(64 * 1024, ge=16)
     """Largest text accepted by one Tell."""
+    loaded_views: int = Field(64, ge=1)
+    """(user, session) views kept loaded and grounded in memory (least recently used
+    are dropped; a dropped view is re-grounded from the store on its next call)."""
 
 
 class LearningConfig(_Section):
@@ -237,6 +242,10 @@ class LearningConfig(_Section):
     """Gate: share of retain prompts whose first 32 greedy tokens are unchanged."""
     max_perplexity_increase: float = Field(0.05, ge=0)
     """Gate: largest relative perplexity rise on the held-out text (0.05 = +5 %)."""
+    locality_tie_nats: float = Field(0.0, ge=0)
+    """Gate: a retain answer that first diverges where the live model rated the new
+    token within this many nats of its own choice counts as unchanged (a broken
+    near-tie, not drift). 0 = strict token-for-token identity."""
     freeze: bool = True
     """TorchScript-freeze each accepted version (else it is served eagerly)."""
     freeze_device: Literal["auto", "cpu", "cuda"] = "auto"

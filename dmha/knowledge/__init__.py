@@ -32,7 +32,13 @@ from dmha.knowledge.model import (
     format_value,
     python_value,
 )
-from dmha.knowledge.parser import ParseResult, is_statement_line, parse, parse_literal, parse_statement
+from dmha.knowledge.parser import (
+    ParseResult,
+    is_statement_line,
+    parse,
+    parse_literal,
+    parse_statement,
+)
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
 
 __all__ = [

@@ -15,7 +15,8 @@ import redis
 
 from dmha.config import KnowledgeConfig
 from dmha.errors import InvalidArgument
-from dmha.knowledge.kb import KnowledgeBase, _View
+from dmha.knowledge.kb import KnowledgeBase
+from dmha.knowledge.view import View
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
 
 __all__ = ["KnowledgeBank"]
@@ -30,19 +31,20 @@ class KnowledgeBank:
         backend: a :class:`StatementStore`, a ``redis.Redis`` client (wrapped in a
             :class:`RedisStore`), or None for a process-local :class:`InMemoryStore`.
         config: limits and solver budget for every view.
-        max_views: how many (user, session) views stay loaded.
+        max_views: how many (user, session) views stay loaded; default
+            ``config.loaded_views``.
     """
 
     def __init__(self, backend: StatementStore | redis.Redis | None = None,
-                 config: KnowledgeConfig | None = None, *, max_views: int = 64) -> None:
+                 config: KnowledgeConfig | None = None, *, max_views: int | None = None) -> None:
         if backend is None:
             backend = InMemoryStore()
         elif isinstance(backend, redis.Redis):
             backend = RedisStore(backend)
         self._store: StatementStore = backend
         self._config = config or KnowledgeConfig()
-        self._max_views = max_views
-        self._views: OrderedDict[tuple[str, str | None], _View] = OrderedDict()
+        self._max_views = max_views if max_views is not None else self._config.loaded_views
+        self._views: OrderedDict[tuple[str, str | None], View] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -72,7 +74,7 @@ class KnowledgeBank:
         with self._lock:
             view = self._views.get(key)
             if view is None:
-                view = _View(self._store, self._config, user_id, session_id)
+                view = View(self._store, self._config, user_id, session_id)
                 self._views[key] = view
                 while len(self._views) > self._max_views:
                     self._views.popitem(last=False)

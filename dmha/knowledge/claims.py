@@ -187,13 +187,16 @@ def entities_in(kb: KnowledgeBase, text: str) -> list[str]:
         Entity names in order of first mention.
     """
     words = [w.lower() for w in _WORD_RE.findall(text.replace("'s ", " "))]
+    spans = {"_".join(words[i:i + n]) for n in range(1, _MAX_NAME_WORDS + 1)
+             for i in range(len(words) - n + 1)}
+    known = kb.known_entities(spans)
     found: dict[str, None] = {}
     i = 0
     while i < len(words):
         # Longest match first, so "New York" is new_york rather than new and york.
         for size in range(min(_MAX_NAME_WORDS, len(words) - i), 0, -1):
             name = "_".join(words[i:i + size])
-            if kb.knows_entity(name):
+            if name in known:
                 found.setdefault(name, None)
                 i += size
                 break

@@ -134,6 +134,10 @@ class Grounder:
         """Derivable values of ``entity.attribute`` (as presented, so booleans included)."""
         return set(self._ae.get((attribute, positive, entity), ()))
 
+    def has_entity(self, entity: str) -> bool:
+        """True when some derivable literal is about ``entity``."""
+        return entity in self._by_entity
+
     def about(self, entity: str) -> set[Lit]:
         """Derivable literals whose entity is ``entity``."""
         return set(self._by_entity.get(entity, ()))

@@ -10,11 +10,8 @@ arguments it is a private in-memory knowledge base, usable as a plain library::
     kb.ask("bob.smart = true").verdict          # Verdict.ENTAILED
 
 Several views share namespaces (every user sees ``global``; a user's sessions share
-the user's statements). Each view checks the store's version counters on every call
-and reloads when another writer changed a namespace it reads, re-applying the
-resolution policy, so it is consistent whatever changed underneath. A statement of
-a broader scope that loses in a narrower view is *overridden* there (recorded in the
-narrower namespace) instead of being rejected for everybody.
+the user's statements); :mod:`dmha.knowledge.view` keeps each one in step with the
+store and consistent whatever other writers changed.
 
 Calls block (Z3, store I/O): the server runs them through its executor. A view is
 serialised by its own lock and owns its own Z3 context, so views run in parallel.
@@ -23,9 +20,7 @@ serialised by its own lock and owns its own Z3 context, so views run in parallel
 from __future__ import annotations
 
 import secrets
-import threading
-import time
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 
 from dmha.config import KnowledgeConfig
@@ -39,20 +34,20 @@ from dmha.knowledge.model import (
     Lit,
     Literal,
     Scope,
+    Statement,
     StatementRecord,
     Status,
     TellResult,
 )
 from dmha.knowledge.parser import parse, parse_literal
-from dmha.knowledge.reasoner import Loss, Reasoner
 from dmha.knowledge.store import (
     GLOBAL_NS,
     InMemoryStore,
-    Override,
     StatementStore,
     StoreBatch,
     namespace_for,
 )
+from dmha.knowledge.view import View
 
 __all__ = ["ADMIN_ROLE", "KnowledgeBase"]
 
@@ -60,39 +55,8 @@ ADMIN_ROLE = "admin"
 _EXPLAIN_LIMIT = 20
 
 
-def _rank(namespace: str) -> int:
-    """Breadth of a namespace: global 0, user 1, session 2."""
-    return {"g": 0, "u": 1, "s": 2}[namespace[0]]
-
-
 def _literal(lit: Lit) -> Literal:
     return Literal(lit[0], lit[1], lit[2], not lit[3])
-
-
-class _View:
-    """The shared state behind every :class:`KnowledgeBase` handle of one view."""
-
-    def __init__(self, store: StatementStore, config: KnowledgeConfig, user_id: str,
-                 session_id: str | None) -> None:
-        self.lock = threading.RLock()
-        self.store = store
-        self.config = config
-        self.user_id = user_id
-        self.session_id = session_id
-        self.layers = [GLOBAL_NS, namespace_for(Scope.USER, user_id, None)]
-        if session_id is not None:
-            self.layers.append(namespace_for(Scope.SESSION, user_id, session_id))
-        self.records: dict[str, StatementRecord] = {}
-        self.overrides: dict[str, tuple[str, Override]] = {}
-        self.counts: Counter[str] = Counter()
-        self.reasoner = Reasoner(config.solver_timeout_ms)
-        self.seen: dict[str, int] | None = None
-        self.last_time = 0.0
-
-    def tick(self) -> float:
-        # Strictly increasing, so "newer wins" is well defined within one tell.
-        self.last_time = max(time.time(), self.last_time + 1e-6)
-        return self.last_time
 
 
 class KnowledgeBase:
@@ -112,12 +76,12 @@ class KnowledgeBase:
     def __init__(self, config: KnowledgeConfig | None = None, *,
                  store: StatementStore | None = None, user_id: str = "local",
                  session_id: str | None = None, role: str = "user") -> None:
-        self._view = _View(store if store is not None else InMemoryStore(),
-                           config or KnowledgeConfig(), user_id, session_id)
+        self._view = View(store if store is not None else InMemoryStore(),
+                          config or KnowledgeConfig(), user_id, session_id)
         self._role = role
 
     @classmethod
-    def _attach(cls, view: _View, role: str) -> KnowledgeBase:
+    def _attach(cls, view: View, role: str) -> KnowledgeBase:
         kb = cls.__new__(cls)
         kb._view = view
         kb._role = role
@@ -186,13 +150,13 @@ class KnowledgeBase:
             stamped.append(replace(stmt, scope=sc,
                                    source=stmt.source if stmt.source is not None else source))
         with view.lock:
-            self._sync()
+            self._view.sync()
             self._check_capacity(stamped)
             batch = StoreBatch()
             accepted: dict[str, StatementRecord] = {}
             rejected: list[Conflict] = []
             demoted: list[Conflict] = []
-            with self._stale_on_error():
+            with self._view.stale_on_error():
                 for stmt in stamped:
                     stmt = replace(stmt, created_at=view.tick())
                     ns = namespace_for(stmt.scope or Scope.USER, view.user_id, view.session_id)
@@ -205,11 +169,11 @@ class KnowledgeBase:
                         accepted[rec.id] = rec
                     else:
                         assert admission.loss is not None
-                        rejected.append(self._lose(admission.loss, batch))
+                        rejected.append(self._view.lose(admission.loss, batch))
                     for loss in admission.demoted:
                         accepted.pop(loss.sid, None)
-                        demoted.append(self._lose(loss, batch))
-                self._commit(batch)
+                        demoted.append(self._view.lose(loss, batch))
+                self._view.commit(batch)
         return TellResult(tuple(accepted.values()), tuple(rejected), tuple(demoted),
                           parsed.chat_lines)
 
@@ -233,9 +197,9 @@ class KnowledgeBase:
         if not lit.is_ground:
             raise InvalidArgument("query", "must be ground (no ?variables)")
         with self._view.lock:
-            self._sync()
+            self._view.sync()
             verdict, ids, reason = self._view.reasoner.answer(lit.key())
-            support = tuple(sorted((self._shown(self._view.records[i]) for i in ids),
+            support = tuple(sorted((self._view.shown(self._view.records[i]) for i in ids),
                                    key=lambda r: r.statement.created_at or 0.0))
         return Answer(lit, verdict, support, reason)
 
@@ -259,15 +223,15 @@ class KnowledgeBase:
         """
         view = self._view
         with view.lock:
-            self._sync()
+            self._view.sync()
             rec = view.records.get(statement_id)
             if rec is None:
                 raise NotFound(f"statement {statement_id!r} not found")
             if rec.namespace == GLOBAL_NS and self._role != ADMIN_ROLE:
                 raise PermissionDenied("only the admin role may retract global statements")
-            shown = self._shown(rec)
+            shown = self._view.shown(rec)
             batch = StoreBatch()
-            with self._stale_on_error():
+            with self._view.stale_on_error():
                 losses = view.reasoner.remove(rec.id) if rec.id in view.reasoner else ()
                 batch.delete_records.append((rec.namespace, rec.id))
                 del view.records[rec.id]
@@ -276,8 +240,8 @@ class KnowledgeBase:
                 if held is not None:
                     batch.delete_overrides.append((held[0], rec.id))
                 for loss in losses:
-                    self._lose(loss, batch)
-                self._commit(batch)
+                    self._view.lose(loss, batch)
+                self._view.commit(batch)
         return shown
 
     def statements(self, *, status: Status | str | None = None,
@@ -298,8 +262,8 @@ class KnowledgeBase:
         want_status = _status(status)
         want_scope = _scope(scope)
         with self._view.lock:
-            self._sync()
-            out = [self._shown(r) for r in self._view.records.values()]
+            self._view.sync()
+            out = [self._view.shown(r) for r in self._view.records.values()]
         return sorted((r for r in out
                        if (want_status is None or r.status is want_status)
                        and (want_scope is None or r.scope is want_scope)),
@@ -312,7 +276,7 @@ class KnowledgeBase:
             RedisUnavailable: the store failed.
         """
         with self._view.lock:
-            return [self._conflict(r) for r in self.statements(status=Status.REJECTED)]
+            return [self._view.conflict(r) for r in self.statements(status=Status.REJECTED)]
 
     def explain(self, statement_id: str) -> Explanation:
         """Why a statement stands where it does.
@@ -330,13 +294,13 @@ class KnowledgeBase:
         """
         view = self._view
         with view.lock:
-            self._sync()
+            self._view.sync()
             rec = view.records.get(statement_id)
             if rec is None:
                 raise NotFound(f"statement {statement_id!r} not found")
-            rec = self._shown(rec)
+            rec = self._view.shown(rec)
             if rec.status is Status.REJECTED:
-                conflict = self._conflict(rec)
+                conflict = self._view.conflict(rec)
                 return Explanation(rec, conflict.reason, conflict.core)
             stmt = rec.statement
             grounder = view.reasoner.grounder
@@ -349,27 +313,33 @@ class KnowledgeBase:
                 reason = f"accepted declaration ({'in effect' if effective else 'superseded'})"
             else:
                 lits = grounder.rule_heads(rec.id, _EXPLAIN_LIMIT)
-                reason = f"accepted rule; fired for {len(lits)} conclusion(s) shown"
+                reason = "accepted rule" if lits else "accepted rule (has not fired yet)"
             return Explanation(rec, reason, (), tuple(_literal(x) for x in sorted(lits)))
 
     # -- vocabulary (used by the claim extractor and prompt building) ----------------
     def attributes(self) -> set[str]:
         """Attributes with a derivable literal or an ``attr:`` declaration."""
         with self._view.lock:
-            self._sync()
+            self._view.sync()
             reasoner = self._view.reasoner
             return reasoner.grounder.attributes() | reasoner.declared_attributes()
 
     def knows_entity(self, name: str) -> bool:
         """True when some derivable literal is about entity ``name`` (case-insensitive)."""
+        return bool(self.known_entities([name]))
+
+    def known_entities(self, names: Iterable[str]) -> set[str]:
+        """The lower-cased ``names`` that some derivable literal is about (one store
+        round trip for the lot)."""
         with self._view.lock:
-            self._sync()
-            return bool(self._view.reasoner.grounder.about(name.lower()))
+            self._view.sync()
+            grounder = self._view.reasoner.grounder
+            return {n.lower() for n in names if grounder.has_entity(n.lower())}
 
     def attributes_having(self, value: str) -> list[str]:
         """Attributes for which some entity has the canonical ``value`` derivable."""
         with self._view.lock:
-            self._sync()
+            self._view.sync()
             grounder = self._view.reasoner.grounder
             return sorted(a for a in grounder.attributes() if grounder.has_value(a, value))
 
@@ -384,44 +354,12 @@ class KnowledgeBase:
             The literals.
         """
         with self._view.lock:
-            self._sync()
+            self._view.sync()
             lits = sorted(self._view.reasoner.grounder.about(entity.lower()))
         return [_literal(x) for x in lits[:limit]]
 
     # -- internals -------------------------------------------------------------------
-    def _shown(self, rec: StatementRecord) -> StatementRecord:
-        held = self._view.overrides.get(rec.id)
-        if rec.status is Status.ACCEPTED and held is not None:
-            ovr = held[1]
-            return replace(rec, status=Status.REJECTED, reason=ovr.reason,
-                           conflicts_with=ovr.conflicts_with)
-        return rec
-
-    def _conflict(self, rec: StatementRecord) -> Conflict:
-        records = self._view.records
-        core = tuple(self._shown(records[i]) for i in rec.conflicts_with if i in records)
-        return Conflict(rec, rec.reason, core)
-
-    def _lose(self, loss: Loss, batch: StoreBatch) -> Conflict:
-        """Record that ``loss.sid`` lost: rejected in its own namespace, or overridden in
-        the narrowest namespace of its core when that one is narrower."""
-        view = self._view
-        rec = view.records[loss.sid]
-        others = tuple(sorted(loss.core - {loss.sid}))
-        members = [view.records[m] for m in loss.core if m in view.records]
-        target = max((m.namespace for m in members), key=_rank, default=rec.namespace)
-        if _rank(target) > _rank(rec.namespace):
-            ovr = Override(loss.sid, loss.reason, others)
-            view.overrides[loss.sid] = (target, ovr)
-            batch.put_overrides.append((target, ovr))
-        else:
-            rec = replace(rec, status=Status.REJECTED, reason=loss.reason, conflicts_with=others)
-            view.records[loss.sid] = rec
-            batch.put_records = [r for r in batch.put_records if r.id != rec.id]
-            batch.put_records.append(rec)
-        return self._conflict(self._shown(view.records[loss.sid]))
-
-    def _check_capacity(self, stamped: list) -> None:
+    def _check_capacity(self, stamped: list[Statement]) -> None:
         view = self._view
         limit = view.config.max_statements_per_user
         new_global = sum(1 for s in stamped if s.scope is Scope.GLOBAL)
@@ -431,75 +369,6 @@ class KnowledgeBase:
                                     f" statements; limit {limit}")
         if new_global and view.counts[GLOBAL_NS] + new_global > limit:
             raise ResourceExhausted(f"global knowledge would exceed {limit} statements")
-
-    def _stale_on_error(self) -> _StaleOnError:
-        return _StaleOnError(self._view)
-
-    def _sync(self) -> None:
-        view = self._view
-        versions = view.store.versions(view.layers)
-        if view.seen is None or versions != tuple(view.seen.get(ns, -1) for ns in view.layers):
-            self._reload()
-
-    def _reload(self) -> None:
-        view = self._view
-        with self._stale_on_error():
-            snaps = [view.store.load(ns) for ns in view.layers]
-            view.records = {r.id: r for snap in snaps for r in snap.records}
-            view.counts = Counter(r.namespace for r in view.records.values())
-            view.overrides = {}
-            for ns, snap in zip(view.layers, snaps, strict=True):
-                for ovr in snap.overrides:
-                    target = view.records.get(ovr.statement_id)
-                    if target is not None and _rank(target.namespace) < _rank(ns):
-                        view.overrides.setdefault(ovr.statement_id, (ns, ovr))
-            view.reasoner = Reasoner(view.config.solver_timeout_ms)
-            view.seen = {ns: snap.version for ns, snap in zip(view.layers, snaps, strict=True)}
-            batch = StoreBatch()
-            live = [r for r in view.records.values()
-                    if self._shown(r).status is Status.ACCEPTED]
-            live.sort(key=lambda r: (r.statement.created_at or 0.0, r.id))
-            # Replaying in creation order under the same policy reproduces every earlier
-            # decision; only clashes between namespaces changed by others are new.
-            for rec in live:
-                admission = view.reasoner.add(rec.id, rec.statement)
-                if admission.loss is not None:
-                    self._lose(admission.loss, batch)
-                for loss in admission.demoted:
-                    self._lose(loss, batch)
-            view.last_time = max([view.last_time] + [r.statement.created_at or 0.0
-                                                     for r in view.records.values()])
-            self._commit(batch)
-
-    def _commit(self, batch: StoreBatch) -> None:
-        view = self._view
-        if not batch:
-            return
-        versions = view.store.commit(batch)
-        assert view.seen is not None
-        for ns, version in versions.items():
-            if ns not in view.seen:
-                continue
-            if view.seen[ns] + 1 == version:
-                view.seen[ns] = version
-            else:
-                view.seen = None  # someone else wrote meanwhile: reload on the next call
-                return
-
-
-class _StaleOnError:
-    """On any exception, forget what was loaded so the next call reloads from the store
-    (the in-memory view may be ahead of a commit that failed)."""
-
-    def __init__(self, view: _View) -> None:
-        self._view = view
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is not None:
-            self._view.seen = None
 
 
 def _scope(value: Scope | str | None) -> Scope | None:

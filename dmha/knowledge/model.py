@@ -13,7 +13,6 @@ import enum
 import math
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 __all__ = [
     "Answer",
@@ -214,7 +213,6 @@ class Fact:
         created_at: Unix time stamped by the knowledge base; None when only parsed.
     """
 
-    kind: ClassVar[str] = "fact"
     entity: str
     attribute: str
     value: str
@@ -247,7 +245,6 @@ class Rule:
         confidence, scope, source, created_at: as for :class:`Fact`.
     """
 
-    kind: ClassVar[str] = "rule"
     name: str | None
     body: tuple[Literal, ...]
     head: Literal
@@ -274,7 +271,6 @@ class AttrDecl:
         confidence, scope, source, created_at: as for :class:`Fact`.
     """
 
-    kind_name: ClassVar[str] = "attr"
     attribute: str
     kind: str
     confidence: float = 1.0
@@ -291,8 +287,10 @@ Statement = Fact | Rule | AttrDecl
 
 
 def statement_kind(stmt: Statement) -> str:
-    """``"fact"``, ``"rule"`` or ``"attr"``."""
-    return "attr" if isinstance(stmt, AttrDecl) else stmt.kind
+    """``"fact"`` (``deny:`` included), ``"rule"`` or ``"attr"``."""
+    if isinstance(stmt, Fact):
+        return "fact"
+    return "rule" if isinstance(stmt, Rule) else "attr"
 
 
 @dataclass(frozen=True, slots=True)

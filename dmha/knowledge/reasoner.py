@@ -184,10 +184,12 @@ class Reasoner:
             try:
                 return self._resolve(None, lits, Deadline(self._timeout)).demoted
             except SolverTimeout:
-                self._activate(sid, stmt)
-                raise DeadlineExceeded(
-                    "retracting this declaration needs conflict resolution beyond the "
-                    "solver budget; raise knowledge.solver_timeout_ms") from None
+                pass
+            # Raised outside the handler so that no traceback keeps Z3 objects alive
+            # beyond this call (they must die while the view's lock is held).
+            self._activate(sid, stmt)
+            raise DeadlineExceeded("retracting this declaration needs conflict resolution "
+                                   "beyond the solver budget; raise knowledge.solver_timeout_ms")
         finally:
             self._invalidate()
 

@@ -3,11 +3,14 @@
 Statements live in *namespaces*: ``g`` (global), ``u:<user>`` and
 ``s:<user>:<session>``. Each namespace holds statement records, *overrides*
 (statements of a broader namespace that lost a conflict in views that include this
-one) and a version counter bumped by every commit, so a knowledge base can tell
-cheaply whether someone else changed what it has loaded.
+one), a version counter bumped by every commit, and a short log of which ids each
+commit changed. A knowledge base checks the counters on every call (one round trip)
+and, when another writer moved one, fetches just the changed ids from the log
+instead of reloading everything.
 
-The Redis layout per namespace is a hash of records, a hash of overrides and a
-counter; a commit is one MULTI/EXEC transaction, so a tell is all-or-nothing.
+The Redis layout per namespace is a hash of records, a hash of overrides, the
+counter and the log (a list capped at the last ``LOG_LENGTH`` commits); a commit is
+one MULTI/EXEC transaction, so a tell is all-or-nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dmha.knowledge.model import (
 )
 
 __all__ = [
+    "Changes",
     "InMemoryStore",
     "Override",
     "RedisStore",
@@ -44,6 +48,7 @@ __all__ = [
 ]
 
 GLOBAL_NS = "g"
+LOG_LENGTH = 1000
 
 
 def namespace_for(scope: Scope, user_id: str, session_id: str | None) -> str:
@@ -90,6 +95,21 @@ class Snapshot:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in a namespace after some version (None values: deleted).
+
+    Attributes:
+        version: the version these changes bring the reader to (at least).
+        records: id -> current record, or None when it was deleted.
+        overrides: statement id -> current override, or None when it was removed.
+    """
+
+    version: int
+    records: dict[str, StatementRecord | None]
+    overrides: dict[str, Override | None]
+
+
 @dataclass(slots=True)
 class StoreBatch:
     """Changes committed atomically by :meth:`StatementStore.commit`."""
@@ -98,6 +118,14 @@ class StoreBatch:
     delete_records: list[tuple[str, str]] = field(default_factory=list)
     put_overrides: list[tuple[str, Override]] = field(default_factory=list)
     delete_overrides: list[tuple[str, str]] = field(default_factory=list)
+
+    def changed_ids(self, namespace: str) -> tuple[list[str], list[str]]:
+        """(record ids, override ids) the batch changes in ``namespace``."""
+        recs = [r.id for r in self.put_records if r.namespace == namespace]
+        recs += [sid for ns, sid in self.delete_records if ns == namespace]
+        ovrs = [o.statement_id for ns, o in self.put_overrides if ns == namespace]
+        ovrs += [sid for ns, sid in self.delete_overrides if ns == namespace]
+        return recs, ovrs
 
     def namespaces(self) -> set[str]:
         """Every namespace the batch touches."""
@@ -149,6 +177,22 @@ class StatementStore(Protocol):
 
         Raises:
             RedisUnavailable: the backend failed; nothing was applied.
+        """
+        ...
+
+    def changes(self, namespace: str, since: int) -> Changes | None:
+        """The current state of every id changed in ``namespace`` after ``since``.
+
+        Args:
+            namespace: as built by :func:`namespace_for`.
+            since: the version the caller has.
+
+        Returns:
+            The changes, or None when the log no longer reaches back to ``since``
+            (the caller then loads the whole namespace).
+
+        Raises:
+            RedisUnavailable: the backend failed (Redis implementation).
         """
         ...
 
@@ -224,6 +268,7 @@ class InMemoryStore:
         self._records: dict[str, dict[str, StatementRecord]] = {}
         self._overrides: dict[str, dict[str, Override]] = {}
         self._versions: dict[str, int] = {}
+        self._log: dict[str, list[tuple[int, list[str], list[str]]]] = {}
 
     def load(self, namespace: str) -> Snapshot:
         """See :meth:`StatementStore.load`."""
@@ -251,7 +296,23 @@ class InMemoryStore:
             out = {}
             for ns in batch.namespaces():
                 self._versions[ns] = out[ns] = self._versions.get(ns, 0) + 1
+                log = self._log.setdefault(ns, [])
+                log.append((out[ns], *batch.changed_ids(ns)))
+                del log[:-LOG_LENGTH]
             return out
+
+    def changes(self, namespace: str, since: int) -> Changes | None:
+        """See :meth:`StatementStore.changes`."""
+        with self._lock:
+            version = self._versions.get(namespace, 0)
+            entries = [e for e in self._log.get(namespace, []) if e[0] > since]
+            if len(entries) < version - since:
+                return None
+            records = self._records.get(namespace, {})
+            overrides = self._overrides.get(namespace, {})
+            return Changes(version,
+                           {i: records.get(i) for e in entries for i in e[1]},
+                           {i: overrides.get(i) for e in entries for i in e[2]})
 
 
 # -- Redis ---------------------------------------------------------------------------
@@ -314,9 +375,46 @@ class RedisStore:
             for ns, sid in batch.delete_overrides:
                 pipe.hdel(self._key(ns, "ovr"), sid)
             for ns in touched:
+                recs, ovrs = batch.changed_ids(ns)
+                pipe.rpush(self._key(ns, "log"), json.dumps({"r": recs, "o": ovrs}))
+                pipe.ltrim(self._key(ns, "log"), -LOG_LENGTH, -1)
+            for ns in touched:
                 pipe.incr(self._key(ns, "ver"))
             results = pipe.execute()
         except redis.RedisError as exc:
             raise RedisUnavailable(f"cannot write knowledge statements: {exc}") from exc
         return dict(zip(touched, (int(v) for v in results[-len(touched):]), strict=True)) \
             if touched else {}
+
+    def changes(self, namespace: str, since: int) -> Changes | None:
+        """See :meth:`StatementStore.changes`."""
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self._key(namespace, "ver"))
+            pipe.lrange(self._key(namespace, "log"), 0, -1)
+            ver, entries = pipe.execute()
+            version = int(ver or 0)
+            missing = version - since
+            if missing <= 0:
+                return Changes(version, {}, {})
+            if missing > len(entries):
+                return None
+            rec_ids: dict[str, None] = {}
+            ovr_ids: dict[str, None] = {}
+            for raw in entries[-missing:]:
+                entry = json.loads(raw)
+                rec_ids.update(dict.fromkeys(entry["r"]))
+                ovr_ids.update(dict.fromkeys(entry["o"]))
+            # Fetched after the log: possibly newer than ``version``, which is harmless
+            # because applying an id's current state is idempotent.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hmget(self._key(namespace, "stmts"), list(rec_ids) or ["-"])
+            pipe.hmget(self._key(namespace, "ovr"), list(ovr_ids) or ["-"])
+            recs, ovrs = pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot read knowledge changes: {exc}") from exc
+        return Changes(
+            version,
+            {i: record_from_json(v) if v else None for i, v in zip(rec_ids, recs, strict=False)},
+            {i: _override_from_json(v) if v else None
+             for i, v in zip(ovr_ids, ovrs, strict=False)})

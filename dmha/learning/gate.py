@@ -136,10 +136,15 @@ class Gate:
     """
 
     def __init__(
-        self, fmt: ChatFormat, thresholds: GateThresholds, eval_paraphrases: int = 6
+        self,
+        fmt: ChatFormat,
+        thresholds: GateThresholds,
+        tie_nats: float = 0.0,
+        eval_paraphrases: int = 6,
     ) -> None:
         self.fmt = fmt
         self.thresholds = thresholds
+        self.tie_nats = tie_nats
         self.eval_paraphrases = eval_paraphrases
 
     def _answers_contain(
@@ -172,6 +177,7 @@ class Gate:
         reference: GateReference,
         items: Seq[FeedbackItem],
         replay: Seq[FeedbackItem] = (),
+        live: Any = None,
     ) -> GateReport:
         """Check a candidate against the live model's reference.
 
@@ -180,6 +186,8 @@ class Gate:
             reference: :func:`build_gate_reference` of the live model.
             items: the feedback this update learned.
             replay: earlier accepted feedback it must still know.
+            live: the live model; needed only for the tie-tolerant locality
+                (``tie_nats > 0``), which scores divergences under it.
 
         Returns:
             The report; ``passed`` is False with reasons when a threshold is missed.
@@ -201,12 +209,22 @@ class Gate:
         same = 0
         agree = 0
         total = 0
+        diverged: list[tuple[int, int, int]] = []  # (prompt, position, candidate token)
         logits = answer_logits(candidate, reference.seqs)
-        for x, ref in zip(logits, reference.argmax, strict=True):
+        for k, (x, ref) in enumerate(zip(logits, reference.argmax, strict=True)):
             got = x.argmax(-1).tolist()
             same += got == list(ref)
             agree += sum(int(a == b) for a, b in zip(got, ref, strict=True))
             total += len(ref)
+            first = next((j for j, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b), None)
+            if first is not None:
+                diverged.append((k, first, got[first]))
+        ties = 0
+        if self.tie_nats > 0 and live is not None and diverged:
+            live_logits = answer_logits(live, [reference.seqs[k] for k, _, _ in diverged])
+            for (k, j, tok), lx in zip(diverged, live_logits, strict=True):
+                lp = torch.log_softmax(lx[j].float(), -1)
+                ties += float(lp.max() - lp[tok]) <= self.tie_nats
         nll = sequence_nll(
             candidate, self.fmt.tokenizer.encode(HELDOUT_TEXT, add_special_tokens=False)
         )
@@ -219,7 +237,8 @@ class Gate:
             "efficacy": share(eff),
             "generalisation": share(gen),
             "retention": share(ret),
-            "locality": same / len(reference.seqs) if reference.seqs else 1.0,
+            "locality": (same + ties) / len(reference.seqs) if reference.seqs else 1.0,
+            "locality_strict": same / len(reference.seqs) if reference.seqs else 1.0,
             "locality_token_agreement": agree / total if total else 1.0,
             "perplexity_increase": ppl_rise,
             "n_inputs": float(len(eff)),

@@ -12,11 +12,11 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from dmha.learning.prompting import Sequence
 
-__all__ = ["answer_logits", "greedy", "sequence_nll", "unwrap"]
+__all__ = ["answer_logits", "common_prefix", "greedy", "sequence_nll", "unwrap"]
 
 
 def unwrap(model: Any) -> Any:
@@ -29,18 +29,38 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def common_prefix(seqs: Seq[Sequence]) -> int:
+    """Length of the token prefix shared by every sequence's prompt."""
+    if not seqs:
+        return 0
+    first = seqs[0].prompt
+    n = min(len(s.prompt) for s in seqs)
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s.prompt[i] != first[i]), n)
+    return n
+
+
 def answer_logits(
-    model: Any, seqs: Seq[Sequence], batch_size: int = 16, pad_id: int = 0
+    model: Any,
+    seqs: Seq[Sequence],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    prefix_len: int | None = None,
 ) -> list[torch.Tensor]:
     """Logits that predict each answer token of each sequence (teacher forcing).
 
+    The prompt prefix every sequence shares (the chat template's system message) is
+    run once, with batch 1, and its key/value cache is broadcast to the batch: with
+    a fixed system prompt that is half the tokens of a short chat prompt. Right
+    padding needs no mask under causal attention (pads only follow real tokens).
     Gradients flow when called outside ``torch.no_grad``.
 
     Args:
         model: causal LM (peft-wrapped or not).
         seqs: sequences with non-empty answers.
         batch_size: sequences per forward pass (bounds activation memory).
-        pad_id: id used for right padding (masked out).
+        pad_id: id used for right padding.
+        prefix_len: shared prefix length; None = computed (0 disables sharing).
 
     Returns:
         One ``float32 [len(answer), vocab]`` tensor per sequence, in order.
@@ -48,22 +68,45 @@ def answer_logits(
     base = unwrap(model)
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     device = _device(base)
+    shared = common_prefix(seqs) if prefix_len is None else prefix_len
+    # At least one prompt token must stay in the suffix to predict the first answer token.
+    shared = max(0, min(shared, min((len(s.prompt) for s in seqs), default=1) - 1))
+    past: tuple[torch.Tensor, ...] = ()
+    if shared:
+        cache = decoder(
+            input_ids=torch.tensor([seqs[0].prompt[:shared]], device=device),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+        ).past_key_values
+        past = tuple(t for layer in cache.layers for t in (layer.keys, layer.values))
     out: list[torch.Tensor] = []
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start : start + batch_size]
-        width = max(len(s.prompt) + len(s.answer) - 1 for s in chunk)
+        width = max(len(s.prompt) + len(s.answer) - 1 - shared for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
         rows: list[int] = []
         cols: list[int] = []
         for i, s in enumerate(chunk):
             # The last answer token is predicted, never fed: drop it from the input.
-            full = [*s.prompt, *s.answer][:-1]
+            full = [*s.prompt, *s.answer][shared:-1]
             ids[i, : len(full)] = torch.tensor(full)
-            mask[i, : len(full)] = 1
             rows += [i] * len(s.answer)
-            cols += range(len(s.prompt) - 1, len(s.prompt) - 1 + len(s.answer))
-        hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            first = len(s.prompt) - 1 - shared
+            cols += range(first, first + len(s.answer))
+        kwargs: dict[str, Any] = {}
+        if past:
+            layers = []
+            for i in range(0, len(past), 2):
+                layer = DynamicLayer()
+                layer.keys = past[i].expand(len(chunk), -1, -1, -1)
+                layer.values = past[i + 1].expand(len(chunk), -1, -1, -1)
+                layer.dtype, layer.device = past[i].dtype, past[i].device
+                layer.is_initialized = True
+                layers.append(layer)
+            cache = DynamicCache()
+            cache.layers = layers
+            kwargs = {"past_key_values": cache, "use_cache": True}
+        hidden = decoder(input_ids=ids.to(device), **kwargs).last_hidden_state
         logits = head(hidden[torch.tensor(rows), torch.tensor(cols)]).float()
         out.extend(logits.split([len(s.answer) for s in chunk]))
     return out
@@ -81,7 +124,7 @@ def sequence_nll(model: Any, ids: Seq[int]) -> float:
         The mean NLL in nats.
     """
     seq = Sequence(tuple(ids[:1]), tuple(ids[1:]))
-    logits = answer_logits(model, [seq])[0]
+    logits = answer_logits(model, [seq], prefix_len=0)[0]
     target = torch.tensor(seq.answer, device=logits.device)
     return float(torch.nn.functional.cross_entropy(logits, target))
 

@@ -182,5 +182,20 @@ class Objective:
             else zero
         )
         total = ce + self.plan.lambda_causal * causal + self.plan.lambda_locality * locality
-        parts = {"ce": ce.item(), "causal": causal.item(), "locality": locality.item()}
+        with torch.no_grad():
+            # How surely the student already produces every target (task and paraphrases):
+            # the smallest logit gap between the target token and its best rival.
+            margins = []
+            for t in (*self.task, *self.causal):
+                x = out(t).detach()
+                tgt = torch.tensor(t.seq.answer, device=device)
+                right = x.gather(1, tgt[:, None]).squeeze(1)
+                rival = x.scatter(1, tgt[:, None], float("-inf")).max(-1).values
+                margins.append(float((right - rival).min()))
+        parts = {
+            "ce": ce.item(),
+            "causal": causal.item(),
+            "locality": locality.item(),
+            "margin": min(margins),
+        }
         return total, parts

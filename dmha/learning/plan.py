@@ -33,6 +33,10 @@ class UpdatePlan:
         paraphrases: training paraphrases per feedback item for the causal term.
         retain_per_step: retain prompts sampled per step for the locality term.
         seed: seeds the adapter's initialisation and the retain sampling.
+        protect_prefix: constrain the adapter to leave the shared prompt prefix
+            (system message) unchanged; see :mod:`dmha.learning.trainer`.
+        stop_margin: stop early once every target token (input and training
+            paraphrases) leads its best rival by this many logits; 0 = run all steps.
     """
 
     lora_rank: int = 8
@@ -47,6 +51,8 @@ class UpdatePlan:
     paraphrases: int = 4
     retain_per_step: int = 4
     seed: int = 0
+    protect_prefix: bool = True
+    stop_margin: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
     recorded with the version, never read by the trainer."""

@@ -292,8 +292,8 @@ class Registry:
             log.error("version %s: record %s is corrupt: %s", version_id, folder / "version.json", exc)
             raise NotFound(f"model version {version_id!r} is unreadable") from exc
 
-    def list(self) -> list[Version]:
-        """Every readable version, base first, then by number."""
+    def versions(self) -> list[Version]:
+        """Every readable version, base first, then by number (also :meth:`list`)."""
         out = [self._base()]
         names = [p.name for p in (self.root / "versions").iterdir() if _ID.match(p.name)]
         for name in sorted(names, key=lambda n: int(n[1:])):
@@ -438,3 +438,5 @@ class Registry:
                 raise FailedPrecondition("the live version is base; there is nothing to roll back")
             to = current.parent
         return self.promote(to)
+
+    list = versions

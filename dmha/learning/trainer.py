@@ -101,6 +101,51 @@ def apply_adapter(model: Any, adapter_dir: Path) -> Any:
         return peft_model.merge_and_unload()
 
 
+def _lora_layers(student: Any) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in student.modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
+
+
+@torch.no_grad()
+def _prefix_projectors(student: Any, prefix: list[int]) -> list[tuple[Any, torch.Tensor]]:
+    """Per LoRA layer, an orthonormal basis of its inputs over the shared prompt prefix.
+
+    Every served prompt starts with the same tokens (system message, user header),
+    and causal attention makes their hidden states independent of what follows. If
+    each adapter maps those inputs to zero, the prefix's states are unchanged layer
+    after layer (by induction), so the edit cannot reach every prompt through it
+    (through attention sinks in particular).
+    """
+    layers = _lora_layers(student)
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, args, out, i=i: inputs.__setitem__(i, args[0].reshape(-1, args[0].shape[-1]))
+        )
+        for i, m in enumerate(layers)
+    ]
+    try:
+        device = next(student.parameters()).device
+        student(input_ids=torch.tensor([prefix], device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for i, m in enumerate(layers):
+        x = inputs[i].float()
+        _, sv, vh = torch.linalg.svd(x, full_matrices=False)
+        keep = sv > sv[0] * 1e-5
+        out.append((m.lora_A["default"].weight, vh[keep].to(m.lora_A["default"].weight.dtype)))
+    return out
+
+
+def _project(projectors: list[tuple[Any, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for weight, basis in projectors:
+            weight.sub_((weight @ basis.T) @ basis)
+
+
 class Trainer:
     """Runs updates for one chat format.
 
@@ -112,6 +157,10 @@ class Trainer:
     def __init__(self, fmt: ChatFormat, grad_clip: float = 1.0) -> None:
         self.fmt = fmt
         self.grad_clip = grad_clip
+        # The tokens every served prompt starts with: those of two different prompts agree on.
+        a, b = fmt.prompt("a"), fmt.prompt("b")
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        self.prefix = list(a[:n])
 
     def train(
         self,
@@ -158,6 +207,10 @@ class Trainer:
 
         with peft_quietly():
             student = get_peft_model(model, _lora_config(plan))
+        projectors = []
+        if plan.protect_prefix and self.prefix:
+            projectors = _prefix_projectors(student, self.prefix)
+            _project(projectors)
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
         losses: list[float] = []
@@ -169,10 +222,18 @@ class Trainer:
             value = total.item()
             if not math.isfinite(value):
                 raise TrainingDiverged(step, value)
+            if plan.stop_margin > 0 and parts["margin"] >= plan.stop_margin:
+                # Every target is already the greedy answer with room to spare: more
+                # steps would only move the model further from the live one.
+                losses.append(value)
+                if progress is not None:
+                    progress(step, step, value)
+                break
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             opt.step()
+            _project(projectors)
             losses.append(value)
             if progress is not None:
                 progress(step, plan.steps, value)

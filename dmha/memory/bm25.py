@@ -47,18 +47,19 @@ def _stem(word: str) -> str:
 def _strip_suffix(word: str) -> str:
     if len(word) <= 3 or word.isdigit():
         return word
-    for suffix, keep in (("ies", "y"), ("sses", "ss"), ("ing", ""), ("edly", ""), ("ed", ""),
-                         ("ly", ""), ("es", ""), ("s", "")):
+    # Step 1: plurals ('paintings' -> 'painting', 'parties' -> 'party', 'boxes' -> 'box').
+    if word.endswith("ies") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith(("sses", "ches", "shes", "xes", "zes")):
+        word = word[:-2]
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    # Step 2: verb and adverb endings ('painting' -> 'paint', 'planned' -> 'plan').
+    for suffix in ("edly", "ing", "ed", "ly"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            if suffix == "s" and word.endswith(("ss", "us", "is")):
-                return word
-            if suffix == "es" and not word.endswith(("ches", "shes", "xes", "sses", "zes")):
-                # 'races' -> 'race', not 'rac'
-                return word[:-1]
-            stem = word[: len(word) - len(suffix)] + keep
-            # 'running' -> 'run', 'planned' -> 'plan': undo a doubled final consonant.
+            stem = word[: -len(suffix)]
             if suffix in ("ing", "ed") and len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "lsz":
-                stem = stem[:-1]
+                stem = stem[:-1]  # 'running' -> 'run'
             return stem
     return word
 

@@ -6,8 +6,9 @@ Signals (each a ranking of candidate memories, weights from ``memory.retrieval``
 - ``lexical`` BM25 over the date-prefixed text (exact names, numbers, rare words);
 - ``cluster`` candidates inside the clusters whose centroids are nearest the query;
 - ``recency`` newer candidates first (a tie-breaker, weighted low);
-- ``context`` from the best few hits: the summary built from a hit turn, and the
-  turns said just before and after it (answers often sit beside the matching line).
+- ``context`` summaries ranked by the fused scores of their turns among the
+  candidates (parent-document retrieval), then the turns said just before and
+  after the best hits (answers often sit beside the matching line).
 
 Fusion: ``score = sum(weight / (rrf_k + rank))``. Packing walks the fused order,
 skips what is already represented (a summary whose turns were all taken, a turn a
@@ -238,7 +239,7 @@ class Retriever:
             rankings["recency"] = [records[r].id for r in recent]  # type: ignore[union-attr]
         fused = rrf_fuse(rankings, self._weights, self._cfg.rrf_k)
         if self._weights["context"] > 0:
-            rankings["context"] = self._context(index, fused[:_CONTEXT_HITS], kinds)
+            rankings["context"] = self._context(index, fused, kinds)
             fused = rrf_fuse(rankings, self._weights, self._cfg.rrf_k)
         out: list[Candidate] = []
         for mid, score, signals in fused:
@@ -250,22 +251,32 @@ class Retriever:
     @staticmethod
     def _context(
         index: UserIndex,
-        top: Sequence[tuple[str, float, dict[str, int]]],
+        fused: Sequence[tuple[str, float, dict[str, int]]],
         kinds: frozenset[str] | None,
     ) -> list[str]:
-        """Summaries of, and turns beside, the top hits, in the order of those hits."""
-        out: list[str] = []
-        for mid, _, _ in top:
+        """The context ranking: parent summaries, then the neighbours of the top hits.
+
+        A summary ranks by the summed fused score of its turns among the candidates
+        (parent-document retrieval: the batch holding several good hits is the best
+        context); then come the turns said just before and after each of the
+        best ``_CONTEXT_HITS`` hits, since an answer often sits beside the line
+        that matches the question.
+        """
+        parents: dict[str, float] = {}
+        want_summaries = kinds is None or "summary" in kinds
+        for mid, score, _ in fused:
             rec = index.get(mid)
-            row = index.row_of(mid)
-            if rec is None or row is None or rec.kind != "turn":
+            if rec is None or rec.kind != "turn" or not rec.source_ids or not want_summaries:
                 continue
-            for owner in sorted(index.owners(rec.source_ids[0]) if rec.source_ids else ()):
+            for owner in index.owners(rec.source_ids[0]):
                 parent = index.get(owner)
-                if parent is not None and parent.kind == "summary" and (kinds is None or "summary" in kinds):
-                    out.append(owner)
-            if kinds is None or "turn" in kinds:
-                for nrow in index.neighbours(row):
+                if parent is not None and parent.kind == "summary":
+                    parents[owner] = parents.get(owner, 0.0) + score
+        out = [mid for mid, _ in sorted(parents.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if kinds is None or "turn" in kinds:
+            for mid, _, _ in fused[:_CONTEXT_HITS]:
+                row = index.row_of(mid)
+                for nrow in index.neighbours(row) if row is not None else ():
                     nrec = index.record_at(nrow)
                     if nrec is not None:
                         out.append(nrec.id)

@@ -90,19 +90,23 @@ def extract_sentences(texts: Sequence[str], max_chars: int) -> list[tuple[int, s
 
 
 class ExtractiveSummariser:
-    """A deterministic :class:`Summariser`: the most central sentences, in order.
+    """A deterministic :class:`Summariser`: the sentences covering the most content, in order.
 
     Args:
-        max_chars: length budget of the summary (sentences are never cut).
+        max_chars: length cap of a summary (sentences are never cut).
+        ratio: a summary is also at most this share of its source's length, so it
+            stays a compression of the turns rather than a copy of them.
     """
 
-    def __init__(self, max_chars: int = 400) -> None:
+    def __init__(self, max_chars: int = 600, ratio: float = 0.5) -> None:
         self.max_chars = max_chars
+        self.ratio = ratio
 
     def __call__(self, turns: Sequence[Turn]) -> str:
-        picked = extract_sentences([t.text for t in turns], self.max_chars)
+        budget = min(self.max_chars, int(self.ratio * sum(len(t.text) for t in turns)))
+        picked = extract_sentences([t.text for t in turns], budget)
         if not picked:
-            return " ".join(t.text.strip() for t in turns)[: self.max_chars]
+            return " ".join(t.text.strip() for t in turns)[:budget]
         groups: dict[int, list[str]] = {}
         for ti, sent in picked:
             groups.setdefault(ti, []).append(sent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmha.errors import InvalidArgument, NotFound, PermissionDenied
+from dmha.errors import InvalidArgument, NotFound, PermissionDenied, RedisUnavailable
 from dmha.knowledge import InMemoryStore, KnowledgeBank, KnowledgeBase, Status, Verdict
 
 E, C, U = Verdict.ENTAILED, Verdict.CONTRADICTED, Verdict.UNKNOWN
@@ -140,3 +140,59 @@ def test_views_evicted_and_reloaded(bank: KnowledgeBank) -> None:
     assert small.for_user("alice").ask("a.b = 1").verdict is E
     small.evict("alice")
     assert small.for_user("alice").ask("a.b = 1").verdict is E
+
+
+def test_views_of_one_user_follow_each_other_incrementally(bank: KnowledgeBank) -> None:
+    user_view = bank.for_user("alice")
+    session = bank.for_user("alice", "s1")
+    (fact,) = user_view.tell("fact: a.age = 30\nrule: if ?x.age = 30 then ?x.old = true"
+                             ).accepted[:1]
+    assert session.ask("a.old = true").verdict is E
+    reasoner = session._view.reasoner  # noqa: SLF001 - the point is that it is not rebuilt
+    session.tell("fact: a.age = 31")  # user scope: demotes the user view's fact
+    assert user_view.ask("a.age = 31").verdict is E
+    assert user_view.ask("a.old = true").verdict is U
+    assert {r.id: r.status for r in user_view.statements()}[fact.id] is Status.REJECTED
+    user_view.retract(fact.id)
+    user_view.tell("fact: b.age = 30")
+    assert session.ask("b.old = true").verdict is E
+    assert fact.id not in {r.id for r in session.statements()}
+    assert session._view.reasoner is reasoner  # noqa: SLF001
+
+
+def test_short_change_log_falls_back_to_reload(bank: KnowledgeBank,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dmha.knowledge.store.LOG_LENGTH", 2)
+    reader, writer = bank.for_user("alice", "s1"), bank.for_user("alice")
+    reader.tell("fact: a.n = 0")
+    before = reader._view.reasoner  # noqa: SLF001
+    for i in range(1, 5):
+        writer.tell(f"fact: a.n = {i}")
+    assert reader.ask("a.n = 4").verdict is E
+    assert reader.ask("a.n = 3").verdict is C
+    assert reader._view.reasoner is not before  # noqa: SLF001
+
+
+class _FlakyStore(InMemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    def commit(self, batch):  # type: ignore[no-untyped-def]
+        if self.fail_next:
+            self.fail_next = False
+            raise RedisUnavailable("down")
+        return super().commit(batch)
+
+
+def test_failed_commit_leaves_nothing_behind() -> None:
+    store = _FlakyStore()
+    kb = KnowledgeBase(store=store)
+    kb.tell("fact: a.age = 1")
+    store.fail_next = True
+    with pytest.raises(RedisUnavailable):
+        kb.tell("fact: a.age = 2\nfact: b.x = 1")
+    # The view re-reads the store: neither the new facts nor the demotion happened.
+    assert kb.ask("a.age = 1").verdict is E
+    assert kb.ask("b.x = 1").verdict is U
+    assert [r.status for r in kb.statements()] == [Status.ACCEPTED]

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from dmha.errors import InvalidArgument, StatementSyntaxError
-from dmha.knowledge import AttrDecl, Fact, Literal, Rule, Scope, parse, parse_literal, parse_statement
+from dmha.knowledge import (
+    AttrDecl,
+    Fact,
+    Literal,
+    Rule,
+    Scope,
+    parse,
+    parse_literal,
+    parse_statement,
+)
 
 X, V = "?x", "?v"
 

@@ -102,7 +102,8 @@ def test_support_is_minimal_with_alternative_derivations() -> None:
     kb.tell("fact: z.a = 1\nfact: z.b = 1\nrule: if ?x.a = 1 then ?x.c = 1\n"
             "rule: if ?x.b = 1 and ?x.a = 1 then ?x.c = 1")
     support = kb.ask("z.c = 1").support
-    assert [r.statement.text(options=False) for r in support] == ["fact: z.a = 1", "rule: if ?x.a = 1 then ?x.c = 1"]
+    assert [r.statement.text(options=False) for r in support] == [
+        "fact: z.a = 1", "rule: if ?x.a = 1 then ?x.c = 1"]
 
 
 def test_ask_accepts_a_literal_and_rejects_variables() -> None:

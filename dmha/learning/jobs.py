@@ -1,0 +1,451 @@
+"""Durable training-job records in Redis, the queue the worker takes them from, and
+a per-job event stream.
+
+Keys (all under ``dmha:learn:``):
+
+- ``job:{id}``      hash: the job record (JSON fields for lists and dicts);
+- ``jobs``          sorted set id -> created_at (listing);
+- ``candidates``    sorted set id -> created_at: feedback awaiting a trainer;
+- ``queue``         list of queued ids (LPUSH in, BLMOVE out);
+- ``claimed``       list of ids taken by a worker and not yet finished;
+- ``events:{id}``   stream of state changes and progress (what ``watch`` reads).
+
+States::
+
+    candidate --promote--> queued --> training --> evaluating --> freezing --> deployed
+                                          |             |            |
+                                          +--> failed   +--> rejected, failed
+
+A job moves between states with its event in one transaction, so a watcher never
+misses a transition. A worker takes a job with BLMOVE into ``claimed``; on start,
+:meth:`JobStore.recover` puts claimed-but-unstarted jobs back in the queue and
+marks jobs caught in a running state ``failed`` (an update killed half-way is not
+retried blindly: it may be what killed the process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis
+
+from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from dmha.learning.feedback import FeedbackItem, new_id
+from dmha.redis_connection import RedisConnection
+
+__all__ = ["RUNNING_STATES", "TERMINAL_STATES", "Job", "JobEvent", "JobState", "JobStore"]
+
+log = logging.getLogger(__name__)
+
+JobState = Literal[
+    "candidate", "queued", "training", "evaluating", "freezing", "deployed", "rejected", "failed"
+]
+RUNNING_STATES: frozenset[str] = frozenset({"training", "evaluating", "freezing"})
+TERMINAL_STATES: frozenset[str] = frozenset({"deployed", "rejected", "failed"})
+_ALLOWED: dict[str, frozenset[str]] = {
+    "candidate": frozenset({"queued", "failed"}),
+    "queued": frozenset({"training", "failed"}),
+    "training": frozenset({"training", "evaluating", "failed"}),
+    "evaluating": frozenset({"freezing", "rejected", "failed"}),
+    "freezing": frozenset({"deployed", "failed"}),
+}
+_EVENTS_MAXLEN = 1000
+_EVENTS_TTL = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training job (or a candidate awaiting promotion).
+
+    Attributes:
+        job_id: identifier.
+        state: see the module docstring.
+        items: the feedback to learn.
+        submitter: who submitted it (a user id).
+        created_at: Unix time of submission.
+        updated_at: Unix time of the last change.
+        step: last completed training step.
+        steps: planned training steps (0 until training starts).
+        loss: the last step's loss.
+        metrics: gate and timing figures once known.
+        reasons: why the gate rejected it.
+        error: why it failed.
+        version: the model version it produced (deployed jobs).
+        plan: the UpdatePlan used, as a dict.
+    """
+
+    job_id: str
+    state: JobState
+    items: tuple[FeedbackItem, ...]
+    submitter: str
+    created_at: float
+    updated_at: float
+    step: int = 0
+    steps: int = 0
+    loss: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    error: str = ""
+    version: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _from_hash(cls, h: dict[str, str]) -> Job:
+        return cls(
+            job_id=h["job_id"],
+            state=h["state"],  # type: ignore[arg-type]
+            items=tuple(FeedbackItem.from_dict(d) for d in json.loads(h["items"])),
+            submitter=h.get("submitter", ""),
+            created_at=float(h["created_at"]),
+            updated_at=float(h.get("updated_at", h["created_at"])),
+            step=int(h.get("step", 0)),
+            steps=int(h.get("steps", 0)),
+            loss=float(h.get("loss", 0.0)),
+            metrics=json.loads(h.get("metrics", "{}")),
+            reasons=tuple(json.loads(h.get("reasons", "[]"))),
+            error=h.get("error", ""),
+            version=h.get("version", ""),
+            plan=json.loads(h.get("plan", "{}")),
+        )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event stream: a state change or a training step."""
+
+    job_id: str
+    state: JobState
+    step: int
+    steps: int
+    loss: float
+    at: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    version: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """True for the job's last event."""
+        return self.state in TERMINAL_STATES
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in fields.items():
+        out[k] = json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
+    return out
+
+
+class JobStore:
+    """Job records, queue and events. Blocking API: run it through ``run_blocking``.
+
+    Args:
+        conn: the Redis connection.
+        max_queued: queued jobs allowed at once (beyond: ResourceExhausted).
+        prefix: key prefix (tests may isolate themselves with another).
+    """
+
+    def __init__(self, conn: RedisConnection, max_queued: int = 100, prefix: str = "dmha:learn:") -> None:
+        self._conn = conn
+        self._max_queued = max_queued
+        self._p = prefix
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self._p}job:{job_id}"
+
+    def _events_key(self, job_id: str) -> str:
+        return f"{self._p}events:{job_id}"
+
+    # ----------------------------------------------------------- submission
+
+    def submit(self, items: Sequence[FeedbackItem], submitter: str, candidate: bool = False) -> Job:
+        """Record feedback: queue it for training, or keep it as a candidate.
+
+        Args:
+            items: the feedback (at least one item).
+            submitter: the submitting user's id.
+            candidate: True for feedback from an ordinary user: stored, never trained
+                until a trainer promotes it.
+
+        Returns:
+            The new job (state ``queued`` or ``candidate``).
+
+        Raises:
+            InvalidArgument: no items.
+            ResourceExhausted: the queue is full.
+            RedisUnavailable: Redis is down (nothing was recorded).
+        """
+        if not items:
+            raise InvalidArgument("items", "at least one feedback item is required")
+        now = time.time()
+        job = Job(new_id(), "candidate" if candidate else "queued", tuple(items), submitter, now, now)
+        record = _encode(
+            {
+                "job_id": job.job_id,
+                "state": job.state,
+                "items": [it.to_dict() for it in items],
+                "submitter": submitter,
+                "created_at": repr(now),
+                "updated_at": repr(now),
+            }
+        )
+
+        def run(c: redis.Redis) -> None:
+            if not candidate and c.llen(f"{self._p}queue") >= self._max_queued:
+                raise ResourceExhausted(f"the training queue is full ({self._max_queued} jobs)")
+            pipe = c.pipeline(transaction=True)
+            pipe.hset(self._job_key(job.job_id), mapping=record)
+            pipe.zadd(f"{self._p}jobs", {job.job_id: now})
+            if candidate:
+                pipe.zadd(f"{self._p}candidates", {job.job_id: now})
+            else:
+                pipe.lpush(f"{self._p}queue", job.job_id)
+            self._add_event(pipe, job.job_id, {"state": job.state, "at": repr(now)})
+            pipe.execute()
+
+        self._conn.call(run)
+        return job
+
+    def _add_event(self, pipe: Any, job_id: str, fields: dict[str, Any]) -> None:
+        pipe.xadd(self._events_key(job_id), _encode(fields), maxlen=_EVENTS_MAXLEN, approximate=True)
+        pipe.expire(self._events_key(job_id), _EVENTS_TTL)
+
+    # ---------------------------------------------------------------- reading
+
+    def get(self, job_id: str) -> Job:
+        """A job by id.
+
+        Raises:
+            NotFound: no such job.
+        """
+        h = self._conn.call(lambda c: c.hgetall(self._job_key(job_id)))
+        if not h:
+            raise NotFound(f"no training job {job_id!r}")
+        return Job._from_hash(h)
+
+    def list(self, limit: int = 100, states: Sequence[str] | None = None) -> list[Job]:
+        """The newest jobs first.
+
+        Args:
+            limit: at most this many.
+            states: only these states (None = all).
+        """
+        ids = self._conn.call(lambda c: c.zrevrange(f"{self._p}jobs", 0, -1))
+        out: list[Job] = []
+        for job_id in ids:
+            try:
+                job = self.get(job_id)
+            except NotFound:
+                continue
+            if states is None or job.state in states:
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def list_candidates(self, limit: int = 100) -> list[Job]:
+        """Candidate feedback awaiting a trainer, oldest first."""
+        ids = self._conn.call(lambda c: c.zrange(f"{self._p}candidates", 0, limit - 1))
+        return [self.get(i) for i in ids]
+
+    # -------------------------------------------------------------- promotion
+
+    def promote_candidate(self, job_id: str) -> Job:
+        """Queue a candidate for training.
+
+        Raises:
+            NotFound: no such job.
+            FailedPrecondition: it is not a candidate.
+            ResourceExhausted: the queue is full.
+        """
+
+        def run(c: redis.Redis) -> None:
+            if c.llen(f"{self._p}queue") >= self._max_queued:
+                raise ResourceExhausted(f"the training queue is full ({self._max_queued} jobs)")
+            with c.pipeline(transaction=True) as pipe:
+                # WATCH makes a concurrent promote of the same candidate lose cleanly.
+                pipe.watch(self._job_key(job_id))
+                state = pipe.hget(self._job_key(job_id), "state")
+                if state is None:
+                    raise NotFound(f"no training job {job_id!r}")
+                if state != "candidate":
+                    raise FailedPrecondition(f"job {job_id} is {state}, not a candidate")
+                now = time.time()
+                pipe.multi()
+                pipe.hset(self._job_key(job_id), mapping={"state": "queued", "updated_at": repr(now)})
+                pipe.zrem(f"{self._p}candidates", job_id)
+                pipe.lpush(f"{self._p}queue", job_id)
+                self._add_event(pipe, job_id, {"state": "queued", "at": repr(now)})
+                pipe.execute()
+
+        try:
+            self._conn.call(run)
+        except redis.WatchError as exc:
+            raise FailedPrecondition(f"job {job_id} changed concurrently; retry") from exc
+        return self.get(job_id)
+
+    def dismiss_candidate(self, job_id: str, reason: str = "dismissed by a trainer") -> Job:
+        """Drop a candidate without training it (it ends ``failed`` with ``reason``).
+
+        Raises:
+            NotFound: no such job.
+            FailedPrecondition: it is not a candidate.
+        """
+        job = self.transition(job_id, "failed", error=reason)
+        self._conn.call(lambda c: c.zrem(f"{self._p}candidates", job_id))
+        return job
+
+    # ---------------------------------------------------------------- worker
+
+    def claim(self, timeout: float = 1.0) -> Job | None:
+        """Take the oldest queued job (blocking up to ``timeout`` seconds).
+
+        Keep ``timeout`` below the Redis socket timeout.
+
+        Returns:
+            The job, still ``queued`` (call :meth:`transition` to start it), or None.
+        """
+        job_id = self._conn.call(
+            lambda c: c.blmove(f"{self._p}queue", f"{self._p}claimed", timeout, "RIGHT", "LEFT")
+        )
+        if job_id is None:
+            return None
+        try:
+            return self.get(job_id)
+        except NotFound:
+            self._conn.call(lambda c: c.lrem(f"{self._p}claimed", 0, job_id))
+            return None
+
+    def transition(self, job_id: str, state: JobState, **fields: Any) -> Job:
+        """Move a job to ``state`` (or record progress when ``state`` is unchanged).
+
+        Args:
+            job_id: the job.
+            state: the new state; must be allowed from the current one.
+            **fields: record fields to set (``step``, ``steps``, ``loss``, ``metrics``,
+                ``reasons``, ``error``, ``version``, ``plan``).
+
+        Returns:
+            The updated job.
+
+        Raises:
+            NotFound: no such job.
+            FailedPrecondition: the transition is not allowed.
+        """
+        now = time.time()
+        current = self.get(job_id)
+        if state not in _ALLOWED.get(current.state, frozenset()):
+            raise FailedPrecondition(f"job {job_id}: {current.state} -> {state} is not allowed")
+        update = _encode({**fields, "state": state, "updated_at": repr(now)})
+        event = {k: v for k, v in update.items() if k in ("state", "step", "steps", "loss", "metrics", "error", "version")}
+        event["at"] = repr(now)
+
+        def run(c: redis.Redis) -> None:
+            pipe = c.pipeline(transaction=True)
+            pipe.hset(self._job_key(job_id), mapping=update)
+            self._add_event(pipe, job_id, event)
+            if state in TERMINAL_STATES:
+                pipe.lrem(f"{self._p}claimed", 0, job_id)
+            pipe.execute()
+
+        self._conn.call(run)
+        return self.get(job_id)
+
+    def progress(self, job_id: str, step: int, steps: int, loss: float) -> None:
+        """Record a training step (an event watchers see)."""
+        self.transition(job_id, "training", step=step, steps=steps, loss=loss)
+
+    def recover(self) -> tuple[list[str], list[str]]:
+        """Call once at worker start: settle jobs a previous process left behind.
+
+        Returns:
+            ``(requeued, failed)`` job ids.
+        """
+        requeued: list[str] = []
+        failed: list[str] = []
+        claimed = self._conn.call(lambda c: c.lrange(f"{self._p}claimed", 0, -1))
+        running = [j.job_id for j in self.list(limit=10_000, states=RUNNING_STATES)]
+        for job_id in dict.fromkeys([*claimed, *running]):
+            try:
+                job = self.get(job_id)
+            except NotFound:
+                self._conn.call(lambda c, j=job_id: c.lrem(f"{self._p}claimed", 0, j))
+                continue
+            if job.state == "queued":
+
+                def requeue(c: redis.Redis, j: str = job_id) -> None:
+                    pipe = c.pipeline(transaction=True)
+                    pipe.lrem(f"{self._p}claimed", 0, j)
+                    pipe.rpush(f"{self._p}queue", j)  # back at the head: it was next
+                    pipe.execute()
+
+                self._conn.call(requeue)
+                requeued.append(job_id)
+            elif job.state in RUNNING_STATES:
+                self.transition(
+                    job_id, "failed", error=f"interrupted while {job.state} (the process restarted)"
+                )
+                failed.append(job_id)
+            else:
+                self._conn.call(lambda c, j=job_id: c.lrem(f"{self._p}claimed", 0, j))
+        if requeued or failed:
+            log.warning("recovered jobs: requeued %s, failed %s", requeued, failed)
+        return requeued, failed
+
+    # ---------------------------------------------------------------- watching
+
+    def watch(self, job_id: str, timeout: float | None = None, block_ms: int = 500) -> Iterator[JobEvent]:
+        """Yield the job's events from the first one, until its terminal event.
+
+        A blocking generator (XREAD BLOCK): wrap it for streaming RPCs.
+
+        Args:
+            job_id: the job.
+            timeout: stop after this many seconds without the terminal event (None: never).
+            block_ms: how long one read blocks; keep it below the Redis socket timeout.
+
+        Yields:
+            Events in order.
+
+        Raises:
+            NotFound: no such job.
+        """
+        self.get(job_id)
+        key = self._events_key(job_id)
+        last = "0-0"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            resp = self._conn.call(lambda c: c.xread({key: last}, count=100, block=block_ms))
+            got = False
+            for _stream, entries in resp or []:
+                for entry_id, f in entries:
+                    got = True
+                    last = entry_id
+                    event = JobEvent(
+                        job_id=job_id,
+                        state=f["state"],
+                        step=int(f.get("step", 0)),
+                        steps=int(f.get("steps", 0)),
+                        loss=float(f.get("loss", 0.0)),
+                        at=float(f.get("at", 0.0)),
+                        metrics=json.loads(f.get("metrics", "{}")),
+                        error=f.get("error", ""),
+                        version=f.get("version", ""),
+                    )
+                    yield event
+                    if event.terminal:
+                        return
+            if not got:
+                job = self.get(job_id)
+                if job.state in TERMINAL_STATES and last == "0-0":
+                    # The stream expired before anyone watched: report the final state.
+                    yield JobEvent(job_id, job.state, job.step, job.steps, job.loss,
+                                   job.updated_at, job.metrics, job.error, job.version)
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                return
