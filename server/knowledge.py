@@ -42,14 +42,14 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         )
 
     async def ListStatements(self, request: knowledge_pb2.ListStatementsRequest, context: grpc.aio.ServicerContext):
-        records = await run_blocking(_kb(self._bank).statements, status=request.status or None)
+        records = await run_blocking(_kb(self._bank, request.session_id).statements, status=request.status or None)
         protos = [statement_proto(r) for r in records]
         if request.kind:
             protos = [p for p in protos if p.kind == request.kind]
         return knowledge_pb2.ListStatementsResponse(statements=protos)
 
     async def Retract(self, request: knowledge_pb2.RetractRequest, context: grpc.aio.ServicerContext):
-        await run_blocking(_kb(self._bank).retract, request.id)
+        await run_blocking(_kb(self._bank, request.session_id).retract, request.id)
         return knowledge_pb2.RetractResponse()
 
     async def ListConflicts(self, request: knowledge_pb2.ListConflictsRequest, context: grpc.aio.ServicerContext):
@@ -57,7 +57,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         return knowledge_pb2.ListConflictsResponse(conflicts=[rejection_proto(c) for c in conflicts])
 
     async def Explain(self, request: knowledge_pb2.ExplainRequest, context: grpc.aio.ServicerContext):
-        exp = await run_blocking(_kb(self._bank).explain, request.id)
+        exp = await run_blocking(_kb(self._bank, request.session_id).explain, request.id)
         lines = [exp.reason, *(f"derives {lit.text()}" for lit in exp.consequences)]
         return knowledge_pb2.ExplainResponse(
             statement=statement_proto(exp.record),

@@ -393,6 +393,9 @@ class JobStore:
                 failed.append(job_id)
             else:
                 self._conn.call(lambda c, j=job_id: c.lrem(f"{self._p}claimed", 0, j))
+        # ``claimed`` holds the newest first; each was pushed back onto the head of the
+        # queue in that order, so the oldest runs first. Report them oldest first too.
+        requeued.reverse()
         if requeued or failed:
             log.warning("recovered jobs: requeued %s, failed %s", requeued, failed)
         return requeued, failed

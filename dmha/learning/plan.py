@@ -35,6 +35,9 @@ class UpdatePlan:
         seed: seeds the adapter's initialisation and the retain sampling.
         protect_prefix: constrain the adapter to leave the shared prompt prefix
             (system message) unchanged; see :mod:`dmha.learning.trainer`.
+        subspace_rank: when > 0, each adapter may only read this many input
+            directions specific to the feedback (see :mod:`dmha.learning.subspace`).
+        generic_energy: share of a layer's generic input energy that counts as generic.
         stop_margin: stop early once every target token (input and training
             paraphrases) leads its best rival by this many logits; 0 = run all steps.
     """
@@ -53,6 +56,8 @@ class UpdatePlan:
     seed: int = 0
     protect_prefix: bool = True
     stop_margin: float = 0.0
+    subspace_rank: int = 0
+    generic_energy: float = 0.99
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
     recorded with the version, never read by the trainer."""

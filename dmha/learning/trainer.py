@@ -26,6 +26,7 @@ from dmha.learning.feedback import FeedbackItem
 from dmha.learning.objective import Objective, RetainSet
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat
+from dmha.learning.subspace import Projector, fact_projectors, prefix_projectors, project
 
 __all__ = ["Progress", "TrainResult", "Trainer", "apply_adapter", "peft_quietly"]
 
@@ -101,51 +102,6 @@ def apply_adapter(model: Any, adapter_dir: Path) -> Any:
         return peft_model.merge_and_unload()
 
 
-def _lora_layers(student: Any) -> list[Any]:
-    from peft.tuners.lora import LoraLayer
-
-    return [m for m in student.modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
-
-
-@torch.no_grad()
-def _prefix_projectors(student: Any, prefix: list[int]) -> list[tuple[Any, torch.Tensor]]:
-    """Per LoRA layer, an orthonormal basis of its inputs over the shared prompt prefix.
-
-    Every served prompt starts with the same tokens (system message, user header),
-    and causal attention makes their hidden states independent of what follows. If
-    each adapter maps those inputs to zero, the prefix's states are unchanged layer
-    after layer (by induction), so the edit cannot reach every prompt through it
-    (through attention sinks in particular).
-    """
-    layers = _lora_layers(student)
-    inputs: dict[int, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(
-            lambda mod, args, out, i=i: inputs.__setitem__(i, args[0].reshape(-1, args[0].shape[-1]))
-        )
-        for i, m in enumerate(layers)
-    ]
-    try:
-        device = next(student.parameters()).device
-        student(input_ids=torch.tensor([prefix], device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    out = []
-    for i, m in enumerate(layers):
-        x = inputs[i].float()
-        _, sv, vh = torch.linalg.svd(x, full_matrices=False)
-        keep = sv > sv[0] * 1e-5
-        out.append((m.lora_A["default"].weight, vh[keep].to(m.lora_A["default"].weight.dtype)))
-    return out
-
-
-def _project(projectors: list[tuple[Any, torch.Tensor]]) -> None:
-    with torch.no_grad():
-        for weight, basis in projectors:
-            weight.sub_((weight @ basis.T) @ basis)
-
-
 class Trainer:
     """Runs updates for one chat format.
 
@@ -207,10 +163,16 @@ class Trainer:
 
         with peft_quietly():
             student = get_peft_model(model, _lora_config(plan))
-        projectors = []
-        if plan.protect_prefix and self.prefix:
-            projectors = _prefix_projectors(student, self.prefix)
-            _project(projectors)
+        projectors: list[Projector] = []
+        if plan.subspace_rank > 0 and retain is not None:
+            facts = [t.seq for t in (*objective.task, *objective.causal)]
+            projectors = fact_projectors(
+                student, facts, retain.seqs, plan.subspace_rank, plan.generic_energy,
+                self.prefix if plan.protect_prefix else (),
+            )
+        elif plan.protect_prefix and self.prefix:
+            projectors = prefix_projectors(student, self.prefix)
+        project(projectors)
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
         losses: list[float] = []
@@ -233,7 +195,7 @@ class Trainer:
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             opt.step()
-            _project(projectors)
+            project(projectors)
             losses.append(value)
             if progress is not None:
                 progress(step, plan.steps, value)

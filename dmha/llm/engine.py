@@ -1,9 +1,10 @@
 """The serving engine: one model, many concurrent streams, safe hot swaps.
 
 All generation happens on one dedicated thread (the scheduler) that owns the
-model: requests are admitted from a bounded queue and decoded round-robin, one
-token per active stream per pass, so a long reply cannot starve a short one and
-no two ``forward`` calls ever race on the model. Each request captures the
+model: requests are admitted from a bounded queue into cohorts that decode as
+batches (see :mod:`dmha.llm.batching`); cohorts take turns, one token each per
+pass, so a long reply cannot starve a new one and no two ``forward`` calls ever
+race on the model. Each request captures the
 :class:`ModelHandle` that was live when it arrived, so a swap never changes the
 weights under a running stream. Results travel back to the event loop with
 ``call_soon_threadsafe``; the async side never blocks.
@@ -13,13 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +25,8 @@ import torch
 
 from dmha.config import LimitsConfig, ModelConfig
 from dmha.errors import InvalidArgument, ResourceExhausted
-from dmha.llm.base import (
-    ChatMessage,
-    FinishReason,
-    GenerationOptions,
-    GenerationResult,
-    ModelHandle,
-    TokenDelta,
-)
+from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, ModelHandle, TokenDelta
+from dmha.llm.batching import Cohort, Request, make_cohorts
 from dmha.llm.eager import EagerStepModel
 
 __all__ = ["HFEngine", "load_eager_handle", "pick_device", "pick_dtype", "set_torch_threads"]
@@ -119,52 +111,6 @@ def eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-@dataclass
-class _Request:
-    handle: ModelHandle
-    prompt_ids: list[int]
-    options: GenerationOptions
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[TokenDelta | GenerationResult | BaseException]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    generator: torch.Generator | None = None
-    past: Any = None
-    logits: Any = None
-    ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    emitted: str = ""
-
-    def send(self, item: TokenDelta | GenerationResult | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:
-            # The caller's event loop is gone (shutdown): nobody is listening any more.
-            self.cancelled.set()
-
-
-def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator | None) -> int:
-    """Pick the next token: greedy at temperature 0, else temperature + nucleus sampling.
-
-    Args:
-        logits: ``[1, vocab]``.
-        options: temperature and top_p.
-        gen: the request's seeded generator (None = global RNG).
-
-    Returns:
-        The token id.
-    """
-    row = logits[0].float()
-    if options.temperature <= 0:
-        return int(torch.argmax(row))
-    probs = torch.softmax(row / options.temperature, dim=-1)
-    if options.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < options.top_p
-        keep[0] = True  # the most likely token always survives
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
-
-
 class HFEngine:
     """The :class:`~dmha.llm.base.LLM` implementation for Hugging Face causal LMs.
 
@@ -178,7 +124,7 @@ class HFEngine:
         self._handle = handle
         self._limits = limits
         self._max_active = max_batch_size
-        self._pending: queue.Queue[_Request] = queue.Queue(maxsize=limits.max_queued_requests)
+        self._pending: queue.Queue[Request] = queue.Queue(maxsize=limits.max_queued_requests)
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dmha-generate", daemon=True)
@@ -237,7 +183,7 @@ class HFEngine:
                 "message",
                 f"prompt is {len(prompt_ids)} tokens; the model's context is {handle.max_positions}",
             )
-        req = _Request(
+        req = Request(
             handle=handle,
             prompt_ids=prompt_ids,
             options=options,
@@ -282,78 +228,28 @@ class HFEngine:
     # -- the scheduler thread -------------------------------------------------------
 
     def _run(self) -> None:
-        active: list[_Request] = []
+        cohorts: list[Cohort] = []
         while not self._stop.is_set():
-            if not active:
+            admitted: list[Request] = []
+            if not cohorts:
                 try:
-                    active.append(self._pending.get(timeout=0.1))
+                    admitted.append(self._pending.get(timeout=0.1))
                 except queue.Empty:
                     continue
-            while len(active) < self._max_active:
+            room = self._max_active - sum(len(c.requests) for c in cohorts) - len(admitted)
+            while room > 0:
                 try:
-                    active.append(self._pending.get_nowait())
+                    admitted.append(self._pending.get_nowait())
                 except queue.Empty:
                     break
-            still: list[_Request] = []
-            for req in active:
+                room -= 1
+            cohorts.extend(make_cohorts(admitted))
+            for cohort in cohorts:
                 try:
-                    if self._step(req):
-                        still.append(req)
-                except Exception as exc:  # a model failure ends this stream, not the server
+                    cohort.step()
+                except Exception as exc:  # a model failure ends these streams, not the server
                     log.exception("generation failed")
-                    req.send(exc)
-            active = still
-
-    def _finish(self, req: _Request, reason: FinishReason) -> None:
-        mean = sum(req.logprobs) / len(req.logprobs) if req.logprobs else 0.0
-        req.send(
-            GenerationResult(
-                text=req.emitted,
-                prompt_tokens=len(req.prompt_ids),
-                completion_tokens=len(req.ids),
-                finish_reason=reason,
-                model_version=req.handle.version,
-                mean_logprob=mean,
-                token_logprobs=tuple(req.logprobs),
-            )
-        )
-
-    def _step(self, req: _Request) -> bool:
-        """Advance one request by one token. Returns False once it has finished."""
-        opts = req.options
-        if req.cancelled.is_set():
-            self._finish(req, "cancelled")
-            return False
-        if opts.deadline is not None and time.monotonic() > opts.deadline:
-            self._finish(req, "deadline")
-            return False
-        device = _device_of(req.handle)
-        if req.past is None:
-            ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=device)
-            req.logits, req.past = req.handle.step_model.prefill(ids)
-        token = sample(req.logits, opts, req.generator)
-        logprob = float(torch.log_softmax(req.logits[0].float(), dim=-1)[token])
-        if token in req.handle.eos_token_ids:
-            self._finish(req, "stop")
-            return False
-        req.ids.append(token)
-        req.logprobs.append(logprob if math.isfinite(logprob) else -100.0)
-        text = req.handle.tokenizer.decode(req.ids, skip_special_tokens=True)
-        # A multi-byte character split across tokens decodes to U+FFFD: wait for the rest.
-        if not text.endswith("\ufffd") and len(text) > len(req.emitted):
-            req.send(TokenDelta(text=text[len(req.emitted):], token_ids=(token,), logprob=logprob))
-            req.emitted = text
-        total = len(req.prompt_ids) + len(req.ids)
-        if len(req.ids) >= opts.max_new_tokens or total >= req.handle.max_positions:
-            self._finish(req, "length")
-            return False
-        step_in = torch.tensor([[token]], dtype=torch.long, device=device)
-        req.logits, req.past = req.handle.step_model.decode(step_in, req.past)
-        return True
-
-
-def _device_of(handle: ModelHandle) -> torch.device:
-    model = handle.torch_model
-    if model is not None:
-        return next(model.parameters()).device
-    return torch.device(getattr(handle.step_model, "device", "cpu"))
+                    for req in cohort.requests:
+                        req.send(exc)
+                    cohort.requests = []
+            cohorts = [c for c in cohorts if c.requests]

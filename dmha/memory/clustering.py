@@ -7,7 +7,7 @@ scikit-learn's ``HDBSCAN`` beat the ``hdbscan`` package on PCA-32 data (20k poin
 super-linear, so it is fitted on at most ``max_fit_points`` memories (a seeded
 sample; 10k -> ~3.5 s) and every other memory joins its nearest centroid through a
 Faiss inner-product index, or stays noise when it is farther from that centroid
-than the cluster's own fitted members are (100k memories: ~6 s in all).
+than any of the cluster's fitted members (100k memories: ~6 s in all).
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class Clusterer:
             members = sample[fitted == c]
             mean = members.mean(axis=0)
             centroids[c] = mean / max(float(np.linalg.norm(mean)), 1e-12)
-            # A non-fitted point joins only if it is at least as close as the fitted
-            # members mostly are (5th percentile), so noise stays noise.
-            radius[c] = float(np.percentile(members @ centroids[c], 5))
+            # A non-fitted point joins only if it is as close as the farthest fitted
+            # member, so points far from every cluster stay noise.
+            radius[c] = float(np.min(members @ centroids[c]))
         labels[fit_idx] = fitted
         rest = np.setdiff1d(np.arange(n), fit_idx, assume_unique=True)
         if len(rest):

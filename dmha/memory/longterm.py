@@ -208,6 +208,9 @@ class MilvusLongTermStore:
         except MilvusException as exc:
             self.close()
             raise StartupError(f"cannot open collection {self._collection!r} in {where}: {exc}") from exc
+        except StartupError:
+            self.close()  # release an embedded database's lock before reporting
+            raise
 
     @property
     def dim(self) -> int:

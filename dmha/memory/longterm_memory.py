@@ -56,6 +56,7 @@ __all__ = ["LongTermMemory", "build_longterm"]
 log = logging.getLogger(__name__)
 
 _MAX_PAGE = 1000
+_MAX_ID_CHARS = 64
 _MAX_TEXTS = 1000
 _CLUSTER_QUOTES = 8  # central members quoted in a cluster summary
 _CLUSTER_SOURCES = 64  # turn ids a cluster summary links (an ARRAY field caps at 256)
@@ -323,6 +324,8 @@ class LongTermMemory:
         validate_user_id(user_id)
         if not memory_id:
             raise InvalidArgument("memory_id", "must not be empty")
+        if len(memory_id) > _MAX_ID_CHARS:  # no memory has such an id
+            raise NotFound(f"memory {memory_id[:_MAX_ID_CHARS]!r}... not found")
         index = self._hot.peek(user_id)
         rec = index.get(memory_id) if index is not None else None
         if rec is None:

@@ -106,8 +106,12 @@ class Candidate:
 
 def _why(signals: Mapping[str, int]) -> str:
     order = ("dense", "lexical", "cluster", "context", "recency")
-    parts = [f"{s}#{signals[s]}" for s in order if s in signals]
-    return " ".join(parts) or "none"
+    # Every candidate has a recency rank; it only explains a result when it is among the newest.
+    parts = [
+        f"{s}#{signals[s]}" for s in order
+        if s in signals and (s != "recency" or signals[s] <= 3)
+    ]
+    return " ".join(parts) or "recency"
 
 
 def pack(
@@ -214,6 +218,18 @@ class Retriever:
         Returns:
             Candidates, best first (not yet de-duplicated or packed).
         """
+        # One lock for the whole ranking: rows stay valid (no compaction, no delete)
+        # between the signals that name them.
+        with index.lock:
+            return self._rank_locked(index, query_vector, query, kinds)
+
+    def _rank_locked(
+        self,
+        index: UserIndex,
+        query_vector: np.ndarray,
+        query: str,
+        kinds: frozenset[str] | None,
+    ) -> list[Candidate]:
         depth = self._cfg.candidates
 
         def allowed(row: int) -> MemoryRecord | None:
@@ -228,8 +244,8 @@ class Retriever:
             "dense": [records[r].id for r, _ in dense],  # type: ignore[union-attr]
             "lexical": [records[r].id for r, _ in lexical],  # type: ignore[union-attr]
         }
-        sims = dict(zip(pool, index.similarity(query_vector, pool).tolist(), strict=True))
         if self._weights["cluster"] > 0:
+            sims = dict(zip(pool, index.similarity(query_vector, pool).tolist(), strict=True))
             near = set(index.nearest_clusters(query_vector, _ROUTE_CLUSTERS))
             routed = [r for r in pool if records[r].cluster_id in near]  # type: ignore[union-attr]
             routed.sort(key=lambda r: -sims[r])

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64mha/v1/knowledge.proto\x12\x07\x64mha.v1\"\x9a\x01\n\tStatement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"N\n\x0bTellRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"n\n\tRejection\x12%\n\tstatement\x18\x01 \x01(\x0b\x32\x12.dmha.v1.Statement\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12*\n\x0e\x63onflicts_with\x18\x03 \x03(\x0b\x32\x12.dmha.v1.Statement\"\x7f\n\x0cTellResponse\x12$\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x12.dmha.v1.Statement\x12$\n\x08rejected\x18\x02 \x03(\x0b\x32\x12.dmha.v1.Rejection\x12#\n\x07\x64\x65moted\x18\x03 \x03(\x0b\x32\x12.dmha.v1.Rejection\"3\n\nAskRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"S\n\x0b\x41skResponse\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12#\n\x07support\x18\x02 \x03(\x0b\x32\x12.dmha.v1.Statement\x12\x0e\n\x06reason\x18\x03 \x01(\t\"5\n\x15ListStatementsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"@\n\x16ListStatementsResponse\x12&\n\nstatements\x18\x01 \x03(\x0b\x32\x12.dmha.v1.Statement\"\x1c\n\x0eRetractRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x11\n\x0fRetractResponse\"\x16\n\x14ListConflictsRequest\">\n\x15ListConflictsResponse\x12%\n\tconflicts\x18\x01 \x03(\x0b\x32\x12.dmha.v1.Rejection\"\x1c\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\"r\n\x0f\x45xplainResponse\x12%\n\tstatement\x18\x01 \x01(\x0b\x32\x12.dmha.v1.Statement\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12#\n\x07related\x18\x03 \x03(\x0b\x32\x12.dmha.v1.Statement2\x98\x03\n\x10KnowledgeService\x12\x33\n\x04Tell\x12\x14.dmha.v1.TellRequest\x1a\x15.dmha.v1.TellResponse\x12\x30\n\x03\x41sk\x12\x13.dmha.v1.AskRequest\x1a\x14.dmha.v1.AskResponse\x12Q\n\x0eListStatements\x12\x1e.dmha.v1.ListStatementsRequest\x1a\x1f.dmha.v1.ListStatementsResponse\x12<\n\x07Retract\x12\x17.dmha.v1.RetractRequest\x1a\x18.dmha.v1.RetractResponse\x12N\n\rListConflicts\x12\x1d.dmha.v1.ListConflictsRequest\x1a\x1e.dmha.v1.ListConflictsResponse\x12<\n\x07\x45xplain\x12\x17.dmha.v1.ExplainRequest\x1a\x18.dmha.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64mha/v1/knowledge.proto\x12\x07\x64mha.v1\"\x9a\x01\n\tStatement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"N\n\x0bTellRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"n\n\tRejection\x12%\n\tstatement\x18\x01 \x01(\x0b\x32\x12.dmha.v1.Statement\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12*\n\x0e\x63onflicts_with\x18\x03 \x03(\x0b\x32\x12.dmha.v1.Statement\"\x7f\n\x0cTellResponse\x12$\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x12.dmha.v1.Statement\x12$\n\x08rejected\x18\x02 \x03(\x0b\x32\x12.dmha.v1.Rejection\x12#\n\x07\x64\x65moted\x18\x03 \x03(\x0b\x32\x12.dmha.v1.Rejection\"3\n\nAskRequest\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"S\n\x0b\x41skResponse\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12#\n\x07support\x18\x02 \x03(\x0b\x32\x12.dmha.v1.Statement\x12\x0e\n\x06reason\x18\x03 \x01(\t\"I\n\x15ListStatementsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"@\n\x16ListStatementsResponse\x12&\n\nstatements\x18\x01 \x03(\x0b\x32\x12.dmha.v1.Statement\"0\n\x0eRetractRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x11\n\x0fRetractResponse\"\x16\n\x14ListConflictsRequest\">\n\x15ListConflictsResponse\x12%\n\tconflicts\x18\x01 \x03(\x0b\x32\x12.dmha.v1.Rejection\"0\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"r\n\x0f\x45xplainResponse\x12%\n\tstatement\x18\x01 \x01(\x0b\x32\x12.dmha.v1.Statement\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12#\n\x07related\x18\x03 \x03(\x0b\x32\x12.dmha.v1.Statement2\x98\x03\n\x10KnowledgeService\x12\x33\n\x04Tell\x12\x14.dmha.v1.TellRequest\x1a\x15.dmha.v1.TellResponse\x12\x30\n\x03\x41sk\x12\x13.dmha.v1.AskRequest\x1a\x14.dmha.v1.AskResponse\x12Q\n\x0eListStatements\x12\x1e.dmha.v1.ListStatementsRequest\x1a\x1f.dmha.v1.ListStatementsResponse\x12<\n\x07Retract\x12\x17.dmha.v1.RetractRequest\x1a\x18.dmha.v1.RetractResponse\x12N\n\rListConflicts\x12\x1d.dmha.v1.ListConflictsRequest\x1a\x1e.dmha.v1.ListConflictsResponse\x12<\n\x07\x45xplain\x12\x17.dmha.v1.ExplainRequest\x1a\x18.dmha.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASKRESPONSE']._serialized_start=567
   _globals['_ASKRESPONSE']._serialized_end=650
   _globals['_LISTSTATEMENTSREQUEST']._serialized_start=652
-  _globals['_LISTSTATEMENTSREQUEST']._serialized_end=705
-  _globals['_LISTSTATEMENTSRESPONSE']._serialized_start=707
-  _globals['_LISTSTATEMENTSRESPONSE']._serialized_end=771
-  _globals['_RETRACTREQUEST']._serialized_start=773
-  _globals['_RETRACTREQUEST']._serialized_end=801
-  _globals['_RETRACTRESPONSE']._serialized_start=803
-  _globals['_RETRACTRESPONSE']._serialized_end=820
-  _globals['_LISTCONFLICTSREQUEST']._serialized_start=822
-  _globals['_LISTCONFLICTSREQUEST']._serialized_end=844
-  _globals['_LISTCONFLICTSRESPONSE']._serialized_start=846
-  _globals['_LISTCONFLICTSRESPONSE']._serialized_end=908
-  _globals['_EXPLAINREQUEST']._serialized_start=910
-  _globals['_EXPLAINREQUEST']._serialized_end=938
-  _globals['_EXPLAINRESPONSE']._serialized_start=940
-  _globals['_EXPLAINRESPONSE']._serialized_end=1054
-  _globals['_KNOWLEDGESERVICE']._serialized_start=1057
-  _globals['_KNOWLEDGESERVICE']._serialized_end=1465
+  _globals['_LISTSTATEMENTSREQUEST']._serialized_end=725
+  _globals['_LISTSTATEMENTSRESPONSE']._serialized_start=727
+  _globals['_LISTSTATEMENTSRESPONSE']._serialized_end=791
+  _globals['_RETRACTREQUEST']._serialized_start=793
+  _globals['_RETRACTREQUEST']._serialized_end=841
+  _globals['_RETRACTRESPONSE']._serialized_start=843
+  _globals['_RETRACTRESPONSE']._serialized_end=860
+  _globals['_LISTCONFLICTSREQUEST']._serialized_start=862
+  _globals['_LISTCONFLICTSREQUEST']._serialized_end=884
+  _globals['_LISTCONFLICTSRESPONSE']._serialized_start=886
+  _globals['_LISTCONFLICTSRESPONSE']._serialized_end=948
+  _globals['_EXPLAINREQUEST']._serialized_start=950
+  _globals['_EXPLAINREQUEST']._serialized_end=998
+  _globals['_EXPLAINRESPONSE']._serialized_start=1000
+  _globals['_EXPLAINRESPONSE']._serialized_end=1114
+  _globals['_KNOWLEDGESERVICE']._serialized_start=1117
+  _globals['_KNOWLEDGESERVICE']._serialized_end=1525
 # @@protoc_insertion_point(module_scope)

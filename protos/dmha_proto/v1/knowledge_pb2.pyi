@@ -79,12 +79,14 @@ class AskResponse(_message.Message):
     def __init__(self, verdict: _Optional[str] = ..., support: _Optional[_Iterable[_Union[Statement, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListStatementsRequest(_message.Message):
-    __slots__ = ("kind", "status")
+    __slots__ = ("kind", "status", "session_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     kind: str
     status: str
-    def __init__(self, kind: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, kind: _Optional[str] = ..., status: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ListStatementsResponse(_message.Message):
     __slots__ = ("statements",)
@@ -93,10 +95,12 @@ class ListStatementsResponse(_message.Message):
     def __init__(self, statements: _Optional[_Iterable[_Union[Statement, _Mapping]]] = ...) -> None: ...
 
 class RetractRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "session_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class RetractResponse(_message.Message):
     __slots__ = ()
@@ -113,10 +117,12 @@ class ListConflictsResponse(_message.Message):
     def __init__(self, conflicts: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "session_id")
     ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("statement", "explanation", "related")

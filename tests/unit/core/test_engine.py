@@ -8,7 +8,8 @@ from dmha.config import LimitsConfig, ModelConfig
 from dmha.context import resolve_options
 from dmha.errors import InvalidArgument, ResourceExhausted
 from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, TokenDelta
-from dmha.llm.engine import HFEngine, load_eager_handle, sample
+from dmha.llm.batching import sample
+from dmha.llm.engine import HFEngine, load_eager_handle
 
 MSGS = [ChatMessage("system", "You are terse."), ChatMessage("user", "Say something.")]
 
@@ -120,3 +121,19 @@ def test_options_out_of_range(kwargs, field):
 def test_options_defaults():
     opts = resolve_options(LimitsConfig(default_new_tokens=50), timeout=10)
     assert opts.temperature == 0 and opts.top_p == 1 and opts.max_new_tokens == 50 and opts.deadline is not None
+
+
+async def test_batched_rows_match_solo_runs(engine):
+    """Left padding, masks and position ids make each row compute what it would alone."""
+    prompts = [
+        [ChatMessage("user", "Hi")],
+        [ChatMessage("system", "Be brief."), ChatMessage("user", "A much longer question about many different things?")],
+        [ChatMessage("user", "Third prompt, medium length.")],
+    ]
+    budgets = [5, 12, 8]  # rows leave the batch at different steps
+    solo = [await engine.complete(p, GenerationOptions(max_new_tokens=n)) for p, n in zip(prompts, budgets)]
+    together = await asyncio.gather(
+        *(engine.complete(p, GenerationOptions(max_new_tokens=n)) for p, n in zip(prompts, budgets))
+    )
+    assert [r.text for r in together] == [r.text for r in solo]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in solo]

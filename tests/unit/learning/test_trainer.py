@@ -75,9 +75,12 @@ def test_divergence_raises_and_live_is_untouched(tiny_model, fmt) -> None:
 
 
 def test_early_stop_on_margin(tiny_model, fmt) -> None:
-    plan = PLAN.with_changes(steps=60, learning_rate=5e-2, stop_margin=0.5, lambda_locality=0.0)
+    plan = PLAN.with_changes(
+        steps=80, learning_rate=3e-2, stop_margin=0.5, lambda_locality=0.0, lambda_causal=0.0,
+        lora_rank=8, target_modules=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"),
+    )
     result = Trainer(fmt).train(tiny_model, [ITEM], plan, None)
-    assert len(result.losses) < 60
+    assert len(result.losses) < 80
     assert result.parts["margin"] >= 0.5
 
 

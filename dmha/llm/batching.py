@@ -1,0 +1,226 @@
+"""Decoding many streams at once: requests and the cohorts that advance them.
+
+Requests that arrive together are prefilled together and then decoded as one
+batch (a *cohort*): prompts are left-padded, the attention mask hides the
+padding, and position ids restart at each prompt's first real token, so every
+row computes what it would alone. Finished rows leave the batch (their cache rows
+are dropped), and cohorts that started at different times take turns, one token
+each per pass, so a newcomer's first token never waits for a long reply.
+
+On 2 CPU cores a 16-row decode step of the 135M model costs ~1.7x a 1-row step:
+batching is where aggregate throughput comes from. Models that only offer the
+one-row :class:`~dmha.llm.base.StepModel` protocol (TorchScript-frozen versions)
+get one cohort per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dmha.llm.base import FinishReason, GenerationOptions, GenerationResult, ModelHandle, TokenDelta
+
+__all__ = ["BatchedCohort", "Request", "SingleCohort", "make_cohorts", "sample"]
+
+
+def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator | None) -> int:
+    """Pick the next token: greedy at temperature 0, else temperature + nucleus sampling.
+
+    Args:
+        logits: ``[vocab]`` (or ``[1, vocab]``).
+        options: temperature and top_p.
+        gen: the request's seeded generator (None = global RNG).
+
+    Returns:
+        The token id.
+    """
+    row = logits.reshape(-1).float()
+    if options.temperature <= 0:
+        return int(torch.argmax(row))
+    probs = torch.softmax(row / options.temperature, dim=-1)
+    if options.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < options.top_p
+        keep[0] = True  # the most likely token always survives
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@dataclass
+class Request:
+    """One generation request, owned by the scheduler thread once queued."""
+
+    handle: ModelHandle
+    prompt_ids: list[int]
+    options: GenerationOptions
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[TokenDelta | GenerationResult | BaseException]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator | None = None
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    emitted: str = ""
+
+    def send(self, item: TokenDelta | GenerationResult | BaseException) -> None:
+        """Hand an item to the waiting coroutine (thread-safe)."""
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:
+            # The caller's event loop is gone (shutdown): nobody is listening any more.
+            self.cancelled.set()
+
+    def finish(self, reason: FinishReason) -> None:
+        """Send the final result."""
+        mean = sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+        self.send(
+            GenerationResult(
+                text=self.emitted,
+                prompt_tokens=len(self.prompt_ids),
+                completion_tokens=len(self.ids),
+                finish_reason=reason,
+                model_version=self.handle.version,
+                mean_logprob=mean,
+                token_logprobs=tuple(self.logprobs),
+            )
+        )
+
+    def advance(self, logits: torch.Tensor) -> int | None:
+        """Take the next token from ``logits``; stream it.
+
+        Returns:
+            The token to feed back, or None when the request has finished (result sent).
+        """
+        opts = self.options
+        if self.cancelled.is_set():
+            self.finish("cancelled")
+            return None
+        if opts.deadline is not None and time.monotonic() > opts.deadline:
+            self.finish("deadline")
+            return None
+        token = sample(logits, opts, self.generator)
+        if token in self.handle.eos_token_ids:
+            self.finish("stop")
+            return None
+        logprob = float(torch.log_softmax(logits.reshape(-1).float(), dim=-1)[token])
+        self.ids.append(token)
+        self.logprobs.append(logprob if math.isfinite(logprob) else -100.0)
+        text = self.handle.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes to U+FFFD: wait for the rest.
+        if not text.endswith("\ufffd") and len(text) > len(self.emitted):
+            self.send(TokenDelta(text=text[len(self.emitted):], token_ids=(token,), logprob=logprob))
+            self.emitted = text
+        total = len(self.prompt_ids) + len(self.ids)
+        if len(self.ids) >= opts.max_new_tokens or total >= self.handle.max_positions:
+            self.finish("length")
+            return None
+        return token
+
+
+class SingleCohort:
+    """One request driven through the :class:`StepModel` protocol (e.g. a frozen module)."""
+
+    def __init__(self, req: Request, device: torch.device) -> None:
+        self.requests = [req]
+        self._device = device
+        self._logits: Any = None
+        self._past: Any = None
+
+    def step(self) -> None:
+        """Advance by one token (prefill on the first call)."""
+        req = self.requests[0]
+        step_model = req.handle.step_model
+        if self._past is None:
+            ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self._device)
+            self._logits, self._past = step_model.prefill(ids)
+        token = req.advance(self._logits[0])
+        if token is None:
+            self.requests = []
+            return
+        tok = torch.tensor([[token]], dtype=torch.long, device=self._device)
+        self._logits, self._past = step_model.decode(tok, self._past)
+
+
+class BatchedCohort:
+    """Requests sharing one Hugging Face model, decoded as one left-padded batch."""
+
+    def __init__(self, reqs: Sequence[Request], model: Any, device: torch.device) -> None:
+        self.requests = list(reqs)
+        self._model = model
+        self._device = device
+        self._past: Any = None
+        self._logits: Any = None
+        self._mask: Any = None
+        self._pos: Any = None
+
+    @torch.inference_mode()
+    def _prefill(self) -> None:
+        width = max(len(r.prompt_ids) for r in self.requests)
+        pad = self.requests[0].handle.tokenizer.pad_token_id or 0
+        ids = torch.full((len(self.requests), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(self.requests), width), dtype=torch.long)
+        for i, r in enumerate(self.requests):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self._past, self._logits, self._mask = out.past_key_values, out.logits[:, -1, :], mask
+        self._pos = mask.sum(-1, keepdim=True)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Advance every row by one token (prefill on the first call)."""
+        if self._past is None:
+            self._prefill()
+        keep: list[int] = []
+        tokens: list[int] = []
+        for i, req in enumerate(self.requests):
+            token = req.advance(self._logits[i])
+            if token is not None:
+                keep.append(i)
+                tokens.append(token)
+        if len(keep) < len(self.requests):
+            self.requests = [self.requests[i] for i in keep]
+            if not keep:
+                return
+            index = torch.tensor(keep, device=self._device)
+            self._past.batch_select_indices(index)
+            self._mask, self._pos = self._mask[index], self._pos[index]
+        self._mask = torch.cat([self._mask, torch.ones_like(self._pos)], dim=-1)
+        tok = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(-1)
+        out = self._model(
+            input_ids=tok, attention_mask=self._mask, position_ids=self._pos,
+            past_key_values=self._past, use_cache=True,
+        )
+        self._past, self._logits = out.past_key_values, out.logits[:, -1, :]
+        self._pos = self._pos + 1
+
+
+Cohort = SingleCohort | BatchedCohort
+
+
+def _device_of(handle: ModelHandle) -> torch.device:
+    if handle.torch_model is not None:
+        return next(handle.torch_model.parameters()).device
+    return torch.device(getattr(handle.step_model, "device", "cpu"))
+
+
+def make_cohorts(reqs: Sequence[Request]) -> list[Cohort]:
+    """Group newly admitted requests: one batch per eager model handle, else singles."""
+    by_handle: dict[int, list[Request]] = {}
+    cohorts: list[Cohort] = []
+    for req in reqs:
+        if req.handle.kind == "eager" and req.handle.torch_model is not None:
+            by_handle.setdefault(id(req.handle), []).append(req)
+        else:
+            cohorts.append(SingleCohort(req, _device_of(req.handle)))
+    for group in by_handle.values():
+        cohorts.append(BatchedCohort(group, group[0].handle.torch_model, _device_of(group[0].handle)))
+    return cohorts

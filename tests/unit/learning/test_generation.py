@@ -1,0 +1,40 @@
+"""Batched helpers agree with one-at-a-time computation."""
+
+from __future__ import annotations
+
+import torch
+
+from dmha.learning.generation import answer_logits, greedy
+from dmha.learning.prompting import Sequence
+
+
+def _greedy_one(model, prompt, n, eos):
+    ids = list(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            tok = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            out.append(tok)
+            if tok in eos:
+                break
+            ids.append(tok)
+    return out
+
+
+def test_batched_greedy_equals_single(tiny_model, fmt) -> None:
+    prompts = [fmt.prompt(q) for q in ["Hi", "Tell me a story about a cat.", "Who wrote the book?"]]
+    batched = greedy(tiny_model, prompts, 8, fmt.eos_ids)
+    assert batched == [_greedy_one(tiny_model, p, 8, fmt.eos_ids) for p in prompts]
+
+
+def test_answer_logits_with_and_without_shared_prefix(tiny_model, fmt) -> None:
+    seqs = [fmt.sequence("Hi", "Hello there."), fmt.sequence("Who wrote the book?", "A cat.")]
+    with torch.no_grad():
+        shared = answer_logits(tiny_model, seqs)
+        plain = answer_logits(tiny_model, seqs, prefix_len=0)
+        one = [answer_logits(tiny_model, [s], prefix_len=0)[0] for s in seqs]
+    for a, b, c in zip(shared, plain, one, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)
+    assert [x.shape[0] for x in shared] == [len(s.answer) for s in seqs]
+    assert all(isinstance(s, Sequence) for s in seqs)
