@@ -19,7 +19,9 @@ from dmha.context import ChatPipeline, TurnHook
 from dmha.executor import configure_executor, shutdown_executor
 from dmha.knowledge.bank import KnowledgeBank
 from dmha.knowledge.hook import KnowledgeHook
-from dmha.llm.engine import HFEngine, load_eager_handle, set_torch_threads
+from dmha.learning.jobs import JobStore
+from dmha.learning.online import OnlineLearning, load_live_handle, registry_for
+from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model
 from dmha.memory.hook import LLMSummariser, MemoryHook
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
@@ -47,6 +49,7 @@ class Runtime:
     bank: KnowledgeBank
     events: EventStore
     longterm: LongTermMemory | None
+    learning: OnlineLearning
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -87,10 +90,16 @@ def build_runtime(
     closers.append(redis.close)
     try:
         model_dir = ensure_model(cfg.model.path, cfg.data_dir, progress)
-        handle = load_eager_handle(model_dir, cfg.model)
+        registry = registry_for(cfg.data_dir, model_dir)
+        handle = load_live_handle(registry, cfg.model)
         llm = HFEngine(handle, cfg.limits, cfg.model.max_batch_size)
         closers.append(llm.close)
-        log.info("model %s loaded from %s (torch threads %d)", handle.version, model_dir, threads)
+        log.info("model %s (%s) loaded from %s (torch threads %d)", handle.version, handle.kind, model_dir, threads)
+        jobs = JobStore(redis)
+        learning = OnlineLearning(cfg.learning, cfg.model, jobs, registry, llm)
+        if cfg.learning.enabled:
+            learning.start()
+            closers.append(learning.stop)
 
         secret, api_key = load_secrets(cfg.auth, cfg.data_dir)
         working = RedisWorkingMemory(redis, cfg.memory.working)
@@ -113,7 +122,11 @@ def build_runtime(
             hooks.append(memory_hook)
         if knowledge is not None and cfg.metacognition.enabled:
             reorganise = memory_hook.reorganise if memory_hook and cfg.metacognition.reorganise_memory else None
-            hooks.append(MonitorHook(cfg.metacognition, knowledge, events, reorganise=reorganise))
+            hooks.append(
+                MonitorHook(
+                    cfg.metacognition, knowledge, events, reorganise=reorganise, candidate_sink=learning.add_candidate
+                )
+            )
         pipeline = ChatPipeline(llm, working, cfg.model, cfg.limits, hooks)
     except BaseException:
         for closer in reversed(closers):
@@ -130,5 +143,6 @@ def build_runtime(
         bank=bank,
         events=events,
         longterm=longterm,
+        learning=learning,
         closers=closers,
     )

@@ -21,6 +21,8 @@ from dmha_proto.v1 import (
     chat_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
+    learning_pb2,
+    learning_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
     metacognition_pb2,
@@ -32,6 +34,7 @@ from dmha_server.auth import AuthServicer
 from dmha_server.chat import ChatServicer
 from dmha_server.interceptors import ServiceInterceptor
 from dmha_server.knowledge import KnowledgeServicer
+from dmha_server.learning import FeedbackServicer, ModelServicer
 from dmha_server.memory import MemoryServicer
 from dmha_server.metacognition import MetacognitionServicer
 from dmha_server.metrics import start_metrics_server
@@ -67,7 +70,9 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(runtime.auth), server)
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(runtime.bank), server)
     metacognition_pb2_grpc.add_MetacognitionServiceServicer_to_server(MetacognitionServicer(runtime.events), server)
-    descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2]
+    learning_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(runtime.learning), server)
+    learning_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(runtime.learning), server)
+    descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2, learning_pb2]
     if runtime.longterm is not None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(runtime.longterm), server)
         descriptors.append(memory_pb2)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dmha.errors import DMHAError
-from dmha_cli import chat_cmd, kb_cmd, memory_cmd, server_cmds
+from dmha_cli import chat_cmd, kb_cmd, learning_cmd, memory_cmd, server_cmds
 
 __all__ = ["build_parser", "main"]
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     kb_cmd.add_parser(sub, _client_flags)
     memory_cmd.add_parser(sub, _client_flags)
+    learning_cmd.add_parsers(sub, _client_flags)
     return parser
 
 

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from dmha.errors import InvalidArgument
 from dmha_proto.v1 import chat_pb2, common_pb2, memory_pb2
 
-__all__ = ["BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy", "memory_request"]
+__all__ = ["FINAL_STATES", "BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy", "memory_request"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+FINAL_STATES = frozenset({"deployed", "rejected", "failed", "candidate"})
+"""Job states that will not change by themselves (a candidate waits for a trainer)."""
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha.errors import Cancelled
-from dmha_client._base import BaseClient, ChatResult, memory_request
+from dmha.errors import Cancelled, DeadlineExceeded
+from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_proto.v1 import auth_pb2, knowledge_pb2, memory_pb2, metacognition_pb2, session_pb2
+from dmha_proto.v1 import auth_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
 
 __all__ = ["AsyncChatStream", "AsyncDMHAClient"]
 
@@ -142,6 +142,62 @@ class AsyncDMHAClient(BaseClient):
     async def memory_stats(self) -> memory_pb2.MemoryStats:
         """See :meth:`DMHAClient.memory_stats`."""
         return await self._unary(self._stubs.memory.Stats, memory_pb2.MemoryStatsRequest())
+
+    async def submit_feedback(self, input_text: str, target_text: str) -> learning_pb2.SubmitFeedbackResponse:
+        """See :meth:`DMHAClient.submit_feedback`."""
+        req = learning_pb2.SubmitFeedbackRequest(input_text=input_text, target_text=target_text)
+        return await self._unary(self._stubs.feedback.Submit, req)
+
+    async def get_job(self, job_id: str) -> learning_pb2.Job:
+        """See :meth:`DMHAClient.get_job`."""
+        return await self._unary(self._stubs.feedback.GetJob, learning_pb2.GetJobRequest(job_id=job_id))
+
+    async def watch_job(self, job_id: str) -> AsyncIterator[learning_pb2.Job]:
+        """See :meth:`DMHAClient.watch_job`."""
+        try:
+            async for job in self._stubs.feedback.WatchJob(
+                learning_pb2.GetJobRequest(job_id=job_id), metadata=self._metadata(), timeout=self.timeout
+            ):
+                yield job
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def wait_job(self, job_id: str, timeout: float | None = None) -> learning_pb2.Job:
+        """See :meth:`DMHAClient.wait_job`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            job = await self.get_job(job_id)
+            if job.state in FINAL_STATES:
+                return job
+            if deadline is not None and loop.time() > deadline:
+                raise DeadlineExceeded(f"job {job_id} is still {job.state} after {timeout}s")
+            await asyncio.sleep(0.5)
+
+    async def list_candidates(self) -> list[learning_pb2.Job]:
+        """See :meth:`DMHAClient.list_candidates`."""
+        return list((await self._unary(self._stubs.feedback.ListCandidates, learning_pb2.ListCandidatesRequest())).candidates)
+
+    async def promote_candidate(self, job_id: str) -> learning_pb2.SubmitFeedbackResponse:
+        """See :meth:`DMHAClient.promote_candidate`."""
+        req = learning_pb2.PromoteCandidateRequest(job_id=job_id)
+        return await self._unary(self._stubs.feedback.PromoteCandidate, req)
+
+    async def list_versions(self) -> list[learning_pb2.ModelVersion]:
+        """See :meth:`DMHAClient.list_versions`."""
+        return list((await self._unary(self._stubs.models.ListVersions, learning_pb2.ListVersionsRequest())).versions)
+
+    async def get_version(self, version_id: str) -> learning_pb2.ModelVersion:
+        """See :meth:`DMHAClient.get_version`."""
+        return await self._unary(self._stubs.models.GetVersion, learning_pb2.GetVersionRequest(id=version_id))
+
+    async def rollback(self, to_version: str = "") -> learning_pb2.ModelVersion:
+        """See :meth:`DMHAClient.rollback`."""
+        return await self._unary(self._stubs.models.Rollback, learning_pb2.RollbackRequest(to_version=to_version))
+
+    async def promote_version(self, version_id: str) -> learning_pb2.ModelVersion:
+        """See :meth:`DMHAClient.promote_version`."""
+        return await self._unary(self._stubs.models.Promote, learning_pb2.PromoteRequest(id=version_id))
 
     async def kb_tell(self, text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellResponse:
         """See :meth:`DMHAClient.kb_tell`."""

@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import BaseClient, ChatResult, memory_request
+from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_proto.v1 import auth_pb2, chat_pb2, knowledge_pb2, memory_pb2, metacognition_pb2, session_pb2
+from dmha.errors import DeadlineExceeded
+from dmha_proto.v1 import auth_pb2, chat_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
 
 __all__ = ["ChatStream", "DMHAClient"]
 
@@ -154,6 +155,65 @@ class DMHAClient(BaseClient):
     def memory_stats(self) -> memory_pb2.MemoryStats:
         """Counts of the caller's memories."""
         return self._unary(self._stubs.memory.Stats, memory_pb2.MemoryStatsRequest())
+
+    # -- online learning ----------------------------------------------------------
+
+    def submit_feedback(self, input_text: str, target_text: str) -> learning_pb2.SubmitFeedbackResponse:
+        """For ``input_text`` the answer is ``target_text``: a training job (trainer/admin) or a candidate (user)."""
+        req = learning_pb2.SubmitFeedbackRequest(input_text=input_text, target_text=target_text)
+        return self._unary(self._stubs.feedback.Submit, req)
+
+    def get_job(self, job_id: str) -> learning_pb2.Job:
+        """A job's current state."""
+        return self._unary(self._stubs.feedback.GetJob, learning_pb2.GetJobRequest(job_id=job_id))
+
+    def watch_job(self, job_id: str) -> Iterator[learning_pb2.Job]:
+        """Progress events until the job's final state."""
+        try:
+            yield from self._stubs.feedback.WatchJob(
+                learning_pb2.GetJobRequest(job_id=job_id), metadata=self._metadata(), timeout=self.timeout
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> learning_pb2.Job:
+        """Block until the job is final (deployed, rejected, failed); returns it.
+
+        Raises:
+            DeadlineExceeded: not final within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if job.state in FINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(f"job {job_id} is still {job.state} after {timeout}s")
+            time.sleep(0.5)
+
+    def list_candidates(self) -> list[learning_pb2.Job]:
+        """User feedback awaiting review (trainer/admin)."""
+        return list(self._unary(self._stubs.feedback.ListCandidates, learning_pb2.ListCandidatesRequest()).candidates)
+
+    def promote_candidate(self, job_id: str) -> learning_pb2.SubmitFeedbackResponse:
+        """Queue a candidate for training (trainer/admin)."""
+        return self._unary(self._stubs.feedback.PromoteCandidate, learning_pb2.PromoteCandidateRequest(job_id=job_id))
+
+    def list_versions(self) -> list[learning_pb2.ModelVersion]:
+        """Model versions, oldest first; ``live`` marks the served one."""
+        return list(self._unary(self._stubs.models.ListVersions, learning_pb2.ListVersionsRequest()).versions)
+
+    def get_version(self, version_id: str) -> learning_pb2.ModelVersion:
+        """One model version."""
+        return self._unary(self._stubs.models.GetVersion, learning_pb2.GetVersionRequest(id=version_id))
+
+    def rollback(self, to_version: str = "") -> learning_pb2.ModelVersion:
+        """Serve the live version's parent (or ``to_version``) again (admin)."""
+        return self._unary(self._stubs.models.Rollback, learning_pb2.RollbackRequest(to_version=to_version))
+
+    def promote_version(self, version_id: str) -> learning_pb2.ModelVersion:
+        """Serve ``version_id`` (admin)."""
+        return self._unary(self._stubs.models.Promote, learning_pb2.PromoteRequest(id=version_id))
 
     # -- knowledge base -----------------------------------------------------------
 

@@ -7,7 +7,11 @@ Checks, each against a threshold from ``LearningConfig``:
 - generalisation: the same over held-out paraphrases (templates the update never saw);
 - retention: the same for replayed earlier feedback (an update must not undo one);
 - locality: the greedy answers to the fixed gate prompts are unchanged in their
-  first 32 tokens;
+  first 32 tokens (``locality_strict``); with ``tie_nats > 0`` an answer that first
+  diverges where the live model itself rated the new token within ``tie_nats`` of
+  its choice also counts as unchanged (``locality``): many of a small model's
+  greedy answers hinge somewhere on a logit gap below 0.01, which any weight
+  change at all can flip;
 - perplexity: the relative rise on a held-out text stays small.
 
 Greedy checks are done by teacher forcing where that is exact: if the candidate's

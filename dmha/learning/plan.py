@@ -44,19 +44,19 @@ class UpdatePlan:
 
     lora_rank: int = 8
     lora_alpha: int = 16
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "gate_proj", "up_proj")
     layers: tuple[int, ...] = ()
     learning_rate: float = 3e-3
     steps: int = 20
     lambda_causal: float = 0.5
-    lambda_locality: float = 1.0
+    lambda_locality: float = 0.0
     replay_size: int = 8
     paraphrases: int = 4
-    retain_per_step: int = 4
+    retain_per_step: int = 0
     seed: int = 0
     protect_prefix: bool = True
     stop_margin: float = 0.0
-    subspace_rank: int = 0
+    subspace_rank: int = 16
     generic_energy: float = 0.99
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
@@ -71,8 +71,10 @@ class UpdatePlan:
             raise ValueError("learning_rate must be > 0 and steps >= 1")
         if min(self.lambda_causal, self.lambda_locality) < 0:
             raise ValueError("loss weights must be >= 0")
-        if min(self.replay_size, self.paraphrases, self.retain_per_step) < 0:
-            raise ValueError("replay_size, paraphrases and retain_per_step must be >= 0")
+        if min(self.replay_size, self.paraphrases, self.retain_per_step, self.subspace_rank) < 0:
+            raise ValueError("replay_size, paraphrases, retain_per_step, subspace_rank must be >= 0")
+        if not 0 < self.generic_energy < 1:
+            raise ValueError("generic_energy must be in (0, 1)")
         # Lists from JSON or config become tuples so the plan stays hashable and frozen.
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -101,6 +103,8 @@ class UpdatePlan:
             lambda_causal=cfg.lambda_causal,
             lambda_locality=cfg.lambda_locality,
             replay_size=cfg.replay_size,
+            subspace_rank=cfg.subspace_rank,
+            generic_energy=cfg.generic_energy,
             paraphrases=cfg.paraphrases,
             retain_per_step=cfg.retain_per_step,
             seed=cfg.seed,

@@ -26,7 +26,15 @@ import torch
 
 from dmha.learning.prompting import Sequence
 
-__all__ = ["Projector", "collect_inputs", "fact_projectors", "lora_layers", "prefix_projectors", "project"]
+__all__ = [
+    "Projector",
+    "collect_inputs",
+    "fact_projectors",
+    "generic_subspaces",
+    "lora_layers",
+    "prefix_projectors",
+    "project",
+]
 
 Projector = tuple[torch.Tensor, torch.Tensor, str]
 """``(A weight, basis, mode)``: mode ``remove`` projects the basis out of A's rows,
@@ -55,10 +63,18 @@ def collect_inputs(student: Any, seqs: Seq[Sequence], batch_size: int = 16) -> l
     layers = lora_layers(student)
     chunks: list[list[torch.Tensor]] = [[] for _ in layers]
     lengths: list[int] = []
+    # q/k/v (and gate/up) of a layer read the same tensor: record it once, share it.
+    # The tensors are held in ``seen`` so that no id is reused within one forward.
+    seen: dict[int, tuple[int, torch.Tensor]] = {}
+    alias: dict[int, int] = {}
 
     def hook(i: int) -> Any:
         def grab(mod: Any, args: tuple[Any, ...], out: Any) -> None:
             x = args[0]
+            owner = seen.setdefault(id(x), (i, x))[0]
+            if owner != i:
+                alias[i] = owner
+                return
             chunks[i].append(torch.cat([x[b, :n] for b, n in enumerate(lengths)]).float())
 
         return grab
@@ -75,11 +91,13 @@ def collect_inputs(student: Any, seqs: Seq[Sequence], batch_size: int = 16) -> l
                 ids[b, : len(row)] = torch.tensor(row)
             # Right padding: pads come after real tokens, so causal attention
             # keeps them out of every real position without a mask.
+            seen.clear()
             student(input_ids=ids.to(device))
     finally:
         for h in handles:
             h.remove()
-    return [torch.cat(c) for c in chunks]
+    merged = [torch.cat(c) if c else torch.empty(0) for c in chunks]
+    return [merged[alias.get(i, i)] for i in range(len(layers))]
 
 
 def _orthonormal_rows(x: torch.Tensor, rel_tol: float = 1e-5) -> torch.Tensor:
@@ -113,6 +131,7 @@ def fact_projectors(
     rank: int,
     generic_energy: float = 0.99,
     prefix: Seq[int] = (),
+    cache: dict[Any, Any] | None = None,
 ) -> list[Projector]:
     """Projectors that confine each adapter to directions specific to the feedback.
 
@@ -128,6 +147,8 @@ def fact_projectors(
         rank: directions kept per layer.
         generic_energy: share of the generic energy treated as "generic".
         prefix: shared prompt prefix (its tokens are excluded from the fact inputs).
+        cache: keeps the generic subspaces and prefix bases between calls; valid while
+            the live model and ``generic_seqs`` are the same (the caller keys it).
 
     Returns:
         One ``keep`` projector per LoRA layer.
@@ -137,8 +158,7 @@ def fact_projectors(
              for s in fact_seqs]
     # Run the facts with their prefix (states depend on it) but keep only their own tokens.
     fact_inputs = collect_inputs(student, fact_seqs)
-    generic_inputs = collect_inputs(student, generic_seqs)
-    prefix_inputs = collect_inputs(student, [Sequence(tuple(prefix))]) if n_prefix else None
+    generic_bases, prefix_bases = generic_subspaces(student, generic_seqs, generic_energy, prefix, cache)
     own = torch.zeros(sum(len(s.ids) for s in fact_seqs), dtype=torch.bool)
     at = 0
     for s, f in zip(fact_seqs, facts, strict=True):
@@ -147,20 +167,70 @@ def fact_projectors(
         at += len(s.ids)
     out: list[Projector] = []
     for i, m in enumerate(lora_layers(student)):
-        g = generic_inputs[i]
-        cov = g.T @ g / len(g)
-        evals, evecs = torch.linalg.eigh(cov)
-        evals, evecs = evals.flip(0), evecs.flip(1)
-        k = int((evals.cumsum(0) / evals.sum() < generic_energy).sum()) + 1
-        generic = evecs[:, :k]
+        generic = generic_bases[i]
         x = fact_inputs[i][own]
         residual = x - (x @ generic) @ generic.T
-        if prefix_inputs is not None:
-            pb = _orthonormal_rows(prefix_inputs[i])
+        if prefix_bases is not None:
+            pb = prefix_bases[i]
             residual = residual - (residual @ pb.T) @ pb
         basis = _orthonormal_rows(residual)[:rank]
         out.append((m.lora_A["default"].weight, basis.to(m.lora_A["default"].weight.dtype), "keep"))
     return out
+
+
+def generic_subspaces(
+    student: Any,
+    generic_seqs: Seq[Sequence],
+    energy: float,
+    prefix: Seq[int],
+    cache: dict[Any, Any] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Per LoRA layer: the generic principal subspace (columns) and the prefix basis (rows).
+
+    Args:
+        student: the peft-wrapped model (adapters at their initial state).
+        generic_seqs: unrelated sequences.
+        energy: share of the generic energy the subspace holds.
+        prefix: shared prompt prefix (empty: no prefix basis).
+        cache: reused when it holds the same layers, energy and prefix.
+
+    Returns:
+        ``(generic bases, prefix bases or None)``, one per LoRA layer.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    names = tuple(n for n, m in student.named_modules() if isinstance(m, LoraLayer))
+    key = (names, energy, tuple(prefix))
+    if cache is not None and key in cache:
+        return cache[key]  # type: ignore[no-any-return]
+    result = _generic_subspaces(student, generic_seqs, energy, prefix)
+    if cache is not None:
+        cache.clear()
+        cache[key] = result
+    return result
+
+
+def _generic_subspaces(
+    student: Any, generic_seqs: Seq[Sequence], energy: float, prefix: Seq[int]
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    generic_inputs = collect_inputs(student, generic_seqs)
+    prefix_inputs = collect_inputs(student, [Sequence(tuple(prefix))]) if prefix else None
+    done: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    bases: list[torch.Tensor] = []
+    prefixes: list[torch.Tensor] = []
+    for i, g in enumerate(generic_inputs):
+        if id(g) not in done:
+            cov = g.T @ g / len(g)
+            evals, evecs = torch.linalg.eigh(cov)
+            evals, evecs = evals.flip(0), evecs.flip(1)
+            k = int((evals.cumsum(0) / evals.sum() < energy).sum()) + 1
+            pb = _orthonormal_rows(prefix_inputs[i]) if prefix_inputs is not None else None
+            done[id(g)] = (evecs[:, :k].contiguous(), pb)
+        basis, pb = done[id(g)]
+        bases.append(basis)
+        if pb is not None:
+            prefixes.append(pb)
+    return bases, (prefixes if prefix_inputs is not None else None)
 
 
 def project(projectors: Seq[Projector]) -> None:

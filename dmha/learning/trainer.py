@@ -26,7 +26,13 @@ from dmha.learning.feedback import FeedbackItem
 from dmha.learning.objective import Objective, RetainSet
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat
-from dmha.learning.subspace import Projector, fact_projectors, prefix_projectors, project
+from dmha.learning.subspace import (
+    Projector,
+    fact_projectors,
+    generic_subspaces,
+    prefix_projectors,
+    project,
+)
 
 __all__ = ["Progress", "TrainResult", "Trainer", "apply_adapter", "peft_quietly"]
 
@@ -117,6 +123,38 @@ class Trainer:
         a, b = fmt.prompt("a"), fmt.prompt("b")
         n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         self.prefix = list(a[:n])
+        self._cache_owner: RetainSet | None = None
+        self._subspace_cache: dict[Any, Any] = {}
+
+    def _cache_for(self, retain: RetainSet) -> dict[Any, Any]:
+        if self._cache_owner is not retain:
+            # The generic subspaces depend only on the live model, i.e. on its retain set.
+            self._cache_owner, self._subspace_cache = retain, {}
+        return self._subspace_cache
+
+    def warm(self, live_model: Any, retain: RetainSet | None, plan: UpdatePlan) -> None:
+        """Precompute what every update from ``live_model`` shares (the generic subspaces).
+
+        The worker calls it after a deploy, so the next job does not pay for it.
+
+        Args:
+            live_model: the serving model; only read (a copy is adapted).
+            retain: its retain set.
+            plan: the plan the next update will probably use (modules, energy).
+        """
+        if plan.subspace_rank <= 0 or retain is None:
+            return
+        from peft import get_peft_model
+
+        model = copy.deepcopy(live_model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with peft_quietly():
+            student = get_peft_model(model, _lora_config(plan))
+        generic_subspaces(
+            student, retain.seqs, plan.generic_energy,
+            self.prefix if plan.protect_prefix else (), self._cache_for(retain),
+        )
 
     def train(
         self,
@@ -168,7 +206,7 @@ class Trainer:
             facts = [t.seq for t in (*objective.task, *objective.causal)]
             projectors = fact_projectors(
                 student, facts, retain.seqs, plan.subspace_rank, plan.generic_energy,
-                self.prefix if plan.protect_prefix else (),
+                self.prefix if plan.protect_prefix else (), cache=self._cache_for(retain),
             )
         elif plan.protect_prefix and self.prefix:
             projectors = prefix_projectors(student, self.prefix)

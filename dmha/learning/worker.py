@@ -83,6 +83,7 @@ class LearningWorker:
         self._thread: threading.Thread | None = None
         self._ref: _Reference | None = None
         self._fmt: ChatFormat | None = None
+        self._trainer: Trainer | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -134,6 +135,12 @@ class LearningWorker:
             self._fmt = ChatFormat(live.tokenizer, self._system_prompt)
         return self._fmt
 
+    def _trainer_for(self, fmt: ChatFormat) -> Trainer:
+        if self._trainer is None or self._trainer.fmt is not fmt:
+            # One trainer per chat format: it caches per-live-version subspaces.
+            self._trainer = Trainer(fmt)
+        return self._trainer
+
     def prepare(self) -> None:
         """Compute the live model's retain and gate references (cached per version).
 
@@ -149,6 +156,7 @@ class LearningWorker:
         retain = build_retain_set(model, fmt)
         gate = build_gate_reference(model, fmt)
         self._ref = _Reference(live.version, retain, gate)
+        self._trainer_for(fmt).warm(model, retain, UpdatePlan.from_config(self.cfg))
         log.info("reference of %s computed in %.1fs", live.version, time.monotonic() - started)
 
     def run_once(self, timeout: float = 0.5) -> Job | None:
@@ -200,7 +208,7 @@ class LearningWorker:
         fmt = self._format(live)
 
         t0 = time.monotonic()
-        result = Trainer(fmt).train(
+        result = self._trainer_for(fmt).train(
             live.torch_model,
             job.items,
             plan,

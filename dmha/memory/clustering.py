@@ -12,8 +12,11 @@ than any of the cluster's fitted members (100k memories: ~6 s in all).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -21,9 +24,18 @@ from sklearn.cluster import HDBSCAN
 from sklearn.decomposition import PCA
 
 from dmha.config import ClusteringConfig
-from dmha.memory.records import CLUSTER_NOISE
+from dmha.memory.embedding import Embedder
+from dmha.memory.records import CLUSTER_NOISE, MemoryRecord, index_text, memory_id
+from dmha.memory.summariser import Summariser
+from dmha.memory.working import Turn
 
-__all__ = ["Clusterer", "Clustering"]
+if TYPE_CHECKING:
+    from dmha.memory.hot_index import UserIndex
+
+__all__ = ["Clusterer", "Clustering", "build_cluster_summaries"]
+
+_CLUSTER_QUOTES = 8  # central members a cluster summary is written from
+_CLUSTER_SOURCES = 64  # turn ids a cluster summary links (the ARRAY field caps at 256)
 
 
 @dataclass(frozen=True)
@@ -117,3 +129,55 @@ class Clusterer:
             ok = sims[:, 0] >= radius[near]
             labels[rest[ok]] = near[ok]
         return Clustering(labels, centroids, time.perf_counter() - start)
+
+
+def build_cluster_summaries(
+    index: UserIndex,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    result: Clustering,
+    summariser: Summariser,
+    embedder: Embedder,
+) -> list[MemoryRecord]:
+    """One ``cluster_summary`` memory per cluster, written from its most central members.
+
+    Args:
+        index: the user's index (for the members' texts).
+        ids: memory id of each clustered vector.
+        vectors: the clustered vectors.
+        result: the clustering.
+        summariser: writes each summary from the members (as pseudo-turns, oldest first).
+        embedder: embeds the summaries.
+
+    Returns:
+        Embedded records; each links the turn ids its members derive from and carries
+        its cluster id. The id derives from the members, so an unchanged cluster keeps it.
+    """
+    records: list[MemoryRecord] = []
+    for cluster in range(result.clusters):
+        central = result.central_members(vectors, cluster, _CLUSTER_QUOTES)
+        members = [m for m in (index.get(ids[i]) for i in central) if m is not None]
+        if not members:
+            continue
+        members.sort(key=lambda m: (m.created_at, m.id))
+        pseudo = [
+            Turn(turn_id=m.id, user_id=index.user_id, session_id=m.session_id,
+                 role=m.role or "user", text=m.text, created_at=m.created_at)  # type: ignore[arg-type]
+            for m in members
+        ]
+        text = summariser(pseudo).strip()
+        if not text:
+            continue
+        sources = list(dict.fromkeys(s for m in members for s in m.source_ids))[:_CLUSTER_SOURCES]
+        records.append(
+            MemoryRecord(
+                id=memory_id(index.user_id, "cluster_summary", sorted(m.id for m in members)),
+                user_id=index.user_id, session_id="", kind="cluster_summary", text=text,
+                created_at=max(m.created_at for m in members), source_ids=tuple(sources),
+                cluster_id=cluster, role="", importance=0.7,
+            )
+        )
+    if not records:
+        return []
+    vecs = embedder.embed([index_text(r) for r in records])
+    return [dataclasses.replace(r, vector=v) for r, v in zip(records, vecs, strict=True)]

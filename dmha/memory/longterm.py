@@ -343,9 +343,10 @@ class MilvusLongTermStore:
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             expr = f"{self._filter(user_id)} and id in {json.dumps(chunk, ensure_ascii=False)}"
+            size = len(chunk)
             rows = self._call(
                 "read memories",
-                lambda expr=expr, n=len(chunk): self._client.query(
+                lambda expr=expr, n=size: self._client.query(
                     self._collection, filter=expr, output_fields=self._fields(with_vectors),
                     limit=n, timeout=self._timeout,
                 ),

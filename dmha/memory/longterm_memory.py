@@ -13,11 +13,8 @@ replicas on one Milvus, route a user to one replica or set ``hot_users: 0``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
 import dataclasses
-import json
 import logging
 import time
 from collections import defaultdict
@@ -30,7 +27,7 @@ import numpy as np
 from dmha.config import MemoryConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
 from dmha.memory.archival import Archiver, ArchiveResult
-from dmha.memory.clustering import Clusterer
+from dmha.memory.clustering import Clusterer, build_cluster_summaries
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hot_index import HotIndex, UserIndex
 from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
@@ -43,13 +40,16 @@ from dmha.memory.records import (
     MemoryRecord,
     MemoryStats,
     RetrievedMemory,
+    decode_page_token,
+    encode_page_token,
     index_text,
+    listing_order,
     memory_id,
     validate_user_id,
 )
 from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
-from dmha.memory.working import Turn, WorkingMemory
+from dmha.memory.working import WorkingMemory
 
 __all__ = ["LongTermMemory", "build_longterm"]
 
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 _MAX_PAGE = 1000
 _MAX_ID_CHARS = 64
 _MAX_TEXTS = 1000
-_CLUSTER_QUOTES = 8  # central members quoted in a cluster summary
-_CLUSTER_SOURCES = 64  # turn ids a cluster summary links (an ARRAY field caps at 256)
 
 
 class LongTermMemory:
@@ -460,7 +458,9 @@ class LongTermMemory:
             index.add(self._store.scan(user_id, with_vectors=True))
         ids, vectors = index.snapshot(exclude_kinds=("cluster_summary",))
         result = self._clusterer.fit(vectors)
-        summaries = self._cluster_summaries(index, user_id, ids, vectors, result)
+        summaries = build_cluster_summaries(
+            index, ids, vectors, result, self._cluster_summariser, self._embedder
+        )
         with self._hot.user_lock(user_id):
             assignments = {
                 mid: int(label) for mid, label in zip(ids, result.labels.tolist(), strict=True)
@@ -479,40 +479,6 @@ class LongTermMemory:
             memories=len(ids), clusters=result.clusters, noise=noise,
             seconds=time.perf_counter() - start, summaries=len(summaries),
         )
-
-    def _cluster_summaries(
-        self, index: UserIndex, user_id: str, ids: list[str], vectors: np.ndarray, result: Any
-    ) -> list[MemoryRecord]:
-        records: list[MemoryRecord] = []
-        for cluster in range(result.clusters):
-            members = [
-                m for m in (index.get(ids[i]) for i in result.central_members(vectors, cluster, _CLUSTER_QUOTES))
-                if m is not None
-            ]
-            if not members:
-                continue
-            members.sort(key=lambda m: (m.created_at, m.id))
-            pseudo = [
-                Turn(turn_id=m.id, user_id=user_id, session_id=m.session_id,
-                     role=m.role or "user", text=m.text, created_at=m.created_at)  # type: ignore[arg-type]
-                for m in members
-            ]
-            text = self._cluster_summariser(pseudo).strip()
-            if not text:
-                continue
-            sources = list(dict.fromkeys(s for m in members for s in m.source_ids))[:_CLUSTER_SOURCES]
-            records.append(
-                MemoryRecord(
-                    id=memory_id(user_id, "cluster_summary", sorted(m.id for m in members)),
-                    user_id=user_id, session_id="", kind="cluster_summary", text=text,
-                    created_at=max(m.created_at for m in members), source_ids=tuple(sources),
-                    cluster_id=cluster, role="", importance=0.7,
-                )
-            )
-        if not records:
-            return []
-        vecs = self._embedder.embed([index_text(r) for r in records])
-        return [dataclasses.replace(r, vector=v) for r, v in zip(records, vecs, strict=True)]
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -557,36 +523,18 @@ class LongTermMemory:
         if not 1 <= page_size <= _MAX_PAGE:
             raise InvalidArgument("page_size", f"is {page_size}; must be between 1 and {_MAX_PAGE}")
         self._kind(kind)
-        after = _decode_token(page_token) if page_token else None
+        after = decode_page_token(page_token) if page_token else None
         records = [
             r for r in self._records(user_id)
             if (kind is None or r.kind == kind) and (session_id is None or r.session_id == session_id)
         ]
-        records.sort(key=_order)
-        keys = [_order(r) for r in records]
+        records.sort(key=listing_order)
+        keys = [listing_order(r) for r in records]
         start = bisect.bisect_right(keys, after) if after is not None else 0
         page = records[start : start + page_size]
         more = start + page_size < len(records)
-        token = _encode_token(_order(page[-1])) if more and page else ""
+        token = encode_page_token(listing_order(page[-1])) if more and page else ""
         return MemoryPage(items=page, next_page_token=token)
-
-
-def _order(rec: MemoryRecord) -> tuple[float, str]:
-    return (-rec.created_at, rec.id)
-
-
-def _encode_token(key: tuple[float, str]) -> str:
-    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_token(token: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        neg_created, mid = json.loads(raw)
-        return (float(neg_created), str(mid))
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument("page_token", "is not a token returned by list") from exc
 
 
 def build_longterm(

@@ -7,7 +7,10 @@ idempotent upsert rather than a duplicate.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +29,10 @@ __all__ = [
     "MemoryRecord",
     "MemoryStats",
     "RetrievedMemory",
+    "decode_page_token",
+    "encode_page_token",
     "index_text",
+    "listing_order",
     "memory_id",
     "validate_user_id",
 ]
@@ -182,6 +188,31 @@ class MemoryPage:
     items: list[MemoryRecord]
     next_page_token: str
     """Empty on the last page."""
+
+
+def listing_order(rec: MemoryRecord) -> tuple[float, str]:
+    """Sort key of listings: newest first, ties by id (stable across pages)."""
+    return (-rec.created_at, rec.id)
+
+
+def encode_page_token(key: tuple[float, str]) -> str:
+    """An opaque page token: the listing key of the last item of a page."""
+    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """The listing key inside a page token.
+
+    Raises:
+        InvalidArgument: the token was not made by :func:`encode_page_token`.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        neg_created, mid = json.loads(raw)
+        return (float(neg_created), str(mid))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("page_token", "is not a token returned by list") from exc
 
 
 @dataclass(frozen=True)

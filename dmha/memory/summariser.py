@@ -20,6 +20,8 @@ from dmha.memory.working import Turn
 __all__ = ["ExtractiveSummariser", "Summariser", "extract_sentences"]
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
+# A speaker label opening a turn ("Jon: ...", "Dr Lee: ..."): kept when a later sentence is quoted.
+_LABEL = re.compile(r"^((?:[^\s:]+ ){0,2}[^\s:]+): ")
 
 
 @runtime_checkable
@@ -112,7 +114,11 @@ class ExtractiveSummariser:
             groups.setdefault(ti, []).append(sent)
         parts = []
         for ti, sents in groups.items():
-            # The user's own words need no label; anything else says who said it.
-            label = "" if turns[ti].role == "user" else f"{turns[ti].role}: "
-            parts.append(label + " ".join(sents))
+            text = " ".join(sents)
+            speaker = _LABEL.match(turns[ti].text)
+            if speaker and not text.startswith(speaker.group(0)):
+                text = speaker.group(0) + text  # who said it survives the cut
+            elif not speaker and turns[ti].role != "user":
+                text = f"{turns[ti].role}: {text}"  # the user's own words need no label
+            parts.append(text)
         return " | ".join(parts)

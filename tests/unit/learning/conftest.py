@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
-from tiny_models import build_model, build_tokenizer
-
 import pytest
+
+
+def load_tiny_models() -> Any:
+    """Import ``tiny_models.py`` by path (works under any pytest import mode)."""
+    name = "dmha_tests_tiny_models"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tiny_models.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+build_model = load_tiny_models().build_model
+build_tokenizer = load_tiny_models().build_tokenizer
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> Any:

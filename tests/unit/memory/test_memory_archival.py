@@ -39,7 +39,8 @@ def test_build_records_links_each_summary_to_its_batch():
     ts = turns(5)
     recs = build_records(ts, 2, lambda batch: " / ".join(t.text for t in batch))
     kinds = [r.kind for r in recs]
-    assert kinds == ["turn", "turn", "summary", "turn", "turn", "summary", "turn"]  # last batch of 1: no summary
+    # A last batch of one turn gets no summary.
+    assert kinds == ["turn", "turn", "summary", "turn", "turn", "summary", "turn"]
     first = recs[2]
     assert first.source_ids == ("t0000", "t0001")
     assert first.id == memory_id("alice", "summary", ["t0000", "t0001"])

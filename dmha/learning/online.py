@@ -1,0 +1,207 @@
+"""Online learning as the server offers it: feedback, jobs, versions, hot swaps.
+
+:class:`OnlineLearning` is what the gRPC services call. It applies the rules a
+user of the service relies on: only trainers and admins change the model (a
+user's feedback is kept as a candidate a trainer may promote), a job is visible
+to its submitter and to trainers (anyone else gets NOT_FOUND), and only admins
+roll back or promote versions. The heavy work runs in :class:`LearningWorker`'s
+thread; everything here is blocking and called through ``run_blocking``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from dmha.auth.tokens import Principal
+from dmha.config import LearningConfig, ModelConfig
+from dmha.errors import FailedPrecondition, NotFound
+from dmha.learning.feedback import FeedbackItem
+from dmha.learning.jobs import Job, JobEvent, JobStore
+from dmha.learning.loading import load_version
+from dmha.learning.registry import BASE_VERSION, Registry, Version
+from dmha.learning.worker import LearningWorker
+from dmha.llm.base import ModelHandle
+from dmha.llm.engine import HFEngine, load_eager_handle
+
+__all__ = ["OnlineLearning", "load_live_handle", "registry_for"]
+
+log = logging.getLogger(__name__)
+
+_TRAINERS = ("trainer", "admin")
+
+
+def load_live_handle(registry: Registry, model_cfg: ModelConfig, version_id: str | None = None) -> ModelHandle:
+    """Load a registry version (default: the live one) as a servable handle.
+
+    A version whose artifacts are missing or corrupt falls back to its nearest
+    intact ancestor (logged by the registry); base is the model folder itself.
+
+    Args:
+        registry: the version registry.
+        model_cfg: device, dtype, context budget, ``use_frozen``.
+        version_id: which version; None = live.
+
+    Returns:
+        The handle (frozen when the version has a usable frozen module and
+        ``use_frozen`` is on, else eager).
+    """
+    base = load_eager_handle(registry.base_path, model_cfg)
+    wanted = version_id or registry.live_id
+    if wanted == BASE_VERSION:
+        return base
+    loaded = load_version(registry, base.torch_model, wanted, model_cfg.device, model_cfg.use_frozen)
+    return ModelHandle(
+        version=loaded.version.version_id,
+        tokenizer=base.tokenizer,
+        step_model=loaded.step_model,
+        max_positions=base.max_positions,
+        eos_token_ids=base.eos_token_ids,
+        kind="frozen" if loaded.kind == "frozen" else "eager",
+        torch_model=loaded.model,
+    )
+
+
+class OnlineLearning:
+    """Feedback submission, job tracking and version management.
+
+    Args:
+        cfg: the ``learning`` config section.
+        model_cfg: the ``model`` section (for loading versions on rollback).
+        jobs: durable job store.
+        registry: version registry.
+        engine: the serving engine (hot swaps).
+    """
+
+    def __init__(
+        self, cfg: LearningConfig, model_cfg: ModelConfig, jobs: JobStore, registry: Registry, engine: HFEngine
+    ) -> None:
+        self._cfg = cfg
+        self._model_cfg = model_cfg
+        self.jobs = jobs
+        self.registry = registry
+        self._engine = engine
+        self.worker = LearningWorker(
+            cfg, jobs, registry, lambda: engine.handle, engine.swap, system_prompt=model_cfg.system_prompt
+        )
+
+    def start(self) -> None:
+        """Settle jobs left by a previous process and start training in the background."""
+        self.worker.start()
+
+    def stop(self) -> None:
+        """Stop the training thread (a running update is abandoned, live model untouched)."""
+        self.worker.stop()
+
+    # -- feedback and jobs -----------------------------------------------------------
+
+    def submit(self, principal: Principal, input_text: str, target_text: str) -> Job:
+        """Record feedback: a training job for trainers/admins, a candidate for users.
+
+        Raises:
+            InvalidArgument: empty or oversize input/target (named, with the limit).
+            ResourceExhausted: the training queue is full.
+            RedisUnavailable: Redis is down (nothing recorded).
+        """
+        item = FeedbackItem.create(input_text, target_text, self._cfg.max_feedback_bytes)
+        return self.jobs.submit([item], principal.user_id, candidate=not principal.has(*_TRAINERS))
+
+    def add_candidate(self, user_id: str, input_text: str, target_text: str) -> Job:
+        """Store a correction (e.g. from the consistency monitor) for a trainer to review."""
+        item = FeedbackItem.create(input_text, target_text, self._cfg.max_feedback_bytes)
+        return self.jobs.submit([item], user_id, candidate=True)
+
+    def get_job(self, principal: Principal, job_id: str) -> Job:
+        """A job its caller may see.
+
+        Raises:
+            NotFound: no such job, or another user's (never revealed).
+        """
+        job = self.jobs.get(job_id)
+        if job.submitter != principal.user_id and not principal.has(*_TRAINERS):
+            raise NotFound(f"no training job {job_id!r}")
+        return job
+
+    def watch(self, principal: Principal, job_id: str, timeout: float | None = None) -> Iterator[JobEvent]:
+        """The job's events until its final one (blocking generator).
+
+        Raises:
+            NotFound: as :meth:`get_job`.
+        """
+        self.get_job(principal, job_id)
+        return self.jobs.watch(job_id, timeout=timeout)
+
+    def candidates(self, principal: Principal) -> list[Job]:
+        """User feedback awaiting review (trainers/admins).
+
+        Raises:
+            PermissionDenied: caller is neither trainer nor admin.
+        """
+        principal.require(*_TRAINERS)
+        return self.jobs.list_candidates()
+
+    def promote_candidate(self, principal: Principal, job_id: str) -> Job:
+        """Queue a candidate for training (trainers/admins).
+
+        Raises:
+            PermissionDenied: caller is neither trainer nor admin.
+            NotFound: no such job. FailedPrecondition: not a candidate.
+        """
+        principal.require(*_TRAINERS)
+        return self.jobs.promote_candidate(job_id)
+
+    # -- versions --------------------------------------------------------------------
+
+    def versions(self) -> list[Version]:
+        """Every version, oldest first."""
+        return self.registry.versions()
+
+    def version(self, version_id: str) -> Version:
+        """One version. Raises NotFound."""
+        return self.registry.get(version_id)
+
+    @property
+    def live_id(self) -> str:
+        """The version being served."""
+        return self._engine.handle.version
+
+    def _activate(self, version: Version) -> Version:
+        handle = load_live_handle(self.registry, self._model_cfg, version.version_id)
+        self._engine.swap(handle)
+        self.registry.promote(handle.version)
+        self.worker.prepare()
+        return self.registry.get(handle.version)
+
+    def rollback(self, principal: Principal, to: str = "") -> Version:
+        """Serve the live version's parent (or ``to``) again (admins).
+
+        Raises:
+            PermissionDenied: caller is not admin.
+            FailedPrecondition: live is base and no target was given.
+            NotFound: no such version. ArtifactError: it is damaged.
+        """
+        principal.require("admin")
+        if to:
+            target = self.registry.get(to)
+        else:
+            current = self.registry.get(self.live_id)
+            if current.parent is None:
+                raise FailedPrecondition("the live version is base; there is nothing to roll back")
+            target = self.registry.get(current.parent)
+        log.info("rollback by %s: %s -> %s", principal.user_id, self.live_id, target.version_id)
+        return self._activate(target)
+
+    def promote(self, principal: Principal, version_id: str) -> Version:
+        """Serve a given version (admins).
+
+        Raises:
+            PermissionDenied: caller is not admin. NotFound: no such version.
+        """
+        principal.require("admin")
+        return self._activate(self.registry.get(version_id))
+
+
+def registry_for(data_dir: Path, base_path: Path) -> Registry:
+    """The registry under ``<data_dir>/registry`` with ``base_path`` as version base."""
+    return Registry(Path(data_dir) / "registry", base_path)

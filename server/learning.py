@@ -1,0 +1,108 @@
+"""FeedbackService and ModelService: translate to :class:`~dmha.learning.online.OnlineLearning`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+
+from dmha.executor import run_blocking
+from dmha.learning.jobs import Job, JobEvent
+from dmha.learning.online import OnlineLearning
+from dmha.learning.registry import Version
+from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
+from dmha_server.interceptors import current_principal
+
+__all__ = ["FeedbackServicer", "ModelServicer"]
+
+_END = object()
+
+
+def job_proto(job: Job) -> learning_pb2.Job:
+    """A job record."""
+    item = job.items[0] if job.items else None
+    message = job.error or "; ".join(job.reasons)
+    return learning_pb2.Job(
+        job_id=job.job_id, state=job.state, step=job.step, total_steps=job.steps, loss=job.loss,
+        metrics={k: float(v) for k, v in job.metrics.items()}, message=message, version=job.version,
+        created_at=job.created_at, updated_at=job.updated_at,
+        input_text=item.input if item else "", target_text=item.target if item else "",
+    )
+
+
+def event_proto(event: JobEvent) -> learning_pb2.Job:
+    """A progress event as a (partial) job record."""
+    return learning_pb2.Job(
+        job_id=event.job_id, state=event.state, step=event.step, total_steps=event.steps, loss=event.loss,
+        metrics={k: float(v) for k, v in event.metrics.items()}, message=event.error, version=event.version,
+        updated_at=event.at,
+    )
+
+
+def version_proto(v: Version, live: str) -> learning_pb2.ModelVersion:
+    """A model version."""
+    return learning_pb2.ModelVersion(
+        id=v.version_id, parent=v.parent or "", created_at=v.created_at, feedback_ids=list(v.feedback_ids),
+        metrics=v.metrics, status=v.status, live=v.version_id == live,
+        plan_json=json.dumps(v.plan.to_dict()) if v.plan else "",
+    )
+
+
+class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
+    """Args: learning: the online-learning facade."""
+
+    def __init__(self, learning: OnlineLearning) -> None:
+        self._learning = learning
+
+    async def Submit(self, request: learning_pb2.SubmitFeedbackRequest, context: grpc.aio.ServicerContext):
+        job = await run_blocking(self._learning.submit, current_principal(), request.input_text, request.target_text)
+        return learning_pb2.SubmitFeedbackResponse(job_id=job.job_id, status=job.state)
+
+    async def GetJob(self, request: learning_pb2.GetJobRequest, context: grpc.aio.ServicerContext):
+        return job_proto(await run_blocking(self._learning.get_job, current_principal(), request.job_id))
+
+    async def WatchJob(
+        self, request: learning_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[learning_pb2.Job]:
+        events = await run_blocking(self._learning.watch, current_principal(), request.job_id)
+        try:
+            while True:
+                # Each read blocks in Redis for at most half a second, off the loop.
+                event = await run_blocking(next, events, _END)
+                if event is _END:
+                    return
+                yield event_proto(event)
+        finally:
+            events.close()
+
+    async def ListCandidates(self, request: learning_pb2.ListCandidatesRequest, context: grpc.aio.ServicerContext):
+        jobs = await run_blocking(self._learning.candidates, current_principal())
+        return learning_pb2.ListCandidatesResponse(candidates=[job_proto(j) for j in jobs])
+
+    async def PromoteCandidate(self, request: learning_pb2.PromoteCandidateRequest, context: grpc.aio.ServicerContext):
+        job = await run_blocking(self._learning.promote_candidate, current_principal(), request.job_id)
+        return learning_pb2.SubmitFeedbackResponse(job_id=job.job_id, status=job.state)
+
+
+class ModelServicer(learning_pb2_grpc.ModelServiceServicer):
+    """Args: learning: the online-learning facade."""
+
+    def __init__(self, learning: OnlineLearning) -> None:
+        self._learning = learning
+
+    async def ListVersions(self, request: learning_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext):
+        versions = await run_blocking(self._learning.versions)
+        live = self._learning.live_id
+        return learning_pb2.ListVersionsResponse(versions=[version_proto(v, live) for v in versions])
+
+    async def GetVersion(self, request: learning_pb2.GetVersionRequest, context: grpc.aio.ServicerContext):
+        return version_proto(await run_blocking(self._learning.version, request.id), self._learning.live_id)
+
+    async def Rollback(self, request: learning_pb2.RollbackRequest, context: grpc.aio.ServicerContext):
+        v = await run_blocking(self._learning.rollback, current_principal(), request.to_version)
+        return version_proto(v, self._learning.live_id)
+
+    async def Promote(self, request: learning_pb2.PromoteRequest, context: grpc.aio.ServicerContext):
+        v = await run_blocking(self._learning.promote, current_principal(), request.id)
+        return version_proto(v, self._learning.live_id)

@@ -1,0 +1,212 @@
+"""The learning worker end to end on the tiny model, with a real Redis."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dmha.config import LearningConfig, RedisConfig
+from dmha.learning import (
+    EagerStepModel,
+    FeedbackItem,
+    JobStore,
+    LearningWorker,
+    Registry,
+    load_version,
+    verify_step_model,
+)
+from dmha.llm.base import ModelHandle
+from dmha.redis_connection import RedisConnection
+
+pytestmark = pytest.mark.integration
+
+TINY_MODELS = Path(__file__).parents[2] / "unit" / "learning" / "tiny_models.py"
+ITEM = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+# The tiny random model cannot meet real thresholds; these tests are about plumbing.
+RELAXED = {
+    "min_efficacy": 0.0,
+    "min_generalisation": 0.0,
+    "min_locality": 0.0,
+    "max_perplexity_increase": 1e9,
+    "steps": 3,
+    "learning_rate": 1e-2,
+    "paraphrases": 1,
+    "retain_per_step": 1,
+    "freeze_device": "cpu",
+    "freeze_tolerance": 1e-4,
+}
+
+
+class Live:
+    """Stands in for the lead's LLM: holds the live handle, swaps on deploy."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.handle = ModelHandle(
+            version="base",
+            tokenizer=tokenizer,
+            step_model=EagerStepModel(model),
+            max_positions=512,
+            eos_token_ids=frozenset({tokenizer.eos_token_id}),
+            torch_model=model,
+        )
+        self.deployed: list[ModelHandle] = []
+
+    def get(self) -> ModelHandle:
+        return self.handle
+
+    def deploy(self, handle: ModelHandle) -> None:
+        self.deployed.append(handle)
+        self.handle = handle
+
+
+@pytest.fixture
+def conn(tmp_path) -> Iterator[RedisConnection]:
+    c = RedisConnection(RedisConfig(), tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def base_dir(tmp_path, tiny_model, tiny_tokenizer) -> Path:
+    path = tmp_path / "base-model"
+    tiny_model.save_pretrained(str(path))
+    tiny_tokenizer.save_pretrained(str(path))
+    return path
+
+
+def _run(worker: LearningWorker, store: JobStore, job_id: str, timeout: float = 120) -> Any:
+    worker.start()
+    try:
+        for event in store.watch(job_id, timeout=timeout, block_ms=200):
+            if event.terminal:
+                break
+    finally:
+        worker.stop()
+    return store.get(job_id)
+
+
+def _state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_feedback_becomes_a_frozen_live_version(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    before = _state(tiny_model)
+    store = JobStore(conn)
+    registry = Registry(tmp_path / "registry", base_dir)
+    worker = LearningWorker(LearningConfig(**RELAXED), store, registry, live.get, live.deploy,
+                            system_prompt="You are DMHA.")
+    job = store.submit([ITEM], "alice")
+    done = _run(worker, store, job.job_id)
+
+    assert done.state == "deployed", done.error
+    assert done.version == "v1" and registry.live_id == "v1"
+    assert done.metrics["frozen"] == 1.0 and "efficacy" in done.metrics
+    assert [h.version for h in live.deployed] == ["v1"]
+    new = live.deployed[0]
+    assert new.kind == "frozen" and new.torch_model is not tiny_model
+    assert all(torch.equal(before[k], v) for k, v in _state(tiny_model).items())
+    # The frozen module serves the same logits as the merged eager model.
+    assert verify_step_model(new.step_model, EagerStepModel(new.torch_model), len(tiny_tokenizer)) < 1e-4
+    # A restart rebuilds exactly that version from the base folder + adapter.
+    fresh_base = type(tiny_model).from_pretrained(str(base_dir))
+    loaded = load_version(Registry(tmp_path / "registry", base_dir), fresh_base, device="cpu")
+    assert loaded.version.version_id == "v1" and loaded.kind == "frozen"
+    merged = new.torch_model.state_dict()
+    assert all(torch.equal(merged[k], v) for k, v in loaded.model.state_dict().items())
+    # The second update replays the first one's feedback.
+    second = store.submit([FeedbackItem("f2", "Who wrote the book?", "A cat.")], "alice")
+    again = _run(worker, store, second.job_id)
+    assert again.state == "deployed" and again.version == "v2"
+    assert again.metrics["n_replayed"] == 1.0
+    assert registry.get("v2").parent == "v1"
+
+
+def test_divergence_fails_the_job_and_touches_nothing(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    before = _state(tiny_model)
+    store = JobStore(conn)
+    registry = Registry(tmp_path / "registry", base_dir)
+    cfg = LearningConfig(**{**RELAXED, "learning_rate": 1e30, "steps": 6})
+    worker = LearningWorker(cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.")
+    job = store.submit([ITEM], "alice")
+    done = _run(worker, store, job.job_id)
+    assert done.state == "failed" and "diverged" in done.error
+    assert live.deployed == [] and registry.live_id == "base"
+    assert [v.version_id for v in registry.list()] == ["base"]
+    assert not list((tmp_path / "registry" / "staging").iterdir())
+    assert all(torch.equal(before[k], v) for k, v in _state(tiny_model).items())
+
+
+def test_gate_rejection_registers_nothing(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    store = JobStore(conn)
+    registry = Registry(tmp_path / "registry", base_dir)
+    cfg = LearningConfig(**{**RELAXED, "min_efficacy": 1.0, "steps": 1, "learning_rate": 1e-6})
+    worker = LearningWorker(cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.")
+    job = store.submit([ITEM], "alice")
+    done = _run(worker, store, job.job_id)
+    assert done.state == "rejected" and any(r.startswith("efficacy") for r in done.reasons)
+    assert live.deployed == [] and registry.live_id == "base"
+    assert not list((tmp_path / "registry" / "staging").iterdir())
+
+
+def test_kill_9_during_training_leaves_live_untouched(tmp_path, conn, base_dir) -> None:
+    """A worker process is SIGKILLed mid-training; a restart finds everything consistent."""
+    socket = conn.client.connection_pool.connection_kwargs["path"]
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys, time, torch
+        torch.set_num_threads(1)
+        spec = importlib.util.spec_from_file_location("tiny", {str(TINY_MODELS)!r})
+        tiny = importlib.util.module_from_spec(spec); spec.loader.exec_module(tiny)
+        from dmha.config import LearningConfig, RedisConfig
+        from dmha.learning import EagerStepModel, JobStore, LearningWorker, Registry
+        from dmha.llm.base import ModelHandle
+        from dmha.redis_connection import RedisConnection
+        tok = tiny.build_tokenizer(); model = tiny.build_model(len(tok))
+        handle = ModelHandle("base", tok, EagerStepModel(model), 512, frozenset({{2}}), torch_model=model)
+        conn = RedisConnection(RedisConfig(url="unix://{socket}"), {str(tmp_path / "child")!r})
+        cfg = LearningConfig(steps=100000, learning_rate=1e-4, freeze_device="cpu")
+        worker = LearningWorker(cfg, JobStore(conn), Registry({str(tmp_path / "registry")!r}, {str(base_dir)!r}),
+                                lambda: handle, lambda h: sys.exit("deployed?!"), system_prompt="You are DMHA.")
+        worker.start()
+        time.sleep(600)
+        """
+    )
+    store = JobStore(conn)
+    job = store.submit([ITEM], "alice")
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and store.get(job.job_id).step < 2:
+            assert proc.poll() is None, "worker process died on its own"
+            time.sleep(0.2)
+        assert store.get(job.job_id).state == "training"
+        staging = list((tmp_path / "registry" / "staging").iterdir())
+        assert staging  # the update was writing its artifacts there
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    registry = Registry(tmp_path / "registry", base_dir)  # the restart
+    assert registry.live_id == "base" and [v.version_id for v in registry.list()] == ["base"]
+    assert not list((tmp_path / "registry" / "staging").iterdir())
+    assert store.recover() == ([], [job.job_id])
+    assert "interrupted while training" in store.get(job.job_id).error
+    assert copy.copy(registry.live()).version_id == "base"
