@@ -57,6 +57,17 @@ async def test_trainer_feedback_is_trained_gated_deployed_and_rolled_back(live_l
         assert (await alice.chat("hello", max_new_tokens=2)).reply.model_version == "base"
         assert (await admin.promote_version("v1")).live
 
+        # Swaps under concurrent load: every request succeeds, each on one whole version.
+        async def swapper():
+            for _ in range(3):
+                await admin.rollback()
+                await admin.promote_version("v1")
+
+        chats = [alice.chat(f"question {i}", max_new_tokens=6) for i in range(12)]
+        results = await asyncio.gather(swapper(), *chats)
+        assert all(r.reply.model_version in ("base", "v1") for r in results[1:])
+        assert (await alice.list_versions())[-1].live
+
 
 async def test_user_feedback_is_only_a_candidate(live_learning):
     async with live_learning.client("alice") as alice, live_learning.client("tina", "trainer") as trainer:
