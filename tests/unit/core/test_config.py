@@ -57,3 +57,9 @@ def test_unreadable_yaml(tmp_path):
     f.write_text("server: [unclosed")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(f)
+
+
+@pytest.mark.parametrize("name", ["remote.example.yaml", "gpu.example.yaml"])
+def test_example_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.redis.url or cfg.model.device == "cuda"
