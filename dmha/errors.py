@@ -13,6 +13,10 @@ back. Anything else escaping the core is a bug and becomes INTERNAL.
     ├── PermissionDenied            role too low             -> PERMISSION_DENIED
     ├── NotFound                    absent or another user's -> NOT_FOUND
     ├── FailedPrecondition          state forbids the call   -> FAILED_PRECONDITION
+    │   └── LearningError           an update could not be made (job -> failed)
+    │       ├── TrainingDiverged    NaN/inf loss; the live model is untouched
+    │       ├── FreezeError         tracing/verification of the frozen module failed
+    │       └── ArtifactError       a version's files are missing or corrupt
     ├── ResourceExhausted           rate limit, queue full   -> RESOURCE_EXHAUSTED
     ├── DeadlineExceeded            ran past its deadline    -> DEADLINE_EXCEEDED
     ├── Cancelled                   client went away         -> CANCELLED
@@ -24,12 +28,15 @@ back. Anything else escaping the core is a bug and becomes INTERNAL.
 from __future__ import annotations
 
 __all__ = [
+    "ArtifactError",
     "Cancelled",
     "ConfigError",
     "DMHAError",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "FreezeError",
     "InvalidArgument",
+    "LearningError",
     "MilvusUnavailable",
     "NotFound",
     "PermissionDenied",
@@ -37,6 +44,7 @@ __all__ = [
     "ResourceExhausted",
     "StartupError",
     "StatementSyntaxError",
+    "TrainingDiverged",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -124,3 +132,32 @@ class RedisUnavailable(Unavailable):
 
 class MilvusUnavailable(Unavailable):
     """Milvus cannot be reached or failed mid-call."""
+
+
+class LearningError(FailedPrecondition):
+    """An update could not be made; the live model is unchanged."""
+
+
+class TrainingDiverged(LearningError):
+    """The loss became NaN or infinite.
+
+    Args:
+        step: 1-based step at which it happened.
+        loss: the offending value.
+    """
+
+    def __init__(self, step: int, loss: float) -> None:
+        self.step = step
+        self.loss = loss
+        super().__init__(
+            f"training diverged at step {step} (loss={loss}); lower the learning rate "
+            "or the loss weights; the live model is unchanged"
+        )
+
+
+class FreezeError(LearningError):
+    """The model could not be traced, or the frozen module disagrees with eager."""
+
+
+class ArtifactError(LearningError):
+    """A version's artifact is missing, unreadable or fails its checksum."""

@@ -74,6 +74,8 @@ class ChatFormat:
         # transformers 5 returns a BatchEncoding; older versions a plain list.
         ids = out["input_ids"] if hasattr(out, "keys") else out
         result = tuple(int(i) for i in ids)
+        if len(self._cache) >= 4096:
+            self._cache.clear()  # a long-lived worker sees unboundedly many questions
         self._cache[key] = result
         return result
 

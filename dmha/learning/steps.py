@@ -1,7 +1,7 @@
 """Step models over an eager Hugging Face causal LM, and the traceable core behind freezing.
 
-:class:`EagerStepModel` drives the Hugging Face model itself (the serving path when no
-frozen module exists). :class:`LlamaStepCore` re-expresses one Llama-family forward
+:class:`EagerStepModel` (defined in :mod:`dmha.llm.eager`, re-exported here) drives the
+Hugging Face model itself. :class:`LlamaStepCore` re-expresses one Llama-family forward
 with an explicit, flat key/value cache and shape-generic tensor code only, which is
 what ``torch.jit.trace`` needs to record a graph that works for every prompt length:
 the Hugging Face forward builds masks and cache positions with Python integers that a
@@ -15,9 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
-
-from dmha.llm.base import Past
+from dmha.llm.eager import EagerStepModel
 
 __all__ = ["EagerStepModel", "LlamaStepCore", "UnsupportedArchitecture"]
 
@@ -29,87 +27,6 @@ _STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn", "longrope_stati
 
 class UnsupportedArchitecture(ValueError):
     """The model is not a Llama-family decoder that :class:`LlamaStepCore` can express."""
-
-
-def _past_to_cache(past: Past) -> DynamicCache:
-    """Wrap a flat ``(k0, v0, k1, v1, ...)`` tuple in a DynamicCache without copying.
-
-    ``DynamicCache(ddp_cache_data)`` would ``torch.cat`` each tensor onto an empty one,
-    copying the whole cache on every step; assigning the layer tensors does not.
-    """
-    layers = []
-    for i in range(0, len(past), 2):
-        layer = DynamicLayer()
-        layer.keys, layer.values = past[i], past[i + 1]
-        layer.dtype, layer.device = past[i].dtype, past[i].device
-        layer.is_initialized = True
-        layers.append(layer)
-    cache = DynamicCache()
-    cache.layers = layers
-    return cache
-
-
-def _cache_to_past(cache: Any) -> Past:
-    out: list[torch.Tensor] = []
-    for layer in cache.layers:
-        out.append(layer.keys)
-        out.append(layer.values)
-    return tuple(out)
-
-
-class EagerStepModel:
-    """:class:`~dmha.llm.base.StepModel` over an eager Hugging Face causal LM.
-
-    The model is used as is (no copy); it must not be trained while this serves it.
-    A ``past`` handed back is never mutated later: every step builds new tensors,
-    so a caller may keep an older cache (e.g. to branch) safely.
-
-    Args:
-        model: a ``PreTrainedModel`` with a causal-LM head.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.model.eval()
-        self.device = next(model.parameters()).device
-
-    @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Past]:
-        """Run the prompt.
-
-        Args:
-            input_ids: ``LongTensor[1, T]``.
-
-        Returns:
-            ``(logits[1, vocab]`` of the last position, the flat cache).
-        """
-        out = self.model(
-            input_ids=input_ids.to(self.device),
-            past_key_values=DynamicCache(),
-            use_cache=True,
-            # Only the last position's logits are needed: skips a [T, vocab] matmul.
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :], _cache_to_past(out.past_key_values)
-
-    @torch.inference_mode()
-    def decode(self, token: torch.Tensor, past: Past) -> tuple[torch.Tensor, Past]:
-        """Feed one token.
-
-        Args:
-            token: ``LongTensor[1, 1]``.
-            past: the cache returned by the previous call.
-
-        Returns:
-            ``(logits[1, vocab], the new cache)``.
-        """
-        out = self.model(
-            input_ids=token.to(self.device),
-            past_key_values=_past_to_cache(past),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1, :], _cache_to_past(out.past_key_values)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +97,9 @@ class LlamaStepCore(nn.Module):
         # Sizes read from tensors stay symbolic in the trace (aten::size), so the
         # graph works for any prompt length and any cache length.
         positions = torch.arange(q_len, device=input_ids.device) + start
-        h = self.embed(input_ids)
+        # F.embedding without padding_idx: that argument only affects gradients, and
+        # its range check would turn a traced size into a Python bool.
+        h = F.embedding(input_ids, self.embed.weight)
         cos, sin = self._rope(positions, h.dtype)
         new_past: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):

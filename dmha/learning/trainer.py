@@ -3,6 +3,14 @@
 The live model is only read (deep-copied once, and used as the teacher before the
 adapter exists); the caller keeps serving it throughout and swaps only when the
 candidate has passed the gate.
+
+Locality comes mostly from where the adapter may act, not from a penalty: its ``A``
+matrices are confined to input directions specific to the feedback and kept blind
+to the shared system prompt (:mod:`dmha.learning.subspace`). Measured on the 135M
+default model (10 invented facts, 40 unrelated gate prompts): the share of gate
+answers identical over 32 tokens rose from ~0.2 (plain LoRA on q/v, with the
+locality KL) to ~0.55, and to 0.95 counting broken near-ties (< 0.2 nats) as
+unchanged; the locality KL term then added nothing measurable and is off by default.
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ class LearningWorker:
         self._ref: _Reference | None = None
         self._fmt: ChatFormat | None = None
         self._trainer: Trainer | None = None
+        self._prepare_lock = threading.Lock()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -147,17 +148,24 @@ class LearningWorker:
         Called by the thread at start and after each deploy, so that a job only pays
         for it when it arrives right after a swap.
         """
-        live = self._get_live()
-        if self._ref is not None and self._ref.version == live.version:
-            return
-        fmt = self._format(live)
-        started = time.monotonic()
-        model = live.torch_model
-        retain = build_retain_set(model, fmt)
-        gate = build_gate_reference(model, fmt)
-        self._ref = _Reference(live.version, retain, gate)
-        self._trainer_for(fmt).warm(model, retain, UpdatePlan.from_config(self.cfg))
-        log.info("reference of %s computed in %.1fs", live.version, time.monotonic() - started)
+        self._reference(self._get_live())
+
+    def _reference(self, live: ModelHandle) -> _Reference:
+        # Serialised: a rollback (request thread) and a job (worker thread) may both ask.
+        with self._prepare_lock:
+            ref = self._ref
+            if ref is not None and ref.version == live.version:
+                return ref
+            fmt = self._format(live)
+            started = time.monotonic()
+            model = live.torch_model
+            retain = build_retain_set(model, fmt)
+            gate = build_gate_reference(model, fmt)
+            ref = _Reference(live.version, retain, gate)
+            self._trainer_for(fmt).warm(model, retain, UpdatePlan.from_config(self.cfg))
+            self._ref = ref
+            log.info("reference of %s computed in %.1fs", live.version, time.monotonic() - started)
+            return ref
 
     def run_once(self, timeout: float = 0.5) -> Job | None:
         """Take one queued job (waiting up to ``timeout``) and run it to a final state.
@@ -185,11 +193,19 @@ class LearningWorker:
         try:
             return self._run(job, live, plan, staging, started)
         except (LearningError, InterruptedError, NotFound, ValueError, RuntimeError, OSError) as exc:
+            # Expected failures of an update (divergence, full disk, out of memory, a
+            # cancelled run): the job says why; the live model was never touched.
             self.registry.discard(staging)
-            log.warning("job %s failed: %s", job.job_id, exc)
+            log.warning("job %s failed: %s", job.job_id, exc, exc_info=not isinstance(exc, LearningError))
             return self.jobs.transition(job.job_id, "failed", error=str(exc) or type(exc).__name__)
         except BaseException:
+            # A bug: the job must not stay "running" forever, but the error is re-raised
+            # (and logged with its traceback by the loop), never turned into a verdict.
             self.registry.discard(staging)
+            try:
+                self.jobs.transition(job.job_id, "failed", error="internal error (see the server log)")
+            except DMHAError:
+                log.exception("could not mark job %s failed", job.job_id)
             raise
 
     def _run(self, job: Job, live: ModelHandle, plan: UpdatePlan, staging: Any, started: float) -> Job:
@@ -203,8 +219,7 @@ class LearningWorker:
             log.warning("live version %r is not in the registry; training over it as base", parent)
             parent, history = BASE_VERSION, []
         replay = history[-plan.replay_size :] if plan.replay_size else []
-        self.prepare()
-        assert self._ref is not None
+        ref = self._reference(live)
         fmt = self._format(live)
 
         t0 = time.monotonic()
@@ -212,7 +227,7 @@ class LearningWorker:
             live.torch_model,
             job.items,
             plan,
-            self._ref.retain,
+            ref.retain,
             replay=replay,
             progress=lambda i, n, loss: self.jobs.progress(job.job_id, i, n, loss),
             adapter_dir=staging / "adapter",
@@ -223,7 +238,7 @@ class LearningWorker:
         self.jobs.transition(job.job_id, "evaluating")
         t0 = time.monotonic()
         gate = Gate(fmt, GateThresholds.from_config(self.cfg), self.cfg.locality_tie_nats)
-        report = gate.evaluate(result.model, self._ref.gate, job.items, replay, live.torch_model)
+        report = gate.evaluate(result.model, ref.gate, job.items, replay, live.torch_model)
         gate_s = time.monotonic() - t0
         metrics = {
             **report.metrics,
@@ -257,6 +272,11 @@ class LearningWorker:
         metrics["freeze_seconds"] = time.monotonic() - t0
         metrics["frozen"] = 1.0 if kind == "frozen" else 0.0
 
+        if self._get_live().version != live.version:
+            # An admin rolled back or promoted meanwhile: deploying now would undo that.
+            raise LearningError(
+                f"the live version changed from {live.version} during the update; resubmit"
+            )
         version = self.registry.commit(staging, parent, list(job.items), plan, metrics)
         handle = ModelHandle(
             version=version.version_id,

@@ -106,6 +106,9 @@ def main() -> None:
     print(f"reference (once per live version): {time.monotonic() - t0:.1f}s", flush=True)
     print(plan, flush=True)
     trainer = Trainer(fmt)
+    t0 = time.monotonic()
+    trainer.warm(model, retain, plan)  # the worker does this right after each deploy
+    print(f"subspace warm-up (once per live version): {time.monotonic() - t0:.1f}s", flush=True)
     gate = Gate(fmt, GateThresholds.from_config(cfg), cfg.locality_tie_nats)
     rows = []
     for question, target in FACTS[: args.facts]:

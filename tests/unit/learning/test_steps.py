@@ -90,3 +90,28 @@ def test_corrupt_file_is_a_freeze_error(tmp_path) -> None:
     bad.write_bytes(b"not a torchscript archive")
     with pytest.raises(FreezeError):
         FrozenStepModel.load(bad, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_freeze_on_cuda(tiny_model) -> None:
+    frozen = freeze(tiny_model, device="cuda", tolerance=1e-3)
+    assert frozen.device.type == "cuda"
+    logits, past = frozen.prefill(torch.tensor([[1, 2, 3]]))
+    assert logits.device.type == "cuda" and past[0].device.type == "cuda"
+    # The live (CPU) model was copied, not moved.
+    assert next(tiny_model.parameters()).device.type == "cpu"
+
+
+def test_freeze_with_a_padding_index(tiny_tokenizer) -> None:
+    """The real model has pad id 2: the embedding's padding check must not break the trace."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, pad_token_id=2)
+    ).eval()
+    assert model.model.embed_tokens.padding_idx == 2
+    frozen = freeze(model, device="cpu", tolerance=1e-4)
+    assert verify_step_model(frozen, EagerStepModel(model), 64, lengths=(6,)) < 1e-4
