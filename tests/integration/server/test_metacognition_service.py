@@ -1,0 +1,31 @@
+"""MetacognitionService.ListEvents over a real channel and real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dmha import errors
+from dmha.metacognition.monitor import RecordedEvent
+from dmha.turn import MonitorEvent
+
+pytestmark = pytest.mark.integration
+
+
+def event(user: str, session: str, n: int) -> RecordedEvent:
+    ev = MonitorEvent(f"e{n}", 0.7, {"kb_contradiction": 1.0, "low_confidence": 0.1}, ("answered_from_kb",), "answered_from_kb")
+    return RecordedEvent(ev, user, session, f"t{n}", time.time(), "Bob is 31.", "It is not the case that bob.age = 31.")
+
+
+async def test_events_are_listed_per_user_newest_first(live):
+    for n, (user, session) in enumerate([("alice", "s1"), ("alice", "s2"), ("bob", "s1")]):
+        live.runtime.events.add(event(user, session, n))
+    async with live.client("alice") as alice, live.client("carol") as carol:
+        events = await alice.monitor_events()
+        assert [e.event.id for e in events] == ["e1", "e0"]
+        assert events[0].event.signals["kb_contradiction"] == 1.0 and events[0].final_text.startswith("It is not")
+        assert [e.event.id for e in await alice.monitor_events(session_id="s1")] == ["e0"]
+        assert await carol.monitor_events() == []
+        with pytest.raises(errors.InvalidArgument, match="limit"):
+            await alice.monitor_events(limit=100000)
