@@ -170,7 +170,7 @@ class OnlineLearning:
         handle = load_live_handle(self.registry, self._model_cfg, version.version_id)
         self._engine.swap(handle)
         self.registry.promote(handle.version)
-        self.worker.prepare()
+        # The worker recomputes its reference for the new live version on its next job.
         return self.registry.get(handle.version)
 
     def rollback(self, principal: Principal, to: str = "") -> Version:

@@ -114,10 +114,9 @@ class LearningWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
-        try:
-            self.prepare()
-        except Exception:
-            log.exception("could not precompute the live model's reference; will retry per job")
+        # The live model's reference is computed lazily by the first job (about a
+        # minute of CPU): doing it at start-up would slow every chat of the first
+        # minute on a small machine, for a job that may never come.
         while not self._stop.is_set():
             try:
                 self.run_once(timeout=0.5)
@@ -145,8 +144,8 @@ class LearningWorker:
     def prepare(self) -> None:
         """Compute the live model's retain and gate references (cached per version).
 
-        Called by the thread at start and after each deploy, so that a job only pays
-        for it when it arrives right after a swap.
+        Called by each job (a no-op when cached) and after each deploy, so that a job
+        only pays for it when it is the first, or arrives right after a swap.
         """
         self._reference(self._get_live())
 
