@@ -135,6 +135,9 @@ class LongTermConfig(_Section):
     """Ask the LLM for a summary record of each archived batch (else the extractive one)."""
     timeout_seconds: float = Field(10.0, gt=0)
     """Seconds before a Milvus call is considered failed (maps to UNAVAILABLE)."""
+    bulk_timeout_seconds: float = Field(300.0, gt=0)
+    """Seconds allowed for a bulk read of one user's memories (loading their hot index,
+    export): Milvus Lite needs ~10-30 s for 100k memories with vectors."""
     max_text_bytes: int = Field(16 * 1024, ge=16, le=60000)
     """Largest memory text accepted by ``add_texts`` (UTF-8 bytes; Milvus VARCHAR caps at 65535)."""
 

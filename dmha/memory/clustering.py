@@ -32,7 +32,7 @@ from dmha.memory.working import Turn
 if TYPE_CHECKING:
     from dmha.memory.hot_index import UserIndex
 
-__all__ = ["Clusterer", "Clustering", "build_cluster_summaries"]
+__all__ = ["Clusterer", "Clustering", "build_cluster_summaries", "stable_ids"]
 
 _CLUSTER_QUOTES = 8  # central members a cluster summary is written from
 _CLUSTER_SOURCES = 64  # turn ids a cluster summary links (the ARRAY field caps at 256)
@@ -131,6 +131,41 @@ class Clusterer:
         return Clustering(labels, centroids, time.perf_counter() - start)
 
 
+def stable_ids(labels: np.ndarray, previous: np.ndarray) -> list[int]:
+    """Cluster ids that survive reclustering: a new cluster keeps the id most of its
+    members had, so unchanged memberships need no write-back and ids mean the same
+    thing from one run to the next.
+
+    Args:
+        labels: this run's labels (0..C-1, -1 noise).
+        previous: each memory's stored cluster id (negative: noise or never clustered).
+
+    Returns:
+        The id to store for each of this run's clusters (index = label).
+    """
+    count = int(labels.max()) + 1 if len(labels) else 0
+    claims: list[tuple[int, int, int]] = []  # (-votes, new label, old id)
+    for c in range(count):
+        old = previous[(labels == c) & (previous >= 0)]
+        if len(old):
+            values, votes = np.unique(old, return_counts=True)
+            best = int(np.argmax(votes))
+            if votes[best] * 2 > int(np.sum(labels == c)):  # a majority of the members
+                claims.append((-int(votes[best]), c, int(values[best])))
+    out = [-1] * count
+    taken: set[int] = set()
+    for _, c, old_id in sorted(claims):  # the largest majority wins a contested id
+        if old_id not in taken:
+            out[c] = old_id
+            taken.add(old_id)
+    fresh = max([int(previous.max()) if len(previous) else -1, *taken, -1]) + 1
+    for c in range(count):
+        if out[c] < 0:
+            out[c] = fresh
+            fresh += 1
+    return out
+
+
 def build_cluster_summaries(
     index: UserIndex,
     ids: Sequence[str],
@@ -138,6 +173,7 @@ def build_cluster_summaries(
     result: Clustering,
     summariser: Summariser,
     embedder: Embedder,
+    cluster_ids: Sequence[int] | None = None,
 ) -> list[MemoryRecord]:
     """One ``cluster_summary`` memory per cluster, written from its most central members.
 
@@ -148,17 +184,29 @@ def build_cluster_summaries(
         result: the clustering.
         summariser: writes each summary from the members (as pseudo-turns, oldest first).
         embedder: embeds the summaries.
+        cluster_ids: the stored id of each cluster (default: its label).
 
     Returns:
         Embedded records; each links the turn ids its members derive from and carries
         its cluster id. The id derives from the members, so an unchanged cluster keeps it.
     """
     records: list[MemoryRecord] = []
+    kept: list[MemoryRecord] = []
     for cluster in range(result.clusters):
         central = result.central_members(vectors, cluster, _CLUSTER_QUOTES)
         members = [m for m in (index.get(ids[i]) for i in central) if m is not None]
         if not members:
             continue
+        stored_id = cluster if cluster_ids is None else cluster_ids[cluster]
+        mid = memory_id(index.user_id, "cluster_summary", sorted(m.id for m in members))
+        existing = index.get(mid)
+        if existing is not None:
+            # Same central members, same text: reuse it (and its vector) instead of
+            # summarising and embedding again on every run.
+            vec = index.vectors_of([mid])
+            if len(vec):
+                kept.append(dataclasses.replace(existing, cluster_id=stored_id, vector=vec[0]))
+                continue
         members.sort(key=lambda m: (m.created_at, m.id))
         pseudo = [
             Turn(turn_id=m.id, user_id=index.user_id, session_id=m.session_id,
@@ -171,13 +219,12 @@ def build_cluster_summaries(
         sources = list(dict.fromkeys(s for m in members for s in m.source_ids))[:_CLUSTER_SOURCES]
         records.append(
             MemoryRecord(
-                id=memory_id(index.user_id, "cluster_summary", sorted(m.id for m in members)),
-                user_id=index.user_id, session_id="", kind="cluster_summary", text=text,
+                id=mid, user_id=index.user_id, session_id="", kind="cluster_summary", text=text,
                 created_at=max(m.created_at for m in members), source_ids=tuple(sources),
-                cluster_id=cluster, role="", importance=0.7,
+                cluster_id=stored_id, role="", importance=0.7,
             )
         )
-    if not records:
-        return []
-    vecs = embedder.embed([index_text(r) for r in records])
-    return [dataclasses.replace(r, vector=v) for r, v in zip(records, vecs, strict=True)]
+    if records:
+        vecs = embedder.embed([index_text(r) for r in records])
+        records = [dataclasses.replace(r, vector=v) for r, v in zip(records, vecs, strict=True)]
+    return kept + records

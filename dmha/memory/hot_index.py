@@ -37,6 +37,10 @@ _NPROBE = 16
 _TRAIN_PER_LIST = 50  # Faiss wants >= 39 training points per list
 
 
+def _is_pending(rec: MemoryRecord) -> int:
+    return int(rec.cluster_id == CLUSTER_PENDING and rec.kind != "cluster_summary")
+
+
 class UserIndex:
     """Everything needed to search one user's memories without a round-trip.
 
@@ -62,6 +66,7 @@ class UserIndex:
         self._faiss: faiss.Index = faiss.IndexFlatIP(self.dim)
         self._bm25 = BM25Index()
         self._dead = 0
+        self._pending = 0  # memories never clustered (kept here: archival asks after every batch)
         # turn id -> ids of the memories listing it in source_ids (the turn itself,
         # its summary, cluster summaries): the links dedupe and context use.
         self._by_source: dict[str, set[str]] = defaultdict(set)
@@ -94,6 +99,7 @@ class UserIndex:
             if rec.kind == "turn":
                 self._sessions[rec.session_id].append(row)
                 self._sorted_sessions.discard(rec.session_id)
+            self._pending += _is_pending(rec)
         if isinstance(self._faiss, faiss.IndexFlatIP) and need > self._ivf_threshold:
             self._rebuild_faiss()
         else:
@@ -141,6 +147,7 @@ class UserIndex:
         rec = self._records[row]
         assert rec is not None
         self._records[row] = None
+        self._pending -= _is_pending(rec)
         self._bm25.remove(row)
         for src in rec.source_ids:
             owners = self._by_source.get(src)
@@ -196,7 +203,9 @@ class UserIndex:
                 if row is not None:
                     rec = self._records[row]
                     assert rec is not None
-                    self._records[row] = dataclasses.replace(rec, cluster_id=int(cid))
+                    new = dataclasses.replace(rec, cluster_id=int(cid))
+                    self._pending += _is_pending(new) - _is_pending(rec)
+                    self._records[row] = new
             self._centroids = np.ascontiguousarray(centroids, dtype=np.float32).reshape(-1, self.dim)
             self._centroid_ids = list(centroid_ids)
 
@@ -306,6 +315,11 @@ class UserIndex:
                     if r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary":
                         out["_pending"] += 1
             return dict(out)
+
+    def pending(self) -> int:
+        """Memories no clustering run has seen yet."""
+        with self.lock:
+            return self._pending
 
     def cluster_count(self) -> int:
         """How many clusters the last run found."""

@@ -40,7 +40,7 @@ _SCALAR_FIELDS = [
     "source_ids", "cluster_id", "role", "importance",
 ]
 _MAX_SOURCES = 256
-_PAGE = 4096  # rows per query page: well under Milvus's 16384 offset+limit cap
+_PAGE = 16384  # rows per query: Milvus's cap on offset + limit
 
 
 class LongTermStore(Protocol):
@@ -316,8 +316,6 @@ class MilvusLongTermStore:
             parts.append(f"kind == {_quote(conds['kind'] or '')}")
         if conds.get("source_id") is not None:
             parts.append(f"array_contains(source_ids, {_quote(conds['source_id'] or '')})")
-        if conds.get("after") is not None:
-            parts.append(f"id > {_quote(conds['after'] or '')}")
         return " and ".join(parts)
 
     def upsert(self, records: Sequence[MemoryRecord]) -> None:
@@ -354,6 +352,58 @@ class MilvusLongTermStore:
             out.extend(self._record(r) for r in rows)
         return out
 
+    def _query(self, expr: str, fields: list[str], limit: int | None) -> list[dict[str, Any]]:
+        """A bulk read (scans): allowed ``bulk_timeout_seconds``."""
+        extra = {} if limit is None else {"limit": limit}
+        return self._call(
+            "read memories",
+            lambda: self._client.query(
+                self._collection, filter=expr, output_fields=fields,
+                timeout=self._cfg.bulk_timeout_seconds, **extra,
+            ),
+        )
+
+    @staticmethod
+    def _range(expr: str, lo: str | None, hi: str | None) -> str:
+        if lo is not None:
+            expr += f" and id >= {_quote(lo)}"
+        if hi is not None:
+            expr += f" and id < {_quote(hi)}"
+        return expr
+
+    def _split(self, expr: str) -> Iterator[tuple[str | None, str | None]]:
+        """Id ranges, in order, each holding fewer than a page of the matching rows.
+
+        A limited query returns an arbitrary subset (Milvus Lite does not return the
+        smallest keys), so pages are cut by id ranges instead: a range whose id-only
+        query comes back full is split at the median of the ids it returned.
+        """
+        stack: list[tuple[str | None, str | None]] = [(None, None)]
+        while stack:
+            lo, hi = stack.pop()
+            rows = self._query(self._range(expr, lo, hi), ["id"], _PAGE)
+            if len(rows) < _PAGE:
+                if rows:
+                    yield lo, hi
+                continue
+            ids = sorted(r["id"] for r in rows)
+            mid = ids[len(ids) // 2]
+            stack.append((mid, hi))
+            stack.append((lo, mid))  # popped first: ranges come out in id order
+
+    def _rows_where(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        if self._local:
+            # Milvus Lite has no result window, and each query pays a scan of the
+            # partition (seconds at 100k rows): one unlimited query is fastest there.
+            yield from sorted(self._query(expr, fields, None), key=lambda r: r["id"])
+            return
+        for lo, hi in self._split(expr):
+            rows = self._query(self._range(expr, lo, hi), fields, _PAGE)
+            if len(rows) >= _PAGE:  # grew since it was measured: split it again
+                yield from self._rows_where(self._range(expr, lo, hi), fields)
+                continue
+            yield from sorted(rows, key=lambda r: r["id"])
+
     def scan(
         self,
         user_id: str,
@@ -362,26 +412,9 @@ class MilvusLongTermStore:
         session_id: str | None = None,
         with_vectors: bool = False,
     ) -> Iterator[MemoryRecord]:
-        # Keyset pagination on the primary key (what query_iterator does, without its
-        # MVCC timestamp round-trip): Milvus returns a limited query in pk order.
-        after: str | None = None
-        while True:
-            expr = self._filter(user_id, kind=kind, session_id=session_id, after=after)
-            rows = self._call(
-                "read memories",
-                lambda expr=expr: self._client.query(
-                    self._collection, filter=expr, output_fields=self._fields(with_vectors),
-                    limit=_PAGE, timeout=self._timeout,
-                ),
-            )
-            if not rows:
-                return
-            rows = sorted(rows, key=lambda r: r["id"])
-            for row in rows:
-                yield self._record(row)
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1]["id"]
+        expr = self._filter(user_id, kind=kind, session_id=session_id)
+        for row in self._rows_where(expr, self._fields(with_vectors)):
+            yield self._record(row)
 
     def search(self, user_id: str, vector: np.ndarray, k: int) -> list[tuple[MemoryRecord, float]]:
         if k <= 0:
@@ -409,22 +442,7 @@ class MilvusLongTermStore:
         return out
 
     def _ids_where(self, expr: str) -> list[str]:
-        found: list[str] = []
-        after: str | None = None
-        while True:
-            page_expr = expr if after is None else f"{expr} and id > {_quote(after)}"
-            rows = self._call(
-                "read memories",
-                lambda e=page_expr: self._client.query(
-                    self._collection, filter=e, output_fields=["id"], limit=_PAGE,
-                    timeout=self._timeout,
-                ),
-            )
-            ids = sorted(r["id"] for r in rows)
-            found.extend(ids)
-            if len(ids) < _PAGE:
-                return found
-            after = ids[-1]
+        return [r["id"] for r in self._rows_where(expr, ["id"])]
 
     def _delete_ids(self, user_id: str, ids: Sequence[str]) -> None:
         with self._write_lock:

@@ -25,9 +25,9 @@ from typing import Any, Literal
 import numpy as np
 
 from dmha.config import MemoryConfig
-from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
+from dmha.errors import FailedPrecondition, InvalidArgument, MilvusUnavailable, NotFound
 from dmha.memory.archival import Archiver, ArchiveResult
-from dmha.memory.clustering import Clusterer, build_cluster_summaries
+from dmha.memory.clustering import Clusterer, build_cluster_summaries, stable_ids
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hot_index import HotIndex, UserIndex
 from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
@@ -140,10 +140,15 @@ class LongTermMemory:
                     index.add(recs)
 
     def _pending(self, user_id: str) -> int:
-        index = self._hot.get(user_id)
-        if index is not None:
-            return index.counts().get("_pending", 0)
-        return self._store.count(user_id, cluster_id=CLUSTER_PENDING)
+        try:
+            index = self._hot.get(user_id)
+            if index is not None:
+                return index.pending()
+            return self._store.count(user_id, cluster_id=CLUSTER_PENDING)
+        except MilvusUnavailable:
+            # The archive itself was acknowledged; only the clustering hint is lost.
+            log.warning("could not count unclustered memories of %s", user_id)
+            return 0
 
     def _report(self, user_id: str, result: ArchiveResult) -> ArchiveReport:
         due = bool(result.records) and self._pending(user_id) >= self._cfg.clustering.every_n_memories
@@ -458,20 +463,28 @@ class LongTermMemory:
             index.add(self._store.scan(user_id, with_vectors=True))
         ids, vectors = index.snapshot(exclude_kinds=("cluster_summary",))
         result = self._clusterer.fit(vectors)
+        before = np.array(
+            [rec.cluster_id if (rec := index.get(mid)) is not None else CLUSTER_PENDING for mid in ids],
+            dtype=np.int64,
+        )
+        cluster_ids = stable_ids(result.labels, before)
+        after = np.array([cluster_ids[c] if c >= 0 else c for c in result.labels.tolist()], dtype=np.int64)
         summaries = build_cluster_summaries(
-            index, ids, vectors, result, self._cluster_summariser, self._embedder
+            index, ids, vectors, result, self._cluster_summariser, self._embedder, cluster_ids
         )
         with self._hot.user_lock(user_id):
+            # Only changed memberships are written back, and never for a memory
+            # deleted meanwhile (a partial update must not resurrect it).
             assignments = {
-                mid: int(label) for mid, label in zip(ids, result.labels.tolist(), strict=True)
-                if index.get(mid) is not None  # deleted meanwhile: do not resurrect
+                mid: int(new) for mid, old, new in zip(ids, before.tolist(), after.tolist(), strict=True)
+                if new != old and index.get(mid) is not None
             }
             self._store.set_clusters(user_id, assignments)
             self._store.upsert(summaries)
             keep = {s.id for s in summaries}
             stale = [r.id for r in index.records() if r.kind == "cluster_summary" and r.id not in keep]
             self._store.delete(user_id, stale)
-            index.set_clusters(assignments, result.centroids, range(result.clusters))
+            index.set_clusters(assignments, result.centroids, cluster_ids)
             index.add(summaries)
             index.remove(stale)
         noise = int(np.sum(result.labels < 0))

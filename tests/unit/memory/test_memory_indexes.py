@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from dmha.config import ClusteringConfig
-from dmha.memory.clustering import Clusterer
+from dmha.memory.clustering import Clusterer, stable_ids
 from dmha.memory.hot_index import HotIndex, UserIndex
 from dmha.memory.records import CLUSTER_NOISE, MemoryRecord
 from dmha.memory.summariser import ExtractiveSummariser, extract_sentences
@@ -142,3 +142,13 @@ def test_extract_sentences_respects_the_budget_and_source_order():
     picked = extract_sentences(["Alpha beta gamma. Delta epsilon zeta.", "Eta theta iota kappa."], 40)
     assert sum(len(s) for _, s in picked) <= 40 + len(picked)
     assert [ti for ti, _ in picked] == sorted(ti for ti, _ in picked)
+
+
+def test_stable_ids_keep_majority_ids_and_mint_fresh_ones():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, -1])
+    previous = np.array([7, 7, 3, 4, 4, -2, -2, -2, 7])
+    # cluster 0 keeps 7 (2 of 3), cluster 1 keeps 4, cluster 2 had no id: a fresh one above all.
+    assert stable_ids(labels, previous) == [7, 4, 8]
+    # Two new clusters claiming the same old id: the larger majority wins it.
+    assert stable_ids(np.array([0, 0, 1, 1, 1]), np.array([5, 5, 5, 5, 5])) == [6, 5]
+    assert stable_ids(np.array([-1, -1]), np.array([-2, -2])) == []
