@@ -17,6 +17,13 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# `make test` prepares the real model first (`dmha setup`); point the slow tests at it.
+from dmha.config import default_data_dir  # noqa: E402
+from dmha.llm.model_store import default_model_dir  # noqa: E402
+
+if (default_model_dir(default_data_dir()) / "config.json").exists():
+    os.environ.setdefault("DMHA_TEST_MODEL_PATH", str(default_model_dir(default_data_dir())))
+
 
 def real_model_dir() -> Path:
     """The converted default model (``make test`` prepares it with ``dmha setup``).
