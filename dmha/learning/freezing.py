@@ -26,6 +26,7 @@ import torch
 
 from dmha.learning.errors import FreezeError
 from dmha.learning.steps import EagerStepModel, LlamaStepCore, UnsupportedArchitecture
+from dmha.llm.engine import pick_device as serving_device
 from dmha.llm.base import Past
 
 __all__ = ["FrozenStepModel", "freeze", "pick_device", "verify_step_model"]
@@ -53,11 +54,9 @@ def pick_device(device: str) -> torch.device:
     Raises:
         FreezeError: ``cuda`` was asked for and is not available.
     """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise FreezeError("freeze_device is 'cuda' but CUDA is not available")
-    return torch.device(device)
+    return serving_device(device)
 
 
 class FrozenStepModel:
