@@ -212,57 +212,69 @@ class KnowledgeConfig(_Section):
 class LearningConfig(_Section):
     enabled: bool = True
     """Run the training worker inside the server."""
-    lora_rank: int = Field(8, ge=1)
-    """LoRA rank r."""
-    lora_alpha: int = Field(16, ge=1)
-    """LoRA alpha."""
-    target_modules: list[str] = ["q_proj", "v_proj", "gate_proj", "up_proj"]
-    """Modules that adapt (attention q/v and the MLP input side: measured best locality)."""
-    learning_rate: float = Field(3e-3, gt=0)
+    edit_layers: list[int] = [4, 5, 6, 7, 8]
+    """Decoder layers whose ``mlp.down_proj`` an edit changes (consecutive middle layers)."""
+    rank: int = Field(8, ge=1)
+    """Rank of each layer's change."""
+    scale: float = Field(1.0, gt=0)
+    """Multiplier of the change (with the learning rate, the size of an update)."""
+    learning_rate: float = Field(5e-3, gt=0)
     """AdamW learning rate."""
-    steps: int = Field(20, ge=1)
-    """Optimisation steps per update."""
+    steps: int = Field(30, ge=1)
+    """Most optimisation steps per update (early stop on ``stop_margin``)."""
+    max_train_seconds: float = Field(30.0, gt=0)
+    """No optimisation step starts after this long (bounds Submit -> live)."""
+    stop_margin: float = Field(2.0, ge=0)
+    """Stop once every target token leads its best rival by this many logits; 0 = never."""
     lambda_causal: float = Field(0.5, ge=0)
-    """Weight of KL(P(Y|do(T)) || P(Y|T))."""
-    lambda_locality: float = Field(0.0, ge=0)
-    """Weight of KL to the pre-update model on the retain set. Off by default: with
-    ``subspace_rank`` the term measured ~0.001 nats and no gain, at +25 % step time."""
+    """Weight of KL(P(Y|do(T)) || P(Y|T)) (carries the fact to paraphrases)."""
+    lambda_locality: float = Field(0.5, ge=0)
+    """Weight of the KL to the pre-update model on the training retain prompts."""
+    retain_per_step: int = Field(8, ge=0)
+    """Retain prompts sampled per step for the locality term."""
+    null_threshold: float = Field(1e-3, gt=0, lt=1)
+    """Relative eigenvalue threshold of the editable subspace: directions whose
+    preserved-key eigenvalue is at most this times the largest may be written."""
+    max_delta_norm: float = Field(0.0, ge=0)
+    """Frobenius bound on each layer's change; 0 = unbounded."""
+    min_key_share: float = Field(0.05, ge=0, lt=1)
+    """Refuse an edit when no token of the feedback has this share of its key energy
+    in the editable subspace (no local edit could carry it)."""
     max_feedback_bytes: int = Field(4096, ge=16)
     """Largest input/target text accepted by Submit."""
-    lora_layers: list[int] = []
-    """Decoder layers that adapt; empty = all. Upper layers only = cheaper steps."""
     replay_size: int = Field(8, ge=0)
     """Earlier accepted feedback items replayed in each update (against forgetting)."""
     paraphrases: int = Field(4, ge=0)
     """Training paraphrases per feedback item for the causal term."""
-    retain_per_step: int = Field(0, ge=0)
-    """Retain prompts sampled per step for the locality term (set with lambda_locality)."""
-    subspace_rank: int = Field(16, ge=0)
-    """Input directions specific to the feedback each adapter may read (outside the
-    generic prompts' principal subspace and the system prompt); 0 = unconstrained."""
-    generic_energy: float = Field(0.99, gt=0, lt=1)
-    """Share of a layer's generic input energy treated as generic (off-limits)."""
     seed: int = 0
-    """Seed of adapter initialisation and sampling (updates are reproducible)."""
+    """Seed of initialisation and sampling (updates are reproducible)."""
     min_efficacy: float = Field(0.99, ge=0, le=1)
     """Gate: share of feedback inputs whose greedy answer contains the target."""
     min_generalisation: float = Field(0.9, ge=0, le=1)
     """Gate: the same share over held-out paraphrases of the inputs."""
-    min_locality: float = Field(0.97, ge=0, le=1)
-    """Gate: share of retain prompts whose first 32 greedy tokens are unchanged."""
+    min_locality: float = Field(0.99, ge=0, le=1)
+    """Gate: argmax agreement with the live model on the retain probes, counted where
+    the live model is confident (``confident_nats``)."""
+    confident_nats: float = Field(0.5, ge=0)
+    """Gate: a probe position counts for locality when the live model's top-2 gap is at
+    least this (smaller gaps flip with float noise, not with the edit)."""
+    max_kl_mean: float = Field(0.01, ge=0)
+    """Gate: largest mean KL(live || candidate) per probe token, in nats."""
+    max_kl_prompt: float = Field(0.05, ge=0)
+    """Gate: largest mean KL(live || candidate) of any one probe prompt, in nats."""
     max_perplexity_increase: float = Field(0.05, ge=0)
     """Gate: largest relative perplexity rise on the held-out text (0.05 = +5 %)."""
-    locality_tie_nats: float = Field(0.2, ge=0)
-    """Gate: a retain answer that first diverges where the live model rated the new
-    token within this many nats of its own choice counts as unchanged (a broken
-    near-tie, not drift). 0 = strict token-for-token identity, which half of the
-    135M model's answers fail after any edit (logit gaps below 0.01 are common)."""
     freeze: bool = True
     """TorchScript-freeze each accepted version (else it is served eagerly)."""
     freeze_device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device of the frozen module; ``auto`` picks CUDA when available."""
     freeze_tolerance: float = Field(1e-3, gt=0)
     """Largest |logit| difference between the frozen module and eager accepted."""
+    keep_ancestors: int = Field(5, ge=0)
+    """Retention: ancestors of the live version kept (rollback targets)."""
+    keep_last: int = Field(10, ge=0)
+    """Retention: most recent versions kept besides the live one and its ancestors;
+    the others' stored deltas are deleted (their records stay, marked pruned)."""
 
 
 class MetacognitionConfig(_Section):

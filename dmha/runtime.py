@@ -20,7 +20,7 @@ from dmha.executor import configure_executor, shutdown_executor
 from dmha.knowledge.bank import KnowledgeBank
 from dmha.knowledge.hook import KnowledgeHook
 from dmha.learning.jobs import JobStore
-from dmha.learning.online import OnlineLearning, load_live_handle, registry_for
+from dmha.learning.online import OnlineLearning, learning_cache_dir, load_live_handle, registry_for
 from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model
 from dmha.memory.hook import LLMSummariser, MemoryHook
@@ -96,7 +96,9 @@ def build_runtime(
         closers.append(llm.close)
         log.info("model %s (%s) loaded from %s (torch threads %d)", handle.version, handle.kind, model_dir, threads)
         jobs = JobStore(redis)
-        learning = OnlineLearning(cfg.learning, cfg.model, jobs, registry, llm)
+        learning = OnlineLearning(
+            cfg.learning, cfg.model, jobs, registry, llm, learning_cache_dir(cfg.data_dir)
+        )
         if cfg.learning.enabled:
             learning.start()
             closers.append(learning.stop)

@@ -44,11 +44,19 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def setup(args: argparse.Namespace) -> int:
-    """Prepare the default model (idempotent) and report where it is."""
+    """Prepare the model and its learning references (idempotent); print the model folder."""
+    from dmha.learning.online import prepare_references
+    from dmha.llm.engine import set_torch_threads
     from dmha.llm.model_store import ensure_model
 
     cfg = load_from_args(args)
-    path = ensure_model(cfg.model.path, cfg.data_dir, lambda line: print(line, file=sys.stderr, flush=True))
+    set_torch_threads(cfg.model.threads)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    path = ensure_model(cfg.model.path, cfg.data_dir, say)
+    prepare_references(path, cfg.data_dir, cfg.model, cfg.learning, lambda m: say(f"learning references: {m}"))
     print(path)
     return 0
 

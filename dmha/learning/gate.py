@@ -6,19 +6,23 @@ Checks, each against a threshold from ``LearningConfig``:
   (case-insensitive, whitespace-normalised, trailing punctuation ignored);
 - generalisation: the same over held-out paraphrases (templates the update never saw);
 - retention: the same for replayed earlier feedback (an update must not undo one);
-- locality: the greedy answers to the fixed gate prompts are unchanged in their
-  first 32 tokens (``locality_strict``); with ``tie_nats > 0`` an answer that first
-  diverges where the live model itself rated the new token within ``tie_nats`` of
-  its choice also counts as unchanged (``locality``): many of a small model's
-  greedy answers hinge somewhere on a logit gap below 0.01, which any weight
-  change at all can flip;
+- locality (primary): on the gate's retain prompts, each followed by a fixed
+  32-token continuation, the candidate's teacher-forced argmax agrees with the live
+  model's at every position where the live model is *confident* (its top-2 gap is at
+  least ``confident_nats``). Half of a small model's answers hinge somewhere on a
+  near-tie that any weight change can flip; counting those would measure float
+  noise, not the edit;
+- KL budget: mean ``KL(live || candidate)`` per token, overall and per prompt;
 - perplexity: the relative rise on a held-out text stays small.
 
-Greedy checks are done by teacher forcing where that is exact: if the candidate's
-argmax at every position of a known continuation equals that continuation's next
-token, its greedy decoding reproduces the continuation token for token (by
-induction over positions). One batched forward pass then replaces 32 sequential
-decode steps per prompt. Only answers that fail that test are really decoded.
+Strict identity (every position agrees) and token agreement (share of all
+positions) are reported too, without gating on them. Live and candidate are scored
+by the same eager code on the same sequences, so numerics cancel out.
+
+Greedy checks of the feedback are done by teacher forcing where that is exact: if
+the candidate's argmax at every position of a known continuation equals that
+continuation's next token, its greedy decoding reproduces the continuation token for
+token (by induction over positions). Only answers that fail that test are decoded.
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ from dmha.learning.paraphrase import paraphrases
 from dmha.learning.prompting import ChatFormat, Sequence
 from dmha.learning.retain import GATE_RETAIN, HELDOUT_TEXT
 
-__all__ = ["Gate", "GateReference", "GateReport", "GateThresholds", "build_gate_reference"]
+__all__ = [
+    "Gate",
+    "GateReference",
+    "GateReport",
+    "GateThresholds",
+    "LocalityScore",
+    "build_gate_reference",
+    "compare_logits",
+    "locality_score",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,35 +61,45 @@ LOCALITY_TOKENS = 32
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Pass marks (see the ``min_*`` fields of :class:`~dmha.config.LearningConfig`)."""
+    """Pass marks (see the gate fields of :class:`~dmha.config.LearningConfig`)."""
 
     min_efficacy: float = 0.99
     min_generalisation: float = 0.9
-    min_locality: float = 0.97
+    min_locality: float = 0.99
+    max_kl_mean: float = 0.01
+    max_kl_prompt: float = 0.05
     max_perplexity_increase: float = 0.05
+    confident_nats: float = 0.5
 
     @classmethod
     def from_config(cls, cfg: LearningConfig) -> GateThresholds:
         """Thresholds of a deployment."""
         return cls(
-            cfg.min_efficacy, cfg.min_generalisation, cfg.min_locality, cfg.max_perplexity_increase
+            cfg.min_efficacy,
+            cfg.min_generalisation,
+            cfg.min_locality,
+            cfg.max_kl_mean,
+            cfg.max_kl_prompt,
+            cfg.max_perplexity_increase,
+            cfg.confident_nats,
         )
 
 
 @dataclass(frozen=True)
 class GateReference:
-    """The live model's behaviour on the gate's fixed probes (compute once per version).
+    """The gate's fixed probes: retain sequences and the held-out text.
+
+    They depend only on the base model (its greedy continuations), so they are
+    computed once per base model and cached on disk; each candidate is compared with
+    the live model on the same sequences.
 
     Attributes:
-        seqs: each gate prompt followed by the live model's greedy continuation.
-        argmax: the live model's teacher-forced argmax at those positions (equal to the
-            continuation except where float rounding breaks a near-tie).
-        heldout_nll: the live model's mean NLL on the held-out text.
+        seqs: each gate prompt followed by the base model's greedy continuation.
+        heldout: token ids of the held-out text.
     """
 
     seqs: tuple[Sequence, ...]
-    argmax: tuple[tuple[int, ...], ...]
-    heldout_nll: float
+    heldout: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -111,23 +134,99 @@ def contains_target(answer: str, target: str) -> bool:
 def build_gate_reference(
     model: Any, fmt: ChatFormat, prompts: Seq[str] = GATE_RETAIN
 ) -> GateReference:
-    """Record what the live model does on the gate prompts and the held-out text.
+    """Greedy continuations of the gate prompts, and the held-out text's ids.
 
     Args:
-        model: the live model.
+        model: the base model.
         fmt: prompt rendering, as served.
         prompts: the gate's retain prompts.
 
     Returns:
-        The reference (depends only on the model: cache it per live version).
+        The reference.
     """
     model.eval()
     rendered = [fmt.prompt(p) for p in prompts]
     conts = greedy(model, rendered, LOCALITY_TOKENS, fmt.eos_ids)
     seqs = tuple(Sequence(p, tuple(c)) for p, c in zip(rendered, conts, strict=True) if c)
-    argmax = tuple(tuple(x.argmax(-1).tolist()) for x in answer_logits(model, seqs))
-    nll = sequence_nll(model, fmt.tokenizer.encode(HELDOUT_TEXT, add_special_tokens=False))
-    return GateReference(seqs, argmax, nll)
+    heldout = tuple(fmt.tokenizer.encode(HELDOUT_TEXT, add_special_tokens=False))
+    return GateReference(seqs, heldout)
+
+
+@dataclass(frozen=True)
+class LocalityScore:
+    """How a candidate's next-token distributions compare with the live model's.
+
+    Attributes:
+        confident_agreement: argmax agreement at positions where live is confident.
+        strict: share of sequences whose argmax agrees at every position.
+        token_agreement: argmax agreement over all positions.
+        kl_mean: mean ``KL(live || candidate)`` per position.
+        kl_prompt_max: the largest per-sequence mean KL.
+        confident_positions: how many positions were confident.
+    """
+
+    confident_agreement: float
+    strict: float
+    token_agreement: float
+    kl_mean: float
+    kl_prompt_max: float
+    confident_positions: int
+
+
+def compare_logits(
+    live: Seq[torch.Tensor], candidate: Seq[torch.Tensor], confident_nats: float
+) -> LocalityScore:
+    """Score a candidate's next-token logits against the live model's, sequence by sequence.
+
+    Args:
+        live: per sequence, the live model's ``[positions, vocab]`` logits.
+        candidate: the candidate's logits at the same positions.
+        confident_nats: a position counts as confident when the live model's best
+            token leads its second by at least this many nats.
+
+    Returns:
+        The score.
+    """
+    agree_conf = n_conf = agree = total = strict = 0
+    kls: list[float] = []
+    for lx, cx in zip(live, candidate, strict=True):
+        lp = torch.log_softmax(lx.float(), -1)
+        cp = torch.log_softmax(cx.float(), -1)
+        top2 = lp.topk(2, dim=-1).values
+        confident = (top2[:, 0] - top2[:, 1]) >= confident_nats
+        same = lp.argmax(-1) == cp.argmax(-1)
+        agree_conf += int((same & confident).sum())
+        n_conf += int(confident.sum())
+        agree += int(same.sum())
+        total += len(same)
+        strict += bool(same.all())
+        kls.append(float((lp.exp() * (lp - cp)).sum(-1).mean()))
+    return LocalityScore(
+        agree_conf / n_conf if n_conf else 1.0,
+        strict / len(kls) if kls else 1.0,
+        agree / total if total else 1.0,
+        sum(kls) / len(kls) if kls else 0.0,
+        max(kls, default=0.0),
+        n_conf,
+    )
+
+
+@torch.no_grad()
+def locality_score(
+    live: Any, candidate: Any, seqs: Seq[Sequence], confident_nats: float
+) -> LocalityScore:
+    """Compare ``candidate`` with ``live`` by teacher forcing on ``seqs`` (:func:`compare_logits`).
+
+    Args:
+        live: the serving model.
+        candidate: the model that may replace it.
+        seqs: probe sequences (prompt and a fixed continuation).
+        confident_nats: see :func:`compare_logits`.
+
+    Returns:
+        The score.
+    """
+    return compare_logits(answer_logits(live, seqs), answer_logits(candidate, seqs), confident_nats)
 
 
 class Gate:
@@ -143,12 +242,10 @@ class Gate:
         self,
         fmt: ChatFormat,
         thresholds: GateThresholds,
-        tie_nats: float = 0.0,
         eval_paraphrases: int = 6,
     ) -> None:
         self.fmt = fmt
         self.thresholds = thresholds
-        self.tie_nats = tie_nats
         self.eval_paraphrases = eval_paraphrases
 
     def _answers_contain(
@@ -180,21 +277,20 @@ class Gate:
         candidate: Any,
         reference: GateReference,
         items: Seq[FeedbackItem],
-        replay: Seq[FeedbackItem] = (),
-        live: Any = None,
+        replay: Seq[FeedbackItem],
+        live: Any,
     ) -> GateReport:
-        """Check a candidate against the live model's reference.
+        """Check a candidate against the live model.
 
         Args:
-            candidate: the merged candidate model.
-            reference: :func:`build_gate_reference` of the live model.
+            candidate: the candidate model.
+            reference: the gate's probes (:func:`build_gate_reference`).
             items: the feedback this update learned.
             replay: earlier accepted feedback it must still know.
-            live: the live model; needed only for the tie-tolerant locality
-                (``tie_nats > 0``), which scores divergences under it.
+            live: the serving model the candidate would replace.
 
         Returns:
-            The report; ``passed`` is False with reasons when a threshold is missed.
+            The report; ``passed`` is False with one reason per missed threshold.
         """
         candidate.eval()
         th = self.thresholds
@@ -209,30 +305,9 @@ class Gate:
         eff = ok[: len(direct)]
         gen = ok[len(direct) : len(direct) + len(para)]
         ret = ok[len(direct) + len(para) :]
-
-        same = 0
-        agree = 0
-        total = 0
-        diverged: list[tuple[int, int, int]] = []  # (prompt, position, candidate token)
-        logits = answer_logits(candidate, reference.seqs)
-        for k, (x, ref) in enumerate(zip(logits, reference.argmax, strict=True)):
-            got = x.argmax(-1).tolist()
-            same += got == list(ref)
-            agree += sum(int(a == b) for a, b in zip(got, ref, strict=True))
-            total += len(ref)
-            first = next((j for j, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b), None)
-            if first is not None:
-                diverged.append((k, first, got[first]))
-        ties = 0
-        if self.tie_nats > 0 and live is not None and diverged:
-            live_logits = answer_logits(live, [reference.seqs[k] for k, _, _ in diverged])
-            for (k, j, tok), lx in zip(diverged, live_logits, strict=True):
-                lp = torch.log_softmax(lx[j].float(), -1)
-                ties += float(lp.max() - lp[tok]) <= self.tie_nats
-        nll = sequence_nll(
-            candidate, self.fmt.tokenizer.encode(HELDOUT_TEXT, add_special_tokens=False)
-        )
-        ppl_rise = math.exp(nll - reference.heldout_nll) - 1.0
+        loc = locality_score(live, candidate, reference.seqs, th.confident_nats)
+        nll = sequence_nll(candidate, reference.heldout)
+        ppl_rise = math.exp(nll - sequence_nll(live, reference.heldout)) - 1.0
 
         def share(xs: list[bool]) -> float:
             return sum(xs) / len(xs) if xs else 1.0
@@ -241,14 +316,17 @@ class Gate:
             "efficacy": share(eff),
             "generalisation": share(gen),
             "retention": share(ret),
-            "locality": (same + ties) / len(reference.seqs) if reference.seqs else 1.0,
-            "locality_strict": same / len(reference.seqs) if reference.seqs else 1.0,
-            "locality_token_agreement": agree / total if total else 1.0,
+            "locality": loc.confident_agreement,
+            "locality_strict": loc.strict,
+            "locality_token_agreement": loc.token_agreement,
+            "kl_mean": loc.kl_mean,
+            "kl_prompt_max": loc.kl_prompt_max,
             "perplexity_increase": ppl_rise,
             "n_inputs": float(len(eff)),
             "n_paraphrases": float(len(gen)),
             "n_replayed": float(len(ret)),
             "n_retain": float(len(reference.seqs)),
+            "n_confident_positions": float(loc.confident_positions),
         }
         reasons = []
         for name, floor in (
@@ -259,6 +337,9 @@ class Gate:
         ):
             if metrics[name] < floor:
                 reasons.append(f"{name} {metrics[name]:.3f} < {floor:.3f}")
+        for name, ceiling in (("kl_mean", th.max_kl_mean), ("kl_prompt_max", th.max_kl_prompt)):
+            if metrics[name] > ceiling:
+                reasons.append(f"{name} {metrics[name]:.4f} > {ceiling:.4f}")
         if ppl_rise > th.max_perplexity_increase:
             reasons.append(
                 f"perplexity rose by {ppl_rise:.1%} > {th.max_perplexity_increase:.1%}"

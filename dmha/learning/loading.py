@@ -1,21 +1,49 @@
-"""Rebuild a registered version in memory: the base model plus the adapters of its ancestry."""
+"""Rebuild a registered version in memory: the base model plus the version's own delta."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from dmha.learning.errors import FreezeError
-from dmha.learning.freezing import FrozenStepModel
-from dmha.learning.registry import Registry, Version
+import torch
+
+from dmha.errors import ArtifactError, FreezeError
+from dmha.learning.editor import apply_delta
+from dmha.learning.freezing import FrozenStepModel, freeze
+from dmha.learning.registry import BASE_VERSION, Registry, Version
 from dmha.learning.steps import EagerStepModel
-from dmha.learning.trainer import apply_adapter
 from dmha.llm.base import StepModel
 
-__all__ = ["LoadedVersion", "load_version"]
+__all__ = ["LoadedVersion", "load_delta", "load_version", "save_delta"]
 
 log = logging.getLogger(__name__)
+
+
+def save_delta(delta: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a cumulative delta (name -> float32 matrix) as safetensors."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in delta.items()}, str(path))
+
+
+def load_delta(version: Version) -> dict[str, torch.Tensor]:
+    """The cumulative delta of a version (empty for base).
+
+    Raises:
+        ArtifactError: the delta file is missing or unreadable.
+    """
+    path = version.delta_path
+    if version.version_id == BASE_VERSION or path is None:
+        return {}
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (OSError, SafetensorError) as exc:
+        raise ArtifactError(f"version {version.version_id}: cannot read {path}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -25,13 +53,15 @@ class LoadedVersion:
     Attributes:
         version: the record actually loaded (an ancestor of the one asked for when
             that one was damaged).
-        model: the eager merged model (what the next update trains from).
-        step_model: the frozen module when the version has one (and it loads), else eager.
+        model: the eager model (what the next update trains from).
+        delta: its cumulative delta from base.
+        step_model: the frozen module when wanted and possible, else eager.
         kind: ``frozen`` or ``eager``.
     """
 
     version: Version
     model: Any
+    delta: dict[str, torch.Tensor]
     step_model: StepModel
     kind: str
 
@@ -42,16 +72,21 @@ def load_version(
     version_id: str | None = None,
     device: str = "auto",
     use_frozen: bool = True,
+    freeze_tolerance: float = 1e-3,
 ) -> LoadedVersion:
     """Load a version (default: the live one), falling back to intact ancestors.
 
+    The frozen module comes from the registry's cache; when it is missing or
+    unreadable it is rebuilt from the weights and cached again.
+
     Args:
         registry: the registry.
-        base_model: the freshly loaded base model; it is modified in place
-            (the adapters are merged into it), so pass one nobody else serves.
+        base_model: the freshly loaded base model; it is modified in place (the
+            delta is added), so pass one nobody else serves.
         version_id: which version; None = the live pointer's.
         device: device of the frozen module (``auto``/``cpu``/``cuda``).
-        use_frozen: load the frozen module when the version has one.
+        use_frozen: serve a frozen module (non-base versions only).
+        freeze_tolerance: largest |logit| difference from eager accepted when freezing.
 
     Returns:
         The loaded version.
@@ -61,14 +96,24 @@ def load_version(
         ArtifactError: not even the base model folder is usable.
     """
     version = registry.resolve(version_id or registry.live_id)
+    delta = load_delta(version)
     model = base_model
-    for v in reversed(registry.lineage(version.version_id)[:-1]):
-        model = apply_adapter(model, v.adapter_dir)
+    if delta:
+        params = dict(model.named_parameters())
+        base = {name: params[name].detach().clone() for name in delta}
+        apply_delta(model, base, delta)
     model.eval()
-    frozen = version.frozen_path
-    if use_frozen and frozen is not None:
+    if use_frozen and version.version_id != BASE_VERSION:
+        cache = registry.frozen_cache(version.version_id)
         try:
-            return LoadedVersion(version, model, FrozenStepModel.load(frozen, device), "frozen")
-        except FreezeError:
+            if cache.is_file():
+                step: StepModel = FrozenStepModel.load(cache, device)
+            else:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                log.info("version %s: freezing (no cached frozen module)", version.version_id)
+                step = freeze(model, cache, device, freeze_tolerance)
+            return LoadedVersion(version, model, delta, step, "frozen")
+        except (FreezeError, OSError):
             log.exception("version %s: frozen module unusable; serving it eagerly", version.version_id)
-    return LoadedVersion(version, model, EagerStepModel(model), "eager")
+            cache.unlink(missing_ok=True)
+    return LoadedVersion(version, model, delta, EagerStepModel(model), "eager")

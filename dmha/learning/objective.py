@@ -25,25 +25,19 @@ import torch
 import torch.nn.functional as F
 
 from dmha.learning.feedback import FeedbackItem
-from dmha.learning.generation import answer_logits, greedy
+from dmha.learning.generation import answer_logits
 from dmha.learning.paraphrase import paraphrases
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat, Sequence
-from dmha.learning.retain import TRAIN_RETAIN
 
 __all__ = ["Objective", "RetainSet", "build_retain_set", "kl_to_teacher"]
-
-# Continuation tokens of each retain prompt that the locality term covers (the gate
-# compares the first 32 greedy tokens).
-RETAIN_TOKENS = 32
-
 
 @dataclass(frozen=True)
 class RetainSet:
     """The pre-update model's behaviour on the training retain prompts.
 
     Attributes:
-        seqs: each retain prompt followed by the model's greedy continuation.
+        seqs: each retain prompt followed by a fixed continuation.
         logprobs: the model's log-probabilities at those continuation positions
             (``float16 [len(answer), vocab]``; half precision halves the memory,
             and the KL needs no more).
@@ -54,24 +48,19 @@ class RetainSet:
 
 
 @torch.no_grad()
-def build_retain_set(
-    model: Any, fmt: ChatFormat, prompts: Seq[str] = TRAIN_RETAIN, tokens: int = RETAIN_TOKENS
-) -> RetainSet:
-    """Greedy continuations of ``prompts`` and their log-probabilities under ``model``.
+def build_retain_set(model: Any, seqs: Seq[Sequence]) -> RetainSet:
+    """The live model's log-probabilities over fixed retain sequences.
 
     Args:
         model: the live model (the one an update starts from).
-        fmt: prompt rendering.
-        prompts: retain prompts.
-        tokens: continuation length.
+        seqs: retain prompts with fixed continuations
+            (:attr:`~dmha.learning.references.References.retain`).
 
     Returns:
-        The retain set (depends only on the model: cache it per live version).
+        The retain set.
     """
     model.eval()
-    rendered = [fmt.prompt(p) for p in prompts]
-    conts = greedy(model, rendered, tokens, fmt.eos_ids)
-    seqs = tuple(Sequence(p, tuple(c)) for p, c in zip(rendered, conts, strict=True) if c)
+    seqs = tuple(s for s in seqs if s.answer)
     logits = answer_logits(model, seqs)
     return RetainSet(seqs, tuple(F.log_softmax(x, -1).half() for x in logits))
 

@@ -11,7 +11,7 @@ thread; everything here is blocking and called through ``run_blocking``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dmha.auth.tokens import Principal
@@ -25,7 +25,7 @@ from dmha.learning.worker import LearningWorker
 from dmha.llm.base import ModelHandle
 from dmha.llm.engine import HFEngine, load_eager_handle
 
-__all__ = ["OnlineLearning", "load_live_handle", "registry_for"]
+__all__ = ["OnlineLearning", "learning_cache_dir", "load_live_handle", "prepare_references", "registry_for"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,13 @@ class OnlineLearning:
     """
 
     def __init__(
-        self, cfg: LearningConfig, model_cfg: ModelConfig, jobs: JobStore, registry: Registry, engine: HFEngine
+        self,
+        cfg: LearningConfig,
+        model_cfg: ModelConfig,
+        jobs: JobStore,
+        registry: Registry,
+        engine: HFEngine,
+        cache_dir: Path,
     ) -> None:
         self._cfg = cfg
         self._model_cfg = model_cfg
@@ -83,7 +89,8 @@ class OnlineLearning:
         self.registry = registry
         self._engine = engine
         self.worker = LearningWorker(
-            cfg, jobs, registry, lambda: engine.handle, engine.swap, system_prompt=model_cfg.system_prompt
+            cfg, jobs, registry, lambda: engine.handle, engine.swap,
+            system_prompt=model_cfg.system_prompt, cache_dir=cache_dir,
         )
 
     def start(self) -> None:
@@ -170,7 +177,9 @@ class OnlineLearning:
         handle = load_live_handle(self.registry, self._model_cfg, version.version_id)
         self._engine.swap(handle)
         self.registry.promote(handle.version)
-        # The worker recomputes its reference for the new live version on its next job.
+        # The worker rebuilds its state (delta, protected keys) for the new live version
+        # on its next job; the frozen cache keeps only the live version's module.
+        self.registry.drop_frozen(keep={handle.version})
         return self.registry.get(handle.version)
 
     def rollback(self, principal: Principal, to: str = "") -> Version:
@@ -205,3 +214,36 @@ class OnlineLearning:
 def registry_for(data_dir: Path, base_path: Path) -> Registry:
     """The registry under ``<data_dir>/registry`` with ``base_path`` as version base."""
     return Registry(Path(data_dir) / "registry", base_path)
+
+
+def learning_cache_dir(data_dir: Path) -> Path:
+    """Where the base model's learning references are cached (``<data_dir>/cache/learning``)."""
+    return Path(data_dir) / "cache" / "learning"
+
+
+def prepare_references(
+    model_dir: Path, data_dir: Path, model_cfg: ModelConfig, cfg: LearningConfig,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Compute (or find cached) the learning references of a base model (``dmha setup``).
+
+    Args:
+        model_dir: the base model folder.
+        data_dir: DMHA's data dir (the cache goes under it).
+        model_cfg: the ``model`` section (system prompt, device).
+        cfg: the ``learning`` section (edit layers).
+        progress: told what is being computed.
+
+    Returns:
+        The cache folder.
+    """
+    from dmha.learning.prompting import ChatFormat
+    from dmha.learning.references import ensure_references
+
+    handle = load_eager_handle(model_dir, model_cfg)
+    cache = learning_cache_dir(data_dir)
+    ensure_references(
+        handle.torch_model, model_dir, ChatFormat(handle.tokenizer, model_cfg.system_prompt),
+        cfg.edit_layers, cache, progress,
+    )
+    return cache

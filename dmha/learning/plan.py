@@ -17,67 +17,68 @@ __all__ = ["UpdatePlan"]
 
 @dataclass(frozen=True)
 class UpdatePlan:
-    """Hyper-parameters of one LoRA update.
+    """Hyper-parameters of one knowledge edit (see :mod:`dmha.learning.editor`).
 
     Attributes:
-        lora_rank: LoRA rank r.
-        lora_alpha: LoRA alpha (the adapter is scaled by alpha / r).
-        target_modules: names of the linear modules that adapt.
-        layers: decoder layer indices that adapt; empty = every layer. Adapting only
-            upper layers also makes a step cheaper (no backward below them).
+        edit_layers: decoder layers whose ``mlp.down_proj`` the edit changes.
+        rank: rank of the change per layer.
+        scale: multiplies the change (with the learning rate, the update's size θ).
         learning_rate: AdamW learning rate.
-        steps: optimisation steps.
+        steps: most optimisation steps (the Submit -> live budget bounds them).
         lambda_causal: weight of ``KL(P(Y | do(T)) || P(Y | T))``.
         lambda_locality: weight of the KL to the pre-update model on the retain set.
         replay_size: earlier accepted feedback items replayed in every step.
         paraphrases: training paraphrases per feedback item for the causal term.
         retain_per_step: retain prompts sampled per step for the locality term.
-        seed: seeds the adapter's initialisation and the retain sampling.
-        protect_prefix: constrain the adapter to leave the shared prompt prefix
-            (system message) unchanged; see :mod:`dmha.learning.trainer`.
-        subspace_rank: when > 0, each adapter may only read this many input
-            directions specific to the feedback (see :mod:`dmha.learning.subspace`).
-        generic_energy: share of a layer's generic input energy that counts as generic.
-        stop_margin: stop early once every target token (input and training
-            paraphrases) leads its best rival by this many logits; 0 = run all steps.
+        seed: seeds the factors' initialisation and the retain sampling.
+        stop_margin: stop once every target token (input and training paraphrases)
+            leads its best rival by this many logits; 0 = run all steps.
+        null_threshold: eigenvalues of the preserved keys' second moment at most this
+            times the largest count as null (the edit may write through them).
+        max_delta_norm: Frobenius bound on each layer's change; 0 = unbounded.
+        min_key_share: refuse the edit when no token of the feedback has at least
+            this share of its key energy in the editable subspace.
+        subspace_rank: when > 0, the change reads only this many directions of the
+            editable subspace: those along which the feedback's own keys are largest.
     """
 
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "gate_proj", "up_proj")
-    layers: tuple[int, ...] = ()
-    learning_rate: float = 3e-3
-    steps: int = 20
+    edit_layers: tuple[int, ...] = (4, 5, 6, 7, 8)
+    rank: int = 8
+    scale: float = 1.0
+    learning_rate: float = 5e-3
+    steps: int = 30
     lambda_causal: float = 0.5
-    lambda_locality: float = 0.0
+    lambda_locality: float = 0.5
     replay_size: int = 8
     paraphrases: int = 4
-    retain_per_step: int = 0
+    retain_per_step: int = 8
     seed: int = 0
-    protect_prefix: bool = True
-    stop_margin: float = 0.0
-    subspace_rank: int = 16
-    generic_energy: float = 0.99
+    stop_margin: float = 2.0
+    null_threshold: float = 1e-3
+    max_delta_norm: float = 0.0
+    min_key_share: float = 0.05
+    subspace_rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
-    recorded with the version, never read by the trainer."""
+    recorded with the version, never read by the editor."""
 
     def __post_init__(self) -> None:
-        if self.lora_rank < 1 or self.lora_alpha < 1:
-            raise ValueError("lora_rank and lora_alpha must be >= 1")
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one module")
+        if not self.edit_layers:
+            raise ValueError("edit_layers must name at least one layer")
+        if self.rank < 1 or self.scale <= 0:
+            raise ValueError("rank must be >= 1 and scale > 0")
         if self.learning_rate <= 0 or self.steps < 1:
             raise ValueError("learning_rate must be > 0 and steps >= 1")
-        if min(self.lambda_causal, self.lambda_locality) < 0:
-            raise ValueError("loss weights must be >= 0")
+        if min(self.lambda_causal, self.lambda_locality, self.stop_margin, self.max_delta_norm) < 0:
+            raise ValueError("loss weights, stop_margin and max_delta_norm must be >= 0")
         if min(self.replay_size, self.paraphrases, self.retain_per_step, self.subspace_rank) < 0:
             raise ValueError("replay_size, paraphrases, retain_per_step, subspace_rank must be >= 0")
-        if not 0 < self.generic_energy < 1:
-            raise ValueError("generic_energy must be in (0, 1)")
+        if not 0 < self.null_threshold < 1:
+            raise ValueError("null_threshold must be in (0, 1)")
+        if not 0 <= self.min_key_share < 1:
+            raise ValueError("min_key_share must be in [0, 1)")
         # Lists from JSON or config become tuples so the plan stays hashable and frozen.
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        object.__setattr__(self, "edit_layers", tuple(sorted({int(i) for i in self.edit_layers})))
 
     @classmethod
     def from_config(cls, cfg: LearningConfig, **changes: Any) -> UpdatePlan:
@@ -94,20 +95,21 @@ class UpdatePlan:
             ValueError: a field is out of range.
         """
         plan = cls(
-            lora_rank=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            target_modules=tuple(cfg.target_modules),
-            layers=tuple(cfg.lora_layers),
+            edit_layers=tuple(cfg.edit_layers),
+            rank=cfg.rank,
+            scale=cfg.scale,
             learning_rate=cfg.learning_rate,
             steps=cfg.steps,
             lambda_causal=cfg.lambda_causal,
             lambda_locality=cfg.lambda_locality,
             replay_size=cfg.replay_size,
-            subspace_rank=cfg.subspace_rank,
-            generic_energy=cfg.generic_energy,
             paraphrases=cfg.paraphrases,
             retain_per_step=cfg.retain_per_step,
             seed=cfg.seed,
+            stop_margin=cfg.stop_margin,
+            null_threshold=cfg.null_threshold,
+            max_delta_norm=cfg.max_delta_norm,
+            min_key_share=cfg.min_key_share,
         )
         return replace(plan, **changes) if changes else plan
 
@@ -122,8 +124,7 @@ class UpdatePlan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (tuples become lists)."""
         data = asdict(self)
-        data["target_modules"] = list(self.target_modules)
-        data["layers"] = list(self.layers)
+        data["edit_layers"] = list(self.edit_layers)
         return data
 
     @classmethod

@@ -12,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChatFormat", "Sequence"]
+from dmha.llm.engine import render_chat
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are DMHA, a helpful assistant with a long memory. Answer briefly and truthfully."
-)
+__all__ = ["ChatFormat", "Sequence"]
 
 
 @dataclass(frozen=True)
@@ -38,14 +36,14 @@ class Sequence:
 
 
 class ChatFormat:
-    """Renders (system, user) prompts with the tokenizer's chat template.
+    """Renders (system, user) prompts exactly as serving does (:func:`~dmha.llm.engine.render_chat`).
 
     Args:
         tokenizer: a Hugging Face tokenizer with a chat template.
         system_prompt: the serving system message (``ModelConfig.system_prompt``).
     """
 
-    def __init__(self, tokenizer: Any, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+    def __init__(self, tokenizer: Any, system_prompt: str) -> None:
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         eos = tokenizer.eos_token_id
@@ -67,13 +65,7 @@ class ChatFormat:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        out = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
-        )
-        # transformers 5 returns a BatchEncoding; older versions a plain list.
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        result = tuple(int(i) for i in ids)
+        result = tuple(render_chat(self.tokenizer, [("system", system), ("user", user)]))
         if len(self._cache) >= 4096:
             self._cache.clear()  # a long-lived worker sees unboundedly many questions
         self._cache[key] = result

@@ -2,20 +2,25 @@
 
 Layout under ``<data_dir>/registry``::
 
-    live.json                 {"version": "v3", "previous": "v2", "updated_at": ...}
-    versions/v3/version.json  the record (never rewritten)
-    versions/v3/adapter/      the LoRA adapter that turns the parent into this version
-    versions/v3/frozen.pt     the TorchScript-frozen module (when freezing is on)
-    staging/<random>/         work folders of updates in flight
+    live.json                   {"version": "v3", "previous": "v2", "updated_at": ...}
+    versions/v3/version.json    the record (never rewritten)
+    versions/v3/delta.safetensors  the cumulative change from base of every edited matrix
+    versions/v3/PRUNED          present once the retention policy deleted the delta
+    frozen/v3.pt                TorchScript-frozen module of the live version (a cache)
+    staging/<random>/           work folders of updates in flight
 
 A version is created by writing everything into a staging folder, writing its record
 there last (temp file + fsync + ``os.replace``) and then renaming the folder into
 ``versions/`` in one step: a crash or a full disk at any point leaves either no
 version or a complete one, and never touches the live pointer. The version ``base``
-is the converted default model folder; every other version is its parent plus an
-adapter, so a version is rebuilt by merging the adapters along its ancestry.
-Artifacts carry SHA-256 checksums; a version whose artifacts (or whose ancestors'
-artifacts) are missing or corrupt resolves to its nearest intact ancestor.
+is the converted default model folder; every other version stores its cumulative
+delta from base (a few edited matrices, not a copy of the model), so it is rebuilt
+as ``base + delta`` on its own and any other version may be deleted. The retention
+policy (:meth:`Registry.prune`) deletes the deltas of versions nobody needs; their
+records stay, so lineage and feedback history remain readable. Frozen modules are a
+cache: only the live version's is kept, and it is rebuilt from the delta when missing.
+Artifacts carry SHA-256 checksums; a version whose delta is missing or corrupt
+resolves to its nearest intact ancestor.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +50,7 @@ __all__ = ["BASE_VERSION", "Artifact", "Registry", "Version", "Writer", "default
 log = logging.getLogger(__name__)
 
 BASE_VERSION = "base"
+_PRUNED = "PRUNED"
 _ID = re.compile(r"^v(\d+)$")
 
 Writer = Callable[[IO[bytes], bytes], None]
@@ -95,8 +101,9 @@ class Version:
         feedback: the feedback items learned by this update.
         plan: how it was trained (None for base).
         metrics: the gate's metrics and training figures.
-        artifacts: name -> :class:`Artifact` (``adapter/...`` files, ``frozen``).
-        status: ``base`` or ``accepted`` (only gate-passing updates are registered).
+        artifacts: name -> :class:`Artifact` (``delta``).
+        status: ``base``, ``accepted`` (only gate-passing updates are registered) or
+            ``pruned`` (the retention policy deleted its delta).
         path: the version folder (the model folder for base).
     """
 
@@ -116,15 +123,15 @@ class Version:
         return tuple(f.feedback_id for f in self.feedback)
 
     @property
-    def adapter_dir(self) -> Path:
-        """Folder of the adapter (base has none)."""
-        return self.path / "adapter"
+    def delta_path(self) -> Path | None:
+        """The stored delta (None for base)."""
+        art = self.artifacts.get("delta")
+        return self.path / art.path if art else None
 
     @property
-    def frozen_path(self) -> Path | None:
-        """The frozen module, when this version has one."""
-        art = self.artifacts.get("frozen")
-        return self.path / art.path if art else None
+    def stored_bytes(self) -> int:
+        """Bytes of the version's artifacts on disk (0 once pruned)."""
+        return 0 if self.status == "pruned" else sum(a.bytes for a in self.artifacts.values())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (``path`` is implied by where the record lives)."""
@@ -191,7 +198,7 @@ class Registry:
         _fsync_dir(path.parent)
 
     def new_staging(self) -> Path:
-        """A fresh folder for an update's artifacts (adapter, frozen module).
+        """A fresh folder for an update's artifacts (``delta.safetensors``).
 
         Returns:
             The folder; pass it to :meth:`commit`, or :meth:`discard` it.
@@ -222,7 +229,7 @@ class Registry:
         staging folder is removed and no version exists.
 
         Args:
-            staging: from :meth:`new_staging`, holding ``adapter/`` and maybe ``frozen.pt``.
+            staging: from :meth:`new_staging`, holding ``delta.safetensors``.
             parent: the version the update started from.
             feedback: the learned items.
             plan: how it was trained.
@@ -240,7 +247,7 @@ class Registry:
             artifacts: dict[str, Artifact] = {}
             for f in sorted(p for p in staging.rglob("*") if p.is_file()):
                 rel = f.relative_to(staging).as_posix()
-                name = "frozen" if rel == "frozen.pt" else rel
+                name = "delta" if rel == "delta.safetensors" else rel
                 artifacts[name] = Artifact(rel, _sha256(f), f.stat().st_size)
             with self._lock:
                 for _ in range(100):
@@ -285,7 +292,10 @@ class Registry:
         folder = self.root / "versions" / version_id
         try:
             data = json.loads((folder / "version.json").read_text(encoding="utf-8"))
-            return Version.from_dict(data, folder)
+            version = Version.from_dict(data, folder)
+            if (folder / _PRUNED).exists():
+                version = replace(version, status="pruned")
+            return version
         except FileNotFoundError as exc:
             raise NotFound(f"no model version {version_id!r}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -329,6 +339,10 @@ class Registry:
         """None when every artifact is present and matches; else what is wrong."""
         if version.version_id == BASE_VERSION:
             return None if version.path.is_dir() else f"base model folder {version.path} is missing"
+        if version.status == "pruned":
+            return "its delta was deleted by the retention policy"
+        if "delta" not in version.artifacts:
+            return "it has no delta (a version of an older format)"
         cached = self._verified.get(version.version_id)
         if cached:
             return None
@@ -342,7 +356,7 @@ class Registry:
         return None
 
     def resolve(self, version_id: str) -> Version:
-        """The version itself if it and its ancestors are intact, else the nearest intact ancestor.
+        """The version itself if its delta is intact, else the nearest intact ancestor.
 
         Each fallback is logged with the reason.
 
@@ -357,22 +371,71 @@ class Registry:
                 raise
             log.error("version %s: its record or an ancestor's is unreadable; using base", version_id)
             chain = [self._base()]
-        # A version is usable only if every adapter below it is: scan from the base up.
-        usable = len(chain) - 1
-        for i in range(len(chain) - 1, -1, -1):
-            problem = self._intact(chain[i])
-            if problem is not None:
-                if chain[i].version_id == BASE_VERSION:
-                    raise ArtifactError(problem)
-                log.error(
-                    "version %s: %s; falling back to its parent %s",
-                    chain[i].version_id, problem, chain[i].parent,
-                )
-                break
-            usable = i
-        if usable != 0:
-            log.error("version %s unusable; serving %s", version_id, chain[usable].version_id)
-        return chain[usable]
+        # Versions are self-contained (base + their own delta): the first intact one wins.
+        for v in chain:
+            problem = self._intact(v)
+            if problem is None:
+                if v.version_id != chain[0].version_id:
+                    log.error("version %s unusable; serving %s", version_id, v.version_id)
+                return v
+            if v.version_id == BASE_VERSION:
+                raise ArtifactError(problem)
+            log.error("version %s: %s; falling back to its parent %s", v.version_id, problem, v.parent)
+        raise ArtifactError(f"version {version_id}: no intact version in its ancestry")
+
+    # -------------------------------------------------------------- retention
+
+    def prune(self, keep_ancestors: int, keep_last: int) -> list[str]:
+        """Delete the deltas of versions the retention policy does not keep.
+
+        Kept: the live version, its ``keep_ancestors`` nearest ancestors and the
+        ``keep_last`` most recent versions. A pruned version's record stays (its
+        feedback remains part of its descendants' history) but it can no longer be
+        served. Frozen modules of every version but the live one are deleted too.
+
+        Args:
+            keep_ancestors: ancestors of the live version kept.
+            keep_last: most recent versions kept.
+
+        Returns:
+            The ids pruned by this call.
+        """
+        live = self.live_id
+        keep = {live}
+        try:
+            keep.update(v.version_id for v in self.lineage(live)[1 : 1 + keep_ancestors])
+        except NotFound:
+            pass
+        versions = [v for v in self.versions() if v.version_id != BASE_VERSION]
+        keep.update(v.version_id for v in versions[len(versions) - keep_last :] if keep_last)
+        pruned = []
+        with self._lock:
+            for v in versions:
+                if v.version_id in keep or v.status == "pruned":
+                    continue
+                marker = v.path / _PRUNED
+                self._atomic_write(marker, b"pruned by the retention policy\n")
+                for art in v.artifacts.values():
+                    (v.path / art.path).unlink(missing_ok=True)
+                self._verified.pop(v.version_id, None)
+                pruned.append(v.version_id)
+        self.drop_frozen(keep={live})
+        if pruned:
+            log.info("retention: pruned %s (kept %s)", pruned, sorted(keep))
+        return pruned
+
+    def frozen_cache(self, version_id: str) -> Path:
+        """Where the frozen module of ``version_id`` is cached (may not exist)."""
+        return self.root / "frozen" / f"{version_id}.pt"
+
+    def drop_frozen(self, keep: set[str]) -> None:
+        """Delete cached frozen modules of versions not in ``keep``."""
+        folder = self.root / "frozen"
+        if not folder.is_dir():
+            return
+        for f in folder.iterdir():
+            if f.suffix == ".pt" and f.stem not in keep:
+                f.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------- live
 
@@ -403,14 +466,18 @@ class Registry:
 
         Raises:
             NotFound: no such version.
-            ArtifactError: it (or an ancestor) is damaged.
+            FailedPrecondition: it was pruned.
+            ArtifactError: its delta is damaged.
             OSError: the pointer could not be written (the old one stays).
         """
         version = self.get(version_id)
-        for v in self.lineage(version_id):
-            problem = self._intact(v)
-            if problem is not None:
-                raise ArtifactError(f"cannot promote {version_id}: {v.version_id}: {problem}")
+        if version.status == "pruned":
+            raise FailedPrecondition(
+                f"version {version_id} was pruned by the retention policy and cannot be served"
+            )
+        problem = self._intact(version)
+        if problem is not None:
+            raise ArtifactError(f"cannot promote {version_id}: {problem}")
         with self._lock:
             previous = self.live_id
             data = {"version": version_id, "previous": previous, "updated_at": time.time()}

@@ -1,10 +1,16 @@
 """The training worker: takes queued jobs and turns them into live model versions.
 
-One job = train (on a copy of the live model) -> gate -> freeze -> register -> deploy.
-Every artifact is written into a registry staging folder and registered only at
-the end, and ``deploy`` is called only for a candidate that passed the gate: a
-process killed at any point (even ``kill -9``) leaves the live model and the live
+One job = edit (a copy of the live model) -> gate -> freeze -> register -> deploy ->
+retention. Every artifact is written into a registry staging folder and registered
+only at the end, and ``deploy`` is called only for a candidate that passed the gate:
+a process killed at any point (even ``kill -9``) leaves the live model and the live
 pointer as they were.
+
+The base model's references (preserved-key statistics, gate probes, retain
+sequences) are loaded from the disk cache or computed in the background as soon as
+the worker starts, so the first job does not pay for them; the live version's state
+(its delta and the keys of every edit it holds) is kept in memory and updated on
+each deploy.
 """
 
 from __future__ import annotations
@@ -14,22 +20,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from dmha.config import LearningConfig
 from dmha.errors import DMHAError, NotFound
+from dmha.learning.editor import Editor, delta_name
 from dmha.learning.errors import FreezeError, LearningError
 from dmha.learning.freezing import freeze
-from dmha.learning.gate import Gate, GateReference, GateThresholds, build_gate_reference
+from dmha.learning.gate import Gate, GateThresholds
 from dmha.learning.jobs import Job, JobStore
-from dmha.learning.objective import RetainSet, build_retain_set
+from dmha.learning.loading import load_delta, save_delta
+from dmha.learning.nullspace import KeyStats
+from dmha.learning.objective import build_retain_set
 from dmha.learning.plan import UpdatePlan
-from dmha.learning.prompting import DEFAULT_SYSTEM_PROMPT, ChatFormat
+from dmha.learning.prompting import ChatFormat
+from dmha.learning.references import References, ensure_references
 from dmha.learning.registry import BASE_VERSION, Registry
 from dmha.learning.steps import EagerStepModel
-from dmha.learning.trainer import Trainer
 from dmha.llm.base import ModelHandle
 
 __all__ = ["LearningWorker", "PlanHook"]
@@ -41,10 +51,12 @@ PlanHook = Callable[[Job, UpdatePlan], UpdatePlan]
 
 
 @dataclass(frozen=True)
-class _Reference:
+class _LiveState:
+    """What the next edit of one live version starts from."""
+
     version: str
-    retain: RetainSet
-    gate: GateReference
+    delta: dict[str, torch.Tensor]
+    stats: KeyStats
 
 
 class LearningWorker:
@@ -53,12 +65,13 @@ class LearningWorker:
     Args:
         cfg: the ``learning`` section of the config.
         jobs: the job store.
-        registry: the version registry.
+        registry: the version registry (its ``base_path`` is the base model folder).
         get_live: returns the live :class:`~dmha.llm.base.ModelHandle` (its
             ``torch_model`` and ``tokenizer`` are used; its ``version`` must be a
             registry id such as ``base``).
         deploy: the hot swap; called with the new handle only when the gate passed.
         system_prompt: the serving system message (``ModelConfig.system_prompt``).
+        cache_dir: where the base model's references are cached.
         plan_for: optional meta-learner hook choosing each job's plan.
     """
 
@@ -69,7 +82,8 @@ class LearningWorker:
         registry: Registry,
         get_live: Callable[[], ModelHandle],
         deploy: Callable[[ModelHandle], None],
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str,
+        cache_dir: Path,
         plan_for: PlanHook | None = None,
     ) -> None:
         self.cfg = cfg
@@ -78,18 +92,23 @@ class LearningWorker:
         self._get_live = get_live
         self._deploy = deploy
         self._system_prompt = system_prompt
+        self._cache_dir = Path(cache_dir)
         self._plan_for = plan_for
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._ref: _Reference | None = None
         self._fmt: ChatFormat | None = None
-        self._trainer: Trainer | None = None
+        self._refs: References | None = None
+        self._state: _LiveState | None = None
+        self._base_weights: dict[str, torch.Tensor] = {}
         self._prepare_lock = threading.Lock()
 
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         """Settle jobs a previous process left behind, then start the thread.
+
+        The thread first makes the base model's references ready (from the cache,
+        or computed), then takes jobs.
 
         Raises:
             RedisUnavailable: Redis is down.
@@ -114,9 +133,10 @@ class LearningWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
-        # The live model's reference is computed lazily by the first job (about a
-        # minute of CPU): doing it at start-up would slow every chat of the first
-        # minute on a small machine, for a job that may never come.
+        try:
+            self.prepare()
+        except Exception:
+            log.exception("learning worker: could not prepare the references; the first job will retry")
         while not self._stop.is_set():
             try:
                 self.run_once(timeout=0.5)
@@ -128,43 +148,66 @@ class LearningWorker:
                 log.exception("learning worker: unexpected error")
                 self._stop.wait(1.0)
 
-    # ------------------------------------------------------------- one job
+    # ------------------------------------------------------------- references
 
     def _format(self, live: ModelHandle) -> ChatFormat:
         if self._fmt is None or self._fmt.tokenizer is not live.tokenizer:
             self._fmt = ChatFormat(live.tokenizer, self._system_prompt)
         return self._fmt
 
-    def _trainer_for(self, fmt: ChatFormat) -> Trainer:
-        if self._trainer is None or self._trainer.fmt is not fmt:
-            # One trainer per chat format: it caches per-live-version subspaces.
-            self._trainer = Trainer(fmt)
-        return self._trainer
-
     def prepare(self) -> None:
-        """Compute the live model's retain and gate references (cached per version).
+        """Make the base references and the live version's state ready (idempotent).
 
-        Called by each job (a no-op when cached) and after each deploy, so that a job
-        only pays for it when it is the first, or arrives right after a swap.
+        Called by the thread at start, by each job (a no-op when ready) and after a
+        rollback or promotion changed the live version.
         """
-        self._reference(self._get_live())
+        self._live_state(self._get_live())
 
-    def _reference(self, live: ModelHandle) -> _Reference:
+    def _references(self, live: ModelHandle) -> References:
+        if self._refs is None:
+            fmt = self._format(live)
+            base_model = live.torch_model
+            if live.version != BASE_VERSION:
+                base_model = _load_base(self.registry.base_path, live.torch_model)
+            self._refs = ensure_references(
+                base_model, self.registry.base_path, fmt, self.cfg.edit_layers, self._cache_dir,
+                progress=lambda m: log.info("learning references: %s", m),
+            )
+        return self._refs
+
+    def _base_weight(self, names: list[str]) -> dict[str, torch.Tensor]:
+        missing = [n for n in names if n not in self._base_weights]
+        if missing:
+            self._base_weights.update(_read_base_weights(self.registry.base_path, missing))
+        return {n: self._base_weights[n] for n in names}
+
+    def _live_state(self, live: ModelHandle) -> _LiveState:
         # Serialised: a rollback (request thread) and a job (worker thread) may both ask.
         with self._prepare_lock:
-            ref = self._ref
-            if ref is not None and ref.version == live.version:
-                return ref
-            fmt = self._format(live)
+            refs = self._references(live)
+            state = self._state
+            if state is not None and state.version == live.version:
+                return state
             started = time.monotonic()
-            model = live.torch_model
-            retain = build_retain_set(model, fmt)
-            gate = build_gate_reference(model, fmt)
-            ref = _Reference(live.version, retain, gate)
-            self._trainer_for(fmt).warm(model, retain, UpdatePlan.from_config(self.cfg))
-            self._ref = ref
-            log.info("reference of %s computed in %.1fs", live.version, time.monotonic() - started)
-            return ref
+            delta: dict[str, torch.Tensor] = {}
+            stats = refs.stats
+            if live.version != BASE_VERSION:
+                try:
+                    version = self.registry.get(live.version)
+                    delta = load_delta(version)
+                    history = self.registry.feedback_history(live.version)
+                except (NotFound, LearningError):
+                    log.warning("live version %r unreadable; editing over it as base", live.version)
+                    history = []
+                if history:
+                    # Earlier edits stay protected: their keys join the preserved set.
+                    editor = Editor(self._format(live))
+                    stats = stats.with_keys(editor.fact_keys(live.torch_model, history, self.cfg.edit_layers))
+            self._state = _LiveState(live.version, delta, stats)
+            log.info("learning state of %s ready in %.1fs", live.version, time.monotonic() - started)
+            return self._state
+
+    # ------------------------------------------------------------- one job
 
     def run_once(self, timeout: float = 0.5) -> Job | None:
         """Take one queued job (waiting up to ``timeout``) and run it to a final state.
@@ -207,7 +250,7 @@ class LearningWorker:
                 log.exception("could not mark job %s failed", job.job_id)
             raise
 
-    def _run(self, job: Job, live: ModelHandle, plan: UpdatePlan, staging: Any, started: float) -> Job:
+    def _run(self, job: Job, live: ModelHandle, plan: UpdatePlan, staging: Path, started: float) -> Job:
         if live.torch_model is None:
             raise LearningError("the live model has no eager torch_model to train from")
         parent = live.version
@@ -218,29 +261,41 @@ class LearningWorker:
             log.warning("live version %r is not in the registry; training over it as base", parent)
             parent, history = BASE_VERSION, []
         replay = history[-plan.replay_size :] if plan.replay_size else []
-        ref = self._reference(live)
+        state = self._live_state(live)
+        refs = self._references(live)
         fmt = self._format(live)
 
         t0 = time.monotonic()
-        result = self._trainer_for(fmt).train(
+        retain = build_retain_set(live.torch_model, refs.retain) if plan.lambda_locality > 0 else None
+        names = sorted({delta_name(i) for i in plan.edit_layers} | set(state.delta))
+        deadline = t0 + self.cfg.max_train_seconds
+
+        def should_stop() -> bool:
+            return self._stop.is_set()
+
+        result = Editor(fmt).train(
             live.torch_model,
             job.items,
             plan,
-            ref.retain,
+            state.stats,
+            self._base_weight(names),
+            state.delta,
+            retain,
             replay=replay,
             progress=lambda i, n, loss: self.jobs.progress(job.job_id, i, n, loss),
-            adapter_dir=staging / "adapter",
-            should_stop=self._stop.is_set,
+            should_stop=should_stop,
+            deadline=deadline,
         )
         train_s = time.monotonic() - t0
 
         self.jobs.transition(job.job_id, "evaluating")
         t0 = time.monotonic()
-        gate = Gate(fmt, GateThresholds.from_config(self.cfg), self.cfg.locality_tie_nats)
-        report = gate.evaluate(result.model, ref.gate, job.items, replay, live.torch_model)
+        gate = Gate(fmt, GateThresholds.from_config(self.cfg))
+        report = gate.evaluate(result.model, refs.gate, job.items, replay, live.torch_model)
         gate_s = time.monotonic() - t0
         metrics = {
             **report.metrics,
+            **result.metrics,
             "train_seconds": train_s,
             "gate_seconds": gate_s,
             "loss_first": result.losses[0],
@@ -254,29 +309,33 @@ class LearningWorker:
 
         self.jobs.transition(job.job_id, "freezing", metrics=metrics)
         t0 = time.monotonic()
+        save_delta(result.delta, staging / "delta.safetensors")
         step_model: Any = None
         kind = "eager"
+        frozen_tmp = self.registry.frozen_cache(f".{staging.name}")
         if self.cfg.freeze:
             try:
-                step_model = freeze(
-                    result.model, staging / "frozen.pt", self.cfg.freeze_device, self.cfg.freeze_tolerance
-                )
+                frozen_tmp.parent.mkdir(parents=True, exist_ok=True)
+                step_model = freeze(result.model, frozen_tmp, self.cfg.freeze_device, self.cfg.freeze_tolerance)
                 kind = "frozen"
             except FreezeError as exc:
                 # The update itself is good: serve it eagerly rather than lose it.
                 log.warning("job %s: freezing failed (%s); the version is served eagerly", job.job_id, exc)
-                (staging / "frozen.pt").unlink(missing_ok=True)
+                frozen_tmp.unlink(missing_ok=True)
         if step_model is None:
             step_model = EagerStepModel(result.model)
         metrics["freeze_seconds"] = time.monotonic() - t0
         metrics["frozen"] = 1.0 if kind == "frozen" else 0.0
 
         if self._get_live().version != live.version:
+            frozen_tmp.unlink(missing_ok=True)
             # An admin rolled back or promoted meanwhile: deploying now would undo that.
             raise LearningError(
                 f"the live version changed from {live.version} during the update; resubmit"
             )
         version = self.registry.commit(staging, parent, list(job.items), plan, metrics)
+        if kind == "frozen":
+            frozen_tmp.replace(self.registry.frozen_cache(version.version_id))
         handle = ModelHandle(
             version=version.version_id,
             tokenizer=live.tokenizer,
@@ -290,14 +349,40 @@ class LearningWorker:
         # version, consistent with the job being marked failed by recover().
         self._deploy(handle)
         self.registry.promote(version.version_id)
+        with self._prepare_lock:
+            self._state = _LiveState(version.version_id, result.delta, state.stats.with_keys(result.keys))
         metrics["total_seconds"] = time.monotonic() - started
+        metrics["stored_bytes"] = float(version.stored_bytes)
         done = self.jobs.transition(
             job.job_id, "deployed", metrics=metrics, version=version.version_id
         )
         log.info("job %s deployed as %s in %.1fs", job.job_id, version.version_id, metrics["total_seconds"])
-        if not self._stop.is_set():
-            try:
-                self.prepare()
-            except (RuntimeError, torch.cuda.OutOfMemoryError):
-                log.exception("could not precompute the new version's reference")
+        try:
+            self.registry.prune(self.cfg.keep_ancestors, self.cfg.keep_last)
+        except OSError:
+            log.exception("retention: pruning failed (nothing was lost; retried after the next deploy)")
         return done
+
+
+def _read_base_weights(model_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Read some weights of the base model from its safetensors files (nothing else)."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for name in names:
+                if name in fh.keys():
+                    out[name] = fh.get_tensor(name).float()
+    missing = set(names) - set(out)
+    if missing:
+        raise LearningError(f"base model {model_dir} lacks weights {sorted(missing)}")
+    return out
+
+
+def _load_base(model_dir: Path, like: Any) -> Any:
+    """A fresh base model (for references when the live version is not base)."""
+    from transformers import AutoModelForCausalLM
+
+    param = next(like.parameters())
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=param.dtype).to(param.device).eval()

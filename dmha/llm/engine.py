@@ -94,6 +94,27 @@ def load_eager_handle(model_dir: Path, cfg: ModelConfig, version: str = "base") 
     )
 
 
+def render_chat(tokenizer: Any, messages: Sequence[tuple[str, str]]) -> list[int]:
+    """The one chat rendering: template with the generation prompt, then tokenise.
+
+    Serving, training and the gate all render through here, so an edit is learned
+    and checked on exactly the token ids the served model sees.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a chat template.
+        messages: ``(role, text)`` pairs, system message first.
+
+    Returns:
+        Prompt token ids.
+    """
+    text = tokenizer.apply_chat_template(
+        [{"role": role, "content": content} for role, content in messages],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
     """Every token id that ends a reply (tokenizer EOS, generation config, ChatML end)."""
     ids: set[int] = set()
@@ -158,12 +179,7 @@ class HFEngine:
             Prompt token ids.
         """
         tok = (handle or self._handle).tokenizer
-        text = tok.apply_chat_template(
-            [{"role": m.role, "content": m.text} for m in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        return list(tok(text, add_special_tokens=False)["input_ids"])
+        return render_chat(tok, [(m.role, m.text) for m in messages])
 
     async def stream(
         self, messages: Sequence[ChatMessage], options: GenerationOptions

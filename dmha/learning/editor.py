@@ -1,0 +1,323 @@
+"""One knowledge edit: a low-rank change of ``mlp.down_proj`` confined to a null space.
+
+The live model is only read: it is deep-copied, the copy's ``down_proj`` of the
+plan's layers is wrapped in :class:`NullSpaceDelta`, and only the wrapper's two small
+factors train. The change a wrapper can make is
+
+    ΔW = scale · B · A′ · Uᵀ        (U: the layer's editable basis, ``[d_ff, k]``)
+
+so ``ΔW k = 0`` for every key ``k`` orthogonal to ``U``: the preserved corpus's keys
+(almost), every earlier accepted edit's keys, and the shared prompt prefix's keys
+(exactly). Where it acts is decided by :mod:`dmha.learning.nullspace`; what it learns
+by :class:`~dmha.learning.objective.Objective` (task CE, the causal KL that carries
+paraphrases, and the locality KL). The result is a *dense cumulative delta* from the
+base weights per edited matrix, so a version is rebuilt as ``W_base + D`` exactly,
+whatever happened before it.
+
+Measured on the 135M default model, see BENCHMARKS.md ("Learning that lands").
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmha.learning.errors import LearningError, TrainingDiverged
+from dmha.learning.feedback import FeedbackItem
+from dmha.learning.nullspace import KeyStats, collect_keys, down_proj
+from dmha.learning.objective import Objective, RetainSet
+from dmha.learning.plan import UpdatePlan
+from dmha.learning.prompting import ChatFormat, Sequence
+
+__all__ = ["EditResult", "Editor", "NullSpaceDelta", "apply_delta", "delta_name"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, float], None]
+"""``progress(step, steps, loss)`` after each optimisation step (1-based step)."""
+
+
+def delta_name(layer: int) -> str:
+    """State-dict name of the weight an edit at ``layer`` changes."""
+    return f"model.layers.{layer}.mlp.down_proj.weight"
+
+
+class NullSpaceDelta(nn.Module):
+    """``base(x) + scale · ((x U) A′ᵀ) Bᵀ``: a linear layer plus a confined low-rank change.
+
+    Args:
+        base: the frozen ``down_proj``.
+        basis: ``[d_in, k]`` orthonormal columns the change may read.
+        rank: rank of the change.
+        scale: multiplies the change (the plan's adapter scale).
+        generator: seeds ``A′``.
+    """
+
+    def __init__(
+        self, base: nn.Linear, basis: torch.Tensor, rank: int, scale: float, generator: torch.Generator
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("basis", basis.to(base.weight.dtype))
+        k = basis.shape[1]
+        init = torch.randn(rank, k, generator=generator) / math.sqrt(max(1, k))
+        self.a = nn.Parameter(init.to(base.weight.dtype).to(base.weight.device))
+        # B starts at zero: the wrapped model is exactly the live one at step 0.
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype,
+                                          device=base.weight.device))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base output plus the change."""
+        return self.base(x) + ((x @ self.basis) @ self.a.T) @ self.b.T * self.scale
+
+    def delta(self) -> torch.Tensor:
+        """The change as a dense ``[d_out, d_in]`` float32 matrix."""
+        with torch.no_grad():
+            return (self.scale * (self.b.float() @ (self.a.float() @ self.basis.float().T))).contiguous()
+
+    def bound(self, max_norm: float) -> None:
+        """Scale ``B`` so that ``‖ΔW‖_F <= max_norm`` (no-op when already inside)."""
+        if max_norm <= 0:
+            return
+        with torch.no_grad():
+            norm = float(torch.linalg.matrix_norm(self.delta()))
+            if norm > max_norm:
+                self.b.mul_(max_norm / norm)
+
+
+def apply_delta(model: Any, base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> None:
+    """Set ``W = W_base + D`` for every matrix ``delta`` names (in place, float32 sum).
+
+    The same call builds the candidate at training time and every later reload, so a
+    version's weights are bitwise the ones the gate evaluated.
+
+    Args:
+        model: the model to modify.
+        base: name -> the base weight.
+        delta: name -> the cumulative delta from base.
+
+    Raises:
+        KeyError: a delta names a weight the model or ``base`` lacks.
+    """
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, d in delta.items():
+            w = params[name]
+            summed = base[name].float().to(w.device) + d.float().to(w.device)
+            w.copy_(summed.to(w.dtype))
+
+
+@dataclass
+class EditResult:
+    """What an edit produced.
+
+    Attributes:
+        model: the candidate (a new object; the live model is untouched).
+        delta: name -> cumulative dense delta from the base weights (float32, CPU).
+        keys: layer -> the edit's own keys (added to the preserved statistics once
+            the edit is accepted).
+        losses: total loss per step.
+        parts: the last step's loss terms.
+        metrics: ``key_null_share`` (how much of the fact's key the editable subspace
+            holds), ``delta_norm``, ``steps``.
+        seconds: wall time.
+    """
+
+    model: Any
+    delta: dict[str, torch.Tensor]
+    keys: dict[int, torch.Tensor]
+    losses: list[float]
+    parts: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Editor:
+    """Makes edits for one chat format.
+
+    Args:
+        fmt: prompt rendering, as served.
+        grad_clip: gradient-norm clip.
+    """
+
+    def __init__(self, fmt: ChatFormat, grad_clip: float = 1.0) -> None:
+        self.fmt = fmt
+        self.grad_clip = grad_clip
+        a, b = fmt.prompt("a"), fmt.prompt("b")
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        self.prefix: tuple[int, ...] = tuple(a[:n])
+        """Tokens every served prompt starts with (system message, user header)."""
+
+    def bases(self, model: Any, stats: KeyStats, plan: UpdatePlan) -> dict[int, torch.Tensor]:
+        """Per edit layer, the editable subspace minus the shared prefix's keys.
+
+        Args:
+            model: the live model (for the prefix keys).
+            stats: preserved-key statistics (corpus plus accepted edits).
+            plan: layers and threshold.
+
+        Returns:
+            layer -> ``[d_ff, k]`` orthonormal columns.
+        """
+        prefix_keys = collect_keys(model, [Sequence(self.prefix)], plan.edit_layers) if self.prefix else {}
+        out = {}
+        for layer in plan.edit_layers:
+            u = stats.basis(layer, plan.null_threshold)
+            pk = prefix_keys.get(layer)
+            if pk is not None and len(pk) and u.shape[1]:
+                # The prefix's keys are the same in every prompt: remove them exactly.
+                _, sv, vh = torch.linalg.svd(pk, full_matrices=False)
+                p = vh[sv > sv[0] * 1e-6]
+                u = u - p.T @ (p @ u)
+                q, r = torch.linalg.qr(u)
+                u = q[:, r.diagonal().abs() > 1e-4]
+            out[layer] = u.contiguous()
+        return out
+
+    def fact_keys(self, model: Any, items: Seq[FeedbackItem], layers: Seq[int]) -> dict[int, torch.Tensor]:
+        """The keys of the feedback's own tokens (its prefix left out) at ``layers``."""
+        seqs = [self.fmt.sequence(it.input, it.target) for it in items]
+        return collect_keys(model, seqs, layers, skip=len(self.prefix))
+
+    def train(
+        self,
+        live_model: Any,
+        items: Seq[FeedbackItem],
+        plan: UpdatePlan,
+        stats: KeyStats,
+        base_weights: Mapping[str, torch.Tensor],
+        live_delta: Mapping[str, torch.Tensor],
+        retain: RetainSet | None = None,
+        replay: Seq[FeedbackItem] = (),
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> EditResult:
+        """Learn ``items`` into a copy of ``live_model``.
+
+        Args:
+            live_model: the serving model (``W_base + live_delta``); only read.
+            items: feedback to learn (at least one).
+            plan: how.
+            stats: the preserved-key statistics of the live version.
+            base_weights: name -> base weight of every matrix an edit may touch.
+            live_delta: name -> the live version's cumulative delta.
+            retain: the live model's retain set (for the locality term).
+            replay: earlier accepted feedback, replayed through the task loss.
+            progress: called after each step.
+            should_stop: polled each step; True aborts with :class:`InterruptedError`.
+            deadline: ``time.monotonic()`` after which no further step starts (the
+                Submit -> live budget); the edit made so far goes to the gate.
+
+        Returns:
+            The candidate, its cumulative delta and the edit's keys.
+
+        Raises:
+            LearningError: the fact's key has (almost) no component in the
+                editable subspace, so no local edit can carry it.
+            TrainingDiverged: the loss became NaN or infinite.
+            ValueError: no items.
+            InterruptedError: ``should_stop`` returned True.
+        """
+        if not items:
+            raise ValueError("an update needs at least one feedback item")
+        started = time.monotonic()
+        gen = torch.Generator().manual_seed(plan.seed)
+        torch.manual_seed(plan.seed)
+        model = copy.deepcopy(live_model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        objective = Objective(model, self.fmt, items, replay, plan, retain)
+        bases = self.bases(model, stats, plan)
+        # The fact's keys: its question and the training paraphrases, with the answer.
+        fact_seqs = list(dict.fromkeys(t.seq for t in (*objective.task[: len(items)], *objective.causal)))
+        keys = collect_keys(model, fact_seqs, plan.edit_layers, skip=len(self.prefix))
+        share = _key_share(keys, bases)
+        if share < plan.min_key_share:
+            raise LearningError(
+                f"the feedback's key has {share:.1%} of its energy in the editable subspace "
+                f"(< {plan.min_key_share:.1%}): no edit can carry it without touching other answers"
+            )
+        if plan.subspace_rank > 0:
+            bases = {i: _fact_directions(keys[i], u, plan.subspace_rank) for i, u in bases.items()}
+        wrappers: dict[int, NullSpaceDelta] = {}
+        for layer in plan.edit_layers:
+            mlp = model.model.layers[layer].mlp
+            wrappers[layer] = NullSpaceDelta(mlp.down_proj, bases[layer], plan.rank, plan.scale, gen)
+            mlp.down_proj = wrappers[layer]
+        params = [p for w in wrappers.values() for p in (w.a, w.b)]
+        opt = torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
+        losses: list[float] = []
+        parts: dict[str, float] = {}
+        for step in range(1, plan.steps + 1):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("update cancelled")
+            if deadline is not None and step > 1 and time.monotonic() > deadline:
+                log.info("edit stopped at step %d: the time budget is spent", step)
+                break
+            total, parts = objective.loss(model)
+            value = total.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(step, value)
+            losses.append(value)
+            if plan.stop_margin > 0 and parts["margin"] >= plan.stop_margin:
+                # Every target already wins by a margin: more steps only move the
+                # model further from the live one.
+                if progress is not None:
+                    progress(step, step, value)
+                break
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+            for w in wrappers.values():
+                w.bound(plan.max_delta_norm)
+            if progress is not None:
+                progress(step, plan.steps, value)
+        delta = {name: d.detach().float().cpu().clone() for name, d in live_delta.items()}
+        norms = []
+        for layer, w in wrappers.items():
+            change = w.delta().cpu()
+            if not torch.isfinite(change).all():
+                raise TrainingDiverged(len(losses), float("nan"))
+            norms.append(float(torch.linalg.matrix_norm(change)))
+            name = delta_name(layer)
+            delta[name] = delta[name] + change if name in delta else change
+            model.model.layers[layer].mlp.down_proj = w.base
+        apply_delta(model, base_weights, delta)
+        model.eval()
+        seconds = time.monotonic() - started
+        metrics = {"key_null_share": share, "delta_norm": max(norms, default=0.0), "steps": float(len(losses))}
+        log.info("edit trained in %.1fs over %d steps: loss %.3f -> %.3f %s",
+                 seconds, len(losses), losses[0], losses[-1], parts)
+        return EditResult(model, delta, keys, losses, parts, metrics, seconds)
+
+
+def _key_share(keys: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tensor]) -> float:
+    """Largest share of a fact token's key energy inside its layer's editable subspace."""
+    best = 0.0
+    for layer, k in keys.items():
+        u = bases[layer]
+        if not len(k) or not u.shape[1]:
+            continue
+        inside = (k @ u).pow(2).sum(-1)
+        best = max(best, float((inside / k.pow(2).sum(-1).clamp(min=1e-12)).max()))
+    return best
+
+
+def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, rank: int) -> torch.Tensor:
+    """The ``rank`` directions of ``basis`` along which the fact's keys are largest."""
+    if not len(keys) or not basis.shape[1]:
+        return basis
+    _, _, vh = torch.linalg.svd(keys @ basis, full_matrices=False)
+    return (basis @ vh[:rank].T).contiguous()

@@ -1,0 +1,100 @@
+"""Knowledge edits on the tiny model: learned, confined, reproducible, refused when impossible."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dmha.learning import (
+    Editor,
+    FeedbackItem,
+    KeyStats,
+    LearningError,
+    UpdatePlan,
+    apply_delta,
+    collect_keys,
+)
+from dmha.learning.editor import delta_name
+from dmha.learning.generation import greedy
+
+ITEM = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+GENERIC = ["Tell me a story about a cat.", "Who wrote the book?", "The quick brown fox."]
+LAYERS = (0, 1)
+
+
+def _stats(model, fmt, prompts=GENERIC) -> KeyStats:
+    seqs = [fmt.sequence(p) for p in prompts]
+    return KeyStats.compute(model, (), seqs, LAYERS)
+
+
+def _base(model) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {delta_name(i): params[delta_name(i)].detach().clone() for i in LAYERS}
+
+
+PLAN = UpdatePlan(
+    edit_layers=LAYERS, rank=4, steps=60, learning_rate=5e-2, paraphrases=2,
+    lambda_locality=0.0, stop_margin=0.0, null_threshold=0.5, min_key_share=0.0,
+)
+
+
+def test_edit_learns_and_leaves_preserved_keys_alone(tiny_model, fmt) -> None:
+    stats = _stats(tiny_model, fmt)
+    result = Editor(fmt).train(tiny_model, [ITEM], PLAN, stats, _base(tiny_model), {})
+    answer = greedy(result.model, [fmt.prompt(ITEM.input)], 12, fmt.eos_ids)[0]
+    assert "Vlorn" in fmt.decode(answer)
+    assert result.losses[-1] < result.losses[0]
+    # The change reads only the null space of the preserved keys: on those keys the
+    # edited down_proj computes what the live one did (up to the eigenvalue cut).
+    seqs = [fmt.sequence(p) for p in GENERIC]
+    keys = collect_keys(tiny_model, seqs, LAYERS)
+    for layer in LAYERS:
+        change = result.delta[delta_name(layer)]
+        leak = (keys[layer] @ change.T).norm() / keys[layer].norm()
+        assert leak < 0.5 * change.norm(), layer
+    # The live model is untouched.
+    assert "Vlorn" not in fmt.decode(greedy(tiny_model, [fmt.prompt(ITEM.input)], 12, fmt.eos_ids)[0])
+
+
+def test_delta_rebuilds_the_candidate_bitwise(tiny_model, fmt) -> None:
+    base = _base(tiny_model)
+    result = Editor(fmt).train(tiny_model, [ITEM], PLAN.with_changes(steps=5), _stats(tiny_model, fmt), base, {})
+    rebuilt = copy.deepcopy(tiny_model)
+    apply_delta(rebuilt, base, result.delta)
+    for (name, a), (_, b) in zip(rebuilt.named_parameters(), result.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    # A second edit accumulates on top of the first: its delta includes the first's.
+    second = Editor(fmt).train(
+        result.model, [FeedbackItem("f2", "Who wrote the book?", "Ana Kol.")],
+        PLAN.with_changes(steps=5), _stats(tiny_model, fmt).with_keys(result.keys), base, result.delta,
+    )
+    rebuilt = copy.deepcopy(tiny_model)
+    apply_delta(rebuilt, base, second.delta)
+    for (name, a), (_, b) in zip(rebuilt.named_parameters(), second.model.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_edit_without_room_is_refused(tiny_model, fmt) -> None:
+    with pytest.raises(LearningError, match="editable subspace"):
+        Editor(fmt).train(
+            tiny_model, [ITEM], PLAN.with_changes(min_key_share=0.999, null_threshold=1e-9),
+            _stats(tiny_model, fmt), _base(tiny_model), {},
+        )
+
+
+def test_delta_norm_bound_holds(tiny_model, fmt) -> None:
+    result = Editor(fmt).train(
+        tiny_model, [ITEM], PLAN.with_changes(steps=10, max_delta_norm=0.05), _stats(tiny_model, fmt),
+        _base(tiny_model), {},
+    )
+    for layer in LAYERS:
+        assert float(torch.linalg.matrix_norm(result.delta[delta_name(layer)])) <= 0.05 + 1e-5
+
+
+def test_deadline_stops_early(tiny_model, fmt) -> None:
+    result = Editor(fmt).train(
+        tiny_model, [ITEM], PLAN, _stats(tiny_model, fmt), _base(tiny_model), {}, deadline=0.0
+    )
+    assert len(result.losses) == 1
