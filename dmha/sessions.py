@@ -7,9 +7,9 @@ simply does not exist for the caller: NOT_FOUND, never PERMISSION_DENIED.
 from __future__ import annotations
 
 from dmha.auth.tokens import Principal
-from dmha.context import validate_session_id
 from dmha.errors import NotFound
 from dmha.executor import run_blocking
+from dmha.ids import check_id
 from dmha.memory.working import SessionInfo, Turn, WorkingMemory
 
 __all__ = ["Sessions"]
@@ -36,7 +36,7 @@ class Sessions:
             InvalidArgument: malformed id.
             NotFound: no such session for this caller.
         """
-        validate_session_id(session_id)
+        check_id(session_id, "session_id")
         turns = await run_blocking(self._working.all_turns, principal.user_id, session_id)
         if not turns:
             raise NotFound(f"session {session_id} not found")
@@ -49,6 +49,6 @@ class Sessions:
             InvalidArgument: malformed id.
             NotFound: no such session for this caller.
         """
-        validate_session_id(session_id)
+        check_id(session_id, "session_id")
         if not await run_blocking(self._working.delete_session, principal.user_id, session_id):
             raise NotFound(f"session {session_id} not found")

@@ -14,15 +14,12 @@ from collections import OrderedDict
 import redis
 
 from dmha.config import KnowledgeConfig
-from dmha.errors import InvalidArgument
+from dmha.ids import check_id
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.view import View
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
 
 __all__ = ["KnowledgeBank"]
-
-_MAX_ID_CHARS = 256
-
 
 class KnowledgeBank:
     """Per-user knowledge bases sharing global statements.
@@ -65,11 +62,11 @@ class KnowledgeBank:
             A handle; cheap, may be created per request.
 
         Raises:
-            InvalidArgument: an empty or over-long user or session id.
+            InvalidArgument: a malformed user or session id (see :mod:`dmha.ids`).
         """
-        _check_id("user_id", user_id)
+        check_id(user_id, "user_id")
         if session_id is not None:
-            _check_id("session_id", session_id)
+            check_id(session_id, "session_id")
         key = (user_id, session_id)
         with self._lock:
             view = self._views.get(key)
@@ -91,8 +88,3 @@ class KnowledgeBank:
         """
         with self._lock:
             self._views.pop((user_id, session_id), None)
-
-
-def _check_id(field: str, value: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID_CHARS:
-        raise InvalidArgument(field, f"must be 1..{_MAX_ID_CHARS} characters")

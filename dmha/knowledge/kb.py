@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from dmha.config import KnowledgeConfig
 from dmha.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from dmha.ids import check_id
 from dmha.knowledge.model import (
     Answer,
     AttrDecl,
@@ -216,11 +217,13 @@ class KnowledgeBase:
             The removed record.
 
         Raises:
+            InvalidArgument: a malformed statement id.
             NotFound: no such statement in this view (another user's ids included).
             PermissionDenied: a global statement without the admin role.
             DeadlineExceeded: settling the clashes it causes exceeded the solver budget.
             RedisUnavailable: the store failed.
         """
+        check_id(statement_id, "statement_id")
         view = self._view
         with view.lock:
             self._view.sync()
@@ -289,9 +292,11 @@ class KnowledgeBase:
             one a summary and (up to 20) literals it helps derive.
 
         Raises:
+            InvalidArgument: a malformed statement id.
             NotFound: no such statement in this view.
             RedisUnavailable: the store failed.
         """
+        check_id(statement_id, "statement_id")
         view = self._view
         with view.lock:
             self._view.sync()

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import redis
 
 from dmha.errors import RedisUnavailable
+from dmha.ids import check_id
 from dmha.knowledge.model import (
     AttrDecl,
     Fact,
@@ -64,11 +65,14 @@ def namespace_for(scope: Scope, user_id: str, session_id: str | None) -> str:
     """
     if scope is Scope.GLOBAL:
         return GLOBAL_NS
-    user = quote(user_id, safe="")
+    # Ids follow dmha.ids (no ':'), and are still percent-encoded: that turns '@' into
+    # '%40', which is how namespaces were written before ids had one rule, so keys
+    # already stored stay readable.
+    user = quote(check_id(user_id, "user_id"), safe="")
     if scope is Scope.USER:
         return f"u:{user}"
     assert session_id is not None
-    return f"s:{user}:{quote(session_id, safe='')}"
+    return f"s:{user}:{quote(check_id(session_id, 'session_id'), safe='')}"
 
 
 @dataclass(frozen=True, slots=True)

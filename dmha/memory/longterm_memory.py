@@ -27,6 +27,7 @@ import numpy as np
 from dmha.config import MemoryConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, MilvusUnavailable, NotFound
 from dmha.memory.archival import Archiver, ArchiveResult
+from dmha.ids import check_id
 from dmha.memory.clustering import Clusterer, build_cluster_summaries, stable_ids
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hot_index import HotIndex, UserIndex
@@ -45,7 +46,6 @@ from dmha.memory.records import (
     index_text,
     listing_order,
     memory_id,
-    validate_user_id,
 )
 from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
@@ -56,7 +56,6 @@ __all__ = ["LongTermMemory", "build_longterm"]
 log = logging.getLogger(__name__)
 
 _MAX_PAGE = 1000
-_MAX_ID_CHARS = 64
 _MAX_TEXTS = 1000
 
 
@@ -181,8 +180,8 @@ class LongTermMemory:
             RedisUnavailable: working memory failed.
             FailedPrecondition: built without a working memory.
         """
-        validate_user_id(user_id)
-        validate_user_id(session_id, "session_id")
+        check_id(user_id, "user_id")
+        check_id(session_id, "session_id")
         return self._report(user_id, self._require_archiver().archive(user_id, session_id, everything=False))
 
     def archive_session(self, user_id: str, session_id: str) -> ArchiveReport:
@@ -201,8 +200,8 @@ class LongTermMemory:
             RedisUnavailable: working memory failed.
             FailedPrecondition: built without a working memory.
         """
-        validate_user_id(user_id)
-        validate_user_id(session_id, "session_id")
+        check_id(user_id, "user_id")
+        check_id(session_id, "session_id")
         return self._report(user_id, self._require_archiver().archive(user_id, session_id, everything=True))
 
     def add_texts(
@@ -235,9 +234,9 @@ class LongTermMemory:
             InvalidArgument: a bad field (named, with its limit).
             MilvusUnavailable: Milvus did not acknowledge.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         if session_id:
-            validate_user_id(session_id, "session_id")
+            check_id(session_id, "session_id")
         if kind not in ("fact", "summary"):
             raise InvalidArgument("kind", f"is {kind!r}; expected fact or summary")
         if not texts:
@@ -291,7 +290,7 @@ class LongTermMemory:
             InvalidArgument: a bad field (named, with its limit).
             MilvusUnavailable: Milvus failed (first search of a user loads their index).
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         self._text("query", query, self._cfg.retrieval.max_query_bytes)
         if k is None:
             k = self._cfg.retrieval.top_k
@@ -321,14 +320,12 @@ class LongTermMemory:
         """One memory of the user (without its vector).
 
         Raises:
+            InvalidArgument: a malformed user or memory id.
             NotFound: no such memory for this user (including another user's id).
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
-        if not memory_id:
-            raise InvalidArgument("memory_id", "must not be empty")
-        if len(memory_id) > _MAX_ID_CHARS:  # no memory has such an id
-            raise NotFound(f"memory {memory_id[:_MAX_ID_CHARS]!r}... not found")
+        check_id(user_id, "user_id")
+        check_id(memory_id, "memory_id")
         index = self._hot.peek(user_id)
         rec = index.get(memory_id) if index is not None else None
         if rec is None:
@@ -350,7 +347,7 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed (possibly mid-iteration).
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         for rec in self._store.scan(user_id):
             yield rec.to_dict()
 
@@ -360,7 +357,7 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         records = self._records(user_id)
         by_kind: dict[str, int] = {kind: 0 for kind in KINDS}
         for rec in records:
@@ -417,8 +414,8 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
-        validate_user_id(session_id, "session_id")
+        check_id(user_id, "user_id")
+        check_id(session_id, "session_id")
         with self._hot.user_lock(user_id):
             ids = self._store.delete_where(user_id, session_id=session_id)
             quoted = self._store.delete_where(user_id, kind="cluster_summary") if ids else []
@@ -434,7 +431,7 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         with self._hot.user_lock(user_id):
             ids = self._store.delete_where(user_id)
             self._hot.drop(user_id)
@@ -455,7 +452,7 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed (cluster ids may be partly written; a
                 rerun fixes them).
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         start = time.perf_counter()
         index = self._hot.get(user_id)
         if index is None:  # no hot cache: work on a throwaway index
@@ -502,7 +499,7 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed.
         """
         for user in user_ids:
-            self._hot.get(validate_user_id(user))
+            self._hot.get(check_id(user, "user_id"))
 
     def close(self) -> None:
         """Release the store (and an embedded Milvus Lite database)."""
@@ -532,7 +529,7 @@ class LongTermMemory:
             InvalidArgument: bad page size, token or kind.
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         if not 1 <= page_size <= _MAX_PAGE:
             raise InvalidArgument("page_size", f"is {page_size}; must be between 1 and {_MAX_PAGE}")
         self._kind(kind)

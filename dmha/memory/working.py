@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import redis
 
 from dmha.config import WorkingMemoryConfig
+from dmha.ids import redis_key
 from dmha.redis_connection import RedisConnection
 
 __all__ = ["RedisWorkingMemory", "SessionInfo", "Turn", "WorkingMemory", "new_turn_id"]
@@ -118,11 +119,11 @@ class RedisWorkingMemory:
 
     @staticmethod
     def _turns_key(user_id: str, session_id: str) -> str:
-        return f"dmha:wm:turns:{user_id}:{session_id}"
+        return redis_key("dmha:wm:turns", user_id, session_id)
 
     @staticmethod
     def _sessions_key(user_id: str) -> str:
-        return f"dmha:wm:sessions:{user_id}"
+        return redis_key("dmha:wm:sessions", user_id)
 
     def append(self, turns: Sequence[Turn]) -> None:
         if not turns:

@@ -30,6 +30,7 @@ from dmha.executor import run_in_background
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
 from dmha.memory.working import Turn
+from dmha.ids import redis_key
 from dmha.redis_connection import RedisConnection
 from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, TurnState
 
@@ -79,7 +80,7 @@ class EventStore:
 
     @staticmethod
     def _key(user_id: str) -> str:
-        return f"dmha:meta:events:{user_id}"
+        return redis_key("dmha:meta:events", user_id)
 
     def add(self, rec: RecordedEvent) -> None:
         """Store one event (blocking)."""

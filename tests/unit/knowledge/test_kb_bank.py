@@ -128,9 +128,14 @@ def test_ids_validated(bank: KnowledgeBank) -> None:
 
 
 def test_namespaces_do_not_collide(bank: KnowledgeBank) -> None:
-    # ("a", session "b:c") and ("a:b", session "c") must be different namespaces.
-    bank.for_user("a", "b:c").tell("fact: x.y = 1 [scope=session]")
-    assert bank.for_user("a:b", "c").ask("x.y = 1").verdict is U
+    # ("a", session "b:c") and ("a:b", session "c") would share a namespace: ids with
+    # ':' are refused (dmha.ids), and distinct valid ids never collide.
+    with pytest.raises(InvalidArgument, match="session_id"):
+        bank.for_user("a", "b:c")
+    with pytest.raises(InvalidArgument, match="user_id"):
+        bank.for_user("a:b", "c")
+    bank.for_user("a", "b.c").tell("fact: x.y = 1 [scope=session]")
+    assert bank.for_user("a.b", "c").ask("x.y = 1").verdict is U
 
 
 def test_views_evicted_and_reloaded(bank: KnowledgeBank) -> None:

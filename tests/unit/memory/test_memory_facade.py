@@ -46,7 +46,7 @@ def chat(wm: ListWorkingMemory, user: str, session: str, texts: list[str], t0: f
         ({"k": 21}, "k", "between 1 and 20"),
         ({"token_budget": 0}, "token_budget", "at least 1"),
         ({"kinds": ["note"]}, "kind", "expected one of"),
-        ({"user_id": ""}, "user_id", "must not be empty"),
+        ({"user_id": ""}, "user_id", "must be 1-128 characters"),
     ],
 )
 def test_search_rejects_bad_input_naming_field_and_limit(kwargs, field, fragment):
