@@ -117,7 +117,7 @@ def evidence_ids(item: dict[str, Any], known: set[str]) -> set[str]:
 
 
 def ingest(ltm: Any, wm: Any, user: str, turns: list[tuple[str, float, str, str]]) -> dict[str, Any]:
-    from dmha.memory.working import Turn, new_turn_id
+    from dmha.turn import Turn, new_turn_id
 
     dia_of: dict[str, str] = {}
     text_of: dict[str, str] = {}
@@ -181,7 +181,11 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from rank_bm25 import BM25Okapi
 
     from dmha.config import MemoryConfig, RedisConfig
-    from dmha.memory import RedisWorkingMemory, SentenceTransformerEmbedder, build_longterm
+    from dmha.memory import (
+        RedisWorkingMemory,
+        SentenceTransformerEmbedder,
+        build_longterm,
+    )
     from dmha.memory.bm25 import tokenize
     from dmha.memory.retrieval import approx_token_count
     from dmha.redis_connection import RedisConnection
@@ -353,7 +357,12 @@ def timed_searches(ltm: Any, embedder: Any, user: str, queries: list[str]) -> di
 
 def run_scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from dmha.config import MemoryConfig
-    from dmha.memory import MemoryRecord, SentenceTransformerEmbedder, build_longterm, memory_id
+    from dmha.memory import (
+        MemoryRecord,
+        SentenceTransformerEmbedder,
+        build_longterm,
+        memory_id,
+    )
     from dmha.memory.clustering import Clusterer
 
     cfg = MemoryConfig()

@@ -19,10 +19,16 @@ from dmha.config import LimitsConfig, ModelConfig
 from dmha.errors import InvalidArgument
 from dmha.executor import run_blocking
 from dmha.ids import check_id, new_session_id
-from dmha.llm.base import LLM, ChatMessage, GenerationOptions, GenerationResult, TokenDelta
+from dmha.llm.base import (
+    LLM,
+    ChatMessage,
+    GenerationOptions,
+    GenerationResult,
+    TokenDelta,
+)
 from dmha.llm.prompt import BuiltPrompt, ContextBlock, PromptBuilder
-from dmha.memory.working import Turn, WorkingMemory, new_turn_id
-from dmha.turn import TurnResult, TurnState
+from dmha.memory.working import WorkingMemory
+from dmha.turn import Turn, TurnResult, TurnState, new_turn_id
 
 __all__ = ["ChatPipeline", "Regenerate", "TurnHook", "drain", "resolve_options"]
 

@@ -23,8 +23,9 @@ from dmha.learning.jobs import JobStore
 from dmha.learning.online import OnlineLearning, load_live_handle, registry_for
 from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model
-from dmha.memory.hook import LLMSummariser, MemoryHook
+from dmha.memory.hook import MemoryHook
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
+from dmha.memory.summariser import LLMSummariser
 from dmha.memory.working import RedisWorkingMemory
 from dmha.metacognition.monitor import EventStore, MonitorHook
 from dmha.redis_connection import RedisConnection

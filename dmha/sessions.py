@@ -10,7 +10,8 @@ from dmha.auth.tokens import Principal
 from dmha.errors import NotFound
 from dmha.executor import run_blocking
 from dmha.ids import check_id
-from dmha.memory.working import SessionInfo, Turn, WorkingMemory
+from dmha.memory.working import SessionInfo, WorkingMemory
+from dmha.turn import Turn
 
 __all__ = ["Sessions"]
 

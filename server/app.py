@@ -8,12 +8,6 @@ import signal
 from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from dmha.config import DMHAConfig
-from dmha.executor import run_blocking
-from dmha.runtime import Runtime, build_runtime
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -39,6 +33,12 @@ from dmha_server.memory import MemoryServicer
 from dmha_server.metacognition import MetacognitionServicer
 from dmha_server.metrics import start_metrics_server
 from dmha_server.sessions import SessionServicer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dmha.config import DMHAConfig
+from dmha.executor import run_blocking
+from dmha.runtime import Runtime, build_runtime
 
 __all__ = ["create_server", "serve"]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
-from dmha.memory.working import SessionInfo, Turn
-from dmha.turn import TurnResult
 from dmha_proto.v1 import chat_pb2, common_pb2, knowledge_pb2, session_pb2
+
+from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
+from dmha.memory.working import SessionInfo
+from dmha.turn import Turn, TurnResult
 
 __all__ = [
     "chat_reply",

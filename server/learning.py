@@ -6,13 +6,13 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
+from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
+from dmha_server.interceptors import current_principal
 
 from dmha.executor import run_blocking
 from dmha.learning.jobs import Job, JobEvent
 from dmha.learning.online import OnlineLearning
 from dmha.learning.registry import Version
-from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
-from dmha_server.interceptors import current_principal
 
 __all__ = ["FeedbackServicer", "ModelServicer"]
 

@@ -6,13 +6,13 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
+from dmha_proto.v1 import memory_pb2, memory_pb2_grpc
+from dmha_server.interceptors import current_principal
 
 from dmha.errors import InvalidArgument
 from dmha.executor import run_blocking
 from dmha.memory.longterm_memory import LongTermMemory
 from dmha.memory.records import MemoryRecord, RetrievedMemory
-from dmha_proto.v1 import memory_pb2, memory_pb2_grpc
-from dmha_server.interceptors import current_principal
 
 __all__ = ["MemoryServicer"]
 

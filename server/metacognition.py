@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from dmha_proto.v1 import chat_pb2, metacognition_pb2, metacognition_pb2_grpc
+from dmha_server.interceptors import current_principal
 
 from dmha.errors import InvalidArgument
 from dmha.executor import run_blocking
 from dmha.metacognition.monitor import EventStore
-from dmha_proto.v1 import chat_pb2, metacognition_pb2, metacognition_pb2_grpc
-from dmha_server.interceptors import current_principal
 
 __all__ = ["MetacognitionServicer"]
 

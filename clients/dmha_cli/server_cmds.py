@@ -29,8 +29,9 @@ def load_from_args(args: argparse.Namespace) -> DMHAConfig:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted."""
-    from dmha.logs import configure_logging
     from dmha_server.app import serve as run_server
+
+    from dmha.logs import configure_logging
 
     cfg = load_from_args(args)
     configure_logging(cfg.logging)

@@ -6,8 +6,9 @@ import os
 import random
 from dataclasses import dataclass
 
-from dmha.errors import InvalidArgument
 from dmha_proto.v1 import chat_pb2, common_pb2, memory_pb2
+
+from dmha.errors import InvalidArgument
 
 __all__ = ["FINAL_STATES", "BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy", "memory_request"]
 

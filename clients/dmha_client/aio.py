@@ -7,13 +7,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from dmha_proto.v1 import (
+    auth_pb2,
+    knowledge_pb2,
+    learning_pb2,
+    memory_pb2,
+    metacognition_pb2,
+    session_pb2,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dmha.errors import Cancelled, DeadlineExceeded
 from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_proto.v1 import auth_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
 
 __all__ = ["AsyncChatStream", "AsyncDMHAClient"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass

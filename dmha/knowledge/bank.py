@@ -16,8 +16,8 @@ import redis
 from dmha.config import KnowledgeConfig
 from dmha.ids import check_id
 from dmha.knowledge.kb import KnowledgeBase
-from dmha.knowledge.view import View
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
+from dmha.knowledge.view import View
 
 __all__ = ["KnowledgeBank"]
 

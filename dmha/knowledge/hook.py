@@ -19,8 +19,7 @@ from dmha.knowledge.model import TellResult
 from dmha.knowledge.parser import is_statement_line
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
-from dmha.memory.working import Turn
-from dmha.turn import ClaimOutcome, StatementOutcome, TurnState
+from dmha.turn import ClaimOutcome, StatementOutcome, Turn, TurnState
 
 __all__ = ["KnowledgeHook", "claim_outcomes", "tell_outcomes"]
 

@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-from dmha.llm.base import FinishReason, GenerationOptions, GenerationResult, ModelHandle, TokenDelta
+from dmha.llm.base import (
+    FinishReason,
+    GenerationOptions,
+    GenerationResult,
+    ModelHandle,
+    TokenDelta,
+)
 
 __all__ = ["BatchedCohort", "Request", "SingleCohort", "make_cohorts", "sample"]
 

@@ -25,7 +25,13 @@ import torch
 
 from dmha.config import LimitsConfig, ModelConfig
 from dmha.errors import InvalidArgument, ResourceExhausted
-from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, ModelHandle, TokenDelta
+from dmha.llm.base import (
+    ChatMessage,
+    GenerationOptions,
+    GenerationResult,
+    ModelHandle,
+    TokenDelta,
+)
 from dmha.llm.batching import Cohort, Request, make_cohorts
 from dmha.llm.eager import EagerStepModel
 

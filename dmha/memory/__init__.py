@@ -19,6 +19,7 @@ __all__ = [
     "Embedder",
     "ExtractiveSummariser",
     "HotIndex",
+    "LLMSummariser",
     "LongTermMemory",
     "LongTermStore",
     "MemoryKind",
@@ -32,13 +33,11 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "SessionInfo",
     "Summariser",
-    "Turn",
     "UserIndex",
     "WorkingMemory",
     "approx_token_count",
     "build_longterm",
     "memory_id",
-    "new_turn_id",
     "tokenize",
 ]
 
@@ -59,20 +58,19 @@ _WHERE = {
     "Embedder": "embedding",
     "SentenceTransformerEmbedder": "embedding",
     "ExtractiveSummariser": "summariser",
+    "LLMSummariser": "summariser",
     "Summariser": "summariser",
     "HotIndex": "hot_index",
     "UserIndex": "hot_index",
-    "LongTermStore": "longterm",
-    "MilvusLongTermStore": "longterm",
+    "LongTermStore": "store",
+    "MilvusLongTermStore": "store",
     "LongTermMemory": "longterm_memory",
     "build_longterm": "longterm_memory",
     "Retriever": "retrieval",
     "approx_token_count": "retrieval",
     "RedisWorkingMemory": "working",
     "SessionInfo": "working",
-    "Turn": "working",
     "WorkingMemory": "working",
-    "new_turn_id": "working",
 }
 
 
@@ -95,7 +93,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dmha.memory.clustering import Clusterer, Clustering
     from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
     from dmha.memory.hot_index import HotIndex, UserIndex
-    from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
     from dmha.memory.longterm_memory import LongTermMemory, build_longterm
     from dmha.memory.records import (
         ArchiveReport,
@@ -108,5 +105,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         memory_id,
     )
     from dmha.memory.retrieval import Retriever, approx_token_count
-    from dmha.memory.summariser import ExtractiveSummariser, Summariser
-    from dmha.memory.working import RedisWorkingMemory, SessionInfo, Turn, WorkingMemory, new_turn_id
+    from dmha.memory.store import LongTermStore, MilvusLongTermStore
+    from dmha.memory.summariser import ExtractiveSummariser, LLMSummariser, Summariser
+    from dmha.memory.working import RedisWorkingMemory, SessionInfo, WorkingMemory

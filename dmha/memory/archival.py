@@ -26,7 +26,8 @@ from dmha.errors import DMHAError
 from dmha.memory.embedding import Embedder
 from dmha.memory.records import MemoryRecord, index_text, memory_id
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
-from dmha.memory.working import Turn, WorkingMemory
+from dmha.memory.working import WorkingMemory
+from dmha.turn import Turn
 
 __all__ = ["ArchiveResult", "Archiver", "build_records"]
 

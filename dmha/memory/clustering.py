@@ -27,7 +27,7 @@ from dmha.config import ClusteringConfig
 from dmha.memory.embedding import Embedder
 from dmha.memory.records import CLUSTER_NOISE, MemoryRecord, index_text, memory_id
 from dmha.memory.summariser import Summariser
-from dmha.memory.working import Turn
+from dmha.turn import Turn
 
 if TYPE_CHECKING:
     from dmha.memory.hot_index import UserIndex

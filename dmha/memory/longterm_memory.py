@@ -26,12 +26,11 @@ import numpy as np
 
 from dmha.config import MemoryConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, MilvusUnavailable, NotFound
-from dmha.memory.archival import Archiver, ArchiveResult
 from dmha.ids import check_id
+from dmha.memory.archival import Archiver, ArchiveResult
 from dmha.memory.clustering import Clusterer, build_cluster_summaries, stable_ids
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hot_index import HotIndex, UserIndex
-from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
 from dmha.memory.records import (
     CLUSTER_PENDING,
     KINDS,
@@ -48,6 +47,7 @@ from dmha.memory.records import (
     memory_id,
 )
 from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack
+from dmha.memory.store import LongTermStore, MilvusLongTermStore
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
 from dmha.memory.working import WorkingMemory
 

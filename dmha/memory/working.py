@@ -12,49 +12,18 @@ in the list until long-term memory has acknowledged them (:meth:`overflow` then
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 
 from dmha.config import WorkingMemoryConfig
 from dmha.ids import redis_key
 from dmha.redis_connection import RedisConnection
+from dmha.turn import Turn
 
-__all__ = ["RedisWorkingMemory", "SessionInfo", "Turn", "WorkingMemory", "new_turn_id"]
-
-Role = Literal["user", "assistant", "system"]
-
-
-def new_turn_id() -> str:
-    """A sortable, unique turn id (time prefix, random suffix)."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One message of a conversation, as stored."""
-
-    turn_id: str
-    user_id: str
-    session_id: str
-    role: Role
-    text: str
-    created_at: float
-
-    def to_json(self) -> str:
-        """Serialise for Redis."""
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str) -> Turn:
-        """Parse a record written by :meth:`to_json`."""
-        return cls(**json.loads(raw))
-
+__all__ = ["RedisWorkingMemory", "SessionInfo", "WorkingMemory"]
 
 @dataclass(frozen=True)
 class SessionInfo:

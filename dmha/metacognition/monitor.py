@@ -27,12 +27,11 @@ from typing import Protocol
 
 from dmha.config import MetacognitionConfig
 from dmha.executor import run_in_background
+from dmha.ids import redis_key
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
-from dmha.memory.working import Turn
-from dmha.ids import redis_key
 from dmha.redis_connection import RedisConnection
-from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, TurnState
+from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, Turn, TurnState
 
 __all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_signals"]
 

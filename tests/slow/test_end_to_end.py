@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dmha_client import DMHAClient
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from dmha.config import ClusteringConfig, LongTermConfig, MemoryConfig, WorkingMemoryConfig
+from dmha.config import (
+    ClusteringConfig,
+    LongTermConfig,
+    MemoryConfig,
+    WorkingMemoryConfig,
+)
 from dmha.errors import MilvusUnavailable, NotFound, StartupError
-from dmha.memory.longterm import MilvusLongTermStore
 from dmha.memory.records import MemoryRecord, memory_id
-from dmha.memory.working import Turn, new_turn_id
+from dmha.memory.store import MilvusLongTermStore
+from dmha.turn import Turn, new_turn_id
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +220,7 @@ def test_dimension_mismatch_is_a_startup_error(tmp_path):
 
 def test_server_style_scan_pages_by_id_ranges_without_relying_on_order(tmp_path, monkeypatch):
     """The remote-Milvus path: limited queries, split by id ranges when a page is full."""
-    import dmha.memory.longterm as longterm
+    import dmha.memory.store as longterm
 
     store = MilvusLongTermStore(LongTermConfig(), tmp_path, 8)
     try:

@@ -5,7 +5,12 @@ import pytest
 
 from dmha.auth import Authenticator, RateLimiter, load_secrets
 from dmha.config import AuthConfig
-from dmha.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from dmha.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 import grpc
 import pytest
-
-from dmha import errors
 from dmha_client.errors import from_rpc_error, is_retryable
 from dmha_server.interceptors import status_for
+
+from dmha import errors
 
 CASES = [
     (errors.InvalidArgument("message", "is 9 bytes; limit 8"), grpc.StatusCode.INVALID_ARGUMENT),

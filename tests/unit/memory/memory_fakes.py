@@ -11,7 +11,8 @@ import numpy as np
 from dmha.errors import MilvusUnavailable
 from dmha.memory.bm25 import tokenize
 from dmha.memory.records import MemoryRecord
-from dmha.memory.working import SessionInfo, Turn
+from dmha.memory.working import SessionInfo
+from dmha.turn import Turn
 
 
 class HashEmbedder:

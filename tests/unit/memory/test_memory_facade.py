@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
 
-from dmha.config import LongTermConfig, MemoryConfig, RetrievalConfig, WorkingMemoryConfig
+from dmha.config import (
+    LongTermConfig,
+    MemoryConfig,
+    RetrievalConfig,
+    WorkingMemoryConfig,
+)
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
 from dmha.memory.longterm_memory import LongTermMemory
 from dmha.memory.summariser import ExtractiveSummariser
-from dmha.memory.working import Turn
-from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
+from dmha.turn import Turn
 
 FACTS = [
     "My sister Anna lives in Berlin and works as a nurse.",

@@ -11,7 +11,7 @@ from dmha.memory.clustering import Clusterer, stable_ids
 from dmha.memory.hot_index import HotIndex, UserIndex
 from dmha.memory.records import CLUSTER_NOISE, MemoryRecord
 from dmha.memory.summariser import ExtractiveSummariser, extract_sentences
-from dmha.memory.working import Turn
+from dmha.turn import Turn
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
