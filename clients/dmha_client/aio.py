@@ -17,7 +17,7 @@ from dmha_proto.v1 import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha.errors import Cancelled, DeadlineExceeded
+from dmha_client.errors import Cancelled, DeadlineExceeded
 from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
@@ -53,7 +53,7 @@ class AsyncChatStream:
             raise
 
     def cancel(self) -> None:
-        """Stop generation on the server; iterating further raises :class:`~dmha.errors.Cancelled`."""
+        """Stop generation on the server; iterating further raises :class:`~dmha_client.errors.Cancelled`."""
         self._cancelled_here = True
         self._call.cancel()
 

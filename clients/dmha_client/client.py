@@ -18,7 +18,7 @@ from dmha_proto.v1 import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha.errors import DeadlineExceeded
+from dmha_client.errors import DeadlineExceeded
 from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
 from dmha_client._stubs import Stubs
 from dmha_client.errors import from_rpc_error, is_retryable
@@ -99,7 +99,7 @@ class DMHAClient(BaseClient):
             The reply text, session id and full ChatReply.
 
         Raises:
-            DMHAError: a subclass per status code (see :mod:`dmha.errors`).
+            DMHAError: a subclass per status code (see :mod:`dmha_client.errors`).
         """
         reply = self._unary(self._stubs.chat.Contextualize, self._chat_request(message, session_id, **options))
         return ChatResult(reply.text, reply.session_id, reply)

@@ -55,6 +55,7 @@ __all__ = ["LongTermMemory", "build_longterm"]
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_PAGE = 50
 _MAX_PAGE = 1000
 _MAX_TEXTS = 1000
 
@@ -508,7 +509,7 @@ class LongTermMemory:
     def list(
         self,
         user_id: str,
-        page_size: int = 50,
+        page_size: int | None = None,
         page_token: str = "",
         kind: str | None = None,
         session_id: str | None = None,
@@ -517,7 +518,7 @@ class LongTermMemory:
 
         Args:
             user_id: the user.
-            page_size: 1..1000.
+            page_size: 1..1000 (default 50).
             page_token: ``next_page_token`` of the previous page ("" for the first).
             kind: only this kind.
             session_id: only this session.
@@ -530,6 +531,10 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed.
         """
         check_id(user_id, "user_id")
+        if session_id is not None:
+            check_id(session_id, "session_id")
+        if page_size is None:
+            page_size = _DEFAULT_PAGE
         if not 1 <= page_size <= _MAX_PAGE:
             raise InvalidArgument("page_size", f"is {page_size}; must be between 1 and {_MAX_PAGE}")
         self._kind(kind)

@@ -27,7 +27,8 @@ from typing import Protocol
 
 from dmha.config import MetacognitionConfig
 from dmha.executor import run_in_background
-from dmha.ids import redis_key
+from dmha.errors import InvalidArgument
+from dmha.ids import check_id, redis_key
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
 from dmha.redis_connection import RedisConnection
@@ -35,6 +36,7 @@ from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, Turn, TurnState
 
 __all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_signals"]
 
+_DEFAULT_LIMIT = 50
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset("a an the is are was were be to of and or in on at for with it this that i you he she they we my your".split())
 CONSTRAINTS_TITLE = "Constraints (true statements; the answer must agree with every one)"
@@ -94,8 +96,26 @@ class EventStore:
 
         self._conn.call(work)
 
-    def list(self, user_id: str, limit: int = 50, session_id: str = "") -> list[RecordedEvent]:
-        """The user's newest events, optionally of one session (blocking)."""
+    def list(self, user_id: str, limit: int | None = None, session_id: str = "") -> list[RecordedEvent]:
+        """The user's newest events, optionally of one session (blocking).
+
+        Args:
+            user_id: the user.
+            limit: the most events returned, 1..``cap`` (default 50).
+            session_id: only this session's events ("" for all).
+
+        Returns:
+            Newest first.
+
+        Raises:
+            InvalidArgument: a bad limit or malformed session id.
+            RedisUnavailable: Redis is down.
+        """
+        limit = _DEFAULT_LIMIT if limit is None else limit
+        if not 1 <= limit <= self._cap:
+            raise InvalidArgument("limit", f"is {limit}; must be between 1 and {self._cap}")
+        if session_id:
+            check_id(session_id, "session_id")
         raw = self._conn.call(lambda c: c.lrange(self._key(user_id), 0, self._cap - 1))
         out: list[RecordedEvent] = []
         for item in raw:

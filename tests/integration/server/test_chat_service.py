@@ -12,7 +12,7 @@ import jwt
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dmha import errors
+from dmha_client import errors
 from dmha.auth.tokens import load_secrets
 
 pytestmark = pytest.mark.integration

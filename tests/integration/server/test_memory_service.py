@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dmha import errors
+from dmha_client import errors
 from tests.integration.conftest import integration_config, start_live_server
 
 pytestmark = pytest.mark.integration

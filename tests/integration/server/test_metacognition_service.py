@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dmha import errors
+from dmha_client import errors
 from dmha.metacognition.monitor import RecordedEvent
 from dmha.turn import MonitorEvent
 

@@ -15,12 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from dmha.runtime import Authenticator, errors, Principal, RateLimiter, request_id
 from dmha_server import metrics
 
-from dmha import errors
-from dmha.auth.ratelimit import RateLimiter
-from dmha.auth.tokens import Authenticator, Principal
-from dmha.logs import request_id
 
 __all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
 

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 
 import grpc
+from dmha.runtime import build_runtime, DMHAConfig, run_blocking, Runtime
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -36,9 +37,6 @@ from dmha_server.sessions import SessionServicer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dmha.config import DMHAConfig
-from dmha.executor import run_blocking
-from dmha.runtime import Runtime, build_runtime
 
 __all__ = ["create_server", "serve"]
 

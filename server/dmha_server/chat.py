@@ -6,15 +6,12 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from dmha.runtime import ChatPipeline, drain, LimitsConfig, request_id, resolve_options, TurnResult
 from dmha_proto.v1 import chat_pb2, chat_pb2_grpc
 from dmha_server import metrics
 from dmha_server.convert import chat_reply, option_fields
 from dmha_server.interceptors import current_principal
 
-from dmha.config import LimitsConfig
-from dmha.context import ChatPipeline, drain, resolve_options
-from dmha.logs import request_id
-from dmha.turn import TurnResult
 
 __all__ = ["ChatServicer"]
 

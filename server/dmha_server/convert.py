@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from dmha_proto.v1 import chat_pb2, common_pb2, knowledge_pb2, session_pb2
+import json
 
-from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
-from dmha.memory.working import SessionInfo
-from dmha.turn import Turn, TurnResult
+from dmha.runtime import (
+    Conflict,
+    Fact,
+    Job,
+    JobEvent,
+    MemoryRecord,
+    RecordedEvent,
+    RetrievedMemory,
+    SessionInfo,
+    StatementRecord,
+    Turn,
+    TurnResult,
+    Version,
+    statement_kind,
+)
+from dmha_proto.v1 import chat_pb2, common_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
+
 
 __all__ = [
     "chat_reply",
+    "event_proto",
+    "job_proto",
+    "memory_proto",
+    "recorded_event_proto",
+    "version_proto",
     "option_fields",
     "rejection_proto",
     "session_proto",
@@ -106,4 +125,57 @@ def rejection_proto(conflict: Conflict) -> knowledge_pb2.Rejection:
         statement=statement_proto(conflict.record),
         reason=conflict.reason,
         conflicts_with=[statement_proto(r) for r in conflict.core],
+    )
+
+
+def memory_proto(rec: MemoryRecord | RetrievedMemory) -> memory_pb2.Memory:
+    """A long-term memory (stored or retrieved)."""
+    return memory_pb2.Memory(
+        id=rec.id, kind=rec.kind, text=rec.text, session_id=rec.session_id, created_at=rec.created_at,
+        source_ids=list(rec.source_ids), cluster_id=rec.cluster_id, role=rec.role,
+    )
+
+
+def recorded_event_proto(r: RecordedEvent) -> metacognition_pb2.RecordedEvent:
+    """A stored monitor event with its turn."""
+    return metacognition_pb2.RecordedEvent(
+        event=chat_pb2.MetacognitionEvent(
+            id=r.event.id, score=r.event.score, signals=r.event.signals,
+            actions=list(r.event.actions), outcome=r.event.outcome,
+        ),
+        session_id=r.session_id,
+        turn_id=r.turn_id,
+        created_at=r.created_at,
+        original_text=r.original_text,
+        final_text=r.final_text,
+    )
+
+
+def job_proto(job: Job) -> learning_pb2.Job:
+    """A job record."""
+    item = job.items[0] if job.items else None
+    message = job.error or "; ".join(job.reasons)
+    return learning_pb2.Job(
+        job_id=job.job_id, state=job.state, step=job.step, total_steps=job.steps, loss=job.loss,
+        metrics={k: float(v) for k, v in job.metrics.items()}, message=message, version=job.version,
+        created_at=job.created_at, updated_at=job.updated_at,
+        input_text=item.input if item else "", target_text=item.target if item else "",
+    )
+
+
+def event_proto(event: JobEvent) -> learning_pb2.Job:
+    """A progress event as a (partial) job record."""
+    return learning_pb2.Job(
+        job_id=event.job_id, state=event.state, step=event.step, total_steps=event.steps, loss=event.loss,
+        metrics={k: float(v) for k, v in event.metrics.items()}, message=event.error, version=event.version,
+        updated_at=event.at,
+    )
+
+
+def version_proto(v: Version, live: str) -> learning_pb2.ModelVersion:
+    """A model version."""
+    return learning_pb2.ModelVersion(
+        id=v.version_id, parent=v.parent or "", created_at=v.created_at, feedback_ids=list(v.feedback_ids),
+        metrics=v.metrics, status=v.status, live=v.version_id == live,
+        plan_json=json.dumps(v.plan.to_dict()) if v.plan else "",
     )
