@@ -238,4 +238,3 @@ async def drain(pipeline_run: AsyncIterator[str | TurnResult]) -> TurnResult:
             result = item
     assert result is not None
     return result
-

@@ -32,7 +32,7 @@ ID_CHARS = "A-Z a-z 0-9 _ . @ -"
 IdField = Literal["id", "user_id", "session_id", "memory_id", "statement_id", "job_id", "event_id", "turn_id"]
 """The request field an id came from; named in the error."""
 
-_ID = re.compile(r"[A-Za-z0-9_.@-]{1,%d}" % MAX_ID_LENGTH)
+_ID = re.compile(rf"[A-Za-z0-9_.@-]{{1,{MAX_ID_LENGTH}}}")
 
 
 def is_valid_id(value: object) -> bool:

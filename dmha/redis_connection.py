@@ -129,15 +129,24 @@ class RedisConnection:
             os.unlink(self._socket)
         args = [
             embedded_redis_binary(),
-            "--port", "0",
-            "--unixsocket", self._socket,
-            "--unixsocketperm", "700",
-            "--dir", str(self._dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self._dir / "redis.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            self._socket,
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self._dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self._dir / "redis.log"),
         ]
         try:
             self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
@@ -147,8 +156,7 @@ class RedisConnection:
         while not os.path.exists(self._socket):
             if self._proc.poll() is not None:
                 raise StartupError(
-                    f"embedded redis-server exited with {self._proc.returncode}; "
-                    f"see {self._dir / 'redis.log'}"
+                    f"embedded redis-server exited with {self._proc.returncode}; see {self._dir / 'redis.log'}"
                 )
             if time.monotonic() > deadline:
                 raise StartupError(f"embedded redis-server did not open {self._socket}")

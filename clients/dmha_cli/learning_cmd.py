@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dmha_client._base import FINAL_STATES
 from tqdm import tqdm
 
 from dmha_cli.chat_cmd import client_from_args
+from dmha_client._base import FINAL_STATES
 
 __all__ = ["add_parsers"]
 

@@ -6,9 +6,8 @@ import os
 import random
 from dataclasses import dataclass
 
-from dmha_proto.v1 import chat_pb2, common_pb2, memory_pb2
-
 from dmha_client.errors import InvalidArgument
+from dmha_proto.v1 import chat_pb2, common_pb2, memory_pb2
 
 __all__ = ["FINAL_STATES", "BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy", "memory_request"]
 

@@ -7,6 +7,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
+from dmha_client._stubs import Stubs
+from dmha_client.errors import Cancelled, DeadlineExceeded, from_rpc_error, is_retryable
 from dmha_proto.v1 import (
     auth_pb2,
     knowledge_pb2,
@@ -15,12 +20,6 @@ from dmha_proto.v1 import (
     metacognition_pb2,
     session_pb2,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from dmha_client.errors import Cancelled, DeadlineExceeded
-from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
-from dmha_client._stubs import Stubs
-from dmha_client.errors import from_rpc_error, is_retryable
 
 __all__ = ["AsyncChatStream", "AsyncDMHAClient"]
 
@@ -121,9 +120,13 @@ class AsyncDMHAClient(BaseClient):
         req = memory_pb2.SearchMemoryRequest(query=query, k=k)
         return list((await self._unary(self._stubs.memory.Search, req)).results)
 
-    async def memory_list(self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = "") -> memory_pb2.ListMemoriesResponse:
+    async def memory_list(
+        self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = ""
+    ) -> memory_pb2.ListMemoriesResponse:
         """See :meth:`DMHAClient.memory_list`."""
-        req = memory_pb2.ListMemoriesRequest(page_size=page_size, page_token=page_token, kind=kind, session_id=session_id)
+        req = memory_pb2.ListMemoriesRequest(
+            page_size=page_size, page_token=page_token, kind=kind, session_id=session_id
+        )
         return await self._unary(self._stubs.memory.List, req)
 
     async def memory_get(self, memory_id: str) -> memory_pb2.Memory:
@@ -137,7 +140,9 @@ class AsyncDMHAClient(BaseClient):
     async def memory_export(self) -> AsyncIterator[bytes]:
         """See :meth:`DMHAClient.memory_export`."""
         try:
-            async for chunk in self._stubs.memory.Export(memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout):
+            async for chunk in self._stubs.memory.Export(
+                memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout
+            ):
                 yield chunk.jsonl
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
@@ -183,7 +188,9 @@ class AsyncDMHAClient(BaseClient):
 
     async def list_candidates(self) -> list[learning_pb2.Job]:
         """See :meth:`DMHAClient.list_candidates`."""
-        return list((await self._unary(self._stubs.feedback.ListCandidates, learning_pb2.ListCandidatesRequest())).candidates)
+        return list(
+            (await self._unary(self._stubs.feedback.ListCandidates, learning_pb2.ListCandidatesRequest())).candidates
+        )
 
     async def promote_candidate(self, job_id: str) -> learning_pb2.SubmitFeedbackResponse:
         """See :meth:`DMHAClient.promote_candidate`."""
@@ -239,7 +246,9 @@ class AsyncDMHAClient(BaseClient):
         req = metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
         return list((await self._unary(self._stubs.metacognition.ListEvents, req)).events)
 
-    async def issue_token(self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0) -> str:
+    async def issue_token(
+        self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0
+    ) -> str:
         """See :meth:`DMHAClient.issue_token`."""
         req = auth_pb2.IssueTokenRequest(api_key=api_key, user_id=user_id, roles=list(roles), ttl_seconds=ttl_seconds)
         return (await self._unary(self._stubs.auth.IssueToken, req)).token

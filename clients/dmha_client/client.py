@@ -7,6 +7,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
+from dmha_client._stubs import Stubs
+from dmha_client.errors import DeadlineExceeded, from_rpc_error, is_retryable
 from dmha_proto.v1 import (
     auth_pb2,
     chat_pb2,
@@ -16,12 +21,6 @@ from dmha_proto.v1 import (
     metacognition_pb2,
     session_pb2,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from dmha_client.errors import DeadlineExceeded
-from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
-from dmha_client._stubs import Stubs
-from dmha_client.errors import from_rpc_error, is_retryable
 
 __all__ = ["ChatStream", "DMHAClient"]
 
@@ -135,9 +134,13 @@ class DMHAClient(BaseClient):
         """The caller's memories most relevant to ``query``, with scores and why."""
         return list(self._unary(self._stubs.memory.Search, memory_pb2.SearchMemoryRequest(query=query, k=k)).results)
 
-    def memory_list(self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = "") -> memory_pb2.ListMemoriesResponse:
+    def memory_list(
+        self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = ""
+    ) -> memory_pb2.ListMemoriesResponse:
         """One page of the caller's memories, newest first."""
-        req = memory_pb2.ListMemoriesRequest(page_size=page_size, page_token=page_token, kind=kind, session_id=session_id)
+        req = memory_pb2.ListMemoriesRequest(
+            page_size=page_size, page_token=page_token, kind=kind, session_id=session_id
+        )
         return self._unary(self._stubs.memory.List, req)
 
     def memory_get(self, memory_id: str) -> memory_pb2.Memory:
@@ -151,7 +154,9 @@ class DMHAClient(BaseClient):
     def memory_export(self) -> Iterator[bytes]:
         """All of the caller's memories as JSON-lines chunks."""
         try:
-            for chunk in self._stubs.memory.Export(memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout):
+            for chunk in self._stubs.memory.Export(
+                memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout
+            ):
                 yield chunk.jsonl
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
@@ -232,7 +237,9 @@ class DMHAClient(BaseClient):
 
     def kb_ask(self, statement: str, session_id: str = "") -> knowledge_pb2.AskResponse:
         """ENTAILED / CONTRADICTED / UNKNOWN with support."""
-        return self._unary(self._stubs.knowledge.Ask, knowledge_pb2.AskRequest(statement=statement, session_id=session_id))
+        return self._unary(
+            self._stubs.knowledge.Ask, knowledge_pb2.AskRequest(statement=statement, session_id=session_id)
+        )
 
     def kb_list(self, kind: str = "", status: str = "") -> list[knowledge_pb2.Statement]:
         """The caller's statements (optionally one kind / status)."""

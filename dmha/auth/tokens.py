@@ -122,7 +122,9 @@ class Authenticator:
         claims = {"sub": user_id, "roles": sorted(set(roles)), "iat": now, "exp": exp, "iss": self._cfg.issuer}
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM), exp
 
-    def issue_with_key(self, api_key: str, user_id: str, roles: tuple[str, ...], ttl_seconds: int = 0) -> tuple[str, int]:
+    def issue_with_key(
+        self, api_key: str, user_id: str, roles: tuple[str, ...], ttl_seconds: int = 0
+    ) -> tuple[str, int]:
         """IssueToken: mint a token for a caller that presents the admin API key.
 
         Raises:

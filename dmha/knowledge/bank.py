@@ -17,10 +17,11 @@ from dmha.config import KnowledgeConfig
 from dmha.ids import check_id
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
-from dmha.redis_connection import RedisConnection
 from dmha.knowledge.view import View
+from dmha.redis_connection import RedisConnection
 
 __all__ = ["KnowledgeBank"]
+
 
 class KnowledgeBank:
     """Per-user knowledge bases sharing global statements.
@@ -34,8 +35,13 @@ class KnowledgeBank:
             ``config.loaded_views``.
     """
 
-    def __init__(self, backend: StatementStore | RedisConnection | redis.Redis | None = None,
-                 config: KnowledgeConfig | None = None, *, max_views: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: StatementStore | RedisConnection | redis.Redis | None = None,
+        config: KnowledgeConfig | None = None,
+        *,
+        max_views: int | None = None,
+    ) -> None:
         if backend is None:
             backend = InMemoryStore()
         elif isinstance(backend, RedisConnection | redis.Redis):
@@ -51,8 +57,7 @@ class KnowledgeBank:
         """The store every view reads and writes."""
         return self._store
 
-    def for_user(self, user_id: str, session_id: str | None = None, *,
-                 role: str = "user") -> KnowledgeBase:
+    def for_user(self, user_id: str, session_id: str | None = None, *, role: str = "user") -> KnowledgeBase:
         """The knowledge base a user sees: global + the user's (+ the session's).
 
         Args:

@@ -41,7 +41,9 @@ def tell_outcomes(result: TellResult) -> tuple[list[StatementOutcome], str]:
     """
     out = [StatementOutcome(r.text(), "accepted", r.id) for r in result.accepted]
     for c in result.rejected:
-        out.append(StatementOutcome(c.record.text(), "rejected", c.record.id, c.reason, tuple(x.text() for x in c.core)))
+        out.append(
+            StatementOutcome(c.record.text(), "rejected", c.record.id, c.reason, tuple(x.text() for x in c.core))
+        )
     for c in result.demoted:
         out.append(StatementOutcome(c.record.text(), "demoted", c.record.id, c.reason, tuple(x.text() for x in c.core)))
     parts = [f"{len(result.accepted)} statement(s) accepted"]

@@ -142,8 +142,7 @@ class StoreBatch:
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.put_records or self.delete_records or self.put_overrides
-                    or self.delete_overrides)
+        return bool(self.put_records or self.delete_records or self.put_overrides or self.delete_overrides)
 
 
 @runtime_checkable
@@ -214,43 +213,56 @@ def _lit_in(data: list[Any]) -> Literal:
 
 def statement_to_dict(stmt: Statement) -> dict[str, Any]:
     """JSON-ready form of a statement."""
-    common = {"c": stmt.confidence, "sc": str(stmt.scope) if stmt.scope else None,
-              "src": stmt.source, "t": stmt.created_at}
+    common = {
+        "c": stmt.confidence,
+        "sc": str(stmt.scope) if stmt.scope else None,
+        "src": stmt.source,
+        "t": stmt.created_at,
+    }
     if isinstance(stmt, Fact):
-        return {"k": "f", "e": stmt.entity, "a": stmt.attribute, "v": stmt.value,
-                "n": stmt.negated, **common}
+        return {"k": "f", "e": stmt.entity, "a": stmt.attribute, "v": stmt.value, "n": stmt.negated, **common}
     if isinstance(stmt, Rule):
-        return {"k": "r", "nm": stmt.name, "b": [_lit_out(b) for b in stmt.body],
-                "h": _lit_out(stmt.head), **common}
+        return {"k": "r", "nm": stmt.name, "b": [_lit_out(b) for b in stmt.body], "h": _lit_out(stmt.head), **common}
     return {"k": "a", "a": stmt.attribute, "kind": stmt.kind, **common}
 
 
 def statement_from_dict(data: dict[str, Any]) -> Statement:
     """Inverse of :func:`statement_to_dict`."""
-    common = {"confidence": float(data["c"]),
-              "scope": Scope(data["sc"]) if data.get("sc") else None,
-              "source": data.get("src"), "created_at": data.get("t")}
+    common = {
+        "confidence": float(data["c"]),
+        "scope": Scope(data["sc"]) if data.get("sc") else None,
+        "source": data.get("src"),
+        "created_at": data.get("t"),
+    }
     kind = data["k"]
     if kind == "f":
         return Fact(data["e"], data["a"], data["v"], bool(data["n"]), **common)
     if kind == "r":
-        return Rule(data.get("nm"), tuple(_lit_in(b) for b in data["b"]),
-                    _lit_in(data["h"]), **common)
+        return Rule(data.get("nm"), tuple(_lit_in(b) for b in data["b"]), _lit_in(data["h"]), **common)
     return AttrDecl(data["a"], data["kind"], **common)
 
 
 def record_to_json(rec: StatementRecord) -> str:
     """Serialise a record."""
-    return json.dumps({"id": rec.id, "ns": rec.namespace, "st": str(rec.status),
-                       "r": rec.reason, "cw": list(rec.conflicts_with),
-                       "s": statement_to_dict(rec.statement)}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "id": rec.id,
+            "ns": rec.namespace,
+            "st": str(rec.status),
+            "r": rec.reason,
+            "cw": list(rec.conflicts_with),
+            "s": statement_to_dict(rec.statement),
+        },
+        separators=(",", ":"),
+    )
 
 
 def record_from_json(text: str | bytes) -> StatementRecord:
     """Deserialise a record."""
     data = json.loads(text)
-    return StatementRecord(data["id"], statement_from_dict(data["s"]), Status(data["st"]),
-                           data["r"], tuple(data["cw"]), data["ns"])
+    return StatementRecord(
+        data["id"], statement_from_dict(data["s"]), Status(data["st"]), data["r"], tuple(data["cw"]), data["ns"]
+    )
 
 
 def _override_to_json(ovr: Override) -> str:
@@ -279,9 +291,11 @@ class InMemoryStore:
     def load(self, namespace: str) -> Snapshot:
         """See :meth:`StatementStore.load`."""
         with self._lock:
-            return Snapshot(tuple(self._records.get(namespace, {}).values()),
-                            tuple(self._overrides.get(namespace, {}).values()),
-                            self._versions.get(namespace, 0))
+            return Snapshot(
+                tuple(self._records.get(namespace, {}).values()),
+                tuple(self._overrides.get(namespace, {}).values()),
+                self._versions.get(namespace, 0),
+            )
 
     def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
         """See :meth:`StatementStore.versions`."""
@@ -316,9 +330,11 @@ class InMemoryStore:
                 return None
             records = self._records.get(namespace, {})
             overrides = self._overrides.get(namespace, {})
-            return Changes(version,
-                           {i: records.get(i) for e in entries for i in e[1]},
-                           {i: overrides.get(i) for e in entries for i in e[2]})
+            return Changes(
+                version,
+                {i: records.get(i) for e in entries for i in e[1]},
+                {i: overrides.get(i) for e in entries for i in e[2]},
+            )
 
 
 # -- Redis ---------------------------------------------------------------------------
@@ -356,9 +372,11 @@ class RedisStore:
             return pipe.execute()
 
         stmts, ovrs, ver = self._call(work)
-        return Snapshot(tuple(record_from_json(v) for v in stmts.values()),
-                        tuple(_override_from_json(v) for v in ovrs.values()),
-                        int(ver or 0))
+        return Snapshot(
+            tuple(record_from_json(v) for v in stmts.values()),
+            tuple(_override_from_json(v) for v in ovrs.values()),
+            int(ver or 0),
+        )
 
     def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
         """See :meth:`StatementStore.versions`."""
@@ -396,8 +414,7 @@ class RedisStore:
             return pipe.execute()
 
         results = self._call(work)
-        return dict(zip(touched, (int(v) for v in results[-len(touched):]), strict=True)) \
-            if touched else {}
+        return dict(zip(touched, (int(v) for v in results[-len(touched) :]), strict=True)) if touched else {}
 
     def changes(self, namespace: str, since: int) -> Changes | None:
         """See :meth:`StatementStore.changes`."""
@@ -428,7 +445,7 @@ class RedisStore:
             return Changes(
                 version,
                 {i: record_from_json(v) if v else None for i, v in zip(rec_ids, recs, strict=False)},
-                {i: _override_from_json(v) if v else None
-                 for i, v in zip(ovr_ids, ovrs, strict=False)})
+                {i: _override_from_json(v) if v else None for i, v in zip(ovr_ids, ovrs, strict=False)},
+            )
 
         return self._call(work)

@@ -140,9 +140,7 @@ class LLM(Protocol):
         """Yield deltas, then exactly one :class:`GenerationResult` last."""
         ...
 
-    async def complete(
-        self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> GenerationResult:
+    async def complete(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> GenerationResult:
         """Generate a whole reply."""
         ...
 

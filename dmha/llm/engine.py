@@ -215,9 +215,7 @@ class HFEngine:
         finally:
             req.cancelled.set()
 
-    async def complete(
-        self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> GenerationResult:
+    async def complete(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> GenerationResult:
         """Generate a whole reply (see :meth:`stream`)."""
         result: GenerationResult | None = None
         async for item in self.stream(messages, options):

@@ -48,7 +48,11 @@ class MemoryHook:
             return
         try:
             found = await run_blocking(
-                self._memory.search, turn.principal.user_id, query, self._top_k, self._budget,
+                self._memory.search,
+                turn.principal.user_id,
+                query,
+                self._top_k,
+                self._budget,
                 count_tokens=self._llm.count_tokens,
             )
         except MilvusUnavailable:

@@ -253,8 +253,12 @@ class LongTermMemory:
         records = [
             MemoryRecord(
                 id=memory_id(user_id, kind, [session_id, " ".join(t.split())]),
-                user_id=user_id, session_id=session_id, kind=kind, text=t.strip(),
-                created_at=now, importance=importance,
+                user_id=user_id,
+                session_id=session_id,
+                kind=kind,
+                text=t.strip(),
+                created_at=now,
+                importance=importance,
             )
             for t in texts
         ]
@@ -360,7 +364,7 @@ class LongTermMemory:
         """
         check_id(user_id, "user_id")
         records = self._records(user_id)
-        by_kind: dict[str, int] = {kind: 0 for kind in KINDS}
+        by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         for rec in records:
             by_kind[rec.kind] = by_kind.get(rec.kind, 0) + 1
         return MemoryStats(
@@ -368,9 +372,7 @@ class LongTermMemory:
             by_kind=by_kind,
             sessions=len({r.session_id for r in records if r.session_id}),
             clusters=len({r.cluster_id for r in records if r.kind == "cluster_summary"}),
-            unclustered=sum(
-                r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary" for r in records
-            ),
+            unclustered=sum(r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary" for r in records),
             hot=self._hot.peek(user_id) is not None,
         )
 
@@ -396,10 +398,7 @@ class LongTermMemory:
         with self._hot.user_lock(user_id):
             deleted = self._store.delete(user_id, [rec.id])
             if rec.kind == "turn" and rec.source_ids:
-                deleted += [
-                    i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0])
-                    if i != rec.id
-                ]
+                deleted += [i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0]) if i != rec.id]
             self._forget(user_id, deleted)
         if rec.id not in deleted:
             raise NotFound(f"memory {memory_id!r} not found")
@@ -474,7 +473,8 @@ class LongTermMemory:
             # Only changed memberships are written back, and never for a memory
             # deleted meanwhile (a partial update must not resurrect it).
             assignments = {
-                mid: int(new) for mid, old, new in zip(ids, before.tolist(), after.tolist(), strict=True)
+                mid: int(new)
+                for mid, old, new in zip(ids, before.tolist(), after.tolist(), strict=True)
                 if new != old and index.get(mid) is not None
             }
             self._store.set_clusters(user_id, assignments)
@@ -487,8 +487,11 @@ class LongTermMemory:
             index.remove(stale)
         noise = int(np.sum(result.labels < 0))
         return ClusterReport(
-            memories=len(ids), clusters=result.clusters, noise=noise,
-            seconds=time.perf_counter() - start, summaries=len(summaries),
+            memories=len(ids),
+            clusters=result.clusters,
+            noise=noise,
+            seconds=time.perf_counter() - start,
+            summaries=len(summaries),
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -540,7 +543,8 @@ class LongTermMemory:
         self._kind(kind)
         after = decode_page_token(page_token) if page_token else None
         records = [
-            r for r in self._records(user_id)
+            r
+            for r in self._records(user_id)
             if (kind is None or r.kind == kind) and (session_id is None or r.session_id == session_id)
         ]
         records.sort(key=listing_order)
@@ -585,6 +589,4 @@ def build_longterm(
     chosen: Summariser | None = None
     if summaries:
         chosen = summariser if (cfg.longterm.summarise and summariser is not None) else ExtractiveSummariser()
-    return LongTermMemory(
-        cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens
-    )
+    return LongTermMemory(cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens)

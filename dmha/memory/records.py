@@ -44,6 +44,7 @@ CLUSTER_PENDING = -2
 CLUSTER_NOISE = -1
 """cluster_id of a memory HDBSCAN left outside every cluster."""
 
+
 def memory_id(user_id: str, kind: str, sources: Sequence[str]) -> str:
     """The deterministic id of a memory.
 

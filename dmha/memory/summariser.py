@@ -69,9 +69,7 @@ def extract_sentences(texts: Sequence[str], max_chars: int) -> list[tuple[int, s
                 sentences.append((ti, sent, toks))
     if not sentences:
         return []
-    df = Counter(tok for ti in range(len(texts)) for tok in set().union(
-        *(s[2] for s in sentences if s[0] == ti)
-    ))
+    df = Counter(tok for ti in range(len(texts)) for tok in set().union(*(s[2] for s in sentences if s[0] == ti)))
     weight = {tok: 1.0 + math.log(n) for tok, n in df.items()}
     covered: set[str] = set()
     chosen: list[int] = []

@@ -25,6 +25,7 @@ from dmha.turn import Turn
 
 __all__ = ["RedisWorkingMemory", "SessionInfo", "WorkingMemory"]
 
+
 @dataclass(frozen=True)
 class SessionInfo:
     """A session as listed to its owner."""

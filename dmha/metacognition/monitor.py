@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from dmha.config import MetacognitionConfig
-from dmha.executor import run_in_background
 from dmha.errors import InvalidArgument
+from dmha.executor import run_in_background
 from dmha.ids import check_id, redis_key
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
@@ -38,7 +38,38 @@ __all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_
 
 _DEFAULT_LIMIT = 50
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an the is are was were be to of and or in on at for with it this that i you he she they we my your".split())
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "to",
+        "of",
+        "and",
+        "or",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "it",
+        "this",
+        "that",
+        "i",
+        "you",
+        "he",
+        "she",
+        "they",
+        "we",
+        "my",
+        "your",
+    ]
+)
 CONSTRAINTS_TITLE = "Constraints (true statements; the answer must agree with every one)"
 
 
@@ -155,7 +186,11 @@ def score_signals(
         mem = 1.0 - min(1.0, best * 2)  # half the reply's content words in one memory = full agreement
     conf = min(1.0, max(0.0, -reply.mean_logprob / 4.0)) if reply.completion_tokens else 0.0
     signals = {"kb_contradiction": kb, "memory_disagreement": mem, "low_confidence": conf}
-    weights = {"kb_contradiction": cfg.weight_kb, "memory_disagreement": cfg.weight_memory, "low_confidence": cfg.weight_confidence}
+    weights = {
+        "kb_contradiction": cfg.weight_kb,
+        "memory_disagreement": cfg.weight_memory,
+        "low_confidence": cfg.weight_confidence,
+    }
     total = sum(weights.values()) or 1.0
     return sum(weights[k] * v for k, v in signals.items()) / total, signals
 

@@ -8,7 +8,10 @@ import signal
 from collections.abc import Callable
 
 import grpc
-from dmha.runtime import build_runtime, DMHAConfig, run_blocking, Runtime
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dmha.runtime import DMHAConfig, Runtime, build_runtime, run_blocking
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -34,9 +37,6 @@ from dmha_server.memory import MemoryServicer
 from dmha_server.metacognition import MetacognitionServicer
 from dmha_server.metrics import start_metrics_server
 from dmha_server.sessions import SessionServicer
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 
 __all__ = ["create_server", "serve"]
 

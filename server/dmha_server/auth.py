@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from dmha.runtime import Authenticator
 from dmha_proto.v1 import auth_pb2, auth_pb2_grpc
-
 
 __all__ = ["AuthServicer"]
 

@@ -6,12 +6,12 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from dmha.runtime import ChatPipeline, drain, LimitsConfig, request_id, resolve_options, TurnResult
+
+from dmha.runtime import ChatPipeline, LimitsConfig, TurnResult, drain, request_id, resolve_options
 from dmha_proto.v1 import chat_pb2, chat_pb2_grpc
 from dmha_server import metrics
 from dmha_server.convert import chat_reply, option_fields
 from dmha_server.interceptors import current_principal
-
 
 __all__ = ["ChatServicer"]
 
@@ -24,12 +24,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._limits = limits
 
     def _run(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext):
-        options = resolve_options(
-            self._limits, timeout=context.time_remaining(), **option_fields(request.options)
-        )
-        return self._pipeline.run(
-            current_principal(), request.session_id, request.message, options, request_id.get()
-        )
+        options = resolve_options(self._limits, timeout=context.time_remaining(), **option_fields(request.options))
+        return self._pipeline.run(current_principal(), request.session_id, request.message, options, request_id.get())
 
     async def Chat(
         self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext

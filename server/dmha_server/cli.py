@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-
 from dmha.runtime import DMHAConfig, load_config
+
 __all__ = ["load_from_args", "register", "serve", "setup", "show_config", "token"]
 
 
@@ -37,9 +37,8 @@ def load_from_args(args: argparse.Namespace) -> DMHAConfig:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted."""
+    from dmha.runtime import configure_logging
     from dmha_server.app import serve as run_server
-
-    from dmha.logs import configure_logging
 
     cfg = load_from_args(args)
     configure_logging(cfg.logging)

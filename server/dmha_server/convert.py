@@ -21,7 +21,6 @@ from dmha.runtime import (
 )
 from dmha_proto.v1 import chat_pb2, common_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
 
-
 __all__ = [
     "chat_reply",
     "event_proto",
@@ -62,15 +61,15 @@ def chat_reply(result: TurnResult) -> chat_pb2.ChatReply:
         ],
         statements=[
             chat_pb2.StatementOutcome(
-                statement=s.statement, status=s.status, id=s.id, reason=s.reason,
+                statement=s.statement,
+                status=s.status,
+                id=s.id,
+                reason=s.reason,
                 conflicts_with=list(s.conflicts_with),
             )
             for s in result.statements
         ],
-        claims=[
-            chat_pb2.ClaimCheck(claim=c.claim, verdict=c.verdict, support=list(c.support))
-            for c in result.claims
-        ],
+        claims=[chat_pb2.ClaimCheck(claim=c.claim, verdict=c.verdict, support=list(c.support)) for c in result.claims],
         metacognition=[
             chat_pb2.MetacognitionEvent(
                 id=e.id, score=e.score, signals=e.signals, actions=list(e.actions), outcome=e.outcome
@@ -93,10 +92,7 @@ def session_proto(session_id: str, turns: list[Turn]) -> session_pb2.Session:
     """A session with its turns."""
     return session_pb2.Session(
         session_id=session_id,
-        turns=[
-            session_pb2.Turn(turn_id=t.turn_id, role=t.role, text=t.text, created_at=t.created_at)
-            for t in turns
-        ],
+        turns=[session_pb2.Turn(turn_id=t.turn_id, role=t.role, text=t.text, created_at=t.created_at) for t in turns],
     )
 
 
@@ -131,8 +127,14 @@ def rejection_proto(conflict: Conflict) -> knowledge_pb2.Rejection:
 def memory_proto(rec: MemoryRecord | RetrievedMemory) -> memory_pb2.Memory:
     """A long-term memory (stored or retrieved)."""
     return memory_pb2.Memory(
-        id=rec.id, kind=rec.kind, text=rec.text, session_id=rec.session_id, created_at=rec.created_at,
-        source_ids=list(rec.source_ids), cluster_id=rec.cluster_id, role=rec.role,
+        id=rec.id,
+        kind=rec.kind,
+        text=rec.text,
+        session_id=rec.session_id,
+        created_at=rec.created_at,
+        source_ids=list(rec.source_ids),
+        cluster_id=rec.cluster_id,
+        role=rec.role,
     )
 
 
@@ -140,8 +142,11 @@ def recorded_event_proto(r: RecordedEvent) -> metacognition_pb2.RecordedEvent:
     """A stored monitor event with its turn."""
     return metacognition_pb2.RecordedEvent(
         event=chat_pb2.MetacognitionEvent(
-            id=r.event.id, score=r.event.score, signals=r.event.signals,
-            actions=list(r.event.actions), outcome=r.event.outcome,
+            id=r.event.id,
+            score=r.event.score,
+            signals=r.event.signals,
+            actions=list(r.event.actions),
+            outcome=r.event.outcome,
         ),
         session_id=r.session_id,
         turn_id=r.turn_id,
@@ -156,18 +161,32 @@ def job_proto(job: Job) -> learning_pb2.Job:
     item = job.items[0] if job.items else None
     message = job.error or "; ".join(job.reasons)
     return learning_pb2.Job(
-        job_id=job.job_id, state=job.state, step=job.step, total_steps=job.steps, loss=job.loss,
-        metrics={k: float(v) for k, v in job.metrics.items()}, message=message, version=job.version,
-        created_at=job.created_at, updated_at=job.updated_at,
-        input_text=item.input if item else "", target_text=item.target if item else "",
+        job_id=job.job_id,
+        state=job.state,
+        step=job.step,
+        total_steps=job.steps,
+        loss=job.loss,
+        metrics={k: float(v) for k, v in job.metrics.items()},
+        message=message,
+        version=job.version,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        input_text=item.input if item else "",
+        target_text=item.target if item else "",
     )
 
 
 def event_proto(event: JobEvent) -> learning_pb2.Job:
     """A progress event as a (partial) job record."""
     return learning_pb2.Job(
-        job_id=event.job_id, state=event.state, step=event.step, total_steps=event.steps, loss=event.loss,
-        metrics={k: float(v) for k, v in event.metrics.items()}, message=event.error, version=event.version,
+        job_id=event.job_id,
+        state=event.state,
+        step=event.step,
+        total_steps=event.steps,
+        loss=event.loss,
+        metrics={k: float(v) for k, v in event.metrics.items()},
+        message=event.error,
+        version=event.version,
         updated_at=event.at,
     )
 
@@ -175,7 +194,12 @@ def event_proto(event: JobEvent) -> learning_pb2.Job:
 def version_proto(v: Version, live: str) -> learning_pb2.ModelVersion:
     """A model version."""
     return learning_pb2.ModelVersion(
-        id=v.version_id, parent=v.parent or "", created_at=v.created_at, feedback_ids=list(v.feedback_ids),
-        metrics=v.metrics, status=v.status, live=v.version_id == live,
+        id=v.version_id,
+        parent=v.parent or "",
+        created_at=v.created_at,
+        feedback_ids=list(v.feedback_ids),
+        metrics=v.metrics,
+        status=v.status,
+        live=v.version_id == live,
         plan_json=json.dumps(v.plan.to_dict()) if v.plan else "",
     )

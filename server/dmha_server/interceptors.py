@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from dmha.runtime import Authenticator, errors, Principal, RateLimiter, request_id
-from dmha_server import metrics
 
+from dmha.runtime import Authenticator, Principal, RateLimiter, errors, request_id
+from dmha_server import metrics
 
 __all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from dmha.runtime import OnlineLearning, run_blocking
 from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
 from dmha_server.convert import event_proto, job_proto, version_proto
 from dmha_server.interceptors import current_principal
 
-
 __all__ = ["FeedbackServicer", "ModelServicer"]
 
 _END = object()
-
-
 
 
 class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):

@@ -6,11 +6,11 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
+
 from dmha.runtime import LongTermMemory, errors, run_blocking
 from dmha_proto.v1 import memory_pb2, memory_pb2_grpc
 from dmha_server.convert import memory_proto
 from dmha_server.interceptors import current_principal
-
 
 __all__ = ["MemoryServicer"]
 
@@ -27,18 +27,21 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         # 0 (unset) means the configured default; the core checks the limit.
         found = await run_blocking(self._memory.search, current_principal().user_id, request.query, request.k or None)
         return memory_pb2.SearchMemoryResponse(
-            results=[
-                memory_pb2.ScoredMemory(memory=memory_proto(m), score=m.score, why=m.why)
-                for m in found
-            ]
+            results=[memory_pb2.ScoredMemory(memory=memory_proto(m), score=m.score, why=m.why) for m in found]
         )
 
     async def List(self, request: memory_pb2.ListMemoriesRequest, context: grpc.aio.ServicerContext):
         page = await run_blocking(
-            self._memory.list, current_principal().user_id, request.page_size or None, request.page_token,
-            request.kind or None, request.session_id or None,
+            self._memory.list,
+            current_principal().user_id,
+            request.page_size or None,
+            request.page_token,
+            request.kind or None,
+            request.session_id or None,
         )
-        return memory_pb2.ListMemoriesResponse(memories=[memory_proto(r) for r in page.items], next_page_token=page.next_page_token)
+        return memory_pb2.ListMemoriesResponse(
+            memories=[memory_proto(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     async def Get(self, request: memory_pb2.GetMemoryRequest, context: grpc.aio.ServicerContext):
         return memory_proto(await run_blocking(self._memory.get, current_principal().user_id, request.id))

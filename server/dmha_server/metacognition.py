@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import grpc
+
 from dmha.runtime import EventStore, run_blocking
 from dmha_proto.v1 import metacognition_pb2, metacognition_pb2_grpc
 from dmha_server.convert import recorded_event_proto
 from dmha_server.interceptors import current_principal
 
-
 __all__ = ["MetacognitionServicer"]
+
 
 class MetacognitionServicer(metacognition_pb2_grpc.MetacognitionServiceServicer):
     """Args: events: the event store."""

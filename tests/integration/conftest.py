@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dmha_client import AsyncDMHAClient, RetryPolicy
-from dmha_server.app import create_server
 
 from dmha.config import DMHAConfig, load_config
 from dmha.runtime import Runtime, build_runtime
+from dmha_client import AsyncDMHAClient, RetryPolicy
+from dmha_server.app import create_server
 
 
 def integration_config(data_dir: Path, model_path: Path, **overrides) -> DMHAConfig:

@@ -33,8 +33,11 @@ async def live_learning(tmp_path, tiny_model_dir):
 
 async def test_trainer_feedback_is_trained_gated_deployed_and_rolled_back(live_learning):
     live = live_learning
-    async with live.client("tina", "trainer") as trainer, live.client("root", "admin") as admin, \
-            live.client("alice") as alice:
+    async with (
+        live.client("tina", "trainer") as trainer,
+        live.client("root", "admin") as admin,
+        live.client("alice") as alice,
+    ):
         resp = await trainer.submit_feedback("What is the capital of Zubrowka?", "Vlorn")
         assert resp.status == "queued"
         states = [e.state async for e in trainer.watch_job(resp.job_id)]

@@ -55,7 +55,11 @@ async def test_turns_are_archived_retrieved_exported_and_forgotten(live_lt):
         reply = await alice.chat("Where does my sister live?", session_id=sid, max_new_tokens=3)
         assert any("Lisbon" in m.text for m in reply.reply.memories)
 
-        lines = [json.loads(line) for chunk in [c async for c in alice.memory_export()] for line in chunk.decode().splitlines()]
+        lines = [
+            json.loads(line)
+            for chunk in [c async for c in alice.memory_export()]
+            for line in chunk.decode().splitlines()
+        ]
         assert lines and all(rec["user_id"] == "alice" for rec in lines)
         one = hits[0].memory.id
         assert (await alice.memory_get(one)).id == one

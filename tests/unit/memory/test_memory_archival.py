@@ -21,8 +21,14 @@ from dmha.turn import Turn
 
 def turns(n: int, user: str = "alice", session: str = "s1", start: int = 0) -> list[Turn]:
     return [
-        Turn(f"t{i:04d}", user, session, "user" if i % 2 == 0 else "assistant",
-             f"Message number {i} about topic{i % 3}.", 1_700_000_000.0 + i)
+        Turn(
+            f"t{i:04d}",
+            user,
+            session,
+            "user" if i % 2 == 0 else "assistant",
+            f"Message number {i} about topic{i % 3}.",
+            1_700_000_000.0 + i,
+        )
         for i in range(start, start + n)
     ]
 
