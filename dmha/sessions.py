@@ -6,6 +6,8 @@ simply does not exist for the caller: NOT_FOUND, never PERMISSION_DENIED.
 
 from __future__ import annotations
 
+import builtins
+
 from dmha.auth.tokens import Principal
 from dmha.errors import NotFound
 from dmha.executor import run_blocking
@@ -30,7 +32,8 @@ class Sessions:
         """The caller's live sessions, most recent first."""
         return await run_blocking(self._working.sessions, principal.user_id)
 
-    async def get(self, principal: Principal, session_id: str) -> list[Turn]:
+    # ``list`` names a method above, so the builtin is spelled out from here on.
+    async def get(self, principal: Principal, session_id: str) -> builtins.list[Turn]:
         """Every stored turn of one of the caller's sessions.
 
         Raises:

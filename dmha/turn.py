@@ -28,11 +28,20 @@ __all__ = [
     "Turn",
     "TurnResult",
     "TurnState",
+    "as_role",
     "new_turn_id",
 ]
 
 Role = Literal["user", "assistant", "system"]
 """Who said a stored message."""
+
+
+_ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+def as_role(value: str) -> Role:
+    """A stored role name as a :data:`Role` (anything unknown was said by the user)."""
+    return _ROLES.get(value, "user")
 
 
 def new_turn_id() -> str:
@@ -56,7 +65,7 @@ class Turn:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: str) -> Turn:
+    def from_json(cls, raw: str | bytes) -> Turn:
         """Parse a record written by :meth:`to_json`."""
         return cls(**json.loads(raw))
 

@@ -28,6 +28,7 @@ from dmha.knowledge.model import (
     Rule,
     Scope,
     Statement,
+    StatementOptions,
     format_value,
     quote,
 )
@@ -313,8 +314,8 @@ class _Cursor:
             self.pos += 1
         raise self.fail("a closing '\"'", start)
 
-    def options(self) -> dict[str, object]:
-        opts: dict[str, object] = {}
+    def options(self) -> StatementOptions:
+        opts: StatementOptions = {}
         if self.peek() != "[":
             return opts
         self.pos += 1
@@ -355,7 +356,7 @@ class _Cursor:
             return self.string()
         match = _BARE_SOURCE_RE.match(self.line, self.pos)
         text = match.group().strip() if match else ""
-        if not text:
+        if match is None or not text:
             raise self.fail('a source: text or "quoted string"')
         self.pos = match.end()
         return text

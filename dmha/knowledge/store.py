@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from dmha.ids import check_id
 from dmha.knowledge.model import (
@@ -32,6 +33,7 @@ from dmha.knowledge.model import (
     Rule,
     Scope,
     Statement,
+    StatementOptions,
     StatementRecord,
     Status,
 )
@@ -228,7 +230,7 @@ def statement_to_dict(stmt: Statement) -> dict[str, Any]:
 
 def statement_from_dict(data: dict[str, Any]) -> Statement:
     """Inverse of :func:`statement_to_dict`."""
-    common = {
+    common: StatementOptions = {
         "confidence": float(data["c"]),
         "scope": Scope(data["sc"]) if data.get("sc") else None,
         "source": data.get("src"),
@@ -387,10 +389,11 @@ class RedisStore:
 
     def commit(self, batch: StoreBatch) -> dict[str, int]:
         """See :meth:`StatementStore.commit`."""
-        puts: dict[str, dict[str, str]] = {}
+        # Typed as redis-py's hset wants its mapping (a dict is invariant in its types).
+        puts: dict[str, dict[FieldT, EncodableT]] = {}
         for rec in batch.put_records:
             puts.setdefault(rec.namespace, {})[rec.id] = record_to_json(rec)
-        ovr_puts: dict[str, dict[str, str]] = {}
+        ovr_puts: dict[str, dict[FieldT, EncodableT]] = {}
         for ns, ovr in batch.put_overrides:
             ovr_puts.setdefault(ns, {})[ovr.statement_id] = _override_to_json(ovr)
         touched = sorted(batch.namespaces())

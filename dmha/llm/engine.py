@@ -17,7 +17,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,7 @@ class HFEngine:
 
     async def stream(
         self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> AsyncIterator[TokenDelta | GenerationResult]:
+    ) -> AsyncGenerator[TokenDelta | GenerationResult, None]:
         """Yield text deltas, then one :class:`GenerationResult`.
 
         Closing the iterator early (client gone) cancels generation.

@@ -27,7 +27,7 @@ from dmha.config import ClusteringConfig
 from dmha.memory.embedding import Embedder
 from dmha.memory.records import CLUSTER_NOISE, MemoryRecord, index_text, memory_id
 from dmha.memory.summariser import Summariser
-from dmha.turn import Turn
+from dmha.turn import Turn, as_role
 
 if TYPE_CHECKING:
     from dmha.memory.hot_index import UserIndex
@@ -213,10 +213,10 @@ def build_cluster_summaries(
                 turn_id=m.id,
                 user_id=index.user_id,
                 session_id=m.session_id,
-                role=m.role or "user",
+                role=as_role(m.role),
                 text=m.text,
                 created_at=m.created_at,
-            )  # type: ignore[arg-type]
+            )
             for m in members
         ]
         text = summariser(pseudo).strip()

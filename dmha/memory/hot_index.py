@@ -108,6 +108,7 @@ class UserIndex:
     def _rebuild_faiss(self) -> None:
         n = len(self._records)
         data = self._vectors[:n]
+        index: faiss.Index
         if n > self._ivf_threshold:
             nlist = int(np.sqrt(n))
             quantizer = faiss.IndexFlatIP(self.dim)

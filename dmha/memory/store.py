@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -336,7 +337,7 @@ class MilvusLongTermStore:
                 chunk = rows[start : start + 1000]
                 self._call(
                     "store memories",
-                    lambda chunk=chunk: self._client.upsert(self._collection, chunk, timeout=self._timeout),
+                    partial(self._client.upsert, self._collection, chunk, timeout=self._timeout),
                 )
 
     def _fields(self, with_vectors: bool) -> list[str]:
@@ -351,11 +352,12 @@ class MilvusLongTermStore:
             size = len(chunk)
             rows = self._call(
                 "read memories",
-                lambda expr=expr, n=size: self._client.query(
+                partial(
+                    self._client.query,
                     self._collection,
                     filter=expr,
                     output_fields=self._fields(with_vectors),
-                    limit=n,
+                    limit=size,
                     timeout=self._timeout,
                 ),
             )
@@ -464,7 +466,7 @@ class MilvusLongTermStore:
                 expr = f"{self._filter(user_id)} and id in {json.dumps(chunk, ensure_ascii=False)}"
                 self._call(
                     "delete memories",
-                    lambda expr=expr: self._client.delete(self._collection, filter=expr, timeout=self._timeout),
+                    partial(self._client.delete, self._collection, filter=expr, timeout=self._timeout),
                 )
 
     def delete(self, user_id: str, ids: Sequence[str]) -> list[str]:
@@ -494,9 +496,7 @@ class MilvusLongTermStore:
                 chunk = rows[start : start + 1000]
                 self._call(
                     "store cluster ids",
-                    lambda chunk=chunk: self._client.upsert(
-                        self._collection, chunk, partial_update=True, timeout=self._timeout
-                    ),
+                    partial(self._client.upsert, self._collection, chunk, partial_update=True, timeout=self._timeout),
                 )
 
     def count(self, user_id: str, *, cluster_id: int | None = None) -> int:

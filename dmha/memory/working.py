@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis
 
@@ -73,6 +73,11 @@ class WorkingMemory(Protocol):
     def delete_session(self, user_id: str, session_id: str) -> bool:
         """Forget a session. Returns False when the user has no such session."""
         ...
+
+
+def _text(value: str | bytes) -> str:
+    """A Redis reply as text (our clients decode replies; a caller's client may not)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class RedisWorkingMemory:
@@ -143,7 +148,7 @@ class RedisWorkingMemory:
             count = 0
             for r in raw:
                 if Turn.from_json(r).turn_id in wanted:
-                    pipe.lrem(key, 1, r)
+                    pipe.lrem(key, 1, _text(r))
                     count += 1
             pipe.execute()
             return count
@@ -157,7 +162,9 @@ class RedisWorkingMemory:
         skey = self._sessions_key(user_id)
 
         def work(c: redis.Redis) -> list[SessionInfo]:
-            entries = c.zrevrange(skey, 0, -1, withscores=True)
+            # withscores=True gives (member, score) pairs; redis-py's types cannot say so.
+            pairs = cast("list[tuple[str | bytes, float]]", c.zrevrange(skey, 0, -1, withscores=True))
+            entries = [(_text(sid), ts) for sid, ts in pairs]
             pipe = c.pipeline(transaction=False)
             for sid, _ in entries:
                 pipe.llen(self._turns_key(user_id, sid))

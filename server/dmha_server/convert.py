@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, TypedDict
 
 from dmha.runtime import (
     Conflict,
@@ -22,6 +23,7 @@ from dmha.runtime import (
 from dmha_proto.v1 import chat_pb2, common_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
 
 __all__ = [
+    "OptionFields",
     "chat_reply",
     "event_proto",
     "job_proto",
@@ -36,12 +38,27 @@ __all__ = [
 ]
 
 
-def option_fields(options: common_pb2.GenerationOptions) -> dict[str, float | int | None]:
+class OptionFields(TypedDict):
+    """GenerationOptions as keyword arguments of :func:`~dmha.context.resolve_options`."""
+
+    temperature: float | None
+    top_p: float | None
+    max_new_tokens: int | None
+    seed: int | None
+
+
+def option_fields(options: common_pb2.GenerationOptions) -> OptionFields:
     """The set fields of GenerationOptions as keyword arguments (unset -> None)."""
-    return {
-        name: getattr(options, name) if options.HasField(name) else None
-        for name in ("temperature", "top_p", "max_new_tokens", "seed")
-    }
+
+    def field(name: str) -> Any:
+        return getattr(options, name) if options.HasField(name) else None
+
+    return OptionFields(
+        temperature=field("temperature"),
+        top_p=field("top_p"),
+        max_new_tokens=field("max_new_tokens"),
+        seed=field("seed"),
+    )
 
 
 def chat_reply(result: TurnResult) -> chat_pb2.ChatReply:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 
 import grpc
 
@@ -12,8 +12,6 @@ from dmha_server.convert import event_proto, job_proto, version_proto
 from dmha_server.interceptors import current_principal
 
 __all__ = ["FeedbackServicer", "ModelServicer"]
-
-_END = object()
 
 
 class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
@@ -36,12 +34,13 @@ class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
         try:
             while True:
                 # Each read blocks in Redis for at most half a second, off the loop.
-                event = await run_blocking(next, events, _END)
-                if event is _END:
+                event = await run_blocking(next, events, None)
+                if event is None:
                     return
                 yield event_proto(event)
         finally:
-            events.close()
+            if isinstance(events, Generator):  # closing the generator ends its Redis reads
+                events.close()
 
     async def ListCandidates(self, request: learning_pb2.ListCandidatesRequest, context: grpc.aio.ServicerContext):
         jobs = await run_blocking(self._learning.candidates, current_principal())
