@@ -26,8 +26,9 @@ RELAXED = {
 
 
 @pytest.fixture
-async def live_learning(tmp_path, tiny_model_dir):
-    async for server in start_live_server(integration_config(tmp_path, tiny_model_dir, learning=RELAXED)):
+async def live_learning(tmp_path, tiny_model_dir, client_kind):
+    cfg = integration_config(tmp_path, tiny_model_dir, learning=RELAXED)
+    async for server in start_live_server(cfg, client_kind):
         yield server
 
 

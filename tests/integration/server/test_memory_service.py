@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def live_lt(tmp_path, tiny_model_dir):
+async def live_lt(tmp_path, tiny_model_dir, client_kind):
     cfg = integration_config(
         tmp_path,
         tiny_model_dir,
@@ -24,7 +24,7 @@ async def live_lt(tmp_path, tiny_model_dir):
             "retrieval": {"top_k": 4},
         },
     )
-    async for server in start_live_server(cfg):
+    async for server in start_live_server(cfg, client_kind):
         yield server
 
 
