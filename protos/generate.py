@@ -43,7 +43,7 @@ def main() -> int:
             text = re.sub(r"\bfrom dmha\.v1 import\b", "from dmha_proto.v1 import", gen.read_text())
             text = re.sub(r"\bimport dmha\.v1\.", "import dmha_proto.v1.", text)
             (OUT / gen.name).write_text(text)
-    (OUT / "__init__.py").touch()
+    (OUT / "__init__.py").touch()  # kept when present: it carries the package docstring
     print(f"generated {len(sources)} protos into {OUT.relative_to(ROOT.parent)}")
     return 0
 

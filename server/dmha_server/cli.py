@@ -13,15 +13,19 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dmha.runtime import DMHAConfig, load_config
+if TYPE_CHECKING:  # the runtime loads the model stack: imported only when a command runs
+    from dmha.runtime import DMHAConfig
+
 
 __all__ = ["load_from_args", "register", "serve", "setup", "show_config", "token"]
 
 
 def load_from_args(args: argparse.Namespace) -> DMHAConfig:
     """The config from ``--config`` plus the flags that override it."""
+    from dmha.runtime import load_config
+
     overrides: dict[str, Any] = {}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = args.data_dir
@@ -74,7 +78,7 @@ def token(args: argparse.Namespace) -> int:
 
 def show_config(args: argparse.Namespace) -> int:
     """Print the effective (or default) config as commented YAML."""
-    from dmha.runtime import render_yaml
+    from dmha.runtime import DMHAConfig, render_yaml
 
     cfg = DMHAConfig() if args.defaults else load_from_args(args)
     print("# DMHA configuration. Every key is optional; environment overrides use")
