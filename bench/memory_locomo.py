@@ -59,11 +59,19 @@ _WORDS = re.compile(r"\w+")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT / "../shared/bench-data/locomo/locomo-dev.json",
-                   help="LoCoMo-layout JSON (default: ../shared/bench-data/locomo/locomo-dev.json)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "../shared/bench-data/locomo/locomo-dev.json",
+        help="LoCoMo-layout JSON (default: ../shared/bench-data/locomo/locomo-dev.json)",
+    )
     p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="cut-offs for recall@k")
-    p.add_argument("--summariser", choices=["extractive", "none"], default="extractive",
-                   help="summary records for archived batches (none = turns only)")
+    p.add_argument(
+        "--summariser",
+        choices=["extractive", "none"],
+        default="extractive",
+        help="summary records for archived batches (none = turns only)",
+    )
     p.add_argument("--conversations", type=int, default=0, help="use only the first N (0 = all)")
     p.add_argument("--scale", type=int, default=100_000, help="memories of the scale test (0 = skip)")
     p.add_argument("--queries", type=int, default=200, help="searches timed in the scale test")
@@ -89,9 +97,7 @@ def session_date(raw: str | None) -> float | None:
 
 def conversation_turns(conv: dict[str, Any]) -> list[tuple[str, float, str, str]]:
     """``(session_id, created_at, dia_id, text)`` for every turn, in order."""
-    numbers = sorted(
-        int(m.group(1)) for key in conv if (m := re.fullmatch(r"session_(\d+)", key))
-    )
+    numbers = sorted(int(m.group(1)) for key in conv if (m := re.fullmatch(r"session_(\d+)", key)))
     out: list[tuple[str, float, str, str]] = []
     clock = 1_600_000_000.0
     for n in numbers:
@@ -117,7 +123,7 @@ def evidence_ids(item: dict[str, Any], known: set[str]) -> set[str]:
 
 
 def ingest(ltm: Any, wm: Any, user: str, turns: list[tuple[str, float, str, str]]) -> dict[str, Any]:
-    from dmha.memory.working import Turn, new_turn_id
+    from dmha.turn import Turn, new_turn_id
 
     dia_of: dict[str, str] = {}
     text_of: dict[str, str] = {}
@@ -181,7 +187,11 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from rank_bm25 import BM25Okapi
 
     from dmha.config import MemoryConfig, RedisConfig
-    from dmha.memory import RedisWorkingMemory, SentenceTransformerEmbedder, build_longterm
+    from dmha.memory import (
+        RedisWorkingMemory,
+        SentenceTransformerEmbedder,
+        build_longterm,
+    )
     from dmha.memory.bm25 import tokenize
     from dmha.memory.retrieval import approx_token_count
     from dmha.redis_connection import RedisConnection
@@ -194,8 +204,7 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     wm = RedisWorkingMemory(conn, cfg.working)
     embedder = SentenceTransformerEmbedder(cfg.embedding)
     embedder.embed(["warm up"])  # model load is not ingest time
-    ltm = build_longterm(cfg, work, working=wm, embedder=embedder,
-                         summaries=args.summariser != "none")
+    ltm = build_longterm(cfg, work, working=wm, embedder=embedder, summaries=args.summariser != "none")
     ks = sorted(set(args.k))
     kmax = max(ks)
     tally = Tally()
@@ -239,9 +248,7 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 for k in ks:
                     top = results[:k]
                     cov = {dia_of[s] for r in top for s in r.source_ids if s in dia_of}
-                    turn_cov = {
-                        dia_of[s] for r in top if r.kind == "turn" for s in r.source_ids if s in dia_of
-                    }
+                    turn_cov = {dia_of[s] for r in top if r.kind == "turn" for s in r.source_ids if s in dia_of}
                     tally.add("dmha", cat, k, recall(cov, ev))
                     tally.add("dmha_quoted", cat, k, recall(quoted(top, dia_of, words_of), ev))
                     tally.add("dmha_turn_only", cat, k, recall(turn_cov, ev))
@@ -250,17 +257,14 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     tokens["dmha"][k] += sum(approx_token_count(r.text) for r in top)
                     tokens["dense_only"][k] += sum(approx_token_count(raw[i]) for i in dtop[:k])
                     tokens["bm25"][k] += sum(approx_token_count(raw[i]) for i in btop[:k])
-            print(f"  {user}: {len(turns)} turns, {len(items)} questions, "
-                  f"{info['clusters']} clusters", file=sys.stderr)
+            print(f"  {user}: {len(turns)} turns, {len(items)} questions, {info['clusters']} clusters", file=sys.stderr)
     finally:
         ltm.close()
         conn.close()
     cats = [c for c in list(CATEGORY_NAMES.values()) + sorted(tally.counts) if c in tally.counts]
     cats = list(dict.fromkeys(c for c in cats if c != "overall")) + ["overall"]
     systems = ["dmha", "dmha_quoted", "dmha_turn_only", "dense_only", "bm25"]
-    table = {
-        s: {c: {f"@{k}": round(tally.mean(s, c, k), 4) for k in ks} for c in cats} for s in systems
-    }
+    table = {s: {c: {f"@{k}": round(tally.mean(s, c, k), 4) for k in ks} for c in cats} for s in systems}
     search_arr = np.array(search_ms)
     return {
         "conversations": len(data),
@@ -289,10 +293,7 @@ def word_list(model_dir: Path | None) -> list[str]:
     """Whole English words from the embedding model's WordPiece vocabulary (else pseudo-words)."""
     vocab = model_dir / "vocab.txt" if model_dir else None
     if vocab is not None and vocab.exists():
-        words = [
-            w for w in vocab.read_text(encoding="utf-8").split()
-            if w.isalpha() and w.isascii() and len(w) >= 3
-        ]
+        words = [w for w in vocab.read_text(encoding="utf-8").split() if w.isalpha() and w.isascii() and len(w) >= 3]
         if len(words) >= 1000:
             return sorted(set(words))
     rng = np.random.default_rng(0)
@@ -311,8 +312,7 @@ def synthetic(n: int, dim: int, words_in: list[str], seed: int = 0) -> tuple[lis
     for i in range(n):
         topic = topics[rng.integers(len(topics))]
         length = int(rng.integers(8, 15))
-        pick = np.where(rng.random(length) < 0.7, rng.choice(topic, size=length),
-                        rng.integers(len(words), size=length))
+        pick = np.where(rng.random(length) < 0.7, rng.choice(topic, size=length), rng.integers(len(words), size=length))
         texts.append(" ".join(words[pick]))
         vectors[i] = wvec[pick].sum(axis=0)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -353,7 +353,12 @@ def timed_searches(ltm: Any, embedder: Any, user: str, queries: list[str]) -> di
 
 def run_scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from dmha.config import MemoryConfig
-    from dmha.memory import MemoryRecord, SentenceTransformerEmbedder, build_longterm, memory_id
+    from dmha.memory import (
+        MemoryRecord,
+        SentenceTransformerEmbedder,
+        build_longterm,
+        memory_id,
+    )
     from dmha.memory.clustering import Clusterer
 
     cfg = MemoryConfig()
@@ -373,9 +378,15 @@ def run_scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for start in range(0, n, batch):
             recs = [
                 MemoryRecord(
-                    id=memory_id(user, "turn", [f"syn-{i}"]), user_id=user, session_id=f"s{i // 200}",
-                    kind="turn", text=texts[i], created_at=1_600_000_000.0 + i,
-                    source_ids=(f"syn-{i}",), role="user", vector=vectors[i],
+                    id=memory_id(user, "turn", [f"syn-{i}"]),
+                    user_id=user,
+                    session_id=f"s{i // 200}",
+                    kind="turn",
+                    text=texts[i],
+                    created_at=1_600_000_000.0 + i,
+                    source_ids=(f"syn-{i}",),
+                    role="user",
+                    vector=vectors[i],
                 )
                 for i in range(start, min(n, start + batch))
             ]
@@ -441,19 +452,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             result.update(run_recall(args, work / "recall"))
             print_table(result)
             print("mean tokens of the top-k:", json.dumps(result["mean_tokens"]))
-            print(f"ingest: {result['ingest_turns_per_s']} turns/s ({result['turns']} turns, "
-                  f"{result['memories']} memories); search p50 {result['locomo_search_ms_p50']} ms")
+            print(
+                f"ingest: {result['ingest_turns_per_s']} turns/s ({result['turns']} turns, "
+                f"{result['memories']} memories); search p50 {result['locomo_search_ms_p50']} ms"
+            )
         if args.scale:
             result.update(run_scale(args, work / "scale"))
-            print(f"scale {args.scale}: search p50 {result['scale_search_ms_p50']} ms, "
-                  f"p95 {result['scale_search_ms_p95']} ms (query embedding p50 "
-                  f"{result['scale_query_embed_ms_p50']} ms; p50 "
-                  f"{result['scale_search_ms_p50_during_bulk_compaction']} ms while Milvus Lite "
-                  f"compacted the bulk insert for {result['scale_bulk_compaction_settle_s']} s); "
-                  f"cluster fit {result['scale_cluster_fit_s']} s, recluster job "
-                  f"{result['scale_recluster_job_s']} s (first, writes 100k ids), "
-                  f"{result['scale_recluster_again_s']} s (rerun); hot index load "
-                  f"{result['scale_hot_load_s']} s")
+            print(
+                f"scale {args.scale}: search p50 {result['scale_search_ms_p50']} ms, "
+                f"p95 {result['scale_search_ms_p95']} ms (query embedding p50 "
+                f"{result['scale_query_embed_ms_p50']} ms; p50 "
+                f"{result['scale_search_ms_p50_during_bulk_compaction']} ms while Milvus Lite "
+                f"compacted the bulk insert for {result['scale_bulk_compaction_settle_s']} s); "
+                f"cluster fit {result['scale_cluster_fit_s']} s, recluster job "
+                f"{result['scale_recluster_job_s']} s (first, writes 100k ids), "
+                f"{result['scale_recluster_again_s']} s (rerun); hot index load "
+                f"{result['scale_hot_load_s']} s"
+            )
         print(json.dumps(result, separators=(",", ":")))
     return 0
 

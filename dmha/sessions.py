@@ -6,11 +6,14 @@ simply does not exist for the caller: NOT_FOUND, never PERMISSION_DENIED.
 
 from __future__ import annotations
 
+import builtins
+
 from dmha.auth.tokens import Principal
-from dmha.context import validate_session_id
 from dmha.errors import NotFound
 from dmha.executor import run_blocking
-from dmha.memory.working import SessionInfo, Turn, WorkingMemory
+from dmha.ids import check_id
+from dmha.memory.working import SessionInfo, WorkingMemory
+from dmha.turn import Turn
 
 __all__ = ["Sessions"]
 
@@ -29,14 +32,15 @@ class Sessions:
         """The caller's live sessions, most recent first."""
         return await run_blocking(self._working.sessions, principal.user_id)
 
-    async def get(self, principal: Principal, session_id: str) -> list[Turn]:
+    # ``list`` names a method above, so the builtin is spelled out from here on.
+    async def get(self, principal: Principal, session_id: str) -> builtins.list[Turn]:
         """Every stored turn of one of the caller's sessions.
 
         Raises:
             InvalidArgument: malformed id.
             NotFound: no such session for this caller.
         """
-        validate_session_id(session_id)
+        check_id(session_id, "session_id")
         turns = await run_blocking(self._working.all_turns, principal.user_id, session_id)
         if not turns:
             raise NotFound(f"session {session_id} not found")
@@ -49,6 +53,6 @@ class Sessions:
             InvalidArgument: malformed id.
             NotFound: no such session for this caller.
         """
-        validate_session_id(session_id)
+        check_id(session_id, "session_id")
         if not await run_blocking(self._working.delete_session, principal.user_id, session_id):
             raise NotFound(f"session {session_id} not found")

@@ -1,11 +1,19 @@
-"""What one chat turn carries through the pipeline, and what it reports back.
+"""Turns: a stored message (:class:`Turn`), what one chat turn carries through the
+pipeline (:class:`TurnState`), and what it reports back (:class:`TurnResult`).
 
-These are transport-free records: the gRPC servicer copies them into protos.
+These are transport- and storage-free records: working memory stores :class:`Turn`
+as JSON, the gRPC servicer copies the others into protos. Keeping them here (not in
+``dmha.memory.working``) lets summarisers, hooks and the server use a turn without
+importing Redis.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from dmha.auth.tokens import Principal
 from dmha.llm.base import GenerationOptions
@@ -15,10 +23,51 @@ __all__ = [
     "ClaimOutcome",
     "MemoryRef",
     "MonitorEvent",
+    "Role",
     "StatementOutcome",
+    "Turn",
     "TurnResult",
     "TurnState",
+    "as_role",
+    "new_turn_id",
 ]
+
+Role = Literal["user", "assistant", "system"]
+"""Who said a stored message."""
+
+
+_ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+def as_role(value: str) -> Role:
+    """A stored role name as a :data:`Role` (anything unknown was said by the user)."""
+    return _ROLES.get(value, "user")
+
+
+def new_turn_id() -> str:
+    """A sortable, unique turn id (time prefix, random suffix)."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation, as stored."""
+
+    turn_id: str
+    user_id: str
+    session_id: str
+    role: Role
+    text: str
+    created_at: float
+
+    def to_json(self) -> str:
+        """Serialise for Redis."""
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Turn:
+        """Parse a record written by :meth:`to_json`."""
+        return cls(**json.loads(raw))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 protoc names modules after the proto path (``dmha.v1.chat_pb2``), which would
 collide with the core ``dmha`` package; the stubs therefore live in the
-``dmha_proto`` package and their imports are rewritten to match.
+``dmha_proto`` package and their imports are rewritten to match. That package
+lives in ``clients/`` because it ships with the client distribution (the server
+gets it from the same folder).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent
-OUT = ROOT / "dmha_proto" / "v1"
+OUT = ROOT.parent / "clients" / "dmha_proto" / "v1"
 
 
 def main() -> int:
@@ -41,7 +43,7 @@ def main() -> int:
             text = re.sub(r"\bfrom dmha\.v1 import\b", "from dmha_proto.v1 import", gen.read_text())
             text = re.sub(r"\bimport dmha\.v1\.", "import dmha_proto.v1.", text)
             (OUT / gen.name).write_text(text)
-    (OUT / "__init__.py").touch()
+    (OUT / "__init__.py").touch()  # kept when present: it carries the package docstring
     print(f"generated {len(sources)} protos into {OUT.relative_to(ROOT.parent)}")
     return 0
 

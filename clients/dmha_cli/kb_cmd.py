@@ -96,8 +96,10 @@ def add_parser(sub: argparse._SubParsersAction, client_flags) -> None:
     p.add_argument("--status", choices=["accepted", "rejected"])
     p.set_defaults(func=list_)
 
-    for name, func, text in (("explain", explain, "why a statement holds or was rejected"),
-                             ("retract", retract, "remove a statement")):
+    for name, func, text in (
+        ("explain", explain, "why a statement holds or was rejected"),
+        ("retract", retract, "remove a statement"),
+    ):
         p = kbsub.add_parser(name, help=text)
         client_flags(p)
         p.add_argument("id")

@@ -1,9 +1,13 @@
-"""The ``dmha`` command: run the server, mint tokens, chat, and manage state.
+"""The ``dmha`` command: chat and manage state; with the server installed, also run it.
 
-Server-side commands (``serve``, ``token``, ``setup``) read the config; client
-commands talk gRPC to ``--address`` (``$DMHA_ADDRESS``) with ``--token``
+Client commands talk gRPC to ``--address`` (``$DMHA_ADDRESS``) with ``--token``
 (``$DMHA_TOKEN``). On an RPC error a client command prints the status name and
 the server's message to stderr and exits non-zero.
+
+Server commands (``serve``, ``setup``, ``config``, ``token``) are not part of the
+client distribution: any installed package may add commands through the
+``dmha.cli`` entry-point group (a ``register(subparsers)`` callable); the server
+package registers its commands that way, so this module never imports it.
 """
 
 from __future__ import annotations
@@ -11,16 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
-from dmha.errors import DMHAError
-from dmha_cli import chat_cmd, kb_cmd, learning_cmd, memory_cmd, server_cmds
+from dmha_cli import chat_cmd, kb_cmd, learning_cmd, memory_cmd
+from dmha_client.errors import DMHAError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PLUGIN_GROUP", "build_parser", "main"]
 
-
-def _server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config layered over the defaults")
-    p.add_argument("--data-dir", metavar="DIR", help="state directory (default ~/.local/share/dmha)")
+PLUGIN_GROUP = "dmha.cli"
+"""Entry-point group of callables ``register(subparsers)`` that add commands."""
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -34,33 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dmha",
         description="DMHA: a conversational agent with working memory, long-term memory, "
         "a Z3 knowledge base and online learning, served over gRPC.",
-        epilog="Quick start: `dmha serve` in one terminal; then "
+        epilog="Quick start (with the server installed): `dmha serve` in one terminal; then "
         "`export DMHA_TOKEN=$(dmha token --user alice)` and `dmha chat` in another.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the gRPC server (prepares the default model on first run)")
-    _server_flags(p)
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 50051; 0 = any free port)")
-    p.set_defaults(func=server_cmds.serve)
-
-    p = sub.add_parser("setup", help="prepare the default model once (download + convert), then exit")
-    _server_flags(p)
-    p.set_defaults(func=server_cmds.setup)
-
-    p = sub.add_parser("config", help="print the effective configuration as commented YAML")
-    _server_flags(p)
-    p.add_argument("--defaults", action="store_true", help="ignore files and environment: the built-in defaults")
-    p.set_defaults(func=server_cmds.show_config)
-
-    p = sub.add_parser("token", help="mint a JWT from the local config's secret and print it alone")
-    _server_flags(p)
-    p.add_argument("--user", required=True, help="user id (the token's subject)")
-    p.add_argument("--role", action="append", choices=["user", "trainer", "admin"],
-                   help="role; repeat for several (default user)")
-    p.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (default from config)")
-    p.set_defaults(func=server_cmds.token)
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name):
+        plugin.load()(sub)
 
     p = sub.add_parser("chat", help="interactive streaming chat (reads stdin line by line when piped)")
     _client_flags(p)

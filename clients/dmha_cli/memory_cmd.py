@@ -39,7 +39,10 @@ def forget(args: argparse.Namespace) -> int:
 def stats(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         st = client.memory_stats()
-    print(f"{st.memories} memories in {st.clusters} clusters: " + ", ".join(f"{k} {v}" for k, v in sorted(st.by_kind.items())))
+    print(
+        f"{st.memories} memories in {st.clusters} clusters: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(st.by_kind.items()))
+    )
     return 0
 
 

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dmha.errors import InvalidArgument
-from dmha_proto.v1 import chat_pb2, common_pb2, memory_pb2
+from grpc_health.v1 import health_pb2
 
-__all__ = ["FINAL_STATES", "BaseClient", "ChatResult", "DEFAULT_ADDRESS", "RetryPolicy", "memory_request"]
+from dmha_client.errors import InvalidArgument
+from dmha_proto.v1 import (
+    auth_pb2,
+    chat_pb2,
+    common_pb2,
+    knowledge_pb2,
+    learning_pb2,
+    memory_pb2,
+    metacognition_pb2,
+    session_pb2,
+)
+
+__all__ = ["DEFAULT_ADDRESS", "FINAL_STATES", "BaseClient", "ChatResult", "Requests", "RetryPolicy"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 FINAL_STATES = frozenset({"deployed", "rejected", "failed", "candidate"})
@@ -64,8 +76,16 @@ class BaseClient:
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
+
+class Requests:
+    """One builder per RPC: the request message both clients send.
+
+    Defaults, option packing and client-side checks live here once, so the sync and
+    asyncio clients differ only in how they wait.
+    """
+
     @staticmethod
-    def _chat_request(
+    def chat(
         message: str,
         session_id: str = "",
         *,
@@ -74,6 +94,7 @@ class BaseClient:
         max_new_tokens: int | None = None,
         seed: int | None = None,
     ) -> chat_pb2.ChatRequest:
+        """Chat / Contextualize; unset options stay unset (the server's defaults apply)."""
         options = common_pb2.GenerationOptions()
         if temperature is not None:
             options.temperature = temperature
@@ -85,18 +106,156 @@ class BaseClient:
             options.seed = seed
         return chat_pb2.ChatRequest(session_id=session_id, message=message, options=options)
 
+    @staticmethod
+    def list_sessions() -> session_pb2.ListSessionsRequest:
+        """ListSessions."""
+        return session_pb2.ListSessionsRequest()
 
-def memory_request(memory_id: str, session_id: str, everything: bool) -> memory_pb2.DeleteMemoryRequest:
-    """A Delete request with exactly one selector.
+    @staticmethod
+    def get_session(session_id: str) -> session_pb2.GetSessionRequest:
+        """GetSession."""
+        return session_pb2.GetSessionRequest(session_id=session_id)
 
-    Raises:
-        InvalidArgument: none or several selectors given (checked before any call).
-    """
-    chosen = [bool(memory_id), bool(session_id), everything]
-    if sum(chosen) != 1:
-        raise InvalidArgument("selector", "give exactly one of memory_id, session_id or everything=True")
-    if memory_id:
-        return memory_pb2.DeleteMemoryRequest(id=memory_id)
-    if session_id:
-        return memory_pb2.DeleteMemoryRequest(session_id=session_id)
-    return memory_pb2.DeleteMemoryRequest(all=True)
+    @staticmethod
+    def delete_session(session_id: str) -> session_pb2.DeleteSessionRequest:
+        """DeleteSession."""
+        return session_pb2.DeleteSessionRequest(session_id=session_id)
+
+    @staticmethod
+    def memory_search(query: str, k: int = 10) -> memory_pb2.SearchMemoryRequest:
+        """MemoryService.Search."""
+        return memory_pb2.SearchMemoryRequest(query=query, k=k)
+
+    @staticmethod
+    def memory_list(
+        page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = ""
+    ) -> memory_pb2.ListMemoriesRequest:
+        """MemoryService.List."""
+        return memory_pb2.ListMemoriesRequest(
+            page_size=page_size, page_token=page_token, kind=kind, session_id=session_id
+        )
+
+    @staticmethod
+    def memory_get(memory_id: str) -> memory_pb2.GetMemoryRequest:
+        """MemoryService.Get."""
+        return memory_pb2.GetMemoryRequest(id=memory_id)
+
+    @staticmethod
+    def memory_delete(
+        memory_id: str = "", session_id: str = "", everything: bool = False
+    ) -> memory_pb2.DeleteMemoryRequest:
+        """MemoryService.Delete with exactly one selector.
+
+        Raises:
+            InvalidArgument: none or several selectors given (checked before any call).
+        """
+        chosen = [bool(memory_id), bool(session_id), everything]
+        if sum(chosen) != 1:
+            raise InvalidArgument("selector", "give exactly one of memory_id, session_id or everything=True")
+        if memory_id:
+            return memory_pb2.DeleteMemoryRequest(id=memory_id)
+        if session_id:
+            return memory_pb2.DeleteMemoryRequest(session_id=session_id)
+        return memory_pb2.DeleteMemoryRequest(all=True)
+
+    @staticmethod
+    def memory_export() -> memory_pb2.ExportMemoriesRequest:
+        """MemoryService.Export."""
+        return memory_pb2.ExportMemoriesRequest()
+
+    @staticmethod
+    def memory_recluster() -> memory_pb2.ReclusterRequest:
+        """MemoryService.Recluster."""
+        return memory_pb2.ReclusterRequest()
+
+    @staticmethod
+    def memory_stats() -> memory_pb2.MemoryStatsRequest:
+        """MemoryService.Stats."""
+        return memory_pb2.MemoryStatsRequest()
+
+    @staticmethod
+    def submit_feedback(input_text: str, target_text: str) -> learning_pb2.SubmitFeedbackRequest:
+        """FeedbackService.Submit."""
+        return learning_pb2.SubmitFeedbackRequest(input_text=input_text, target_text=target_text)
+
+    @staticmethod
+    def get_job(job_id: str) -> learning_pb2.GetJobRequest:
+        """FeedbackService.GetJob and WatchJob."""
+        return learning_pb2.GetJobRequest(job_id=job_id)
+
+    @staticmethod
+    def list_candidates() -> learning_pb2.ListCandidatesRequest:
+        """FeedbackService.ListCandidates."""
+        return learning_pb2.ListCandidatesRequest()
+
+    @staticmethod
+    def promote_candidate(job_id: str) -> learning_pb2.PromoteCandidateRequest:
+        """FeedbackService.PromoteCandidate."""
+        return learning_pb2.PromoteCandidateRequest(job_id=job_id)
+
+    @staticmethod
+    def list_versions() -> learning_pb2.ListVersionsRequest:
+        """ModelService.ListVersions."""
+        return learning_pb2.ListVersionsRequest()
+
+    @staticmethod
+    def get_version(version_id: str) -> learning_pb2.GetVersionRequest:
+        """ModelService.GetVersion."""
+        return learning_pb2.GetVersionRequest(id=version_id)
+
+    @staticmethod
+    def rollback(to_version: str = "") -> learning_pb2.RollbackRequest:
+        """ModelService.Rollback ("" = the live version's parent)."""
+        return learning_pb2.RollbackRequest(to_version=to_version)
+
+    @staticmethod
+    def promote_version(version_id: str) -> learning_pb2.PromoteRequest:
+        """ModelService.Promote."""
+        return learning_pb2.PromoteRequest(id=version_id)
+
+    @staticmethod
+    def kb_tell(text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellRequest:
+        """KnowledgeService.Tell."""
+        return knowledge_pb2.TellRequest(text=text, scope=scope, session_id=session_id)
+
+    @staticmethod
+    def kb_ask(statement: str, session_id: str = "") -> knowledge_pb2.AskRequest:
+        """KnowledgeService.Ask."""
+        return knowledge_pb2.AskRequest(statement=statement, session_id=session_id)
+
+    @staticmethod
+    def kb_list(kind: str = "", status: str = "") -> knowledge_pb2.ListStatementsRequest:
+        """KnowledgeService.ListStatements."""
+        return knowledge_pb2.ListStatementsRequest(kind=kind, status=status)
+
+    @staticmethod
+    def kb_retract(statement_id: str) -> knowledge_pb2.RetractRequest:
+        """KnowledgeService.Retract."""
+        return knowledge_pb2.RetractRequest(id=statement_id)
+
+    @staticmethod
+    def kb_conflicts() -> knowledge_pb2.ListConflictsRequest:
+        """KnowledgeService.ListConflicts."""
+        return knowledge_pb2.ListConflictsRequest()
+
+    @staticmethod
+    def kb_explain(statement_id: str) -> knowledge_pb2.ExplainRequest:
+        """KnowledgeService.Explain."""
+        return knowledge_pb2.ExplainRequest(id=statement_id)
+
+    @staticmethod
+    def monitor_events(limit: int = 50, session_id: str = "") -> metacognition_pb2.ListEventsRequest:
+        """MetacognitionService.ListEvents."""
+        return metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
+
+    @staticmethod
+    def issue_token(
+        api_key: str, user_id: str, roles: Sequence[str] = ("user",), ttl_seconds: int = 0
+    ) -> auth_pb2.IssueTokenRequest:
+        """AuthService.IssueToken."""
+        return auth_pb2.IssueTokenRequest(api_key=api_key, user_id=user_id, roles=list(roles), ttl_seconds=ttl_seconds)
+
+    @staticmethod
+    def health(service: str = "") -> health_pb2.HealthCheckRequest:
+        """grpc.health.v1.Health.Check ("" = the whole server)."""
+        return health_pb2.HealthCheckRequest(service=service)

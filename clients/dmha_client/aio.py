@@ -9,11 +9,16 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha.errors import Cancelled, DeadlineExceeded
-from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
+from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
-from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_proto.v1 import auth_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
+from dmha_client.errors import Cancelled, DeadlineExceeded, from_rpc_error, is_retryable
+from dmha_proto.v1 import (
+    knowledge_pb2,
+    learning_pb2,
+    memory_pb2,
+    metacognition_pb2,
+    session_pb2,
+)
 
 __all__ = ["AsyncChatStream", "AsyncDMHAClient"]
 
@@ -46,7 +51,7 @@ class AsyncChatStream:
             raise
 
     def cancel(self) -> None:
-        """Stop generation on the server; iterating further raises :class:`~dmha.errors.Cancelled`."""
+        """Stop generation on the server; iterating further raises :class:`~dmha_client.errors.Cancelled`."""
         self._cancelled_here = True
         self._call.cancel()
 
@@ -87,76 +92,82 @@ class AsyncDMHAClient(BaseClient):
 
     async def chat(self, message: str, session_id: str = "", **options: Any) -> ChatResult:
         """See :meth:`DMHAClient.chat`."""
-        reply = await self._unary(self._stubs.chat.Contextualize, self._chat_request(message, session_id, **options))
+        reply = await self._unary(self._stubs.chat.Contextualize, Requests.chat(message, session_id, **options))
         return ChatResult(reply.text, reply.session_id, reply)
 
     def chat_stream(self, message: str, session_id: str = "", **options: Any) -> AsyncChatStream:
         """See :meth:`DMHAClient.chat_stream`."""
         call = self._stubs.chat.Chat(
-            self._chat_request(message, session_id, **options), metadata=self._metadata(), timeout=self.timeout
+            Requests.chat(message, session_id, **options), metadata=self._metadata(), timeout=self.timeout
         )
         return AsyncChatStream(call)
 
     async def list_sessions(self) -> list[session_pb2.SessionSummary]:
         """See :meth:`DMHAClient.list_sessions`."""
-        return list((await self._unary(self._stubs.sessions.ListSessions, session_pb2.ListSessionsRequest())).sessions)
+        return list((await self._unary(self._stubs.sessions.ListSessions, Requests.list_sessions())).sessions)
 
     async def get_session(self, session_id: str) -> session_pb2.Session:
         """See :meth:`DMHAClient.get_session`."""
-        return await self._unary(self._stubs.sessions.GetSession, session_pb2.GetSessionRequest(session_id=session_id))
+        return await self._unary(self._stubs.sessions.GetSession, Requests.get_session(session_id))
 
     async def delete_session(self, session_id: str) -> None:
         """See :meth:`DMHAClient.delete_session`."""
-        await self._unary(self._stubs.sessions.DeleteSession, session_pb2.DeleteSessionRequest(session_id=session_id))
+        await self._unary(self._stubs.sessions.DeleteSession, Requests.delete_session(session_id))
 
     async def memory_search(self, query: str, k: int = 10) -> list[memory_pb2.ScoredMemory]:
         """See :meth:`DMHAClient.memory_search`."""
-        req = memory_pb2.SearchMemoryRequest(query=query, k=k)
+        req = Requests.memory_search(query, k)
         return list((await self._unary(self._stubs.memory.Search, req)).results)
 
-    async def memory_list(self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = "") -> memory_pb2.ListMemoriesResponse:
+    async def memory_list(
+        self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = ""
+    ) -> memory_pb2.ListMemoriesResponse:
         """See :meth:`DMHAClient.memory_list`."""
-        req = memory_pb2.ListMemoriesRequest(page_size=page_size, page_token=page_token, kind=kind, session_id=session_id)
+        req = Requests.memory_list(page_size, page_token, kind, session_id)
         return await self._unary(self._stubs.memory.List, req)
 
     async def memory_get(self, memory_id: str) -> memory_pb2.Memory:
         """See :meth:`DMHAClient.memory_get`."""
-        return await self._unary(self._stubs.memory.Get, memory_pb2.GetMemoryRequest(id=memory_id))
+        return await self._unary(self._stubs.memory.Get, Requests.memory_get(memory_id))
 
     async def memory_delete(self, *, memory_id: str = "", session_id: str = "", everything: bool = False) -> int:
         """See :meth:`DMHAClient.memory_delete`."""
-        return (await self._unary(self._stubs.memory.Delete, memory_request(memory_id, session_id, everything))).deleted
+        return (
+            await self._unary(self._stubs.memory.Delete, Requests.memory_delete(memory_id, session_id, everything))
+        ).deleted
 
     async def memory_export(self) -> AsyncIterator[bytes]:
         """See :meth:`DMHAClient.memory_export`."""
         try:
-            async for chunk in self._stubs.memory.Export(memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout):
+            async for chunk in self._stubs.memory.Export(
+                Requests.memory_export(), metadata=self._metadata(), timeout=self.timeout
+            ):
                 yield chunk.jsonl
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
 
     async def memory_recluster(self) -> memory_pb2.ReclusterResponse:
         """See :meth:`DMHAClient.memory_recluster`."""
-        return await self._unary(self._stubs.memory.Recluster, memory_pb2.ReclusterRequest())
+        return await self._unary(self._stubs.memory.Recluster, Requests.memory_recluster())
 
     async def memory_stats(self) -> memory_pb2.MemoryStats:
         """See :meth:`DMHAClient.memory_stats`."""
-        return await self._unary(self._stubs.memory.Stats, memory_pb2.MemoryStatsRequest())
+        return await self._unary(self._stubs.memory.Stats, Requests.memory_stats())
 
     async def submit_feedback(self, input_text: str, target_text: str) -> learning_pb2.SubmitFeedbackResponse:
         """See :meth:`DMHAClient.submit_feedback`."""
-        req = learning_pb2.SubmitFeedbackRequest(input_text=input_text, target_text=target_text)
+        req = Requests.submit_feedback(input_text, target_text)
         return await self._unary(self._stubs.feedback.Submit, req)
 
     async def get_job(self, job_id: str) -> learning_pb2.Job:
         """See :meth:`DMHAClient.get_job`."""
-        return await self._unary(self._stubs.feedback.GetJob, learning_pb2.GetJobRequest(job_id=job_id))
+        return await self._unary(self._stubs.feedback.GetJob, Requests.get_job(job_id))
 
     async def watch_job(self, job_id: str) -> AsyncIterator[learning_pb2.Job]:
         """See :meth:`DMHAClient.watch_job`."""
         try:
             async for job in self._stubs.feedback.WatchJob(
-                learning_pb2.GetJobRequest(job_id=job_id), metadata=self._metadata(), timeout=self.timeout
+                Requests.get_job(job_id), metadata=self._metadata(), timeout=self.timeout
             ):
                 yield job
         except grpc.RpcError as err:
@@ -176,69 +187,71 @@ class AsyncDMHAClient(BaseClient):
 
     async def list_candidates(self) -> list[learning_pb2.Job]:
         """See :meth:`DMHAClient.list_candidates`."""
-        return list((await self._unary(self._stubs.feedback.ListCandidates, learning_pb2.ListCandidatesRequest())).candidates)
+        return list((await self._unary(self._stubs.feedback.ListCandidates, Requests.list_candidates())).candidates)
 
     async def promote_candidate(self, job_id: str) -> learning_pb2.SubmitFeedbackResponse:
         """See :meth:`DMHAClient.promote_candidate`."""
-        req = learning_pb2.PromoteCandidateRequest(job_id=job_id)
+        req = Requests.promote_candidate(job_id)
         return await self._unary(self._stubs.feedback.PromoteCandidate, req)
 
     async def list_versions(self) -> list[learning_pb2.ModelVersion]:
         """See :meth:`DMHAClient.list_versions`."""
-        return list((await self._unary(self._stubs.models.ListVersions, learning_pb2.ListVersionsRequest())).versions)
+        return list((await self._unary(self._stubs.models.ListVersions, Requests.list_versions())).versions)
 
     async def get_version(self, version_id: str) -> learning_pb2.ModelVersion:
         """See :meth:`DMHAClient.get_version`."""
-        return await self._unary(self._stubs.models.GetVersion, learning_pb2.GetVersionRequest(id=version_id))
+        return await self._unary(self._stubs.models.GetVersion, Requests.get_version(version_id))
 
     async def rollback(self, to_version: str = "") -> learning_pb2.ModelVersion:
         """See :meth:`DMHAClient.rollback`."""
-        return await self._unary(self._stubs.models.Rollback, learning_pb2.RollbackRequest(to_version=to_version))
+        return await self._unary(self._stubs.models.Rollback, Requests.rollback(to_version))
 
     async def promote_version(self, version_id: str) -> learning_pb2.ModelVersion:
         """See :meth:`DMHAClient.promote_version`."""
-        return await self._unary(self._stubs.models.Promote, learning_pb2.PromoteRequest(id=version_id))
+        return await self._unary(self._stubs.models.Promote, Requests.promote_version(version_id))
 
     async def kb_tell(self, text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellResponse:
         """See :meth:`DMHAClient.kb_tell`."""
-        req = knowledge_pb2.TellRequest(text=text, scope=scope, session_id=session_id)
+        req = Requests.kb_tell(text, scope, session_id)
         return await self._unary(self._stubs.knowledge.Tell, req)
 
     async def kb_ask(self, statement: str, session_id: str = "") -> knowledge_pb2.AskResponse:
         """See :meth:`DMHAClient.kb_ask`."""
-        req = knowledge_pb2.AskRequest(statement=statement, session_id=session_id)
+        req = Requests.kb_ask(statement, session_id)
         return await self._unary(self._stubs.knowledge.Ask, req)
 
     async def kb_list(self, kind: str = "", status: str = "") -> list[knowledge_pb2.Statement]:
         """See :meth:`DMHAClient.kb_list`."""
-        req = knowledge_pb2.ListStatementsRequest(kind=kind, status=status)
+        req = Requests.kb_list(kind, status)
         return list((await self._unary(self._stubs.knowledge.ListStatements, req)).statements)
 
     async def kb_retract(self, statement_id: str) -> None:
         """See :meth:`DMHAClient.kb_retract`."""
-        await self._unary(self._stubs.knowledge.Retract, knowledge_pb2.RetractRequest(id=statement_id))
+        await self._unary(self._stubs.knowledge.Retract, Requests.kb_retract(statement_id))
 
     async def kb_conflicts(self) -> list[knowledge_pb2.Rejection]:
         """See :meth:`DMHAClient.kb_conflicts`."""
-        req = knowledge_pb2.ListConflictsRequest()
+        req = Requests.kb_conflicts()
         return list((await self._unary(self._stubs.knowledge.ListConflicts, req)).conflicts)
 
     async def kb_explain(self, statement_id: str) -> knowledge_pb2.ExplainResponse:
         """See :meth:`DMHAClient.kb_explain`."""
-        return await self._unary(self._stubs.knowledge.Explain, knowledge_pb2.ExplainRequest(id=statement_id))
+        return await self._unary(self._stubs.knowledge.Explain, Requests.kb_explain(statement_id))
 
     async def monitor_events(self, limit: int = 50, session_id: str = "") -> list[metacognition_pb2.RecordedEvent]:
         """See :meth:`DMHAClient.monitor_events`."""
-        req = metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
+        req = Requests.monitor_events(limit, session_id)
         return list((await self._unary(self._stubs.metacognition.ListEvents, req)).events)
 
-    async def issue_token(self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0) -> str:
+    async def issue_token(
+        self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0
+    ) -> str:
         """See :meth:`DMHAClient.issue_token`."""
-        req = auth_pb2.IssueTokenRequest(api_key=api_key, user_id=user_id, roles=list(roles), ttl_seconds=ttl_seconds)
+        req = Requests.issue_token(api_key, user_id, roles, ttl_seconds)
         return (await self._unary(self._stubs.auth.IssueToken, req)).token
 
     async def health(self, service: str = "") -> str:
         """See :meth:`DMHAClient.health`."""
         stub = health_pb2_grpc.HealthStub(self._channel)
-        resp = await self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        resp = await self._unary(stub.Check, Requests.health(service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -9,11 +9,17 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, memory_request
+from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
-from dmha_client.errors import from_rpc_error, is_retryable
-from dmha.errors import DeadlineExceeded
-from dmha_proto.v1 import auth_pb2, chat_pb2, knowledge_pb2, learning_pb2, memory_pb2, metacognition_pb2, session_pb2
+from dmha_client.errors import DeadlineExceeded, from_rpc_error, is_retryable
+from dmha_proto.v1 import (
+    chat_pb2,
+    knowledge_pb2,
+    learning_pb2,
+    memory_pb2,
+    metacognition_pb2,
+    session_pb2,
+)
 
 __all__ = ["ChatStream", "DMHAClient"]
 
@@ -91,9 +97,9 @@ class DMHAClient(BaseClient):
             The reply text, session id and full ChatReply.
 
         Raises:
-            DMHAError: a subclass per status code (see :mod:`dmha.errors`).
+            DMHAError: a subclass per status code (see :mod:`dmha_client.errors`).
         """
-        reply = self._unary(self._stubs.chat.Contextualize, self._chat_request(message, session_id, **options))
+        reply = self._unary(self._stubs.chat.Contextualize, Requests.chat(message, session_id, **options))
         return ChatResult(reply.text, reply.session_id, reply)
 
     def chat_stream(self, message: str, session_id: str = "", **options: Any) -> ChatStream:
@@ -103,7 +109,7 @@ class DMHAClient(BaseClient):
             A :class:`ChatStream`: iterate it for deltas, then read ``.result``.
         """
         call = self._stubs.chat.Chat(
-            self._chat_request(message, session_id, **options), metadata=self._metadata(), timeout=self.timeout
+            Requests.chat(message, session_id, **options), metadata=self._metadata(), timeout=self.timeout
         )
         return ChatStream(call, call)
 
@@ -111,67 +117,71 @@ class DMHAClient(BaseClient):
 
     def list_sessions(self) -> list[session_pb2.SessionSummary]:
         """The caller's sessions, most recent first."""
-        return list(self._unary(self._stubs.sessions.ListSessions, session_pb2.ListSessionsRequest()).sessions)
+        return list(self._unary(self._stubs.sessions.ListSessions, Requests.list_sessions()).sessions)
 
     def get_session(self, session_id: str) -> session_pb2.Session:
         """A session's turns. Raises NotFound for unknown (or other users') ids."""
-        return self._unary(self._stubs.sessions.GetSession, session_pb2.GetSessionRequest(session_id=session_id))
+        return self._unary(self._stubs.sessions.GetSession, Requests.get_session(session_id))
 
     def delete_session(self, session_id: str) -> None:
         """Forget a session. Raises NotFound for unknown (or other users') ids."""
-        self._unary(self._stubs.sessions.DeleteSession, session_pb2.DeleteSessionRequest(session_id=session_id))
+        self._unary(self._stubs.sessions.DeleteSession, Requests.delete_session(session_id))
 
     # -- long-term memory ---------------------------------------------------------
 
     def memory_search(self, query: str, k: int = 10) -> list[memory_pb2.ScoredMemory]:
         """The caller's memories most relevant to ``query``, with scores and why."""
-        return list(self._unary(self._stubs.memory.Search, memory_pb2.SearchMemoryRequest(query=query, k=k)).results)
+        return list(self._unary(self._stubs.memory.Search, Requests.memory_search(query, k)).results)
 
-    def memory_list(self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = "") -> memory_pb2.ListMemoriesResponse:
+    def memory_list(
+        self, page_size: int = 50, page_token: str = "", kind: str = "", session_id: str = ""
+    ) -> memory_pb2.ListMemoriesResponse:
         """One page of the caller's memories, newest first."""
-        req = memory_pb2.ListMemoriesRequest(page_size=page_size, page_token=page_token, kind=kind, session_id=session_id)
+        req = Requests.memory_list(page_size, page_token, kind, session_id)
         return self._unary(self._stubs.memory.List, req)
 
     def memory_get(self, memory_id: str) -> memory_pb2.Memory:
         """One memory. Raises NotFound for unknown (or other users') ids."""
-        return self._unary(self._stubs.memory.Get, memory_pb2.GetMemoryRequest(id=memory_id))
+        return self._unary(self._stubs.memory.Get, Requests.memory_get(memory_id))
 
     def memory_delete(self, *, memory_id: str = "", session_id: str = "", everything: bool = False) -> int:
         """Delete one memory, a session's memories, or all of the caller's; returns how many."""
-        return self._unary(self._stubs.memory.Delete, memory_request(memory_id, session_id, everything)).deleted
+        return self._unary(self._stubs.memory.Delete, Requests.memory_delete(memory_id, session_id, everything)).deleted
 
     def memory_export(self) -> Iterator[bytes]:
         """All of the caller's memories as JSON-lines chunks."""
         try:
-            for chunk in self._stubs.memory.Export(memory_pb2.ExportMemoriesRequest(), metadata=self._metadata(), timeout=self.timeout):
+            for chunk in self._stubs.memory.Export(
+                Requests.memory_export(), metadata=self._metadata(), timeout=self.timeout
+            ):
                 yield chunk.jsonl
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
 
     def memory_recluster(self) -> memory_pb2.ReclusterResponse:
         """Re-cluster the caller's memories now."""
-        return self._unary(self._stubs.memory.Recluster, memory_pb2.ReclusterRequest())
+        return self._unary(self._stubs.memory.Recluster, Requests.memory_recluster())
 
     def memory_stats(self) -> memory_pb2.MemoryStats:
         """Counts of the caller's memories."""
-        return self._unary(self._stubs.memory.Stats, memory_pb2.MemoryStatsRequest())
+        return self._unary(self._stubs.memory.Stats, Requests.memory_stats())
 
     # -- online learning ----------------------------------------------------------
 
     def submit_feedback(self, input_text: str, target_text: str) -> learning_pb2.SubmitFeedbackResponse:
         """For ``input_text`` the answer is ``target_text``: a training job (trainer/admin) or a candidate (user)."""
-        req = learning_pb2.SubmitFeedbackRequest(input_text=input_text, target_text=target_text)
+        req = Requests.submit_feedback(input_text, target_text)
         return self._unary(self._stubs.feedback.Submit, req)
 
     def get_job(self, job_id: str) -> learning_pb2.Job:
         """A job's current state."""
-        return self._unary(self._stubs.feedback.GetJob, learning_pb2.GetJobRequest(job_id=job_id))
+        return self._unary(self._stubs.feedback.GetJob, Requests.get_job(job_id))
 
     def watch_job(self, job_id: str) -> Iterator[learning_pb2.Job]:
         """Progress events until the job's final state."""
         try:
             yield from self._stubs.feedback.WatchJob(
-                learning_pb2.GetJobRequest(job_id=job_id), metadata=self._metadata(), timeout=self.timeout
+                Requests.get_job(job_id), metadata=self._metadata(), timeout=self.timeout
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
@@ -193,70 +203,70 @@ class DMHAClient(BaseClient):
 
     def list_candidates(self) -> list[learning_pb2.Job]:
         """User feedback awaiting review (trainer/admin)."""
-        return list(self._unary(self._stubs.feedback.ListCandidates, learning_pb2.ListCandidatesRequest()).candidates)
+        return list(self._unary(self._stubs.feedback.ListCandidates, Requests.list_candidates()).candidates)
 
     def promote_candidate(self, job_id: str) -> learning_pb2.SubmitFeedbackResponse:
         """Queue a candidate for training (trainer/admin)."""
-        return self._unary(self._stubs.feedback.PromoteCandidate, learning_pb2.PromoteCandidateRequest(job_id=job_id))
+        return self._unary(self._stubs.feedback.PromoteCandidate, Requests.promote_candidate(job_id))
 
     def list_versions(self) -> list[learning_pb2.ModelVersion]:
         """Model versions, oldest first; ``live`` marks the served one."""
-        return list(self._unary(self._stubs.models.ListVersions, learning_pb2.ListVersionsRequest()).versions)
+        return list(self._unary(self._stubs.models.ListVersions, Requests.list_versions()).versions)
 
     def get_version(self, version_id: str) -> learning_pb2.ModelVersion:
         """One model version."""
-        return self._unary(self._stubs.models.GetVersion, learning_pb2.GetVersionRequest(id=version_id))
+        return self._unary(self._stubs.models.GetVersion, Requests.get_version(version_id))
 
     def rollback(self, to_version: str = "") -> learning_pb2.ModelVersion:
         """Serve the live version's parent (or ``to_version``) again (admin)."""
-        return self._unary(self._stubs.models.Rollback, learning_pb2.RollbackRequest(to_version=to_version))
+        return self._unary(self._stubs.models.Rollback, Requests.rollback(to_version))
 
     def promote_version(self, version_id: str) -> learning_pb2.ModelVersion:
         """Serve ``version_id`` (admin)."""
-        return self._unary(self._stubs.models.Promote, learning_pb2.PromoteRequest(id=version_id))
+        return self._unary(self._stubs.models.Promote, Requests.promote_version(version_id))
 
     # -- knowledge base -----------------------------------------------------------
 
     def kb_tell(self, text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellResponse:
         """Add statements; rejected ones come back with their conflict cores."""
-        req = knowledge_pb2.TellRequest(text=text, scope=scope, session_id=session_id)
+        req = Requests.kb_tell(text, scope, session_id)
         return self._unary(self._stubs.knowledge.Tell, req)
 
     def kb_ask(self, statement: str, session_id: str = "") -> knowledge_pb2.AskResponse:
         """ENTAILED / CONTRADICTED / UNKNOWN with support."""
-        return self._unary(self._stubs.knowledge.Ask, knowledge_pb2.AskRequest(statement=statement, session_id=session_id))
+        return self._unary(self._stubs.knowledge.Ask, Requests.kb_ask(statement, session_id))
 
     def kb_list(self, kind: str = "", status: str = "") -> list[knowledge_pb2.Statement]:
         """The caller's statements (optionally one kind / status)."""
-        req = knowledge_pb2.ListStatementsRequest(kind=kind, status=status)
+        req = Requests.kb_list(kind, status)
         return list(self._unary(self._stubs.knowledge.ListStatements, req).statements)
 
     def kb_retract(self, statement_id: str) -> None:
         """Remove a statement."""
-        self._unary(self._stubs.knowledge.Retract, knowledge_pb2.RetractRequest(id=statement_id))
+        self._unary(self._stubs.knowledge.Retract, Requests.kb_retract(statement_id))
 
     def kb_conflicts(self) -> list[knowledge_pb2.Rejection]:
         """Rejected statements with their conflict cores."""
-        return list(self._unary(self._stubs.knowledge.ListConflicts, knowledge_pb2.ListConflictsRequest()).conflicts)
+        return list(self._unary(self._stubs.knowledge.ListConflicts, Requests.kb_conflicts()).conflicts)
 
     def kb_explain(self, statement_id: str) -> knowledge_pb2.ExplainResponse:
         """Why a statement holds or was rejected."""
-        return self._unary(self._stubs.knowledge.Explain, knowledge_pb2.ExplainRequest(id=statement_id))
+        return self._unary(self._stubs.knowledge.Explain, Requests.kb_explain(statement_id))
 
     def monitor_events(self, limit: int = 50, session_id: str = "") -> list[metacognition_pb2.RecordedEvent]:
         """The consistency monitor's firings on the caller's turns, newest first."""
-        req = metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
+        req = Requests.monitor_events(limit, session_id)
         return list(self._unary(self._stubs.metacognition.ListEvents, req).events)
 
     # -- auth and health ----------------------------------------------------------
 
     def issue_token(self, api_key: str, user_id: str, roles: tuple[str, ...] = ("user",), ttl_seconds: int = 0) -> str:
         """Mint a token with the server's admin API key; also used by this client afterwards."""
-        req = auth_pb2.IssueTokenRequest(api_key=api_key, user_id=user_id, roles=list(roles), ttl_seconds=ttl_seconds)
+        req = Requests.issue_token(api_key, user_id, roles, ttl_seconds)
         return self._unary(self._stubs.auth.IssueToken, req).token
 
     def health(self, service: str = "") -> str:
         """The server's health status name, e.g. ``SERVING``."""
         stub = health_pb2_grpc.HealthStub(self._channel)
-        resp = self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        resp = self._unary(stub.Check, Requests.health(service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,12 +21,12 @@ import jwt
 
 from dmha.config import AuthConfig
 from dmha.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from dmha.ids import check_id, is_valid_id
 
-__all__ = ["ROLES", "Authenticator", "Principal", "Role", "load_secrets", "validate_user_id"]
+__all__ = ["ROLES", "Authenticator", "Principal", "Role", "load_secrets"]
 
 Role = Literal["user", "trainer", "admin"]
 ROLES: tuple[Role, ...] = ("user", "trainer", "admin")
-_USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 _ALGORITHM = "HS256"
 
 
@@ -83,17 +82,6 @@ def load_secrets(cfg: AuthConfig, data_dir: Path) -> tuple[str, str]:
     return secret, api_key
 
 
-def validate_user_id(user_id: str) -> str:
-    """Check a user id's shape.
-
-    Raises:
-        InvalidArgument: empty, too long or with characters outside ``[A-Za-z0-9_.@-]``.
-    """
-    if not _USER_ID.match(user_id):
-        raise InvalidArgument("user_id", "must be 1-128 characters of A-Z a-z 0-9 _ . @ -")
-    return user_id
-
-
 class Authenticator:
     """Mints and checks tokens.
 
@@ -122,7 +110,7 @@ class Authenticator:
         Raises:
             InvalidArgument: bad user id, unknown role or negative TTL.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         roles = roles or ("user",)
         unknown = [r for r in roles if r not in ROLES]
         if unknown:
@@ -134,7 +122,9 @@ class Authenticator:
         claims = {"sub": user_id, "roles": sorted(set(roles)), "iat": now, "exp": exp, "iss": self._cfg.issuer}
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM), exp
 
-    def issue_with_key(self, api_key: str, user_id: str, roles: tuple[str, ...], ttl_seconds: int = 0) -> tuple[str, int]:
+    def issue_with_key(
+        self, api_key: str, user_id: str, roles: tuple[str, ...], ttl_seconds: int = 0
+    ) -> tuple[str, int]:
         """IssueToken: mint a token for a caller that presents the admin API key.
 
         Raises:
@@ -171,4 +161,8 @@ class Authenticator:
         roles = claims.get("roles") or ["user"]
         if not isinstance(roles, list) or not all(r in ROLES for r in roles):
             raise Unauthenticated("invalid token: bad roles claim")
-        return Principal(user_id=str(claims["sub"]), roles=frozenset(roles))
+        # The subject becomes part of Redis keys and Milvus filters: a token minted
+        # elsewhere with the same secret must still carry a well-formed user id.
+        if not is_valid_id(claims["sub"]):
+            raise Unauthenticated("invalid token: bad subject")
+        return Principal(user_id=claims["sub"], roles=frozenset(roles))

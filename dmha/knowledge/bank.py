@@ -14,32 +14,37 @@ from collections import OrderedDict
 import redis
 
 from dmha.config import KnowledgeConfig
-from dmha.errors import InvalidArgument
+from dmha.ids import check_id
 from dmha.knowledge.kb import KnowledgeBase
-from dmha.knowledge.view import View
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
+from dmha.knowledge.view import View
+from dmha.redis_connection import RedisConnection
 
 __all__ = ["KnowledgeBank"]
-
-_MAX_ID_CHARS = 256
 
 
 class KnowledgeBank:
     """Per-user knowledge bases sharing global statements.
 
     Args:
-        backend: a :class:`StatementStore`, a ``redis.Redis`` client (wrapped in a
-            :class:`RedisStore`), or None for a process-local :class:`InMemoryStore`.
+        backend: a :class:`StatementStore`, a :class:`RedisConnection` or a bare
+            ``redis.Redis`` client (either wrapped in a :class:`RedisStore`), or None
+            for a process-local :class:`InMemoryStore`.
         config: limits and solver budget for every view.
         max_views: how many (user, session) views stay loaded; default
             ``config.loaded_views``.
     """
 
-    def __init__(self, backend: StatementStore | redis.Redis | None = None,
-                 config: KnowledgeConfig | None = None, *, max_views: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: StatementStore | RedisConnection | redis.Redis | None = None,
+        config: KnowledgeConfig | None = None,
+        *,
+        max_views: int | None = None,
+    ) -> None:
         if backend is None:
             backend = InMemoryStore()
-        elif isinstance(backend, redis.Redis):
+        elif isinstance(backend, RedisConnection | redis.Redis):
             backend = RedisStore(backend)
         self._store: StatementStore = backend
         self._config = config or KnowledgeConfig()
@@ -52,8 +57,7 @@ class KnowledgeBank:
         """The store every view reads and writes."""
         return self._store
 
-    def for_user(self, user_id: str, session_id: str | None = None, *,
-                 role: str = "user") -> KnowledgeBase:
+    def for_user(self, user_id: str, session_id: str | None = None, *, role: str = "user") -> KnowledgeBase:
         """The knowledge base a user sees: global + the user's (+ the session's).
 
         Args:
@@ -65,11 +69,11 @@ class KnowledgeBank:
             A handle; cheap, may be created per request.
 
         Raises:
-            InvalidArgument: an empty or over-long user or session id.
+            InvalidArgument: a malformed user or session id (see :mod:`dmha.ids`).
         """
-        _check_id("user_id", user_id)
+        check_id(user_id, "user_id")
         if session_id is not None:
-            _check_id("session_id", session_id)
+            check_id(session_id, "session_id")
         key = (user_id, session_id)
         with self._lock:
             view = self._views.get(key)
@@ -91,8 +95,3 @@ class KnowledgeBank:
         """
         with self._lock:
             self._views.pop((user_id, session_id), None)
-
-
-def _check_id(field: str, value: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID_CHARS:
-        raise InvalidArgument(field, f"must be 1..{_MAX_ID_CHARS} characters")

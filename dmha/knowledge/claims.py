@@ -24,15 +24,20 @@ from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.model import Answer, Fact, Literal, Verdict, format_value, quote
 from dmha.knowledge.parser import is_statement_line, parse_statement
 
-__all__ = ["Claim", "ClaimCheck", "check_answer", "entities_in", "extract_claims",
-           "relevant_facts"]
+__all__ = ["Claim", "ClaimCheck", "check_answer", "entities_in", "extract_claims", "relevant_facts"]
 
 _SENTENCE_RE = re.compile(r"[^.!?;\n]+")
 _PHRASE = r"[A-Za-z_][\w ]{0,60}?"
-_POSSESSIVE_RE = re.compile(rf"^(?:the )?(?P<x>{_PHRASE})'s (?P<a>{_PHRASE}) (?:is|was) "
-                            r"(?P<neg>not )?(?P<v>.+)$", re.IGNORECASE)
-_OF_RE = re.compile(rf"^the (?P<a>{_PHRASE}) of (?P<x>{_PHRASE}) (?:is|was) "
-                    r"(?P<neg>not )?(?P<v>.+)$", re.IGNORECASE)
+_POSSESSIVE_RE = re.compile(
+    rf"^(?:the )?(?P<x>{_PHRASE})'s (?P<a>{_PHRASE}) (?:is|was) "
+    r"(?P<neg>not )?(?P<v>.+)$",
+    re.IGNORECASE,
+)
+_OF_RE = re.compile(
+    rf"^the (?P<a>{_PHRASE}) of (?P<x>{_PHRASE}) (?:is|was) "
+    r"(?P<neg>not )?(?P<v>.+)$",
+    re.IGNORECASE,
+)
 _IS_RE = re.compile(rf"^(?P<x>{_PHRASE}) (?:is|was) (?P<neg>not )?(?P<v>.+)$", re.IGNORECASE)
 _ARTICLE_RE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?\Z")
@@ -187,15 +192,14 @@ def entities_in(kb: KnowledgeBase, text: str) -> list[str]:
         Entity names in order of first mention.
     """
     words = [w.lower() for w in _WORD_RE.findall(text.replace("'s ", " "))]
-    spans = {"_".join(words[i:i + n]) for n in range(1, _MAX_NAME_WORDS + 1)
-             for i in range(len(words) - n + 1)}
+    spans = {"_".join(words[i : i + n]) for n in range(1, _MAX_NAME_WORDS + 1) for i in range(len(words) - n + 1)}
     known = kb.known_entities(spans)
     found: dict[str, None] = {}
     i = 0
     while i < len(words):
         # Longest match first, so "New York" is new_york rather than new and york.
         for size in range(min(_MAX_NAME_WORDS, len(words) - i), 0, -1):
-            name = "_".join(words[i:i + size])
+            name = "_".join(words[i : i + size])
             if name in known:
                 found.setdefault(name, None)
                 i += size

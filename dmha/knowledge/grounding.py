@@ -48,7 +48,8 @@ class _CompiledRule:
     def __init__(self, sid: str, rule: Rule) -> None:
         self.sid = sid
         self.body: tuple[_Pattern, ...] = tuple(
-            (lit.entity, lit.attribute, lit.value, not lit.negated) for lit in rule.body)
+            (lit.entity, lit.attribute, lit.value, not lit.negated) for lit in rule.body
+        )
         h = rule.head
         self.head: _Pattern = (h.entity, h.attribute, h.value, not h.negated)
         # One join order per triggering position, chosen once: bound entity first (the
@@ -323,8 +324,15 @@ class Grounder:
             for inst in found:
                 self._record(inst, agenda, delta)
 
-    def _join(self, rule: _CompiledRule, plan: tuple[int, ...], depth: int,
-              binding: dict[str, str], body: list[Lit | None], out: list[Inst]) -> None:
+    def _join(
+        self,
+        rule: _CompiledRule,
+        plan: tuple[int, ...],
+        depth: int,
+        binding: dict[str, str],
+        body: list[Lit | None],
+        out: list[Inst],
+    ) -> None:
         if depth == len(plan):
             head = _instantiate(rule.head, binding)
             if head is not None:
@@ -339,14 +347,12 @@ class Grounder:
                 del binding[var]
         body[index] = None
 
-    def _matches(self, pat: _Pattern, binding: dict[str, str]
-                 ) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    def _matches(self, pat: _Pattern, binding: dict[str, str]) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         e_t, a, v_t, pos = pat
         e = binding.get(e_t) if is_variable(e_t) else e_t
         v = binding.get(v_t) if is_variable(v_t) else v_t
         if e is not None and v is not None:
-            pairs: Iterable[tuple[str, str]] = (
-                [(e, v)] if v in self._ae.get((a, pos, e), ()) else [])
+            pairs: Iterable[tuple[str, str]] = [(e, v)] if v in self._ae.get((a, pos, e), ()) else []
         elif e is not None:
             pairs = [(e, x) for x in self._ae.get((a, pos, e), ())]
         elif v is not None:

@@ -19,8 +19,7 @@ from dmha.knowledge.model import TellResult
 from dmha.knowledge.parser import is_statement_line
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
-from dmha.memory.working import Turn
-from dmha.turn import ClaimOutcome, StatementOutcome, TurnState
+from dmha.turn import ClaimOutcome, StatementOutcome, Turn, TurnState
 
 __all__ = ["KnowledgeHook", "claim_outcomes", "tell_outcomes"]
 
@@ -42,7 +41,9 @@ def tell_outcomes(result: TellResult) -> tuple[list[StatementOutcome], str]:
     """
     out = [StatementOutcome(r.text(), "accepted", r.id) for r in result.accepted]
     for c in result.rejected:
-        out.append(StatementOutcome(c.record.text(), "rejected", c.record.id, c.reason, tuple(x.text() for x in c.core)))
+        out.append(
+            StatementOutcome(c.record.text(), "rejected", c.record.id, c.reason, tuple(x.text() for x in c.core))
+        )
     for c in result.demoted:
         out.append(StatementOutcome(c.record.text(), "demoted", c.record.id, c.reason, tuple(x.text() for x in c.core)))
     parts = [f"{len(result.accepted)} statement(s) accepted"]

@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from dmha.config import KnowledgeConfig
 from dmha.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from dmha.ids import check_id
 from dmha.knowledge.model import (
     Answer,
     AttrDecl,
@@ -73,11 +74,18 @@ class KnowledgeBase:
         RedisUnavailable: the store could not be read (on first use).
     """
 
-    def __init__(self, config: KnowledgeConfig | None = None, *,
-                 store: StatementStore | None = None, user_id: str = "local",
-                 session_id: str | None = None, role: str = "user") -> None:
-        self._view = View(store if store is not None else InMemoryStore(),
-                          config or KnowledgeConfig(), user_id, session_id)
+    def __init__(
+        self,
+        config: KnowledgeConfig | None = None,
+        *,
+        store: StatementStore | None = None,
+        user_id: str = "local",
+        session_id: str | None = None,
+        role: str = "user",
+    ) -> None:
+        self._view = View(
+            store if store is not None else InMemoryStore(), config or KnowledgeConfig(), user_id, session_id
+        )
         self._role = role
 
     @classmethod
@@ -103,8 +111,9 @@ class KnowledgeBase:
         return self._role
 
     # -- public API ------------------------------------------------------------------
-    def tell(self, text: str, *, scope: Scope | str | None = None, source: str | None = None,
-             session_id: str | None = None) -> TellResult:
+    def tell(
+        self, text: str, *, scope: Scope | str | None = None, source: str | None = None, session_id: str | None = None
+    ) -> TellResult:
         """Add the statement lines of ``text``; other lines are returned as chat.
 
         Each statement is checked in order. A statement that conflicts is settled by
@@ -134,8 +143,7 @@ class KnowledgeBase:
         view = self._view
         size = len(text.encode("utf-8"))
         if size > view.config.max_statement_bytes:
-            raise InvalidArgument("text", f"is {size} bytes; limit "
-                                          f"{view.config.max_statement_bytes}")
+            raise InvalidArgument("text", f"is {size} bytes; limit {view.config.max_statement_bytes}")
         if session_id is not None and session_id != view.session_id:
             raise InvalidArgument("session_id", "differs from this knowledge base's session")
         default_scope = _scope(scope)
@@ -147,8 +155,7 @@ class KnowledgeBase:
                 raise PermissionDenied("only the admin role may write global statements")
             if sc is Scope.SESSION and view.session_id is None:
                 raise InvalidArgument("scope", "session scope needs a session_id")
-            stamped.append(replace(stmt, scope=sc,
-                                   source=stmt.source if stmt.source is not None else source))
+            stamped.append(replace(stmt, scope=sc, source=stmt.source if stmt.source is not None else source))
         with view.lock:
             self._view.sync()
             self._check_capacity(stamped)
@@ -174,8 +181,7 @@ class KnowledgeBase:
                         accepted.pop(loss.sid, None)
                         demoted.append(self._view.lose(loss, batch))
                 self._view.commit(batch)
-        return TellResult(tuple(accepted.values()), tuple(rejected), tuple(demoted),
-                          parsed.chat_lines)
+        return TellResult(tuple(accepted.values()), tuple(rejected), tuple(demoted), parsed.chat_lines)
 
     def ask(self, query: str | Literal) -> Answer:
         """Decide a ground literal: ENTAILED, CONTRADICTED or UNKNOWN.
@@ -199,8 +205,11 @@ class KnowledgeBase:
         with self._view.lock:
             self._view.sync()
             verdict, ids, reason = self._view.reasoner.answer(lit.key())
-            support = tuple(sorted((self._view.shown(self._view.records[i]) for i in ids),
-                                   key=lambda r: r.statement.created_at or 0.0))
+            support = tuple(
+                sorted(
+                    (self._view.shown(self._view.records[i]) for i in ids), key=lambda r: r.statement.created_at or 0.0
+                )
+            )
         return Answer(lit, verdict, support, reason)
 
     def retract(self, statement_id: str) -> StatementRecord:
@@ -216,11 +225,13 @@ class KnowledgeBase:
             The removed record.
 
         Raises:
+            InvalidArgument: a malformed statement id.
             NotFound: no such statement in this view (another user's ids included).
             PermissionDenied: a global statement without the admin role.
             DeadlineExceeded: settling the clashes it causes exceeded the solver budget.
             RedisUnavailable: the store failed.
         """
+        check_id(statement_id, "statement_id")
         view = self._view
         with view.lock:
             self._view.sync()
@@ -244,8 +255,9 @@ class KnowledgeBase:
                 self._view.commit(batch)
         return shown
 
-    def statements(self, *, status: Status | str | None = None,
-                   scope: Scope | str | None = None) -> list[StatementRecord]:
+    def statements(
+        self, *, status: Status | str | None = None, scope: Scope | str | None = None
+    ) -> list[StatementRecord]:
         """Every statement of this view, oldest first, as this view sees it.
 
         Args:
@@ -264,10 +276,14 @@ class KnowledgeBase:
         with self._view.lock:
             self._view.sync()
             out = [self._view.shown(r) for r in self._view.records.values()]
-        return sorted((r for r in out
-                       if (want_status is None or r.status is want_status)
-                       and (want_scope is None or r.scope is want_scope)),
-                      key=lambda r: (r.statement.created_at or 0.0, r.id))
+        return sorted(
+            (
+                r
+                for r in out
+                if (want_status is None or r.status is want_status) and (want_scope is None or r.scope is want_scope)
+            ),
+            key=lambda r: (r.statement.created_at or 0.0, r.id),
+        )
 
     def conflicts(self) -> list[Conflict]:
         """Rejected statements with their reasons and minimal conflict cores.
@@ -289,9 +305,11 @@ class KnowledgeBase:
             one a summary and (up to 20) literals it helps derive.
 
         Raises:
+            InvalidArgument: a malformed statement id.
             NotFound: no such statement in this view.
             RedisUnavailable: the store failed.
         """
+        check_id(statement_id, "statement_id")
         view = self._view
         with view.lock:
             self._view.sync()
@@ -365,8 +383,9 @@ class KnowledgeBase:
         new_global = sum(1 for s in stamped if s.scope is Scope.GLOBAL)
         own = sum(n for ns, n in view.counts.items() if ns != GLOBAL_NS)
         if own + len(stamped) - new_global > limit:
-            raise ResourceExhausted(f"knowledge base would hold {own + len(stamped) - new_global}"
-                                    f" statements; limit {limit}")
+            raise ResourceExhausted(
+                f"knowledge base would hold {own + len(stamped) - new_global} statements; limit {limit}"
+            )
         if new_global and view.counts[GLOBAL_NS] + new_global > limit:
             raise ResourceExhausted(f"global knowledge would exceed {limit} statements")
 
@@ -387,4 +406,3 @@ def _status(value: Status | str | None) -> Status | None:
         return Status(value.lower())
     except ValueError:
         raise InvalidArgument("status", f"{value!r} is not accepted or rejected") from None
-

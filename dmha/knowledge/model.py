@@ -13,6 +13,7 @@ import enum
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 __all__ = [
     "Answer",
@@ -24,6 +25,7 @@ __all__ = [
     "Rule",
     "Scope",
     "Statement",
+    "StatementOptions",
     "StatementRecord",
     "Status",
     "TellResult",
@@ -39,6 +41,15 @@ RESERVED_VALUES = frozenset({"true", "false"})
 # boolean rule applied (``x.a = false`` is stored as ``not x.a = true``). Plain tuples
 # keep hashing and memory cheap at 100k literals.
 Lit = tuple[str, str, str, bool]
+
+
+class StatementOptions(TypedDict, total=False):
+    """The bracketed options every statement kind takes, as keyword arguments."""
+
+    confidence: float
+    scope: Scope | None
+    source: str | None
+    created_at: float | None
 
 
 class Scope(enum.StrEnum):

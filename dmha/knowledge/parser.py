@@ -28,6 +28,7 @@ from dmha.knowledge.model import (
     Rule,
     Scope,
     Statement,
+    StatementOptions,
     format_value,
     quote,
 )
@@ -232,8 +233,7 @@ class _Cursor:
         bound = {t for lit in body for t in (lit.entity, lit.value) if t.startswith("?")}
         for term in (head.entity, head.value):
             if term.startswith("?") and term not in bound:
-                found = re.compile(re.escape(term) + r"\b", re.IGNORECASE).search(
-                    self.line, head_pos)
+                found = re.compile(re.escape(term) + r"\b", re.IGNORECASE).search(self.line, head_pos)
                 where = found.start() if found else head_pos
                 raise self.fail(f"a variable bound in the rule body (not {term})", where)
         opts = self.options()
@@ -248,8 +248,9 @@ class _Cursor:
             if after < len(self.line) and self.line[after] in " \t":
                 self.pos = after
                 negated = True
-        entity = self.term(allow_variables, "an entity identifier or ?variable"
-                           if allow_variables else "an entity identifier")
+        entity = self.term(
+            allow_variables, "an entity identifier or ?variable" if allow_variables else "an entity identifier"
+        )
         self.expect(".", "'.' then an attribute")
         attribute = self.ident("an attribute identifier")
         self.expect("=", "'='")
@@ -303,7 +304,7 @@ class _Cursor:
                 self.pos += 1
                 return "".join(out)
             if ch == "\\":
-                nxt = self.line[self.pos + 1: self.pos + 2]
+                nxt = self.line[self.pos + 1 : self.pos + 2]
                 if nxt not in _ESCAPES:
                     raise self.fail('an escape: \\" \\\\ \\n or \\t')
                 out.append(_ESCAPES[nxt])
@@ -313,8 +314,8 @@ class _Cursor:
             self.pos += 1
         raise self.fail("a closing '\"'", start)
 
-    def options(self) -> dict[str, object]:
-        opts: dict[str, object] = {}
+    def options(self) -> StatementOptions:
+        opts: StatementOptions = {}
         if self.peek() != "[":
             return opts
         self.pos += 1
@@ -355,7 +356,7 @@ class _Cursor:
             return self.string()
         match = _BARE_SOURCE_RE.match(self.line, self.pos)
         text = match.group().strip() if match else ""
-        if not text:
-            raise self.fail("a source: text or \"quoted string\"")
+        if match is None or not text:
+            raise self.fail('a source: text or "quoted string"')
         self.pos = match.end()
         return text

@@ -188,8 +188,10 @@ class Reasoner:
             # Raised outside the handler so that no traceback keeps Z3 objects alive
             # beyond this call (they must die while the view's lock is held).
             self._activate(sid, stmt)
-            raise DeadlineExceeded("retracting this declaration needs conflict resolution "
-                                   "beyond the solver budget; raise knowledge.solver_timeout_ms")
+            raise DeadlineExceeded(
+                "retracting this declaration needs conflict resolution "
+                "beyond the solver budget; raise knowledge.solver_timeout_ms"
+            )
         finally:
             self._invalidate()
 
@@ -206,8 +208,9 @@ class Reasoner:
                     raise
                 self._deactivate(new)
                 self._undo(demoted)
-                return Admission(False, Loss(new, "timeout: explaining the conflict exceeded "
-                                                  "the solver budget", frozenset()))
+                return Admission(
+                    False, Loss(new, "timeout: explaining the conflict exceeded the solver budget", frozenset())
+                )
             loser = min(core, key=self._policy_key)
             loss = Loss(loser, self._reason(loser, core, used), core)
             if loser == new:
@@ -224,8 +227,7 @@ class Reasoner:
         for loss, stmt in reversed(demoted):
             self._activate(loss.sid, stmt)
 
-    def _core(self, clashes: set[Clash], deadline: Deadline
-              ) -> tuple[frozenset[str], list[Clash]]:
+    def _core(self, clashes: set[Clash], deadline: Deadline) -> tuple[frozenset[str], list[Clash]]:
         lits = {lit for clash in clashes for lit in clash[:2]}
         cone = self.grounder.cone(lits, deadline.check)
         guards = {}
@@ -240,8 +242,7 @@ class Reasoner:
 
     def _policy_key(self, sid: str) -> tuple[float, float, int, str]:
         stmt = self._stmts[sid]
-        return (stmt.confidence, stmt.created_at or 0.0,
-                SCOPE_RANK[stmt.scope or Scope.USER], sid)
+        return (stmt.confidence, stmt.created_at or 0.0, SCOPE_RANK[stmt.scope or Scope.USER], sid)
 
     def _reason(self, loser: str, core: frozenset[str], used: list[Clash]) -> str:
         others = sorted(core - {loser}, key=self._policy_key)
@@ -280,8 +281,7 @@ class Reasoner:
             if grounder.is_live(lit):
                 return Verdict.ENTAILED, self._support(lit, deadline), "derivable"
             if grounder.is_live(comp):
-                return (Verdict.CONTRADICTED, self._support(comp, deadline),
-                        f"{lit_text(comp)} is derivable")
+                return (Verdict.CONTRADICTED, self._support(comp, deadline), f"{lit_text(comp)} is derivable")
             if self._functional(a):
                 for pres in presentations(lit):
                     if not pres[3]:
@@ -289,8 +289,11 @@ class Reasoner:
                     for other_v in sorted(grounder.values(e, a)):
                         other = normalize(e, a, other_v, True)
                         if other_v != pres[2] and other not in (lit, comp):
-                            return (Verdict.CONTRADICTED, self._support(other, deadline),
-                                    f"{lit_text(other)} is derivable and {a} is functional")
+                            return (
+                                Verdict.CONTRADICTED,
+                                self._support(other, deadline),
+                                f"{lit_text(other)} is derivable and {a} is functional",
+                            )
         except SolverTimeout:
             return Verdict.UNKNOWN, frozenset(), "timeout"
         return Verdict.UNKNOWN, frozenset(), "neither it nor its negation is derivable"
@@ -326,5 +329,4 @@ def _describe(clash: Clash) -> str:
     l1, l2, attr = clash
     if attr is None:
         return f"{lit_text(l1)} and {lit_text(l2)} are both derivable"
-    return (f"{l1[0]}.{attr} is functional but both {lit_text(l1)} and "
-            f"{lit_text(l2)} are derivable")
+    return f"{l1[0]}.{attr} is functional but both {lit_text(l1)} and {lit_text(l2)} are derivable"

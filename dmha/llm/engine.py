@@ -17,7 +17,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,13 @@ import torch
 
 from dmha.config import LimitsConfig, ModelConfig
 from dmha.errors import InvalidArgument, ResourceExhausted
-from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, ModelHandle, TokenDelta
+from dmha.llm.base import (
+    ChatMessage,
+    GenerationOptions,
+    GenerationResult,
+    ModelHandle,
+    TokenDelta,
+)
 from dmha.llm.batching import Cohort, Request, make_cohorts
 from dmha.llm.eager import EagerStepModel
 
@@ -183,7 +189,7 @@ class HFEngine:
 
     async def stream(
         self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> AsyncIterator[TokenDelta | GenerationResult]:
+    ) -> AsyncGenerator[TokenDelta | GenerationResult, None]:
         """Yield text deltas, then one :class:`GenerationResult`.
 
         Closing the iterator early (client gone) cancels generation.
@@ -225,9 +231,7 @@ class HFEngine:
         finally:
             req.cancelled.set()
 
-    async def complete(
-        self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> GenerationResult:
+    async def complete(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> GenerationResult:
         """Generate a whole reply (see :meth:`stream`)."""
         result: GenerationResult | None = None
         async for item in self.stream(messages, options):

@@ -47,8 +47,7 @@ def default_model_dir(data_dir: Path) -> Path:
 def is_model_dir(path: Path) -> bool:
     """True when ``path`` looks like a loadable Hugging Face causal-LM folder."""
     return (path / "config.json").is_file() and any(
-        (path / name).exists()
-        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+        (path / name).exists() for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
     )
 
 
@@ -120,9 +119,7 @@ def _convert(gguf: Path, target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a GGUF-loaded (quantised) model; the weights are
         # already dequantised to fp32, so drop the quantiser bookkeeping.
         model.hf_quantizer = None

@@ -1,13 +1,34 @@
 """Memory: working memory (Redis) and long-term memory (Milvus, Faiss, HDBSCAN).
 
-Names are imported lazily (PEP 562) so that importing ``dmha.memory.working``
-does not pull in pymilvus, Faiss, scikit-learn and torch.
+:class:`RedisWorkingMemory` keeps each session's recent turns; :class:`LongTermMemory`
+archives the overflow into :class:`MilvusLongTermStore`, clusters it and retrieves
+it (:class:`Retriever` over a per-user :class:`HotIndex` and BM25); :class:`MemoryHook`
+is its part in a chat turn.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from dmha.memory.archival import Archiver
+from dmha.memory.bm25 import BM25Index, tokenize
+from dmha.memory.clustering import Clusterer, Clustering
+from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
+from dmha.memory.hook import MemoryHook
+from dmha.memory.hot_index import HotIndex, UserIndex
+from dmha.memory.longterm_memory import LongTermMemory, build_longterm
+from dmha.memory.records import (
+    ArchiveReport,
+    ClusterReport,
+    MemoryKind,
+    MemoryPage,
+    MemoryRecord,
+    MemoryStats,
+    RetrievedMemory,
+    memory_id,
+)
+from dmha.memory.retrieval import Retriever, approx_token_count
+from dmha.memory.store import LongTermStore, MilvusLongTermStore
+from dmha.memory.summariser import ExtractiveSummariser, LLMSummariser, Summariser
+from dmha.memory.working import RedisWorkingMemory, SessionInfo, WorkingMemory
 
 __all__ = [
     "ArchiveReport",
@@ -19,8 +40,10 @@ __all__ = [
     "Embedder",
     "ExtractiveSummariser",
     "HotIndex",
+    "LLMSummariser",
     "LongTermMemory",
     "LongTermStore",
+    "MemoryHook",
     "MemoryKind",
     "MemoryPage",
     "MemoryRecord",
@@ -32,81 +55,10 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "SessionInfo",
     "Summariser",
-    "Turn",
     "UserIndex",
     "WorkingMemory",
     "approx_token_count",
     "build_longterm",
     "memory_id",
-    "new_turn_id",
     "tokenize",
 ]
-
-_WHERE = {
-    "ArchiveReport": "records",
-    "ClusterReport": "records",
-    "MemoryKind": "records",
-    "MemoryPage": "records",
-    "MemoryRecord": "records",
-    "MemoryStats": "records",
-    "RetrievedMemory": "records",
-    "memory_id": "records",
-    "Archiver": "archival",
-    "BM25Index": "bm25",
-    "tokenize": "bm25",
-    "Clusterer": "clustering",
-    "Clustering": "clustering",
-    "Embedder": "embedding",
-    "SentenceTransformerEmbedder": "embedding",
-    "ExtractiveSummariser": "summariser",
-    "Summariser": "summariser",
-    "HotIndex": "hot_index",
-    "UserIndex": "hot_index",
-    "LongTermStore": "longterm",
-    "MilvusLongTermStore": "longterm",
-    "LongTermMemory": "longterm_memory",
-    "build_longterm": "longterm_memory",
-    "Retriever": "retrieval",
-    "approx_token_count": "retrieval",
-    "RedisWorkingMemory": "working",
-    "SessionInfo": "working",
-    "Turn": "working",
-    "WorkingMemory": "working",
-    "new_turn_id": "working",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dmha.memory' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"dmha.memory.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from dmha.memory.archival import Archiver
-    from dmha.memory.bm25 import BM25Index, tokenize
-    from dmha.memory.clustering import Clusterer, Clustering
-    from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
-    from dmha.memory.hot_index import HotIndex, UserIndex
-    from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
-    from dmha.memory.longterm_memory import LongTermMemory, build_longterm
-    from dmha.memory.records import (
-        ArchiveReport,
-        ClusterReport,
-        MemoryKind,
-        MemoryPage,
-        MemoryRecord,
-        MemoryStats,
-        RetrievedMemory,
-        memory_id,
-    )
-    from dmha.memory.retrieval import Retriever, approx_token_count
-    from dmha.memory.summariser import ExtractiveSummariser, Summariser
-    from dmha.memory.working import RedisWorkingMemory, SessionInfo, Turn, WorkingMemory, new_turn_id

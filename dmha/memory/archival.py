@@ -26,7 +26,8 @@ from dmha.errors import DMHAError
 from dmha.memory.embedding import Embedder
 from dmha.memory.records import MemoryRecord, index_text, memory_id
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
-from dmha.memory.working import Turn, WorkingMemory
+from dmha.memory.working import WorkingMemory
+from dmha.turn import Turn
 
 __all__ = ["ArchiveResult", "Archiver", "build_records"]
 
@@ -68,9 +69,14 @@ def build_records(
             out.append(
                 MemoryRecord(
                     id=memory_id(t.user_id, "turn", [t.turn_id]),
-                    user_id=t.user_id, session_id=t.session_id, kind="turn",
-                    text=_fit(t.text), created_at=t.created_at,
-                    source_ids=(t.turn_id,), role=t.role, importance=0.5,
+                    user_id=t.user_id,
+                    session_id=t.session_id,
+                    kind="turn",
+                    text=_fit(t.text),
+                    created_at=t.created_at,
+                    source_ids=(t.turn_id,),
+                    role=t.role,
+                    importance=0.5,
                 )
             )
         if summarise is None or len(chunk) < 2:
@@ -82,9 +88,14 @@ def build_records(
         out.append(
             MemoryRecord(
                 id=memory_id(chunk[0].user_id, "summary", ids),
-                user_id=chunk[0].user_id, session_id=chunk[0].session_id, kind="summary",
-                text=_fit(text), created_at=chunk[-1].created_at,
-                source_ids=tuple(ids), role="", importance=0.6,
+                user_id=chunk[0].user_id,
+                session_id=chunk[0].session_id,
+                kind="summary",
+                text=_fit(text),
+                created_at=chunk[-1].created_at,
+                source_ids=tuple(ids),
+                role="",
+                importance=0.6,
             )
         )
     return out
@@ -159,9 +170,7 @@ class Archiver:
             turns = turns[: len(turns) - len(turns) % self._batch]
         if not turns:
             return ArchiveResult([], 0, 0)
-        records = build_records(
-            turns, self._batch, self._summarise if self._summariser is not None else None
-        )
+        records = build_records(turns, self._batch, self._summarise if self._summariser is not None else None)
         vectors = self._embedder.embed([index_text(r) for r in records])
         records = [dataclasses.replace(r, vector=v) for r, v in zip(records, vectors, strict=True)]
         self._write(records)

@@ -27,7 +27,7 @@ from dmha.config import ClusteringConfig
 from dmha.memory.embedding import Embedder
 from dmha.memory.records import CLUSTER_NOISE, MemoryRecord, index_text, memory_id
 from dmha.memory.summariser import Summariser
-from dmha.memory.working import Turn
+from dmha.turn import Turn, as_role
 
 if TYPE_CHECKING:
     from dmha.memory.hot_index import UserIndex
@@ -209,8 +209,14 @@ def build_cluster_summaries(
                 continue
         members.sort(key=lambda m: (m.created_at, m.id))
         pseudo = [
-            Turn(turn_id=m.id, user_id=index.user_id, session_id=m.session_id,
-                 role=m.role or "user", text=m.text, created_at=m.created_at)  # type: ignore[arg-type]
+            Turn(
+                turn_id=m.id,
+                user_id=index.user_id,
+                session_id=m.session_id,
+                role=as_role(m.role),
+                text=m.text,
+                created_at=m.created_at,
+            )
             for m in members
         ]
         text = summariser(pseudo).strip()
@@ -219,9 +225,16 @@ def build_cluster_summaries(
         sources = list(dict.fromkeys(s for m in members for s in m.source_ids))[:_CLUSTER_SOURCES]
         records.append(
             MemoryRecord(
-                id=mid, user_id=index.user_id, session_id="", kind="cluster_summary", text=text,
-                created_at=max(m.created_at for m in members), source_ids=tuple(sources),
-                cluster_id=stored_id, role="", importance=0.7,
+                id=mid,
+                user_id=index.user_id,
+                session_id="",
+                kind="cluster_summary",
+                text=text,
+                created_at=max(m.created_at for m in members),
+                source_ids=tuple(sources),
+                cluster_id=stored_id,
+                role="",
+                importance=0.7,
             )
         )
     if records:

@@ -118,9 +118,7 @@ class SentenceTransformerEmbedder:
                 try:
                     self._model = SentenceTransformer(str(self._path), device=device)
                 except (OSError, ValueError) as exc:
-                    raise StartupError(
-                        f"cannot load embedding model from {self._path}: {exc}"
-                    ) from exc
+                    raise StartupError(f"cannot load embedding model from {self._path}: {exc}") from exc
                 log.info("embedding model %s loaded on %s", self._path, device)
             return self._model
 

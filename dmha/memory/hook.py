@@ -1,4 +1,4 @@
-"""Long-term memory's part in a chat turn, and the LLM summariser archival uses.
+"""Long-term memory's part in a chat turn.
 
 Before generation the memories relevant to the message are retrieved into the
 prompt (ids, scores and why go back in the reply). After the turn is stored,
@@ -9,49 +9,21 @@ in Redis until a later turn archives it — nothing is dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
 from dmha.errors import MilvusUnavailable
 from dmha.executor import run_blocking, run_in_background
-from dmha.llm.base import LLM, ChatMessage, GenerationOptions, GenerationResult
+from dmha.llm.base import LLM, GenerationResult
 from dmha.llm.prompt import ContextBlock
 from dmha.memory.longterm_memory import LongTermMemory
-from dmha.memory.working import Turn
-from dmha.turn import MemoryRef, TurnState
+from dmha.turn import MemoryRef, Turn, TurnState
 
-__all__ = ["LLMSummariser", "MemoryHook"]
+__all__ = ["MemoryHook"]
 
 log = logging.getLogger(__name__)
 
 MEMORIES_TITLE = "Relevant memories from earlier conversations"
-_SUMMARY_PROMPT = (
-    "Summarise the following conversation excerpt in two or three sentences. "
-    "Keep every name, date, number and stated fact.\n\n{dialogue}"
-)
-
-
-class LLMSummariser:
-    """Summarises archived turns with the serving model (called from worker threads).
-
-    Args:
-        llm: the serving engine.
-        loop: the server's event loop (the engine streams through it).
-        max_new_tokens: summary length cap.
-    """
-
-    def __init__(self, llm: LLM, loop: asyncio.AbstractEventLoop, max_new_tokens: int = 96) -> None:
-        self._llm = llm
-        self._loop = loop
-        self._options = GenerationOptions(max_new_tokens=max_new_tokens)
-
-    def __call__(self, turns: Sequence[Turn]) -> str:
-        dialogue = "\n".join(f"{t.role}: {t.text}" for t in turns)
-        messages = [ChatMessage("user", _SUMMARY_PROMPT.format(dialogue=dialogue))]
-        future = asyncio.run_coroutine_threadsafe(self._llm.complete(messages, self._options), self._loop)
-        result: GenerationResult = future.result()
-        return result.text.strip()
 
 
 class MemoryHook:
@@ -76,7 +48,11 @@ class MemoryHook:
             return
         try:
             found = await run_blocking(
-                self._memory.search, turn.principal.user_id, query, self._top_k, self._budget,
+                self._memory.search,
+                turn.principal.user_id,
+                query,
+                self._top_k,
+                self._budget,
                 count_tokens=self._llm.count_tokens,
             )
         except MilvusUnavailable:

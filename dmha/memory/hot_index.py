@@ -108,6 +108,7 @@ class UserIndex:
     def _rebuild_faiss(self) -> None:
         n = len(self._records)
         data = self._vectors[:n]
+        index: faiss.Index
         if n > self._ivf_threshold:
             nlist = int(np.sqrt(n))
             quantizer = faiss.IndexFlatIP(self.dim)
@@ -187,9 +188,7 @@ class UserIndex:
             self._append_rows([dataclasses.replace(r, vector=v) for r, v in zip(live, vectors, strict=True)])
         self._centroids, self._centroid_ids = centroids, centroid_ids
 
-    def set_clusters(
-        self, assignments: dict[str, int], centroids: np.ndarray, centroid_ids: Sequence[int]
-    ) -> None:
+    def set_clusters(self, assignments: dict[str, int], centroids: np.ndarray, centroid_ids: Sequence[int]) -> None:
         """Record a clustering run's result.
 
         Args:
@@ -236,10 +235,7 @@ class UserIndex:
     def snapshot(self, exclude_kinds: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
         """Ids and a copy of their vectors (for clustering outside the lock)."""
         with self.lock:
-            rows = [
-                self._row[r.id] for r in self._records
-                if r is not None and r.kind not in exclude_kinds
-            ]
+            rows = [self._row[r.id] for r in self._records if r is not None and r.kind not in exclude_kinds]
             ids = [self._records[row].id for row in rows]  # type: ignore[union-attr]
             return ids, self._vectors[rows].copy()
 
@@ -259,7 +255,8 @@ class UserIndex:
             q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
             sims, rows = self._faiss.search(q, want)
             out = [
-                (int(r), float(s)) for r, s in zip(rows[0], sims[0], strict=True)
+                (int(r), float(s))
+                for r, s in zip(rows[0], sims[0], strict=True)
                 if r >= 0 and self._records[r] is not None
             ]
             return out[:n]

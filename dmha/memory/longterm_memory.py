@@ -26,11 +26,11 @@ import numpy as np
 
 from dmha.config import MemoryConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, MilvusUnavailable, NotFound
+from dmha.ids import check_id
 from dmha.memory.archival import Archiver, ArchiveResult
 from dmha.memory.clustering import Clusterer, build_cluster_summaries, stable_ids
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hot_index import HotIndex, UserIndex
-from dmha.memory.longterm import LongTermStore, MilvusLongTermStore
 from dmha.memory.records import (
     CLUSTER_PENDING,
     KINDS,
@@ -45,9 +45,9 @@ from dmha.memory.records import (
     index_text,
     listing_order,
     memory_id,
-    validate_user_id,
 )
 from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack
+from dmha.memory.store import LongTermStore, MilvusLongTermStore
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
 from dmha.memory.working import WorkingMemory
 
@@ -55,8 +55,8 @@ __all__ = ["LongTermMemory", "build_longterm"]
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_PAGE = 50
 _MAX_PAGE = 1000
-_MAX_ID_CHARS = 64
 _MAX_TEXTS = 1000
 
 
@@ -181,8 +181,8 @@ class LongTermMemory:
             RedisUnavailable: working memory failed.
             FailedPrecondition: built without a working memory.
         """
-        validate_user_id(user_id)
-        validate_user_id(session_id, "session_id")
+        check_id(user_id, "user_id")
+        check_id(session_id, "session_id")
         return self._report(user_id, self._require_archiver().archive(user_id, session_id, everything=False))
 
     def archive_session(self, user_id: str, session_id: str) -> ArchiveReport:
@@ -201,8 +201,8 @@ class LongTermMemory:
             RedisUnavailable: working memory failed.
             FailedPrecondition: built without a working memory.
         """
-        validate_user_id(user_id)
-        validate_user_id(session_id, "session_id")
+        check_id(user_id, "user_id")
+        check_id(session_id, "session_id")
         return self._report(user_id, self._require_archiver().archive(user_id, session_id, everything=True))
 
     def add_texts(
@@ -235,9 +235,9 @@ class LongTermMemory:
             InvalidArgument: a bad field (named, with its limit).
             MilvusUnavailable: Milvus did not acknowledge.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         if session_id:
-            validate_user_id(session_id, "session_id")
+            check_id(session_id, "session_id")
         if kind not in ("fact", "summary"):
             raise InvalidArgument("kind", f"is {kind!r}; expected fact or summary")
         if not texts:
@@ -253,8 +253,12 @@ class LongTermMemory:
         records = [
             MemoryRecord(
                 id=memory_id(user_id, kind, [session_id, " ".join(t.split())]),
-                user_id=user_id, session_id=session_id, kind=kind, text=t.strip(),
-                created_at=now, importance=importance,
+                user_id=user_id,
+                session_id=session_id,
+                kind=kind,
+                text=t.strip(),
+                created_at=now,
+                importance=importance,
             )
             for t in texts
         ]
@@ -291,7 +295,7 @@ class LongTermMemory:
             InvalidArgument: a bad field (named, with its limit).
             MilvusUnavailable: Milvus failed (first search of a user loads their index).
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         self._text("query", query, self._cfg.retrieval.max_query_bytes)
         if k is None:
             k = self._cfg.retrieval.top_k
@@ -321,14 +325,12 @@ class LongTermMemory:
         """One memory of the user (without its vector).
 
         Raises:
+            InvalidArgument: a malformed user or memory id.
             NotFound: no such memory for this user (including another user's id).
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
-        if not memory_id:
-            raise InvalidArgument("memory_id", "must not be empty")
-        if len(memory_id) > _MAX_ID_CHARS:  # no memory has such an id
-            raise NotFound(f"memory {memory_id[:_MAX_ID_CHARS]!r}... not found")
+        check_id(user_id, "user_id")
+        check_id(memory_id, "memory_id")
         index = self._hot.peek(user_id)
         rec = index.get(memory_id) if index is not None else None
         if rec is None:
@@ -350,7 +352,7 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed (possibly mid-iteration).
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         for rec in self._store.scan(user_id):
             yield rec.to_dict()
 
@@ -360,9 +362,9 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         records = self._records(user_id)
-        by_kind: dict[str, int] = {kind: 0 for kind in KINDS}
+        by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         for rec in records:
             by_kind[rec.kind] = by_kind.get(rec.kind, 0) + 1
         return MemoryStats(
@@ -370,9 +372,7 @@ class LongTermMemory:
             by_kind=by_kind,
             sessions=len({r.session_id for r in records if r.session_id}),
             clusters=len({r.cluster_id for r in records if r.kind == "cluster_summary"}),
-            unclustered=sum(
-                r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary" for r in records
-            ),
+            unclustered=sum(r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary" for r in records),
             hot=self._hot.peek(user_id) is not None,
         )
 
@@ -398,10 +398,7 @@ class LongTermMemory:
         with self._hot.user_lock(user_id):
             deleted = self._store.delete(user_id, [rec.id])
             if rec.kind == "turn" and rec.source_ids:
-                deleted += [
-                    i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0])
-                    if i != rec.id
-                ]
+                deleted += [i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0]) if i != rec.id]
             self._forget(user_id, deleted)
         if rec.id not in deleted:
             raise NotFound(f"memory {memory_id!r} not found")
@@ -417,8 +414,8 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
-        validate_user_id(session_id, "session_id")
+        check_id(user_id, "user_id")
+        check_id(session_id, "session_id")
         with self._hot.user_lock(user_id):
             ids = self._store.delete_where(user_id, session_id=session_id)
             quoted = self._store.delete_where(user_id, kind="cluster_summary") if ids else []
@@ -434,7 +431,7 @@ class LongTermMemory:
         Raises:
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         with self._hot.user_lock(user_id):
             ids = self._store.delete_where(user_id)
             self._hot.drop(user_id)
@@ -455,7 +452,7 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed (cluster ids may be partly written; a
                 rerun fixes them).
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
         start = time.perf_counter()
         index = self._hot.get(user_id)
         if index is None:  # no hot cache: work on a throwaway index
@@ -476,7 +473,8 @@ class LongTermMemory:
             # Only changed memberships are written back, and never for a memory
             # deleted meanwhile (a partial update must not resurrect it).
             assignments = {
-                mid: int(new) for mid, old, new in zip(ids, before.tolist(), after.tolist(), strict=True)
+                mid: int(new)
+                for mid, old, new in zip(ids, before.tolist(), after.tolist(), strict=True)
                 if new != old and index.get(mid) is not None
             }
             self._store.set_clusters(user_id, assignments)
@@ -489,8 +487,11 @@ class LongTermMemory:
             index.remove(stale)
         noise = int(np.sum(result.labels < 0))
         return ClusterReport(
-            memories=len(ids), clusters=result.clusters, noise=noise,
-            seconds=time.perf_counter() - start, summaries=len(summaries),
+            memories=len(ids),
+            clusters=result.clusters,
+            noise=noise,
+            seconds=time.perf_counter() - start,
+            summaries=len(summaries),
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -502,7 +503,7 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed.
         """
         for user in user_ids:
-            self._hot.get(validate_user_id(user))
+            self._hot.get(check_id(user, "user_id"))
 
     def close(self) -> None:
         """Release the store (and an embedded Milvus Lite database)."""
@@ -511,7 +512,7 @@ class LongTermMemory:
     def list(
         self,
         user_id: str,
-        page_size: int = 50,
+        page_size: int | None = None,
         page_token: str = "",
         kind: str | None = None,
         session_id: str | None = None,
@@ -520,7 +521,7 @@ class LongTermMemory:
 
         Args:
             user_id: the user.
-            page_size: 1..1000.
+            page_size: 1..1000 (default 50).
             page_token: ``next_page_token`` of the previous page ("" for the first).
             kind: only this kind.
             session_id: only this session.
@@ -532,13 +533,18 @@ class LongTermMemory:
             InvalidArgument: bad page size, token or kind.
             MilvusUnavailable: Milvus failed.
         """
-        validate_user_id(user_id)
+        check_id(user_id, "user_id")
+        if session_id is not None:
+            check_id(session_id, "session_id")
+        if page_size is None:
+            page_size = _DEFAULT_PAGE
         if not 1 <= page_size <= _MAX_PAGE:
             raise InvalidArgument("page_size", f"is {page_size}; must be between 1 and {_MAX_PAGE}")
         self._kind(kind)
         after = decode_page_token(page_token) if page_token else None
         records = [
-            r for r in self._records(user_id)
+            r
+            for r in self._records(user_id)
             if (kind is None or r.kind == kind) and (session_id is None or r.session_id == session_id)
         ]
         records.sort(key=listing_order)
@@ -583,6 +589,4 @@ def build_longterm(
     chosen: Summariser | None = None
     if summaries:
         chosen = summariser if (cfg.longterm.summarise and summariser is not None) else ExtractiveSummariser()
-    return LongTermMemory(
-        cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens
-    )
+    return LongTermMemory(cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens)

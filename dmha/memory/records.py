@@ -34,7 +34,6 @@ __all__ = [
     "index_text",
     "listing_order",
     "memory_id",
-    "validate_user_id",
 ]
 
 MemoryKind = Literal["turn", "summary", "cluster_summary", "fact"]
@@ -44,31 +43,6 @@ CLUSTER_PENDING = -2
 """cluster_id of a memory no clustering run has seen yet (counts toward the next run)."""
 CLUSTER_NOISE = -1
 """cluster_id of a memory HDBSCAN left outside every cluster."""
-
-_MAX_USER_ID_BYTES = 128
-
-
-def validate_user_id(user_id: str, field_name: str = "user_id") -> str:
-    """Check an id used as a partition value and inside filter expressions.
-
-    Args:
-        user_id: the user (or session) id.
-        field_name: named in the error.
-
-    Returns:
-        The id unchanged.
-
-    Raises:
-        InvalidArgument: empty, longer than 128 UTF-8 bytes, or containing control characters.
-    """
-    if not user_id:
-        raise InvalidArgument(field_name, "must not be empty")
-    size = len(user_id.encode("utf-8"))
-    if size > _MAX_USER_ID_BYTES:
-        raise InvalidArgument(field_name, f"is {size} bytes; limit {_MAX_USER_ID_BYTES}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in user_id):
-        raise InvalidArgument(field_name, "must not contain control characters")
-    return user_id
 
 
 def memory_id(user_id: str, kind: str, sources: Sequence[str]) -> str:

@@ -95,6 +95,7 @@ def coverage(record: MemoryRecord) -> frozenset[str]:
 
 _CONTAINED = 0.8  # share of a turn's words a summary must quote to stand in for it
 
+
 @dataclass(frozen=True)
 class Candidate:
     """A fused candidate before packing."""
@@ -107,10 +108,7 @@ class Candidate:
 def _why(signals: Mapping[str, int]) -> str:
     order = ("dense", "lexical", "cluster", "context", "recency")
     # Every candidate has a recency rank; it only explains a result when it is among the newest.
-    parts = [
-        f"{s}#{signals[s]}" for s in order
-        if s in signals and (s != "recency" or signals[s] <= 3)
-    ]
+    parts = [f"{s}#{signals[s]}" for s in order if s in signals and (s != "recency" or signals[s] <= 3)]
     return " ".join(parts) or "recency"
 
 
@@ -174,10 +172,16 @@ def pack(
                 quoted_by.setdefault(tid, []).append(held)
         out.append(
             RetrievedMemory(
-                id=rec.id, kind=rec.kind, text=rec.text, score=cand.score,
-                why=_why(cand.signals), session_id=rec.session_id,
-                created_at=rec.created_at, source_ids=rec.source_ids,
-                role=rec.role, cluster_id=rec.cluster_id,
+                id=rec.id,
+                kind=rec.kind,
+                text=rec.text,
+                score=cand.score,
+                why=_why(cand.signals),
+                session_id=rec.session_id,
+                created_at=rec.created_at,
+                source_ids=rec.source_ids,
+                role=rec.role,
+                cluster_id=rec.cluster_id,
             )
         )
     return out

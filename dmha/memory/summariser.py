@@ -1,6 +1,6 @@
-"""Summaries of archived turns: the ``Summariser`` contract and a deterministic one.
+"""Summaries of archived turns: the ``Summariser`` contract, an LLM one and a deterministic one.
 
-The server wires an LLM-backed summariser; :class:`ExtractiveSummariser` needs no
+The server wires :class:`LLMSummariser`; :class:`ExtractiveSummariser` needs no
 model, always gives the same output for the same turns, and is used when
 ``memory.longterm.summarise`` is off, when the LLM summariser fails, for cluster
 summaries, and by the benchmark.
@@ -8,17 +8,23 @@ summaries, and by the benchmark.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from dmha.llm.base import LLM, ChatMessage, GenerationOptions, GenerationResult
 from dmha.memory.bm25 import tokenize
-from dmha.memory.working import Turn
+from dmha.turn import Turn
 
-__all__ = ["ExtractiveSummariser", "Summariser", "extract_sentences"]
+__all__ = ["ExtractiveSummariser", "LLMSummariser", "Summariser", "extract_sentences"]
 
+_SUMMARY_PROMPT = (
+    "Summarise the following conversation excerpt in two or three sentences. "
+    "Keep every name, date, number and stated fact.\n\n{dialogue}"
+)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 # A speaker label opening a turn ("Jon: ...", "Dr Lee: ..."): kept when a later sentence is quoted.
 _LABEL = re.compile(r"^((?:[^\s:]+ ){0,2}[^\s:]+): ")
@@ -63,9 +69,7 @@ def extract_sentences(texts: Sequence[str], max_chars: int) -> list[tuple[int, s
                 sentences.append((ti, sent, toks))
     if not sentences:
         return []
-    df = Counter(tok for ti in range(len(texts)) for tok in set().union(
-        *(s[2] for s in sentences if s[0] == ti)
-    ))
+    df = Counter(tok for ti in range(len(texts)) for tok in set().union(*(s[2] for s in sentences if s[0] == ti)))
     weight = {tok: 1.0 + math.log(n) for tok, n in df.items()}
     covered: set[str] = set()
     chosen: list[int] = []
@@ -122,3 +126,25 @@ class ExtractiveSummariser:
                 text = f"{turns[ti].role}: {text}"  # the user's own words need no label
             parts.append(text)
         return " | ".join(parts)
+
+
+class LLMSummariser:
+    """Summarises archived turns with the serving model (called from worker threads).
+
+    Args:
+        llm: the serving engine.
+        loop: the server's event loop (the engine streams through it).
+        max_new_tokens: summary length cap.
+    """
+
+    def __init__(self, llm: LLM, loop: asyncio.AbstractEventLoop, max_new_tokens: int = 96) -> None:
+        self._llm = llm
+        self._loop = loop
+        self._options = GenerationOptions(max_new_tokens=max_new_tokens)
+
+    def __call__(self, turns: Sequence[Turn]) -> str:
+        dialogue = "\n".join(f"{t.role}: {t.text}" for t in turns)
+        messages = [ChatMessage("user", _SUMMARY_PROMPT.format(dialogue=dialogue))]
+        future = asyncio.run_coroutine_threadsafe(self._llm.complete(messages, self._options), self._loop)
+        result: GenerationResult = future.result()
+        return result.text.strip()

@@ -12,47 +12,18 @@ in the list until long-term memory has acknowledged them (:meth:`overflow` then
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Protocol, cast
 
 import redis
 
 from dmha.config import WorkingMemoryConfig
+from dmha.ids import redis_key
 from dmha.redis_connection import RedisConnection
+from dmha.turn import Turn
 
-__all__ = ["RedisWorkingMemory", "SessionInfo", "Turn", "WorkingMemory", "new_turn_id"]
-
-Role = Literal["user", "assistant", "system"]
-
-
-def new_turn_id() -> str:
-    """A sortable, unique turn id (time prefix, random suffix)."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One message of a conversation, as stored."""
-
-    turn_id: str
-    user_id: str
-    session_id: str
-    role: Role
-    text: str
-    created_at: float
-
-    def to_json(self) -> str:
-        """Serialise for Redis."""
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str) -> Turn:
-        """Parse a record written by :meth:`to_json`."""
-        return cls(**json.loads(raw))
+__all__ = ["RedisWorkingMemory", "SessionInfo", "WorkingMemory"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +75,11 @@ class WorkingMemory(Protocol):
         ...
 
 
+def _text(value: str | bytes) -> str:
+    """A Redis reply as text (our clients decode replies; a caller's client may not)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
 class RedisWorkingMemory:
     """:class:`WorkingMemory` on Redis.
 
@@ -118,11 +94,11 @@ class RedisWorkingMemory:
 
     @staticmethod
     def _turns_key(user_id: str, session_id: str) -> str:
-        return f"dmha:wm:turns:{user_id}:{session_id}"
+        return redis_key("dmha:wm:turns", user_id, session_id)
 
     @staticmethod
     def _sessions_key(user_id: str) -> str:
-        return f"dmha:wm:sessions:{user_id}"
+        return redis_key("dmha:wm:sessions", user_id)
 
     def append(self, turns: Sequence[Turn]) -> None:
         if not turns:
@@ -172,7 +148,7 @@ class RedisWorkingMemory:
             count = 0
             for r in raw:
                 if Turn.from_json(r).turn_id in wanted:
-                    pipe.lrem(key, 1, r)
+                    pipe.lrem(key, 1, _text(r))
                     count += 1
             pipe.execute()
             return count
@@ -186,7 +162,9 @@ class RedisWorkingMemory:
         skey = self._sessions_key(user_id)
 
         def work(c: redis.Redis) -> list[SessionInfo]:
-            entries = c.zrevrange(skey, 0, -1, withscores=True)
+            # withscores=True gives (member, score) pairs; redis-py's types cannot say so.
+            pairs = cast("list[tuple[str | bytes, float]]", c.zrevrange(skey, 0, -1, withscores=True))
+            entries = [(_text(sid), ts) for sid, ts in pairs]
             pipe = c.pipeline(transaction=False)
             for sid, _ in entries:
                 pipe.llen(self._turns_key(user_id, sid))

@@ -1,5 +1,11 @@
 """Metacognition: the consistency monitor over every reply and the self-correction loop."""
 
-from dmha.metacognition.monitor import ClaimChecker, EventStore, MonitorHook, RecordedEvent, score_signals
+from dmha.metacognition.monitor import (
+    ClaimChecker,
+    EventStore,
+    MonitorHook,
+    RecordedEvent,
+    score_signals,
+)
 
 __all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_signals"]

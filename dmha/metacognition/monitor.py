@@ -26,17 +26,50 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from dmha.config import MetacognitionConfig
+from dmha.errors import InvalidArgument
 from dmha.executor import run_in_background
+from dmha.ids import check_id, redis_key
 from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
-from dmha.memory.working import Turn
 from dmha.redis_connection import RedisConnection
-from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, TurnState
+from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, Turn, TurnState
 
 __all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_signals"]
 
+_DEFAULT_LIMIT = 50
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an the is are was were be to of and or in on at for with it this that i you he she they we my your".split())
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "to",
+        "of",
+        "and",
+        "or",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "it",
+        "this",
+        "that",
+        "i",
+        "you",
+        "he",
+        "she",
+        "they",
+        "we",
+        "my",
+        "your",
+    ]
+)
 CONSTRAINTS_TITLE = "Constraints (true statements; the answer must agree with every one)"
 
 
@@ -79,7 +112,7 @@ class EventStore:
 
     @staticmethod
     def _key(user_id: str) -> str:
-        return f"dmha:meta:events:{user_id}"
+        return redis_key("dmha:meta:events", user_id)
 
     def add(self, rec: RecordedEvent) -> None:
         """Store one event (blocking)."""
@@ -94,8 +127,26 @@ class EventStore:
 
         self._conn.call(work)
 
-    def list(self, user_id: str, limit: int = 50, session_id: str = "") -> list[RecordedEvent]:
-        """The user's newest events, optionally of one session (blocking)."""
+    def list(self, user_id: str, limit: int | None = None, session_id: str = "") -> list[RecordedEvent]:
+        """The user's newest events, optionally of one session (blocking).
+
+        Args:
+            user_id: the user.
+            limit: the most events returned, 1..``cap`` (default 50).
+            session_id: only this session's events ("" for all).
+
+        Returns:
+            Newest first.
+
+        Raises:
+            InvalidArgument: a bad limit or malformed session id.
+            RedisUnavailable: Redis is down.
+        """
+        limit = _DEFAULT_LIMIT if limit is None else limit
+        if not 1 <= limit <= self._cap:
+            raise InvalidArgument("limit", f"is {limit}; must be between 1 and {self._cap}")
+        if session_id:
+            check_id(session_id, "session_id")
         raw = self._conn.call(lambda c: c.lrange(self._key(user_id), 0, self._cap - 1))
         out: list[RecordedEvent] = []
         for item in raw:
@@ -135,7 +186,11 @@ def score_signals(
         mem = 1.0 - min(1.0, best * 2)  # half the reply's content words in one memory = full agreement
     conf = min(1.0, max(0.0, -reply.mean_logprob / 4.0)) if reply.completion_tokens else 0.0
     signals = {"kb_contradiction": kb, "memory_disagreement": mem, "low_confidence": conf}
-    weights = {"kb_contradiction": cfg.weight_kb, "memory_disagreement": cfg.weight_memory, "low_confidence": cfg.weight_confidence}
+    weights = {
+        "kb_contradiction": cfg.weight_kb,
+        "memory_disagreement": cfg.weight_memory,
+        "low_confidence": cfg.weight_confidence,
+    }
     total = sum(weights.values()) or 1.0
     return sum(weights[k] * v for k, v in signals.items()) / total, signals
 

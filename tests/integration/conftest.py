@@ -1,16 +1,24 @@
-"""A real server for integration tests: real redis-server, real gRPC on port 0, tiny model."""
+"""A real server for integration tests: real redis-server, real gRPC on port 0, tiny model.
+
+Server tests speak the asyncio client's API; with ``client_kind == "sync"`` the same
+calls go through the blocking :class:`DMHAClient`, each on a worker thread (the server
+shares the test's event loop, so a blocking call on it would deadlock). Tests that use
+the ``live`` fixture therefore run once per client.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
 from dmha.config import DMHAConfig, load_config
 from dmha.runtime import Runtime, build_runtime
-from dmha_client import AsyncDMHAClient, RetryPolicy
+from dmha_client import AsyncDMHAClient, DMHAClient, RetryPolicy
 from dmha_server.app import create_server
 
 
@@ -29,31 +37,99 @@ def integration_config(data_dir: Path, model_path: Path, **overrides) -> DMHACon
     return load_config(None, **base)
 
 
+ClientKind = Literal["async", "sync"]
+
+# Sync client methods that return an iterator at once (the RPC runs as it is iterated).
+_STREAMING = frozenset({"chat_stream", "memory_export", "watch_job"})
+_END = object()
+
+
+class _ThreadedIterator:
+    """An async iterator over a blocking one; other attributes (``result``, ``cancel``) pass through."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self._it: Iterator[Any] | None = None
+
+    def __aiter__(self) -> _ThreadedIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._it is None:
+            self._it = iter(self._source)
+        item = await asyncio.to_thread(next, self._it, _END)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+
+class SyncClientInThreads:
+    """The blocking client behind the asyncio client's API (for parametrised server tests)."""
+
+    def __init__(self, client: DMHAClient) -> None:
+        object.__setattr__(self, "_client", client)
+
+    async def __aenter__(self) -> SyncClientInThreads:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        if name in _STREAMING:
+            return lambda *a, **kw: _ThreadedIterator(attr(*a, **kw))
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(attr, *args, **kwargs)
+
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._client, name, value)  # e.g. ``c.token = ...``
+
+
 @dataclass
 class LiveServer:
     runtime: Runtime
     address: str
+    client_kind: ClientKind = "async"
 
     def token(self, user: str, *roles: str) -> str:
         return self.runtime.auth.issue(user, roles or ("user",))[0]
 
-    def client(self, user: str | None = "alice", *roles: str, retry: int = 1) -> AsyncDMHAClient:
+    def client(self, user: str | None = "alice", *roles: str, retry: int = 1) -> Any:
+        """A client of ``client_kind`` for ``user`` (None: no token), with the asyncio API."""
         token = self.token(user, *roles) if user else ""
-        return AsyncDMHAClient(self.address, token, timeout=60, retry=RetryPolicy(attempts=retry, initial=0.3))
+        policy = RetryPolicy(attempts=retry, initial=0.3)
+        if self.client_kind == "sync":
+            return SyncClientInThreads(DMHAClient(self.address, token, timeout=60, retry=policy))
+        return AsyncDMHAClient(self.address, token, timeout=60, retry=policy)
 
 
-async def start_live_server(cfg: DMHAConfig) -> AsyncIterator[LiveServer]:
+async def start_live_server(cfg: DMHAConfig, client_kind: ClientKind = "async") -> AsyncIterator[LiveServer]:
     runtime = build_runtime(cfg)
     server, port, _health = await create_server(runtime, cfg)
     await server.start()
     try:
-        yield LiveServer(runtime, f"127.0.0.1:{port}")
+        yield LiveServer(runtime, f"127.0.0.1:{port}", client_kind)
     finally:
         await server.stop(0)
         runtime.close()
 
 
+@pytest.fixture(params=["async", "sync"])
+def client_kind(request) -> ClientKind:
+    """Which SDK client the server tests speak through."""
+    return request.param
+
+
 @pytest.fixture
-async def live(tmp_path, tiny_model_dir) -> AsyncIterator[LiveServer]:
-    async for server in start_live_server(integration_config(tmp_path, tiny_model_dir)):
+async def live(tmp_path, tiny_model_dir, client_kind) -> AsyncIterator[LiveServer]:
+    async for server in start_live_server(integration_config(tmp_path, tiny_model_dir), client_kind):
         yield server

@@ -71,6 +71,9 @@ def test_capital_of_france_through_sdk_and_cli(served):
     assert "Paris" in done.stdout
     bad = subprocess.run(
         [DMHA, "chat", "--address", address, "--token", "forged", "-m", "hi"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode != 0 and bad.stderr.startswith("UNAUTHENTICATED")

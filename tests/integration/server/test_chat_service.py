@@ -12,8 +12,8 @@ import jwt
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dmha import errors
 from dmha.auth.tokens import load_secrets
+from dmha_client import errors
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,9 @@ async def test_auth_failures_are_unauthenticated(live, kind):
     now = int(time.time())
     token = {
         "none": "",
-        "expired": jwt.encode({"sub": "alice", "iss": "dmha", "exp": now - 1, "roles": ["user"]}, secret, algorithm="HS256"),
+        "expired": jwt.encode(
+            {"sub": "alice", "iss": "dmha", "exp": now - 1, "roles": ["user"]}, secret, algorithm="HS256"
+        ),
         "wrong-secret": jwt.encode({"sub": "alice", "iss": "dmha", "exp": now + 60}, "x" * 40, algorithm="HS256"),
         "garbage": "abc.def.ghi",
     }[kind]

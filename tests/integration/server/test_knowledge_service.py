@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dmha import errors
+from dmha_client import errors
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from dmha import errors
+from dmha_client import errors
 from tests.integration.conftest import integration_config, start_live_server
 
 pytestmark = pytest.mark.integration
@@ -26,15 +26,19 @@ RELAXED = {
 
 
 @pytest.fixture
-async def live_learning(tmp_path, tiny_model_dir):
-    async for server in start_live_server(integration_config(tmp_path, tiny_model_dir, learning=RELAXED)):
+async def live_learning(tmp_path, tiny_model_dir, client_kind):
+    cfg = integration_config(tmp_path, tiny_model_dir, learning=RELAXED)
+    async for server in start_live_server(cfg, client_kind):
         yield server
 
 
 async def test_trainer_feedback_is_trained_gated_deployed_and_rolled_back(live_learning):
     live = live_learning
-    async with live.client("tina", "trainer") as trainer, live.client("root", "admin") as admin, \
-            live.client("alice") as alice:
+    async with (
+        live.client("tina", "trainer") as trainer,
+        live.client("root", "admin") as admin,
+        live.client("alice") as alice,
+    ):
         resp = await trainer.submit_feedback("What is the capital of Zubrowka?", "Vlorn")
         assert resp.status == "queued"
         states = [e.state async for e in trainer.watch_job(resp.job_id)]

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from dmha import errors
+from dmha_client import errors
 from tests.integration.conftest import integration_config, start_live_server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def live_lt(tmp_path, tiny_model_dir):
+async def live_lt(tmp_path, tiny_model_dir, client_kind):
     cfg = integration_config(
         tmp_path,
         tiny_model_dir,
@@ -24,7 +24,7 @@ async def live_lt(tmp_path, tiny_model_dir):
             "retrieval": {"top_k": 4},
         },
     )
-    async for server in start_live_server(cfg):
+    async for server in start_live_server(cfg, client_kind):
         yield server
 
 
@@ -55,7 +55,11 @@ async def test_turns_are_archived_retrieved_exported_and_forgotten(live_lt):
         reply = await alice.chat("Where does my sister live?", session_id=sid, max_new_tokens=3)
         assert any("Lisbon" in m.text for m in reply.reply.memories)
 
-        lines = [json.loads(line) for chunk in [c async for c in alice.memory_export()] for line in chunk.decode().splitlines()]
+        lines = [
+            json.loads(line)
+            for chunk in [c async for c in alice.memory_export()]
+            for line in chunk.decode().splitlines()
+        ]
         assert lines and all(rec["user_id"] == "alice" for rec in lines)
         one = hits[0].memory.id
         assert (await alice.memory_get(one)).id == one

@@ -6,15 +6,17 @@ import time
 
 import pytest
 
-from dmha import errors
 from dmha.metacognition.monitor import RecordedEvent
 from dmha.turn import MonitorEvent
+from dmha_client import errors
 
 pytestmark = pytest.mark.integration
 
 
 def event(user: str, session: str, n: int) -> RecordedEvent:
-    ev = MonitorEvent(f"e{n}", 0.7, {"kb_contradiction": 1.0, "low_confidence": 0.1}, ("answered_from_kb",), "answered_from_kb")
+    ev = MonitorEvent(
+        f"e{n}", 0.7, {"kb_contradiction": 1.0, "low_confidence": 0.1}, ("answered_from_kb",), "answered_from_kb"
+    )
     return RecordedEvent(ev, user, session, f"t{n}", time.time(), "Bob is 31.", "It is not the case that bob.age = 31.")
 
 

@@ -5,7 +5,12 @@ import pytest
 
 from dmha.auth import Authenticator, RateLimiter, load_secrets
 from dmha.config import AuthConfig
-from dmha.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
+from dmha.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 
 
 @pytest.fixture
@@ -28,11 +33,19 @@ def test_issue_and_verify_roundtrip(auth):
     [
         lambda a: "",
         lambda a: "not-a-jwt",
-        lambda a: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, "iss": "dmha"}, "wrong" * 8, algorithm="HS256"),
+        lambda a: jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60, "iss": "dmha"}, "wrong" * 8, algorithm="HS256"
+        ),
         lambda a: jwt.encode({"sub": "alice", "exp": int(time.time()) - 5, "iss": "dmha"}, "s" * 64, algorithm="HS256"),
-        lambda a: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, "iss": "evil"}, "s" * 64, algorithm="HS256"),
-        lambda a: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, "iss": "dmha", "roles": ["god"]}, "s" * 64, algorithm="HS256"),
-        lambda a: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, "iss": "dmha"}, "s" * 64, algorithm="HS512"),
+        lambda a: jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60, "iss": "evil"}, "s" * 64, algorithm="HS256"
+        ),
+        lambda a: jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60, "iss": "dmha", "roles": ["god"]}, "s" * 64, algorithm="HS256"
+        ),
+        lambda a: jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 60, "iss": "dmha"}, "s" * 64, algorithm="HS512"
+        ),
     ],
     ids=["missing", "malformed", "forged", "expired", "issuer", "roles", "algorithm"],
 )

@@ -87,7 +87,11 @@ async def test_prompt_longer_than_context_is_invalid(engine):
 
 
 async def test_full_queue_is_resource_exhausted(tiny_model_dir):
-    eng = HFEngine(load_eager_handle(tiny_model_dir, ModelConfig(device="cpu")), LimitsConfig(max_queued_requests=1), max_batch_size=1)
+    eng = HFEngine(
+        load_eager_handle(tiny_model_dir, ModelConfig(device="cpu")),
+        LimitsConfig(max_queued_requests=1),
+        max_batch_size=1,
+    )
     tasks = [asyncio.create_task(eng.complete(MSGS, GenerationOptions(max_new_tokens=200))) for _ in range(3)]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -110,7 +114,11 @@ def test_sample_greedy_and_top_p():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"temperature": 3.0}, "options.temperature"), ({"top_p": 0.0}, "options.top_p"), ({"max_new_tokens": 10_000}, "options.max_new_tokens")],
+    [
+        ({"temperature": 3.0}, "options.temperature"),
+        ({"top_p": 0.0}, "options.top_p"),
+        ({"max_new_tokens": 10_000}, "options.max_new_tokens"),
+    ],
 )
 def test_options_out_of_range(kwargs, field):
     with pytest.raises(InvalidArgument) as err:
@@ -127,13 +135,18 @@ async def test_batched_rows_match_solo_runs(engine):
     """Left padding, masks and position ids make each row compute what it would alone."""
     prompts = [
         [ChatMessage("user", "Hi")],
-        [ChatMessage("system", "Be brief."), ChatMessage("user", "A much longer question about many different things?")],
+        [
+            ChatMessage("system", "Be brief."),
+            ChatMessage("user", "A much longer question about many different things?"),
+        ],
         [ChatMessage("user", "Third prompt, medium length.")],
     ]
     budgets = [5, 12, 8]  # rows leave the batch at different steps
-    solo = [await engine.complete(p, GenerationOptions(max_new_tokens=n)) for p, n in zip(prompts, budgets)]
+    solo = [
+        await engine.complete(p, GenerationOptions(max_new_tokens=n)) for p, n in zip(prompts, budgets, strict=True)
+    ]
     together = await asyncio.gather(
-        *(engine.complete(p, GenerationOptions(max_new_tokens=n)) for p, n in zip(prompts, budgets))
+        *(engine.complete(p, GenerationOptions(max_new_tokens=n)) for p, n in zip(prompts, budgets, strict=True))
     )
     assert [r.text for r in together] == [r.text for r in solo]
     assert [r.completion_tokens for r in together] == [r.completion_tokens for r in solo]

@@ -1,9 +1,12 @@
+"""The server maps core errors to status codes; the SDK maps the codes back to its own classes."""
+
 import grpc
 import pytest
 
 from dmha import errors
+from dmha_client import errors as sdk
 from dmha_client.errors import from_rpc_error, is_retryable
-from dmha_server.interceptors import status_for
+from dmha_server.interceptors import _STATUS, status_for
 
 CASES = [
     (errors.InvalidArgument("message", "is 9 bytes; limit 8"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -35,20 +38,20 @@ class FakeRpcError(grpc.RpcError):
 def test_server_mapping_and_sdk_inverse(exc, code):
     assert status_for(exc) is code
     back = from_rpc_error(FakeRpcError(code, str(exc)))
-    assert isinstance(back, errors.DMHAError)
+    assert isinstance(back, sdk.DMHAError) and back.code is code
     assert back.status == code.name
     assert is_retryable(FakeRpcError(code, "")) is (code is grpc.StatusCode.UNAVAILABLE)
 
 
 def test_invalid_argument_keeps_field_and_limit():
     back = from_rpc_error(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "message: is 9000 bytes; limit 8192"))
-    assert isinstance(back, errors.InvalidArgument)
+    assert isinstance(back, sdk.InvalidArgument)
     assert back.field == "message" and "limit 8192" in back.problem
 
 
 def test_unknown_code_is_plain_dmha_error():
     back = from_rpc_error(FakeRpcError(grpc.StatusCode.DATA_LOSS, "bad"))
-    assert type(back) is errors.DMHAError and back.status == "DATA_LOSS"
+    assert type(back) is sdk.DMHAError and back.status == "DATA_LOSS"
 
 
 def test_unmapped_error_class_is_internal():
@@ -56,3 +59,11 @@ def test_unmapped_error_class_is_internal():
         pass
 
     assert status_for(Weird("x")) is grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize("core_cls", list(_STATUS), ids=lambda c: c.__name__)
+def test_every_mapped_core_class_has_an_sdk_class_of_the_same_name(core_cls):
+    """The two trees cannot drift apart: same names, same status codes."""
+    sdk_cls = getattr(sdk, core_cls.__name__)
+    assert sdk_cls.code is _STATUS[core_cls]
+    assert type(from_rpc_error(FakeRpcError(sdk_cls.code, "a: b"))) is sdk_cls

@@ -28,7 +28,7 @@ def test_oldest_turns_dropped_first_and_budget_respected():
     out = b.build(history(10), "hello", 20, [])
     assert 0 < out.turns_used < 10
     kept = out.messages[1:-1]
-    assert list(kept) == history(10)[-out.turns_used:]  # a contiguous, newest run
+    assert list(kept) == history(10)[-out.turns_used :]  # a contiguous, newest run
     assert out.prompt_tokens <= 60 - 20
 
 

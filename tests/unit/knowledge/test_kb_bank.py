@@ -56,8 +56,7 @@ def test_user_override_of_global_is_local(bank: KnowledgeBank) -> None:
     assert shown[glob.id] is Status.REJECTED
     # Other users and the global statement itself are untouched.
     assert bank.for_user("bob").ask("sky.color = blue").verdict is E
-    assert {r.id: r.status for r in bank.for_user("bob").statements()} == {
-        glob.id: Status.ACCEPTED}
+    assert {r.id: r.status for r in bank.for_user("bob").statements()} == {glob.id: Status.ACCEPTED}
 
 
 def test_weak_user_statement_loses_to_global(bank: KnowledgeBank) -> None:
@@ -93,8 +92,7 @@ def test_session_scope(bank: KnowledgeBank) -> None:
         s1.tell("fact: a.b = 1", session_id="s2")
 
 
-def test_session_statement_overrides_user_statement_only_in_session(
-        bank: KnowledgeBank) -> None:
+def test_session_statement_overrides_user_statement_only_in_session(bank: KnowledgeBank) -> None:
     user_view = bank.for_user("alice")
     (fact,) = user_view.tell("fact: alice.city = paris").accepted
     s1 = bank.for_user("alice", "s1")
@@ -108,15 +106,13 @@ def test_session_statement_overrides_user_statement_only_in_session(
 def test_reload_from_store_reproduces_state() -> None:
     store = InMemoryStore()
     first = KnowledgeBase(store=store)
-    first.tell("rule: if ?x.quiet = true then ?x.smart = true\nfact: bob.quiet = true\n"
-               "fact: a.age = 1")
+    first.tell("rule: if ?x.quiet = true then ?x.smart = true\nfact: bob.quiet = true\nfact: a.age = 1")
     first.tell("fact: a.age = 2")
     (rejected,) = first.tell("fact: a.age = 3 [confidence=0.1]").rejected
     again = KnowledgeBase(store=store)  # a "restart": nothing but the store is shared
     assert again.ask("bob.smart = true").verdict is E
     assert again.ask("a.age = 2").verdict is E
-    assert [(r.id, r.status) for r in again.statements()] == [
-        (r.id, r.status) for r in first.statements()]
+    assert [(r.id, r.status) for r in again.statements()] == [(r.id, r.status) for r in first.statements()]
     assert again.explain(rejected.record.id).reason == rejected.reason
 
 
@@ -128,9 +124,14 @@ def test_ids_validated(bank: KnowledgeBank) -> None:
 
 
 def test_namespaces_do_not_collide(bank: KnowledgeBank) -> None:
-    # ("a", session "b:c") and ("a:b", session "c") must be different namespaces.
-    bank.for_user("a", "b:c").tell("fact: x.y = 1 [scope=session]")
-    assert bank.for_user("a:b", "c").ask("x.y = 1").verdict is U
+    # ("a", session "b:c") and ("a:b", session "c") would share a namespace: ids with
+    # ':' are refused (dmha.ids), and distinct valid ids never collide.
+    with pytest.raises(InvalidArgument, match="session_id"):
+        bank.for_user("a", "b:c")
+    with pytest.raises(InvalidArgument, match="user_id"):
+        bank.for_user("a:b", "c")
+    bank.for_user("a", "b.c").tell("fact: x.y = 1 [scope=session]")
+    assert bank.for_user("a.b", "c").ask("x.y = 1").verdict is U
 
 
 def test_views_evicted_and_reloaded(bank: KnowledgeBank) -> None:
@@ -145,10 +146,9 @@ def test_views_evicted_and_reloaded(bank: KnowledgeBank) -> None:
 def test_views_of_one_user_follow_each_other_incrementally(bank: KnowledgeBank) -> None:
     user_view = bank.for_user("alice")
     session = bank.for_user("alice", "s1")
-    (fact,) = user_view.tell("fact: a.age = 30\nrule: if ?x.age = 30 then ?x.old = true"
-                             ).accepted[:1]
+    (fact,) = user_view.tell("fact: a.age = 30\nrule: if ?x.age = 30 then ?x.old = true").accepted[:1]
     assert session.ask("a.old = true").verdict is E
-    reasoner = session._view.reasoner  # noqa: SLF001 - the point is that it is not rebuilt
+    reasoner = session._view.reasoner
     session.tell("fact: a.age = 31")  # user scope: demotes the user view's fact
     assert user_view.ask("a.age = 31").verdict is E
     assert user_view.ask("a.old = true").verdict is U
@@ -157,20 +157,19 @@ def test_views_of_one_user_follow_each_other_incrementally(bank: KnowledgeBank) 
     user_view.tell("fact: b.age = 30")
     assert session.ask("b.old = true").verdict is E
     assert fact.id not in {r.id for r in session.statements()}
-    assert session._view.reasoner is reasoner  # noqa: SLF001
+    assert session._view.reasoner is reasoner
 
 
-def test_short_change_log_falls_back_to_reload(bank: KnowledgeBank,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_short_change_log_falls_back_to_reload(bank: KnowledgeBank, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dmha.knowledge.store.LOG_LENGTH", 2)
     reader, writer = bank.for_user("alice", "s1"), bank.for_user("alice")
     reader.tell("fact: a.n = 0")
-    before = reader._view.reasoner  # noqa: SLF001
+    before = reader._view.reasoner
     for i in range(1, 5):
         writer.tell(f"fact: a.n = {i}")
     assert reader.ask("a.n = 4").verdict is E
     assert reader.ask("a.n = 3").verdict is C
-    assert reader._view.reasoner is not before  # noqa: SLF001
+    assert reader._view.reasoner is not before
 
 
 class _FlakyStore(InMemoryStore):

@@ -18,10 +18,12 @@ from dmha.knowledge import (
 @pytest.fixture
 def kb() -> KnowledgeBase:
     kb = KnowledgeBase()
-    kb.tell("fact: bob.job = doctor\nfact: bob.age = 40\nfact: alice.smart = true\n"
-            "fact: carol.city = new_york\nfact: dave.color = red\nfact: dave.team = red\n"
-            'fact: erin.motto = "Carpe diem"\n'
-            "rule: if ?x.job = doctor then ?x.title = dr")
+    kb.tell(
+        "fact: bob.job = doctor\nfact: bob.age = 40\nfact: alice.smart = true\n"
+        "fact: carol.city = new_york\nfact: dave.color = red\nfact: dave.team = red\n"
+        'fact: erin.motto = "Carpe diem"\n'
+        "rule: if ?x.job = doctor then ?x.title = dr"
+    )
     return kb
 
 
@@ -52,8 +54,10 @@ def test_extract_claims(kb: KnowledgeBase, text: str, expected: Literal | None) 
 
 
 def test_check_answer_flags_contradictions(kb: KnowledgeBase) -> None:
-    checks = check_answer(kb, "Bob's age is 41. The job of bob is doctor. Alice is not smart.\n"
-                              "fact: bob.title = dr\nCarol's city is Paris.")
+    checks = check_answer(
+        kb,
+        "Bob's age is 41. The job of bob is doctor. Alice is not smart.\nfact: bob.title = dr\nCarol's city is Paris.",
+    )
     verdicts = {str(c.claim.literal): (c.answer.verdict, c.contradicted) for c in checks}
     assert verdicts == {
         "bob.age = 41": (Verdict.CONTRADICTED, True),
@@ -67,8 +71,7 @@ def test_check_answer_flags_contradictions(kb: KnowledgeBase) -> None:
 
 
 def test_entities_and_relevant_facts(kb: KnowledgeBase) -> None:
-    assert entities_in(kb, "What do Carol and Bob's friends in New York think?") == [
-        "carol", "bob"]
+    assert entities_in(kb, "What do Carol and Bob's friends in New York think?") == ["carol", "bob"]
     lines = relevant_facts(kb, "tell me about bob")
     assert lines == ["fact: bob.age = 40", "fact: bob.job = doctor", "fact: bob.title = dr"]
     assert relevant_facts(kb, "tell me about bob", limit=1) == ["fact: bob.age = 40"]

@@ -30,7 +30,9 @@ def test_rejected_statement_reports_its_minimal_core() -> None:
     # bob.tall and amy.quiet are in the KB but not in the core.
     assert texts(conflict.core) == {
         "rule: if ?x.quiet = true and ?x.cold = true then ?x.smart = true",
-        "fact: bob.quiet = true", "fact: bob.cold = true"}
+        "fact: bob.quiet = true",
+        "fact: bob.cold = true",
+    }
     assert "lower confidence (0.4 < 1)" in conflict.reason
     assert "bob.smart = true" in conflict.reason
     assert kb.ask("bob.smart = true").verdict is Verdict.ENTAILED
@@ -38,13 +40,13 @@ def test_rejected_statement_reports_its_minimal_core() -> None:
 
 def test_core_is_one_minimal_alternative() -> None:
     kb = KnowledgeBase()
-    kb.tell("fact: z.a = 1\nfact: z.b = 1\nrule: if ?x.a = 1 then ?x.c = 1\n"
-            "rule: if ?x.b = 1 then ?x.c = 1")
+    kb.tell("fact: z.a = 1\nfact: z.b = 1\nrule: if ?x.a = 1 then ?x.c = 1\nrule: if ?x.b = 1 then ?x.c = 1")
     (conflict,) = kb.tell("deny: z.c = 1 [confidence=0.1]").rejected
     # Either derivation alone is a minimal core; both together would not be minimal.
     assert texts(conflict.core) in (
         {"fact: z.a = 1", "rule: if ?x.a = 1 then ?x.c = 1"},
-        {"fact: z.b = 1", "rule: if ?x.b = 1 then ?x.c = 1"})
+        {"fact: z.b = 1", "rule: if ?x.b = 1 then ?x.c = 1"},
+    )
 
 
 POLICY = [
@@ -76,17 +78,20 @@ def test_policy(old: str, new: str, winner: str) -> None:
     assert isinstance(survivor, Fact)
     assert kb.ask(survivor.literal).verdict is Verdict.ENTAILED
     assert {r.id for r in kb.statements(status="accepted")} == {
-        old_rec.id if winner == "old" else result.accepted[0].id}
+        old_rec.id if winner == "old" else result.accepted[0].id
+    }
 
 
-@pytest.mark.parametrize(("old_scope", "new_scope", "winner"), [
-    (Scope.USER, Scope.SESSION, "new"),
-    (Scope.SESSION, Scope.USER, "old"),
-    (Scope.GLOBAL, Scope.USER, "new"),
-    (Scope.USER, Scope.GLOBAL, "old"),
-])
-def test_policy_scope_breaks_ties_of_confidence_and_time(
-        old_scope: Scope, new_scope: Scope, winner: str) -> None:
+@pytest.mark.parametrize(
+    ("old_scope", "new_scope", "winner"),
+    [
+        (Scope.USER, Scope.SESSION, "new"),
+        (Scope.SESSION, Scope.USER, "old"),
+        (Scope.GLOBAL, Scope.USER, "new"),
+        (Scope.USER, Scope.GLOBAL, "old"),
+    ],
+)
+def test_policy_scope_breaks_ties_of_confidence_and_time(old_scope: Scope, new_scope: Scope, winner: str) -> None:
     # Equal created_at cannot come out of tell(), so this drives the reasoner directly.
     reasoner = Reasoner(solver_timeout_ms=2000)
     assert reasoner.add("old", Fact("a", "b", "1", scope=old_scope, created_at=5.0)).accepted
@@ -101,8 +106,7 @@ def test_policy_scope_breaks_ties_of_confidence_and_time(
 
 def test_new_winner_demotes_weakest_member_only() -> None:
     kb = KnowledgeBase()
-    kb.tell("rule: if ?x.quiet = true then ?x.smart = true [confidence=0.9]\n"
-            "fact: bob.quiet = true [confidence=0.6]")
+    kb.tell("rule: if ?x.quiet = true then ?x.smart = true [confidence=0.9]\nfact: bob.quiet = true [confidence=0.6]")
     result = kb.tell("deny: bob.smart = true [confidence=0.8]")
     assert len(result.accepted) == 1
     assert texts(d.record for d in result.demoted) == {"fact: bob.quiet = true"}
@@ -118,8 +122,7 @@ def test_several_cores_demote_one_loser_each() -> None:
     kb.tell("fact: a.p = 1\nrule: if ?x.q = 1 then ?x.p = 1\nfact: a.q = 1")
     result = kb.tell("fact: a.p = 2")
     assert len(result.accepted) == 1
-    assert texts(d.record for d in result.demoted) == {
-        "fact: a.p = 1", "rule: if ?x.q = 1 then ?x.p = 1"}
+    assert texts(d.record for d in result.demoted) == {"fact: a.p = 1", "rule: if ?x.q = 1 then ?x.p = 1"}
     assert kb.ask("a.p = 2").verdict is Verdict.ENTAILED
     assert kb.ask("a.q = 1").verdict is Verdict.ENTAILED
 
@@ -174,8 +177,7 @@ def test_attr_functional_rejected_when_values_are_stronger() -> None:
 
 def test_retracting_multi_declaration_restores_consistency() -> None:
     kb = KnowledgeBase()
-    decl, _cat, dog = kb.tell("attr: likes multi\nfact: bob.likes = cat\n"
-                              "fact: bob.likes = dog").accepted
+    decl, _cat, dog = kb.tell("attr: likes multi\nfact: bob.likes = cat\nfact: bob.likes = dog").accepted
     kb.retract(decl.id)
     accepted = texts(kb.statements(status="accepted"))
     assert accepted == {"fact: bob.likes = dog"}  # default functional: the newer value stays
@@ -186,8 +188,7 @@ def test_retracting_multi_declaration_restores_consistency() -> None:
 
 def test_solver_timeout_gives_unknown_never_a_wrong_verdict() -> None:
     n = 400
-    text = "fact: x.p0 = true\n" + "\n".join(
-        f"rule: if ?x.p{i} = true then ?x.p{i + 1} = true" for i in range(n))
+    text = "fact: x.p0 = true\n" + "\n".join(f"rule: if ?x.p{i} = true then ?x.p{i + 1} = true" for i in range(n))
     slow = KnowledgeBase(KnowledgeConfig(solver_timeout_ms=10))
     slow.tell(text)
     answer = slow.ask(f"x.p{n} = true")
@@ -204,9 +205,11 @@ def test_solver_timeout_gives_unknown_never_a_wrong_verdict() -> None:
 def test_retract_needing_resolution_beyond_budget_changes_nothing() -> None:
     n = 400
     kb = KnowledgeBase(KnowledgeConfig(solver_timeout_ms=10))
-    kb.tell("attr: p multi\nfact: x.q0 = true\n" + "\n".join(
-        f"rule: if ?x.q{i} = true then ?x.q{i + 1} = true" for i in range(n))
-            + f"\nrule: if ?x.q{n} = true then ?x.p = 1\nfact: x.p = 2")
+    kb.tell(
+        "attr: p multi\nfact: x.q0 = true\n"
+        + "\n".join(f"rule: if ?x.q{i} = true then ?x.q{i + 1} = true" for i in range(n))
+        + f"\nrule: if ?x.q{n} = true then ?x.p = 1\nfact: x.p = 2"
+    )
     decl = kb.statements()[0]
     with pytest.raises(DeadlineExceeded):
         kb.retract(decl.id)
@@ -237,8 +240,7 @@ def test_text_size_limit_and_bad_arguments() -> None:
 
 def test_tell_defaults_scope_and_source() -> None:
     kb = KnowledgeBase(session_id="s1")
-    (a, b) = kb.tell("fact: a.b = 1\nfact: a.c = 1 [scope=user, source=wiki]",
-                     scope="session", source="chat").accepted
+    (a, b) = kb.tell("fact: a.b = 1\nfact: a.c = 1 [scope=user, source=wiki]", scope="session", source="chat").accepted
     assert (a.scope, a.statement.source) == (Scope.SESSION, "chat")
     assert (b.scope, b.statement.source) == (Scope.USER, "wiki")
     assert a.statement.created_at < b.statement.created_at

@@ -29,23 +29,32 @@ PARSES = [
     ("fact: x.n = 1e3", Fact("x", "n", "1000")),
     ("fact: x.b = FALSE", Fact("x", "b", "false")),
     ("fact: x.a = Paris", Fact("x", "a", "paris")),
-    ("fact: x.a = 1 [confidence=0.9, scope=session, source=http://a.b/c?d=1]",
-     Fact("x", "a", "1", confidence=0.9, scope=Scope.SESSION, source="http://a.b/c?d=1")),
-    ('fact: x.a = 1 [source="a, b", confidence=1]  # trailing comment',
-     Fact("x", "a", "1", source="a, b")),
+    (
+        "fact: x.a = 1 [confidence=0.9, scope=session, source=http://a.b/c?d=1]",
+        Fact("x", "a", "1", confidence=0.9, scope=Scope.SESSION, source="http://a.b/c?d=1"),
+    ),
+    ('fact: x.a = 1 [source="a, b", confidence=1]  # trailing comment', Fact("x", "a", "1", source="a, b")),
     ("fact: x.a = 1 [scope=GLOBAL]", Fact("x", "a", "1", scope=Scope.GLOBAL)),
-    ("rule: if ?x.quiet = true and ?x.cold = true then ?x.smart = true",
-     Rule(None, (Literal(X, "quiet", "true"), Literal(X, "cold", "true")),
-          Literal(X, "smart", "true"))),
-    ("rule: R1: IF not ?X.a = ?V then ?x.b = ?v [confidence=0.5]",
-     Rule("r1", (Literal(X, "a", V, True),), Literal(X, "b", V), confidence=0.5)),
-    ("rule: if ?x.parent = ?y and ?y.parent = ?z then ?x.grandparent = ?z",
-     Rule(None, (Literal(X, "parent", "?y"), Literal("?y", "parent", "?z")),
-          Literal(X, "grandparent", "?z"))),
-    ("rule: if alice.happy = true then not bob.sad = true",
-     Rule(None, (Literal("alice", "happy", "true"),), Literal("bob", "sad", "true", True))),
-    ("rule: if not.x = 1 then not.y = 2",  # "not" before '.' is an entity name
-     Rule(None, (Literal("not", "x", "1"),), Literal("not", "y", "2"))),
+    (
+        "rule: if ?x.quiet = true and ?x.cold = true then ?x.smart = true",
+        Rule(None, (Literal(X, "quiet", "true"), Literal(X, "cold", "true")), Literal(X, "smart", "true")),
+    ),
+    (
+        "rule: R1: IF not ?X.a = ?V then ?x.b = ?v [confidence=0.5]",
+        Rule("r1", (Literal(X, "a", V, True),), Literal(X, "b", V), confidence=0.5),
+    ),
+    (
+        "rule: if ?x.parent = ?y and ?y.parent = ?z then ?x.grandparent = ?z",
+        Rule(None, (Literal(X, "parent", "?y"), Literal("?y", "parent", "?z")), Literal(X, "grandparent", "?z")),
+    ),
+    (
+        "rule: if alice.happy = true then not bob.sad = true",
+        Rule(None, (Literal("alice", "happy", "true"),), Literal("bob", "sad", "true", True)),
+    ),
+    (
+        "rule: if not.x = 1 then not.y = 2",  # "not" before '.' is an entity name
+        Rule(None, (Literal("not", "x", "1"),), Literal("not", "y", "2")),
+    ),
     ("attr: Parent MULTI", AttrDecl("parent", "multi")),
     ("attr: age functional [source=schema]", AttrDecl("age", "functional", source="schema")),
 ]
@@ -99,8 +108,10 @@ def test_syntax_errors_name_line_and_column(line: str, column: int, expected: st
 
 
 def test_parse_splits_statements_and_chat_and_skips_comments() -> None:
-    result = parse("hi there\n\n# a comment line\nfact: a.b = 1\nrule: if ?x.b = 1 then ?x.c = 2\n"
-                   "I think fact: is a word\nattr: b multi")
+    result = parse(
+        "hi there\n\n# a comment line\nfact: a.b = 1\nrule: if ?x.b = 1 then ?x.c = 2\n"
+        "I think fact: is a word\nattr: b multi"
+    )
     assert [type(s) for s in result.statements] == [Fact, Rule, AttrDecl]
     assert result.statement_lines == (4, 5, 7)
     assert result.chat_lines == ("hi there", "I think fact: is a word")
@@ -118,12 +129,15 @@ def test_parse_statement_requires_a_prefix() -> None:
     assert info.value.column == 4
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("bob.smart = true", Literal("bob", "smart", "true")),
-    ("not Bob.smart = TRUE", Literal("bob", "smart", "true", True)),
-    ("deny: bob.smart = true", Literal("bob", "smart", "true", True)),
-    ("?x.a = 1", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("bob.smart = true", Literal("bob", "smart", "true")),
+        ("not Bob.smart = TRUE", Literal("bob", "smart", "true", True)),
+        ("deny: bob.smart = true", Literal("bob", "smart", "true", True)),
+        ("?x.a = 1", None),
+    ],
+)
 def test_parse_literal(text: str, expected: Literal | None) -> None:
     if expected is None:
         with pytest.raises(StatementSyntaxError):

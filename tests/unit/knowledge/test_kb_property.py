@@ -44,8 +44,10 @@ NEGATED = st.sampled_from([False, False, True])
 @st.composite
 def rules(draw: st.DrawFn) -> Rule:
     def lit(terms_e: list[str], terms_v: list[str]) -> Literal:
-        return Literal(draw(st.sampled_from(terms_e)), draw(st.sampled_from(ATTRS)),
-                       draw(st.sampled_from(terms_v)), draw(NEGATED))
+        return Literal(
+            draw(st.sampled_from(terms_e)), draw(st.sampled_from(ATTRS)), draw(st.sampled_from(terms_v)), draw(NEGATED)
+        )
+
     body = tuple(lit(RULE_ENTITIES, RULE_VALUES) for _ in range(draw(st.integers(1, 2))))
     bound = sorted({t for b in body for t in (b.entity, b.value) if t.startswith("?")})
     head = lit(ENTITIES + bound * 3, VALUES + bound * 2)
@@ -53,34 +55,42 @@ def rules(draw: st.DrawFn) -> Rule:
 
 
 def _bool_lit(entity: str) -> st.SearchStrategy[Literal]:
-    return st.builds(Literal, st.just(entity), st.sampled_from(ATTRS),
-                     st.sampled_from(["true", "true", "true", "false"]), NEGATED)
+    return st.builds(
+        Literal, st.just(entity), st.sampled_from(ATTRS), st.sampled_from(["true", "true", "true", "false"]), NEGATED
+    )
 
 
 # Boolean rules over one entity fire on most KBs and clash through negation.
-bool_rules = st.builds(lambda body, head, conf: Rule(None, tuple(body), head, confidence=conf),
-                       st.lists(_bool_lit("?x"), min_size=1, max_size=2), _bool_lit("?x"),
-                       st.sampled_from([0.5, 1.0]))
+bool_rules = st.builds(
+    lambda body, head, conf: Rule(None, tuple(body), head, confidence=conf),
+    st.lists(_bool_lit("?x"), min_size=1, max_size=2),
+    _bool_lit("?x"),
+    st.sampled_from([0.5, 1.0]),
+)
 # Joins across two entities through a relation (entity-valued attribute).
 join_rules = st.builds(
-    lambda rel, lit, head, conf: Rule(None, (Literal("?x", rel, "?y"), lit), head,
-                                      confidence=conf),
-    st.sampled_from(ATTRS), _bool_lit("?y"),
-    st.one_of(_bool_lit("?x"), st.builds(Literal, st.just("?y"), st.sampled_from(ATTRS),
-                                         st.just("?x"), NEGATED)),
-    st.sampled_from([0.5, 1.0]))
+    lambda rel, lit, head, conf: Rule(None, (Literal("?x", rel, "?y"), lit), head, confidence=conf),
+    st.sampled_from(ATTRS),
+    _bool_lit("?y"),
+    st.one_of(_bool_lit("?x"), st.builds(Literal, st.just("?y"), st.sampled_from(ATTRS), st.just("?x"), NEGATED)),
+    st.sampled_from([0.5, 1.0]),
+)
 
-facts = st.builds(Fact, st.sampled_from(ENTITIES[:2]), st.sampled_from(ATTRS),
-                  st.sampled_from(FACT_VALUES), NEGATED,
-                  confidence=st.sampled_from([0.5, 1.0]))
-decls = st.builds(AttrDecl, st.sampled_from(ATTRS), st.sampled_from(["functional", "multi"]),
-                  confidence=st.sampled_from([0.5, 1.0]))
+facts = st.builds(
+    Fact,
+    st.sampled_from(ENTITIES[:2]),
+    st.sampled_from(ATTRS),
+    st.sampled_from(FACT_VALUES),
+    NEGATED,
+    confidence=st.sampled_from([0.5, 1.0]),
+)
+decls = st.builds(
+    AttrDecl, st.sampled_from(ATTRS), st.sampled_from(["functional", "multi"]), confidence=st.sampled_from([0.5, 1.0])
+)
 # one_of() does not weight repeated branches, so draw the kind first: half facts.
 _KINDS = {"fact": facts, "rule": rules(), "bool": bool_rules, "join": join_rules, "attr": decls}
-statement = st.sampled_from(["fact"] * 5 + ["rule", "bool", "bool", "join", "attr"]).flatmap(
-    _KINDS.__getitem__)
-statements = st.lists(statement,
-                      min_size=2, max_size=10)
+statement = st.sampled_from(["fact"] * 5 + ["rule", "bool", "bool", "join", "attr"]).flatmap(_KINDS.__getitem__)
+statements = st.lists(statement, min_size=2, max_size=10)
 
 
 class Oracle:
@@ -91,8 +101,9 @@ class Oracle:
         self.solver = z3.Solver(ctx=self.ctx)
         self.vars: dict[tuple, z3.BoolRef] = {}
         self.cache: dict[tuple, bool] = {}
-        decl_list = sorted([*background, *(s for s in stmts if isinstance(s, AttrDecl))],
-                           key=lambda d: d.created_at or 0.0)
+        decl_list = sorted(
+            [*background, *(s for s in stmts if isinstance(s, AttrDecl))], key=lambda d: d.created_at or 0.0
+        )
         self.kinds = {d.attribute: d.kind for d in decl_list}
         for stmt in stmts:
             if isinstance(stmt, Fact):
@@ -113,13 +124,13 @@ class Oracle:
         return self.vars[lit]
 
     def _ground(self, rule: Rule) -> None:
-        names = sorted({t for lit in (*rule.body, rule.head)
-                        for t in (lit.entity, lit.value) if t.startswith("?")})
+        names = sorted({t for lit in (*rule.body, rule.head) for t in (lit.entity, lit.value) if t.startswith("?")})
         for values in itertools.product(UNIVERSE, repeat=len(names)):
             env = dict(zip(names, values, strict=True))
-            ground = [Literal(env.get(x.entity, x.entity), x.attribute,
-                              env.get(x.value, x.value), x.negated)
-                      for x in (*rule.body, rule.head)]
+            ground = [
+                Literal(env.get(x.entity, x.entity), x.attribute, env.get(x.value, x.value), x.negated)
+                for x in (*rule.body, rule.head)
+            ]
             if not all(is_entity(g.entity) for g in ground):
                 continue
             *body, head = (self.var(g.key()) for g in ground)
@@ -159,11 +170,14 @@ def _comp(lit: tuple) -> tuple:
 def _check_core(kb: KnowledgeBase, core_ids: list[str]) -> None:
     by_id = {r.id: r.statement for r in kb.statements()}
     core = [by_id[i] for i in core_ids]
-    background = [r.statement for r in kb.statements(status=Status.ACCEPTED)
-                  if isinstance(r.statement, AttrDecl) and r.id not in core_ids]
+    background = [
+        r.statement
+        for r in kb.statements(status=Status.ACCEPTED)
+        if isinstance(r.statement, AttrDecl) and r.id not in core_ids
+    ]
     assert not Oracle(core, background).consistent(), "core is consistent"
     for i in range(len(core)):
-        rest = core[:i] + core[i + 1:]
+        rest = core[:i] + core[i + 1 :]
         assert Oracle(rest, background).consistent(), f"core not minimal without {core[i]}"
 
 
@@ -184,8 +198,7 @@ def test_agrees_with_global_solve(stmts: list[Statement]) -> None:
     for e, a, v in itertools.product(ENTITIES, ATTRS, UNIVERSE):
         for pos in (True, False):
             got = kb.ask(Literal(e, a, v, not pos))
-            assert got.verdict is oracle.verdict(e, a, v, pos), (
-                f"{got.query}: kb {got.verdict} ({got.reason})")
+            assert got.verdict is oracle.verdict(e, a, v, pos), f"{got.query}: kb {got.verdict} ({got.reason})"
             if got.verdict is not Verdict.UNKNOWN:
                 # The support alone yields the same verdict (it is a real support).
                 key = tuple(r.id for r in got.support)
@@ -206,9 +219,13 @@ def _agrees(kb: KnowledgeBase) -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["user", "session"]),
-                          st.sampled_from(["user", "session"]), statement),
-                min_size=2, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["user", "session"]), st.sampled_from(["user", "session"]), statement),
+        min_size=2,
+        max_size=8,
+    )
+)
 def test_views_sharing_statements_stay_consistent(ops: list[tuple[str, str, Statement]]) -> None:
     # A user view and a session view of one user write in turn (user or session
     # scope); each picks up the other's changes incrementally and must always equal

@@ -22,8 +22,7 @@ fact: a.parent = c
 fact: b.parent = d
 rule: if ?x.parent = ?y and ?y.parent = ?z then ?x.grandparent = ?z
 """
-CHAIN = "fact: x.p0 = true\n" + "\n".join(
-    f"rule: if ?x.p{i} = true then ?x.p{i + 1} = true" for i in range(6))
+CHAIN = "fact: x.p0 = true\n" + "\n".join(f"rule: if ?x.p{i} = true then ?x.p{i + 1} = true" for i in range(6))
 
 SEMANTICS = [
     # (id, statements, query, verdict)
@@ -31,54 +30,63 @@ SEMANTICS = [
     ("design-example-negated-query", QUIET_COLD, "not bob.smart = true", C),
     ("body-incomplete", QUIET_COLD + "fact: amy.quiet = true", "amy.smart = true", U),
     ("open-world", QUIET_COLD, "carl.smart = true", U),
-    ("no-contraposition", "rule: if ?x.p = true then ?x.q = true\ndeny: a.q = true",
-     "a.p = true", U),
-    ("no-contraposition-neg", "rule: if ?x.p = true then ?x.q = true\ndeny: a.q = true",
-     "not a.p = true", U),
-    ("no-negation-as-failure", "rule: if not ?x.a = true then ?x.b = true\nfact: z.c = 1",
-     "z.b = true", U),
-    ("negation-in-body", "rule: if not ?x.a = true then ?x.b = 1\ndeny: z.a = true",
-     "z.b = 1", E),
+    ("no-contraposition", "rule: if ?x.p = true then ?x.q = true\ndeny: a.q = true", "a.p = true", U),
+    ("no-contraposition-neg", "rule: if ?x.p = true then ?x.q = true\ndeny: a.q = true", "not a.p = true", U),
+    ("no-negation-as-failure", "rule: if not ?x.a = true then ?x.b = true\nfact: z.c = 1", "z.b = true", U),
+    ("negation-in-body", "rule: if not ?x.a = true then ?x.b = 1\ndeny: z.a = true", "z.b = 1", E),
     ("negation-in-head", "rule: if ?x.a = 1 then not ?x.b = 2\nfact: z.a = 1", "z.b = 2", C),
-    ("negation-in-head-entailed", "rule: if ?x.a = 1 then not ?x.b = 2\nfact: z.a = 1",
-     "not z.b = 2", E),
+    ("negation-in-head-entailed", "rule: if ?x.a = 1 then not ?x.b = 2\nfact: z.a = 1", "not z.b = 2", E),
     ("functional-other-value", "fact: alice.age = 30", "alice.age = 31", C),
     ("functional-same-value", "fact: alice.age = 30", "alice.age = 30", E),
     # Functional exclusion makes a value CONTRADICTED, but `not alice.age = 31` is a
     # literal of its own, derivable only from statements (the Horn definition).
     ("functional-negative-literal", "fact: alice.age = 30", "not alice.age = 31", U),
-    ("multi-values-coexist", "attr: likes multi\nfact: bob.likes = cat\nfact: bob.likes = dog",
-     "bob.likes = cat", E),
-    ("multi-other-value-unknown", "attr: likes multi\nfact: bob.likes = cat", "bob.likes = dog",
-     U),
+    ("multi-values-coexist", "attr: likes multi\nfact: bob.likes = cat\nfact: bob.likes = dog", "bob.likes = cat", E),
+    ("multi-other-value-unknown", "attr: likes multi\nfact: bob.likes = cat", "bob.likes = dog", U),
     ("boolean-false-is-not-true", "fact: x.a = false", "not x.a = true", E),
     ("boolean-false-contradicts-true", "fact: x.a = false", "x.a = true", C),
     ("boolean-deny-false", "deny: x.a = false", "x.a = true", E),
     ("boolean-vs-functional-value", "fact: x.a = 5", "x.a = false", C),
-    ("variable-binds-false", "rule: if ?x.a = ?v then ?x.copy = ?v\nfact: z.a = false",
-     "not z.copy = true", E),
+    ("variable-binds-false", "rule: if ?x.a = ?v then ?x.copy = ?v\nfact: z.a = false", "not z.copy = true", E),
     ("grandparent", FAMILY, "a.grandparent = d", E),
     ("grandparent-other-branch", FAMILY, "c.grandparent = d", U),
     ("multi-parent", FAMILY, "a.parent = c", E),
     ("chain-depth-6", CHAIN, "x.p6 = true", E),
     ("chain-other-entity", CHAIN, "y.p6 = true", U),
-    ("value-join", "attr: same_age multi\nfact: a.age = 3\nfact: b.age = 3\nfact: c.age = 4\n"
-     "rule: if ?x.age = ?n and ?y.age = ?n then ?x.same_age = ?y", "a.same_age = b", E),
-    ("value-join-no-match", "attr: same_age multi\nfact: a.age = 3\nfact: c.age = 4\n"
-     "rule: if ?x.age = ?n and ?y.age = ?n then ?x.same_age = ?y", "a.same_age = c", U),
-    ("ground-rule", "rule: if alice.happy = true then bob.happy = true\nfact: alice.happy = true",
-     "bob.happy = true", E),
+    (
+        "value-join",
+        "attr: same_age multi\nfact: a.age = 3\nfact: b.age = 3\nfact: c.age = 4\n"
+        "rule: if ?x.age = ?n and ?y.age = ?n then ?x.same_age = ?y",
+        "a.same_age = b",
+        E,
+    ),
+    (
+        "value-join-no-match",
+        "attr: same_age multi\nfact: a.age = 3\nfact: c.age = 4\n"
+        "rule: if ?x.age = ?n and ?y.age = ?n then ?x.same_age = ?y",
+        "a.same_age = c",
+        U,
+    ),
+    (
+        "ground-rule",
+        "rule: if alice.happy = true then bob.happy = true\nfact: alice.happy = true",
+        "bob.happy = true",
+        E,
+    ),
     ("case-insensitive", "fact: Bob.Age = 30", "BOB.age = 30", E),
     ("number-canonical", "fact: x.n = 3.0", "x.n = 3", E),
     ("string-is-not-identifier", 'fact: x.name = "bob"', "x.name = bob", C),
     ("numbers-not-entities", "rule: if ?x.a = ?v then ?v.b = 1\nfact: z.a = 7", "z.b = 1", U),
-    ("cycle-needs-a-base", "rule: if ?x.p = true then ?x.q = true\n"
-     "rule: if ?x.q = true then ?x.p = true\nfact: z.r = 1", "z.p = true", U),
+    (
+        "cycle-needs-a-base",
+        "rule: if ?x.p = true then ?x.q = true\nrule: if ?x.q = true then ?x.p = true\nfact: z.r = 1",
+        "z.p = true",
+        U,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("statements", "query", "verdict"),
-                         [c[1:] for c in SEMANTICS], ids=[c[0] for c in SEMANTICS])
+@pytest.mark.parametrize(("statements", "query", "verdict"), [c[1:] for c in SEMANTICS], ids=[c[0] for c in SEMANTICS])
 def test_semantics(statements: str, query: str, verdict: Verdict) -> None:
     kb = KnowledgeBase()
     result = kb.tell(statements)
@@ -93,17 +101,16 @@ def test_support_is_the_derivation() -> None:
     kb.tell(CHAIN + "\nfact: x.unrelated = 1\nrule: if ?x.unrelated = 1 then ?x.other = 2")
     answer = kb.ask("x.p6 = true")
     assert len(answer.support) == 7  # the fact and the six rules, nothing else
-    assert {r.statement.text(options=False) for r in answer.support} == {
-        s.strip() for s in CHAIN.splitlines()}
+    assert {r.statement.text(options=False) for r in answer.support} == {s.strip() for s in CHAIN.splitlines()}
 
 
 def test_support_is_minimal_with_alternative_derivations() -> None:
     kb = KnowledgeBase()
-    kb.tell("fact: z.a = 1\nfact: z.b = 1\nrule: if ?x.a = 1 then ?x.c = 1\n"
-            "rule: if ?x.b = 1 and ?x.a = 1 then ?x.c = 1")
+    kb.tell(
+        "fact: z.a = 1\nfact: z.b = 1\nrule: if ?x.a = 1 then ?x.c = 1\nrule: if ?x.b = 1 and ?x.a = 1 then ?x.c = 1"
+    )
     support = kb.ask("z.c = 1").support
-    assert [r.statement.text(options=False) for r in support] == [
-        "fact: z.a = 1", "rule: if ?x.a = 1 then ?x.c = 1"]
+    assert [r.statement.text(options=False) for r in support] == ["fact: z.a = 1", "rule: if ?x.a = 1 then ?x.c = 1"]
 
 
 def test_ask_accepts_a_literal_and_rejects_variables() -> None:
@@ -119,7 +126,7 @@ def test_rule_and_fact_order_do_not_matter(order: str) -> None:
     rule = "rule: if ?x.parent = ?y and ?y.parent = ?z then ?x.grandparent = ?z"
     facts = "attr: parent multi\nfact: a.parent = b\nfact: b.parent = c"
     kb = KnowledgeBase()
-    for text in ([rule, facts] if order == "rule-first" else [facts, rule]):
+    for text in [rule, facts] if order == "rule-first" else [facts, rule]:
         kb.tell(text)
     assert kb.ask("a.grandparent = c").verdict is E
 
@@ -134,8 +141,7 @@ def test_retracting_a_fact_removes_what_it_derived() -> None:
 
 def test_retract_keeps_alternative_derivation() -> None:
     kb = KnowledgeBase()
-    fact, _rule, _other = kb.tell("fact: z.c = 1\nrule: if ?x.a = 1 then ?x.c = 1\n"
-                                  "fact: z.a = 1").accepted
+    fact, _rule, _other = kb.tell("fact: z.c = 1\nrule: if ?x.a = 1 then ?x.c = 1\nfact: z.a = 1").accepted
     kb.retract(fact.id)
     answer = kb.ask("z.c = 1")
     assert answer.verdict is E and fact.id not in {r.id for r in answer.support}
@@ -143,8 +149,9 @@ def test_retract_keeps_alternative_derivation() -> None:
 
 def test_retract_cycle_is_not_self_supporting() -> None:
     kb = KnowledgeBase()
-    accepted = kb.tell("rule: if ?x.p = true then ?x.q = true\n"
-                       "rule: if ?x.q = true then ?x.p = true\nfact: z.p = true").accepted
+    accepted = kb.tell(
+        "rule: if ?x.p = true then ?x.q = true\nrule: if ?x.q = true then ?x.p = true\nfact: z.p = true"
+    ).accepted
     assert kb.ask("z.q = true").verdict is E
     kb.retract(accepted[2].id)
     assert kb.ask("z.q = true").verdict is U

@@ -11,7 +11,8 @@ import numpy as np
 from dmha.errors import MilvusUnavailable
 from dmha.memory.bm25 import tokenize
 from dmha.memory.records import MemoryRecord
-from dmha.memory.working import SessionInfo, Turn
+from dmha.memory.working import SessionInfo
+from dmha.turn import Turn
 
 
 class HashEmbedder:
@@ -68,8 +69,9 @@ class MemoryStore:
         out = [self.rows[i] for i in dict.fromkeys(ids) if i in self.rows and self.rows[i].user_id == user_id]
         return out if with_vectors else [dataclasses.replace(r, vector=None) for r in out]
 
-    def scan(self, user_id: str, *, kind: str | None = None, session_id: str | None = None,
-             with_vectors: bool = False) -> Iterator[MemoryRecord]:
+    def scan(
+        self, user_id: str, *, kind: str | None = None, session_id: str | None = None, with_vectors: bool = False
+    ) -> Iterator[MemoryRecord]:
         self._check()
         for mid in sorted(self.rows):
             r = self.rows[mid]
@@ -89,12 +91,16 @@ class MemoryStore:
             del self.rows[i]
         return gone
 
-    def delete_where(self, user_id: str, *, session_id: str | None = None,
-                     source_id: str | None = None, kind: str | None = None) -> list[str]:
+    def delete_where(
+        self, user_id: str, *, session_id: str | None = None, source_id: str | None = None, kind: str | None = None
+    ) -> list[str]:
         self._check()
         gone = [
-            r.id for r in self.rows.values()
-            if r.user_id == user_id and session_id in (None, r.session_id) and kind in (None, r.kind)
+            r.id
+            for r in self.rows.values()
+            if r.user_id == user_id
+            and session_id in (None, r.session_id)
+            and kind in (None, r.kind)
             and (source_id is None or source_id in r.source_ids)
         ]
         for i in gone:
@@ -110,9 +116,7 @@ class MemoryStore:
 
     def count(self, user_id: str, *, cluster_id: int | None = None) -> int:
         self._check()
-        return sum(
-            r.user_id == user_id and cluster_id in (None, r.cluster_id) for r in self.rows.values()
-        )
+        return sum(r.user_id == user_id and cluster_id in (None, r.cluster_id) for r in self.rows.values())
 
     def close(self) -> None:
         pass
@@ -150,10 +154,7 @@ class ListWorkingMemory:
         return list(self.turns.get((user_id, session_id), []))
 
     def sessions(self, user_id: str) -> list[SessionInfo]:
-        return [
-            SessionInfo(s, len(ts), ts[-1].created_at)
-            for (u, s), ts in self.turns.items() if u == user_id and ts
-        ]
+        return [SessionInfo(s, len(ts), ts[-1].created_at) for (u, s), ts in self.turns.items() if u == user_id and ts]
 
     def delete_session(self, user_id: str, session_id: str) -> bool:
         return self.turns.pop((user_id, session_id), None) is not None

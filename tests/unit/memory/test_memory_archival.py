@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import pytest
+from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
 
-from dmha.config import ClusteringConfig, LongTermConfig, MemoryConfig, WorkingMemoryConfig
+from dmha.config import (
+    ClusteringConfig,
+    LongTermConfig,
+    MemoryConfig,
+    WorkingMemoryConfig,
+)
 from dmha.errors import MilvusUnavailable, Unavailable
 from dmha.memory.archival import build_records
 from dmha.memory.longterm_memory import LongTermMemory
 from dmha.memory.records import memory_id
 from dmha.memory.summariser import ExtractiveSummariser
-from dmha.memory.working import Turn
-from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
+from dmha.turn import Turn
 
 
 def turns(n: int, user: str = "alice", session: str = "s1", start: int = 0) -> list[Turn]:
     return [
-        Turn(f"t{i:04d}", user, session, "user" if i % 2 == 0 else "assistant",
-             f"Message number {i} about topic{i % 3}.", 1_700_000_000.0 + i)
+        Turn(
+            f"t{i:04d}",
+            user,
+            session,
+            "user" if i % 2 == 0 else "assistant",
+            f"Message number {i} about topic{i % 3}.",
+            1_700_000_000.0 + i,
+        )
         for i in range(start, start + n)
     ]
 

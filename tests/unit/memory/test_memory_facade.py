@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
 
-from dmha.config import LongTermConfig, MemoryConfig, RetrievalConfig, WorkingMemoryConfig
+from dmha.config import (
+    LongTermConfig,
+    MemoryConfig,
+    RetrievalConfig,
+    WorkingMemoryConfig,
+)
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
 from dmha.memory.longterm_memory import LongTermMemory
 from dmha.memory.summariser import ExtractiveSummariser
-from dmha.memory.working import Turn
-from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
+from dmha.turn import Turn
 
 FACTS = [
     "My sister Anna lives in Berlin and works as a nurse.",
@@ -46,7 +51,7 @@ def chat(wm: ListWorkingMemory, user: str, session: str, texts: list[str], t0: f
         ({"k": 21}, "k", "between 1 and 20"),
         ({"token_budget": 0}, "token_budget", "at least 1"),
         ({"kinds": ["note"]}, "kind", "expected one of"),
-        ({"user_id": ""}, "user_id", "must not be empty"),
+        ({"user_id": ""}, "user_id", "must be 1-128 characters"),
     ],
 )
 def test_search_rejects_bad_input_naming_field_and_limit(kwargs, field, fragment):

@@ -11,7 +11,7 @@ from dmha.memory.clustering import Clusterer, stable_ids
 from dmha.memory.hot_index import HotIndex, UserIndex
 from dmha.memory.records import CLUSTER_NOISE, MemoryRecord
 from dmha.memory.summariser import ExtractiveSummariser, extract_sentences
-from dmha.memory.working import Turn
+from dmha.turn import Turn
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -27,12 +27,24 @@ def blobs(n_per: int, centres: int, dim: int = 48, spread: float = 0.05, seed: i
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
 
 
-def rec(i: int, vec: np.ndarray, text: str = "", kind: str = "turn", session: str = "s",
-        sources: tuple[str, ...] | None = None, user: str = "u") -> MemoryRecord:
+def rec(
+    i: int,
+    vec: np.ndarray,
+    text: str = "",
+    kind: str = "turn",
+    session: str = "s",
+    sources: tuple[str, ...] | None = None,
+    user: str = "u",
+) -> MemoryRecord:
     return MemoryRecord(
-        id=f"m{i}", user_id=user, session_id=session, kind=kind,  # type: ignore[arg-type]
-        text=text or f"memory {i}", created_at=float(i),
-        source_ids=(f"t{i}",) if sources is None else sources, vector=vec,
+        id=f"m{i}",
+        user_id=user,
+        session_id=session,
+        kind=kind,  # type: ignore[arg-type]
+        text=text or f"memory {i}",
+        created_at=float(i),
+        source_ids=(f"t{i}",) if sources is None else sources,
+        vector=vec,
     )
 
 

@@ -1,13 +1,12 @@
-"""Deterministic ids, id validation, the indexed text, the BM25 tokeniser and index."""
+"""Deterministic ids, the indexed text, the BM25 tokeniser and index."""
 
 from __future__ import annotations
 
 import pytest
 from rank_bm25 import BM25Okapi
 
-from dmha.errors import InvalidArgument
 from dmha.memory.bm25 import BM25Index, tokenize
-from dmha.memory.records import MemoryRecord, index_text, memory_id, validate_user_id
+from dmha.memory.records import MemoryRecord, index_text, memory_id
 
 
 def test_memory_id_is_deterministic_and_separates_users_kinds_and_sources():
@@ -16,20 +15,6 @@ def test_memory_id_is_deterministic_and_separates_users_kinds_and_sources():
     assert a != memory_id("bob", "turn", ["t1"])
     assert a != memory_id("alice", "summary", ["t1"])
     assert memory_id("u", "summary", ["ab", "c"]) != memory_id("u", "summary", ["a", "bc"])
-
-
-@pytest.mark.parametrize(
-    ("value", "problem"),
-    [("", "must not be empty"), ("x" * 129, "129 bytes; limit 128"), ("a\nb", "control characters")],
-)
-def test_validate_user_id_names_the_field_and_limit(value, problem):
-    with pytest.raises(InvalidArgument) as err:
-        validate_user_id(value, "session_id")
-    assert err.value.field == "session_id" and problem in str(err.value)
-
-
-def test_validate_user_id_accepts_quotes_and_unicode():
-    assert validate_user_id('o"brien\\é') == 'o"brien\\é'
 
 
 def test_index_text_prefixes_the_day():

@@ -11,8 +11,15 @@ from dmha.memory.retrieval import Candidate, approx_token_count, pack, rrf_fuse
 def rec(mid: str, text: str, kind: str = "turn", sources: tuple[str, ...] | None = None) -> MemoryRecord:
     if sources is None:
         sources = (f"t-{mid}",) if kind == "turn" else ()
-    return MemoryRecord(id=mid, user_id="u", session_id="s", kind=kind, text=text,  # type: ignore[arg-type]
-                        created_at=0.0, source_ids=sources)
+    return MemoryRecord(
+        id=mid,
+        user_id="u",
+        session_id="s",
+        kind=kind,
+        text=text,  # type: ignore[arg-type]
+        created_at=0.0,
+        source_ids=sources,
+    )
 
 
 def cands(*records: MemoryRecord) -> list[Candidate]:

@@ -32,7 +32,9 @@ class Checker:
 
 
 def turn(claims=()):
-    t = TurnState(Principal("alice", frozenset({"user"})), "s1", "How old is Bob?", "How old is Bob?", GenerationOptions())
+    t = TurnState(
+        Principal("alice", frozenset({"user"})), "s1", "How old is Bob?", "How old is Bob?", GenerationOptions()
+    )
     t.claims = list(claims)
     return t
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from dmha.auth.tokens import Authenticator
+from dmha.runtime import Authenticator
 from dmha_proto.v1 import auth_pb2, auth_pb2_grpc
 
 __all__ = ["AuthServicer"]

@@ -11,9 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dmha.config import DMHAConfig
-from dmha.executor import run_blocking
-from dmha.runtime import Runtime, build_runtime
+from dmha.runtime import DMHAConfig, Runtime, build_runtime, run_blocking
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,

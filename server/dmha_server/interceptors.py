@@ -16,10 +16,7 @@ from typing import Any
 
 import grpc
 
-from dmha import errors
-from dmha.auth.ratelimit import RateLimiter
-from dmha.auth.tokens import Authenticator, Principal
-from dmha.logs import request_id
+from dmha.runtime import Authenticator, Principal, RateLimiter, errors, request_id
 from dmha_server import metrics
 
 __all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]

@@ -7,25 +7,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from dmha.errors import InvalidArgument
-from dmha.executor import run_blocking
-from dmha.memory.longterm_memory import LongTermMemory
-from dmha.memory.records import MemoryRecord, RetrievedMemory
+from dmha.runtime import LongTermMemory, errors, run_blocking
 from dmha_proto.v1 import memory_pb2, memory_pb2_grpc
+from dmha_server.convert import memory_proto
 from dmha_server.interceptors import current_principal
 
 __all__ = ["MemoryServicer"]
 
-_MAX_K = 100
-_MAX_PAGE = 500
 _EXPORT_BATCH = 200
-
-
-def _memory(rec: MemoryRecord | RetrievedMemory) -> memory_pb2.Memory:
-    return memory_pb2.Memory(
-        id=rec.id, kind=rec.kind, text=rec.text, session_id=rec.session_id, created_at=rec.created_at,
-        source_ids=list(rec.source_ids), cluster_id=rec.cluster_id, role=rec.role,
-    )
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
@@ -35,29 +24,27 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self._memory = memory
 
     async def Search(self, request: memory_pb2.SearchMemoryRequest, context: grpc.aio.ServicerContext):
-        k = request.k or 10
-        if k > _MAX_K:
-            raise InvalidArgument("k", f"is {k}; limit {_MAX_K}")
-        found = await run_blocking(self._memory.search, current_principal().user_id, request.query, k)
+        # 0 (unset) means the configured default; the core checks the limit.
+        found = await run_blocking(self._memory.search, current_principal().user_id, request.query, request.k or None)
         return memory_pb2.SearchMemoryResponse(
-            results=[
-                memory_pb2.ScoredMemory(memory=_memory(m), score=m.score, why=m.why)
-                for m in found
-            ]
+            results=[memory_pb2.ScoredMemory(memory=memory_proto(m), score=m.score, why=m.why) for m in found]
         )
 
     async def List(self, request: memory_pb2.ListMemoriesRequest, context: grpc.aio.ServicerContext):
-        size = request.page_size or 50
-        if size > _MAX_PAGE:
-            raise InvalidArgument("page_size", f"is {size}; limit {_MAX_PAGE}")
         page = await run_blocking(
-            self._memory.list, current_principal().user_id, size, request.page_token,
-            request.kind or None, request.session_id or None,
+            self._memory.list,
+            current_principal().user_id,
+            request.page_size or None,
+            request.page_token,
+            request.kind or None,
+            request.session_id or None,
         )
-        return memory_pb2.ListMemoriesResponse(memories=[_memory(r) for r in page.items], next_page_token=page.next_page_token)
+        return memory_pb2.ListMemoriesResponse(
+            memories=[memory_proto(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     async def Get(self, request: memory_pb2.GetMemoryRequest, context: grpc.aio.ServicerContext):
-        return _memory(await run_blocking(self._memory.get, current_principal().user_id, request.id))
+        return memory_proto(await run_blocking(self._memory.get, current_principal().user_id, request.id))
 
     async def Delete(self, request: memory_pb2.DeleteMemoryRequest, context: grpc.aio.ServicerContext):
         user = current_principal().user_id
@@ -69,7 +56,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         elif which == "all" and request.all:
             deleted = await run_blocking(self._memory.delete_all, user)
         else:
-            raise InvalidArgument("selector", "set exactly one of id, session_id or all=true")
+            raise errors.InvalidArgument("selector", "set exactly one of id, session_id or all=true")
         return memory_pb2.DeleteMemoryResponse(deleted=deleted)
 
     async def Export(

@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 
 import grpc
 
-from dmha.executor import run_blocking
-from dmha.learning.jobs import Job, JobEvent
-from dmha.learning.online import OnlineLearning
-from dmha.learning.registry import Version
+from dmha.runtime import OnlineLearning, run_blocking
 from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
+from dmha_server.convert import event_proto, job_proto, version_proto
 from dmha_server.interceptors import current_principal
 
 __all__ = ["FeedbackServicer", "ModelServicer"]
-
-_END = object()
-
-
-def job_proto(job: Job) -> learning_pb2.Job:
-    """A job record."""
-    item = job.items[0] if job.items else None
-    message = job.error or "; ".join(job.reasons)
-    return learning_pb2.Job(
-        job_id=job.job_id, state=job.state, step=job.step, total_steps=job.steps, loss=job.loss,
-        metrics={k: float(v) for k, v in job.metrics.items()}, message=message, version=job.version,
-        created_at=job.created_at, updated_at=job.updated_at,
-        input_text=item.input if item else "", target_text=item.target if item else "",
-    )
-
-
-def event_proto(event: JobEvent) -> learning_pb2.Job:
-    """A progress event as a (partial) job record."""
-    return learning_pb2.Job(
-        job_id=event.job_id, state=event.state, step=event.step, total_steps=event.steps, loss=event.loss,
-        metrics={k: float(v) for k, v in event.metrics.items()}, message=event.error, version=event.version,
-        updated_at=event.at,
-    )
-
-
-def version_proto(v: Version, live: str) -> learning_pb2.ModelVersion:
-    """A model version."""
-    return learning_pb2.ModelVersion(
-        id=v.version_id, parent=v.parent or "", created_at=v.created_at, feedback_ids=list(v.feedback_ids),
-        metrics=v.metrics, status=v.status, live=v.version_id == live,
-        plan_json=json.dumps(v.plan.to_dict()) if v.plan else "",
-    )
 
 
 class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
@@ -69,12 +34,13 @@ class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
         try:
             while True:
                 # Each read blocks in Redis for at most half a second, off the loop.
-                event = await run_blocking(next, events, _END)
-                if event is _END:
+                event = await run_blocking(next, events, None)
+                if event is None:
                     return
                 yield event_proto(event)
         finally:
-            events.close()
+            if isinstance(events, Generator):  # closing the generator ends its Redis reads
+                events.close()
 
     async def ListCandidates(self, request: learning_pb2.ListCandidatesRequest, context: grpc.aio.ServicerContext):
         jobs = await run_blocking(self._learning.candidates, current_principal())

@@ -7,10 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from dmha.config import LimitsConfig
-from dmha.context import ChatPipeline, drain, resolve_options
-from dmha.logs import request_id
-from dmha.turn import TurnResult
+from dmha.runtime import ChatPipeline, LimitsConfig, TurnResult, drain, request_id, resolve_options
 from dmha_proto.v1 import chat_pb2, chat_pb2_grpc
 from dmha_server import metrics
 from dmha_server.convert import chat_reply, option_fields
@@ -27,12 +24,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._limits = limits
 
     def _run(self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext):
-        options = resolve_options(
-            self._limits, timeout=context.time_remaining(), **option_fields(request.options)
-        )
-        return self._pipeline.run(
-            current_principal(), request.session_id, request.message, options, request_id.get()
-        )
+        options = resolve_options(self._limits, timeout=context.time_remaining(), **option_fields(request.options))
+        return self._pipeline.run(current_principal(), request.session_id, request.message, options, request_id.get())
 
     async def Chat(
         self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -36,8 +37,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SCALAR_FIELDS = [
-    "id", "user_id", "session_id", "kind", "text", "created_at",
-    "source_ids", "cluster_id", "role", "importance",
+    "id",
+    "user_id",
+    "session_id",
+    "kind",
+    "text",
+    "created_at",
+    "source_ids",
+    "cluster_id",
+    "role",
+    "importance",
 ]
 _MAX_SOURCES = 256
 _PAGE = 16384  # rows per query: Milvus's cap on offset + limit
@@ -161,10 +170,7 @@ def _lite_failure(path: Path) -> str:
                 try:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    return (
-                        f"Milvus Lite database {path} is locked by another process "
-                        "(only one process may open it)"
-                    )
+                    return f"Milvus Lite database {path} is locked by another process (only one process may open it)"
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         except ImportError:  # pragma: no cover - non-POSIX
             pass
@@ -245,8 +251,11 @@ class MilvusLongTermStore:
         schema.add_field("text", DataType.VARCHAR, max_length=65535)
         schema.add_field("created_at", DataType.DOUBLE)
         schema.add_field(
-            "source_ids", DataType.ARRAY, element_type=DataType.VARCHAR,
-            max_capacity=_MAX_SOURCES, max_length=64,
+            "source_ids",
+            DataType.ARRAY,
+            element_type=DataType.VARCHAR,
+            max_capacity=_MAX_SOURCES,
+            max_length=64,
         )
         schema.add_field("cluster_id", DataType.INT64)
         schema.add_field("role", DataType.VARCHAR, max_length=16)
@@ -257,8 +266,11 @@ class MilvusLongTermStore:
         for scalar in ("session_id", "kind"):
             index.add_index(field_name=scalar, index_type="INVERTED")
         c.create_collection(
-            name, schema=schema, index_params=index,
-            consistency_level="Strong", timeout=self._timeout,
+            name,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            timeout=self._timeout,
         )
         log.info("created Milvus collection %s at %s", name, self.uri)
 
@@ -267,9 +279,7 @@ class MilvusLongTermStore:
             return fn()
         except Exception as exc:
             if _is_backend_error(exc):
-                raise MilvusUnavailable(
-                    f"long-term memory (Milvus) failed to {what}; retry shortly"
-                ) from exc
+                raise MilvusUnavailable(f"long-term memory (Milvus) failed to {what}; retry shortly") from exc
             raise
 
     @staticmethod
@@ -327,9 +337,7 @@ class MilvusLongTermStore:
                 chunk = rows[start : start + 1000]
                 self._call(
                     "store memories",
-                    lambda chunk=chunk: self._client.upsert(
-                        self._collection, chunk, timeout=self._timeout
-                    ),
+                    partial(self._client.upsert, self._collection, chunk, timeout=self._timeout),
                 )
 
     def _fields(self, with_vectors: bool) -> list[str]:
@@ -344,9 +352,13 @@ class MilvusLongTermStore:
             size = len(chunk)
             rows = self._call(
                 "read memories",
-                lambda expr=expr, n=size: self._client.query(
-                    self._collection, filter=expr, output_fields=self._fields(with_vectors),
-                    limit=n, timeout=self._timeout,
+                partial(
+                    self._client.query,
+                    self._collection,
+                    filter=expr,
+                    output_fields=self._fields(with_vectors),
+                    limit=size,
+                    timeout=self._timeout,
                 ),
             )
             out.extend(self._record(r) for r in rows)
@@ -358,8 +370,11 @@ class MilvusLongTermStore:
         return self._call(
             "read memories",
             lambda: self._client.query(
-                self._collection, filter=expr, output_fields=fields,
-                timeout=self._cfg.bulk_timeout_seconds, **extra,
+                self._collection,
+                filter=expr,
+                output_fields=fields,
+                timeout=self._cfg.bulk_timeout_seconds,
+                **extra,
             ),
         )
 
@@ -451,9 +466,7 @@ class MilvusLongTermStore:
                 expr = f"{self._filter(user_id)} and id in {json.dumps(chunk, ensure_ascii=False)}"
                 self._call(
                     "delete memories",
-                    lambda expr=expr: self._client.delete(
-                        self._collection, filter=expr, timeout=self._timeout
-                    ),
+                    partial(self._client.delete, self._collection, filter=expr, timeout=self._timeout),
                 )
 
     def delete(self, user_id: str, ids: Sequence[str]) -> list[str]:
@@ -477,18 +490,13 @@ class MilvusLongTermStore:
         return ids
 
     def set_clusters(self, user_id: str, assignments: Mapping[str, int]) -> None:
-        rows = [
-            {"id": mid, "user_id": user_id, "cluster_id": int(cid)}
-            for mid, cid in assignments.items()
-        ]
+        rows = [{"id": mid, "user_id": user_id, "cluster_id": int(cid)} for mid, cid in assignments.items()]
         with self._write_lock:
             for start in range(0, len(rows), 1000):
                 chunk = rows[start : start + 1000]
                 self._call(
                     "store cluster ids",
-                    lambda chunk=chunk: self._client.upsert(
-                        self._collection, chunk, partial_update=True, timeout=self._timeout
-                    ),
+                    partial(self._client.upsert, self._collection, chunk, partial_update=True, timeout=self._timeout),
                 )
 
     def count(self, user_id: str, *, cluster_id: int | None = None) -> int:
@@ -498,8 +506,10 @@ class MilvusLongTermStore:
         rows = self._call(
             "count memories",
             lambda: self._client.query(
-                self._collection, filter=expr,
-                output_fields=["count(*)"], timeout=self._timeout,
+                self._collection,
+                filter=expr,
+                output_fields=["count(*)"],
+                timeout=self._timeout,
             ),
         )
         return int(rows[0]["count(*)"]) if rows else 0

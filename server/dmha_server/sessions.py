@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from dmha.sessions import Sessions
+from dmha.runtime import Sessions
 from dmha_proto.v1 import session_pb2, session_pb2_grpc
 from dmha_server.convert import session_proto, session_summary
 from dmha_server.interceptors import current_principal

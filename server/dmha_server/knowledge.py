@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from dmha.executor import run_blocking
-from dmha.knowledge.bank import KnowledgeBank
-from dmha.knowledge.kb import KnowledgeBase
+from dmha.runtime import KnowledgeBank, KnowledgeBase, run_blocking
 from dmha_proto.v1 import knowledge_pb2, knowledge_pb2_grpc
 from dmha_server.convert import rejection_proto, statement_proto
 from dmha_server.interceptors import current_principal
