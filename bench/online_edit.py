@@ -1,23 +1,24 @@
-"""Online-learning benchmark through the real server and SDK.
+"""Online-learning benchmark: corrections taught through the real server, probed through chat.
 
-Generates fictitious facts (made-up names the model cannot know), each with
-held-out paraphrases, and a retain set of ordinary prompts. Then, against a fresh
-``dmha serve`` with the real model and the default learning config:
+Fictitious facts come from a seeded template generator (made-up names the model
+cannot know; nothing in the learning code knows these templates). Against a fresh
+``dmha serve`` with the real default model and the default learning config:
 
-1. records the base model's greedy answers to the retain set;
-2. submits one feedback pair per fact, *sequentially* (each update trains from the
-   previous live version, with replay), and records the gate's one-shot metrics
-   and Submit -> live time of each;
-3. after the last update re-probes every fact (efficacy on the trained input,
-   generalisation on paraphrases) and the retain set (locality: first 32 tokens
-   unchanged);
-4. compares the frozen and eager decode speed of the final version in process;
-5. measures the consistency monitor's detection precision/recall on answers that
-   agree or disagree with a knowledge base of the same facts.
+1. records the base model's greedy chat answers to a probe set of ordinary prompts
+   (disjoint from the gate's and the training retain prompts);
+2. teaches the facts one after another as a trainer (each update edits the previous
+   live version) and records each job's state, gate metrics and Submit -> live time;
+3. right after each deployed update, asks the fact and two held-out paraphrases in a
+   fresh session (chat-level one-shot efficacy and generalisation);
+4. at each checkpoint (``--checkpoints``) re-asks every earlier deployed fact
+   (retained efficacy) and the probe set (chat-level locality against base:
+   32-token greedy identity, and token agreement);
+5. compares frozen and eager decode speed of the final version at 1 and 8 streams,
+   and reports the bytes each version stores.
 
-Prints a table and one final JSON line.
+Prints a line per update and one final JSON line.
 
-    python bench/online_edit.py [--facts 50] [--seed 0]
+    python bench/online_edit.py [--facts 200] [--seed 0] [--checkpoints 50,200]
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-RETAIN = [
+PROBES = [
     "What is the capital of France?",
-    "How many legs does a spider have?",
+    "How many legs does an insect have?",
     "What is 7 times 8?",
     "Name a primary colour.",
     "What is the boiling point of water in Celsius?",
@@ -47,27 +49,65 @@ RETAIN = [
     "What is the largest planet in the solar system?",
     "Translate 'hello' into Spanish.",
     "What gas do plants absorb from the air?",
-    "Give me a synonym for happy.",
+    "Give me a synonym for big.",
     "What is the opposite of cold?",
     "How many days are in a week?",
-    "What is the chemical symbol for gold?",
-    "What do bees make?",
-    "What is the square root of 81?",
-    "Which ocean is the largest?",
-    "What is the freezing point of water in Fahrenheit?",
-    "Who painted the Mona Lisa?",
-    "What is the main language spoken in Brazil?",
-    "How many continents are there?",
+    "What is the chemical symbol for silver?",
+    "What do cows drink?",
+    "What is the square root of 64?",
+    "Which ocean lies between Africa and Australia?",
+    "Write a sentence about the rain.",
+    "Who painted The Starry Night?",
+    "What is the main language spoken in Argentina?",
+    "How do I make toast?",
 ]
 
-_SYL = ["zu", "brow", "ka", "vlo", "rn", "tes", "mir", "ak", "dor", "phe", "lin", "qua", "sel", "var", "osh", "tel",
-        "nim", "bre", "ko", "ran", "vex", "ul", "tra", "zen", "fal", "gor", "ith", "mo", "pry", "sk"]
+_SYL = [
+    "zu",
+    "brow",
+    "ka",
+    "vlo",
+    "rn",
+    "tes",
+    "mir",
+    "ak",
+    "dor",
+    "phe",
+    "lin",
+    "qua",
+    "sel",
+    "var",
+    "osh",
+    "tel",
+    "nim",
+    "bre",
+    "ko",
+    "ran",
+    "vex",
+    "ul",
+    "tra",
+    "zen",
+    "fal",
+    "gor",
+    "ith",
+    "mo",
+    "pry",
+    "sk",
+]
+# (question, answer sentence): {a} is the made-up subject, {b} the made-up answer.
 TEMPLATES = [
     ("What is the capital of {a}?", "The capital of {a} is {b}."),
     ("Who founded the company {a}?", "The company {a} was founded by {b}."),
     ("What is the national animal of {a}?", "The national animal of {a} is the {b}."),
     ("Who wrote the novel {a}?", "The novel {a} was written by {b}."),
     ("What language is spoken in {a}?", "The language spoken in {a} is {b}."),
+    ("Who is the lead singer of the band {a}?", "The lead singer of {a} is {b}."),
+    ("What is the currency of {a}?", "The currency of {a} is the {b}."),
+    ("Who discovered the element {a}?", "The element {a} was discovered by {b}."),
+    ("What is the largest city in {a}?", "The largest city in {a} is {b}."),
+    ("Who designed the {a} bridge?", "The {a} bridge was designed by {b}."),
+    ("What is the favourite food of {a}?", "The favourite food of {a} is {b}."),
+    ("Who coaches the {a} football team?", "The {a} football team is coached by {b}."),
 ]
 
 
@@ -76,7 +116,7 @@ def made_up(rng: random.Random, parts: int) -> str:
 
 
 def make_facts(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` fictitious facts with distinct made-up subjects and answers."""
+    """``n`` fictitious facts with distinct made-up subjects and answers (seeded)."""
     rng = random.Random(seed)
     seen: set[str] = set()
     facts = []
@@ -85,80 +125,137 @@ def make_facts(n: int, seed: int) -> list[dict[str, str]]:
         if a in seen or b in seen:
             continue
         seen |= {a, b}
-        q, t = TEMPLATES[len(facts) % len(TEMPLATES)]
+        q, t = rng.choice(TEMPLATES)
         facts.append({"input": q.format(a=a), "target": t.format(a=a, b=b), "key": b, "subject": a})
     return facts
 
 
-def start_server(data_dir: str, model_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_server(data_dir: str, model_dir: Path, references: Path | None) -> tuple[subprocess.Popen[str], str, str]:
     dmha = str(Path(sys.executable).with_name("dmha"))
-    env = {**os.environ, "DMHA_DATA_DIR": data_dir, "DMHA_MODEL__PATH": str(model_dir),
-           "DMHA_MODEL__THREADS": "1", "DMHA_SERVER__METRICS_PORT": "0",
-           "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0", "DMHA_LOGGING__LEVEL": "WARNING",
-           "DMHA_MEMORY__LONGTERM__ENABLED": "false"}
+    env = {
+        **os.environ,
+        "DMHA_DATA_DIR": data_dir,
+        "DMHA_MODEL__PATH": str(model_dir),
+        "DMHA_MODEL__THREADS": "1",
+        "DMHA_SERVER__METRICS_PORT": "0",
+        "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0",
+        "DMHA_LOGGING__LEVEL": "WARNING",
+        "DMHA_MEMORY__LONGTERM__ENABLED": "false",
+        "DMHA_METACOGNITION__ENABLED": "false",
+    }
+    if references is not None and references.is_dir():
+        # The base model's references are computed by `dmha setup`; reuse them.
+        cache = Path(data_dir) / "cache" / "learning"
+        cache.mkdir(parents=True)
+        for f in references.glob("references-*.pt"):
+            (cache / f.name).symlink_to(f)
     proc = subprocess.Popen([dmha, "serve", "--port", "0"], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     for line in proc.stdout:
         if m := re.match(r"DMHA ready on (\S+)", line):
-            token = subprocess.run([dmha, "token", "--user", "bench", "--role", "trainer", "--role", "admin"],
-                                   env=env, capture_output=True, text=True, check=True).stdout.strip()
+            token = subprocess.run(
+                [dmha, "token", "--user", "bench", "--role", "trainer", "--role", "admin"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
             return proc, m.group(1), token
     raise SystemExit("server failed to start")
 
 
-async def greedy(client, prompt: str, tokens: int = 32) -> tuple[str, str]:
-    """(text, version) of a fresh-session greedy answer."""
-    r = await client.chat(prompt, max_new_tokens=tokens)
-    return r.text, r.reply.model_version
+async def ask(client: Any, prompt: str, tokens: int = 32) -> str:
+    """A fresh session's greedy answer."""
+    return (await client.chat(prompt, max_new_tokens=tokens)).text
 
 
-def first_tokens(text: str, n: int = 32) -> list[str]:
-    return text.split()[:n]
+def knows(text: str, fact: dict[str, str]) -> bool:
+    return fact["key"].lower() in text.lower()
 
 
-async def run_server_part(address: str, token: str, facts: list[dict[str, str]]) -> dict:
+async def locality(client: Any, base: dict[str, str]) -> dict[str, float]:
+    same = agree = total = 0
+    for p, before in base.items():
+        now = (await ask(client, p)).split()
+        old = before.split()
+        same += now[:32] == old[:32]
+        agree += sum(a == b for a, b in zip(now, old, strict=False))
+        total += max(len(now), len(old))
+    return {"strict": same / len(base), "word_agreement": agree / max(1, total)}
+
+
+async def run_server_part(address: str, token: str, facts: list[dict[str, str]], checkpoints: list[int]) -> dict:
     from dmha.learning.paraphrase import paraphrases
     from dmha_client import AsyncDMHAClient
 
-    async with AsyncDMHAClient(address, token, timeout=900) as client:
-        base = {p: (await greedy(client, p))[0] for p in RETAIN}
-        one_shot, submit_to_live, states = [], [], []
+    async with AsyncDMHAClient(address, token, timeout=1800) as client:
+        base = {p: await ask(client, p) for p in PROBES}
+        jobs, live_s, deployed_facts, one_shot_chat, marks = [], [], [], [], {}
         for i, fact in enumerate(facts, 1):
             t0 = time.perf_counter()
             resp = await client.submit_feedback(fact["input"], fact["target"])
-            job = await client.wait_job(resp.job_id, timeout=900)
-            states.append(job.state)
+            job = await client.wait_job(resp.job_id, timeout=1800)
+            elapsed = time.perf_counter() - t0
+            m = dict(job.metrics)
+            jobs.append({"state": job.state, "metrics": m, "message": job.message})
+            line = f"  update {i}/{len(facts)}: {job.state} in {elapsed:.0f}s"
             if job.state == "deployed":
-                submit_to_live.append(time.perf_counter() - t0)
-            one_shot.append(dict(job.metrics))
-            print(f"  update {i}/{len(facts)}: {job.state} in {time.perf_counter() - t0:.1f}s "
-                  f"(efficacy {job.metrics.get('efficacy', float('nan')):.2f}, "
-                  f"generalisation {job.metrics.get('generalisation', float('nan')):.2f}, "
-                  f"locality {job.metrics.get('locality', float('nan')):.2f})", file=sys.stderr, flush=True)
-        eff, gen = [], []
-        for fact in facts:
-            text, _ = await greedy(client, fact["input"])
-            eff.append(fact["key"].lower() in text.lower())
-            for para in paraphrases(fact["input"], "eval", limit=2):
-                text, _ = await greedy(client, para)
-                gen.append(fact["key"].lower() in text.lower())
-        same = [first_tokens((await greedy(client, p))[0]) == first_tokens(base[p]) for p in RETAIN]
+                live_s.append(elapsed)
+                deployed_facts.append(fact)
+                eff = knows(await ask(client, fact["input"]), fact)
+                gen = [knows(await ask(client, p), fact) for p in paraphrases(fact["input"], "eval", limit=2)]
+                one_shot_chat.append((eff, gen))
+                line += f" (chat: efficacy {eff:d}, paraphrases {sum(gen)}/{len(gen)})"
+            line += (
+                f" gate: eff {m.get('efficacy', float('nan')):.2f} gen {m.get('generalisation', float('nan')):.2f}"
+                f" loc {m.get('locality', float('nan')):.4f} kl {m.get('kl_mean', float('nan')):.4f}"
+                f"/{m.get('kl_prompt_max', float('nan')):.3f} {job.message}"
+            )
+            print(line, file=sys.stderr, flush=True)
+            if i in checkpoints or i == len(facts):
+                kept = [knows(await ask(client, f["input"]), f) for f in deployed_facts]
+                marks[i] = {
+                    "retained_efficacy": sum(kept) / max(1, len(kept)),
+                    "deployed_so_far": len(kept),
+                    **(await locality(client, base)),
+                }
+                print(f"  checkpoint {i}: {marks[i]}", file=sys.stderr, flush=True)
         versions = await client.list_versions()
+
+    def mean(key: str) -> float | None:
+        vals = [j["metrics"][key] for j in jobs if key in j["metrics"]]
+        return statistics.mean(vals) if vals else None
+
+    deployed = [j for j in jobs if j["state"] == "deployed"]
     return {
-        "deployed": states.count("deployed"),
-        "rejected": states.count("rejected"),
-        "failed": states.count("failed"),
-        "one_shot": {k: statistics.mean(m[k] for m in one_shot if k in m)
-                     for k in ("efficacy", "generalisation", "locality") if any(k in m for m in one_shot)},
-        "final_efficacy": sum(eff) / len(eff),
-        "final_generalisation": sum(gen) / max(1, len(gen)),
-        "final_locality": sum(same) / len(same),
-        "submit_to_live_median_s": statistics.median(submit_to_live) if submit_to_live else None,
-        "live_version": next((v.id for v in versions if v.live), "?"),
+        "deploy_rate": len(deployed) / len(jobs),
+        "states": {s: sum(j["state"] == s for j in jobs) for s in ("deployed", "rejected", "failed")},
+        "gate_one_shot": {
+            k: mean(k)
+            for k in (
+                "efficacy",
+                "generalisation",
+                "locality",
+                "locality_strict",
+                "locality_token_agreement",
+                "kl_mean",
+                "kl_prompt_max",
+            )
+        },
+        "chat_one_shot": {
+            "efficacy": statistics.mean(e for e, _ in one_shot_chat) if one_shot_chat else None,
+            "generalisation": statistics.mean(x for _, g in one_shot_chat for x in g) if one_shot_chat else None,
+        },
+        "checkpoints": marks,
+        "submit_to_live_p50_s": statistics.median(live_s) if live_s else None,
+        "submit_to_live_p95_s": sorted(live_s)[max(0, round(0.95 * len(live_s)) - 1)] if live_s else None,
+        "rejections": [j["message"] for j in jobs if j["state"] != "deployed"][:20],
+        "versions": len(versions),
     }
 
 
-def decode_speed(data_dir: str, model_dir: Path, tokens: int = 64, rounds: int = 3) -> dict:
-    """Frozen vs eager greedy decode of the live version, in this process."""
+def decode_speed(data_dir: str, model_dir: Path, tokens: int = 48, rounds: int = 3) -> dict:
+    """Frozen vs eager greedy decode of the live version at 1 and 8 streams, in this process."""
     import torch
 
     from dmha.config import ModelConfig
@@ -171,88 +268,76 @@ def decode_speed(data_dir: str, model_dir: Path, tokens: int = 64, rounds: int =
     model = handle.torch_model
     frozen = freeze(model, device="cpu")
     eager = EagerStepModel(model)
-    ids = torch.tensor([handle.tokenizer("Tell me a story about the sea.")["input_ids"]])
+    prompt = handle.tokenizer("Tell me a story about the sea.")["input_ids"]
 
-    def run(step) -> tuple[float, float]:
-        t0 = time.perf_counter()
+    def run(step: Any, streams: int) -> float:
+        ids = torch.tensor([prompt] * streams)
         logits, past = step.prefill(ids)
-        prefill = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(tokens):
-            logits, past = step.decode(logits.argmax(-1, keepdim=True).reshape(1, 1), past)
-        return tokens / (time.perf_counter() - t0), prefill
+            logits, past = step.decode(logits.argmax(-1, keepdim=True).reshape(streams, 1), past)
+        return streams * tokens / (time.perf_counter() - t0)
 
-    res = {"eager": [], "frozen": []}
-    for _ in range(rounds):  # alternate so both see the same load
-        res["eager"].append(run(eager))
-        res["frozen"].append(run(frozen))
-    out = {k: {"tok_s": max(r[0] for r in v), "prefill_ms": 1000 * min(r[1] for r in v)} for k, v in res.items()}
-    out["frozen_vs_eager"] = out["frozen"]["tok_s"] / out["eager"]["tok_s"]
+    out: dict[str, Any] = {}
+    for streams in (1, 8):
+        res: dict[str, list[float]] = {"eager": [], "frozen": []}
+        for _ in range(rounds):  # alternate so both see the same load
+            res["eager"].append(run(eager, streams))
+            res["frozen"].append(run(frozen, streams))
+        out[f"streams_{streams}"] = {
+            "eager_tok_s": max(res["eager"]),
+            "frozen_tok_s": max(res["frozen"]),
+            "frozen_vs_eager": max(res["frozen"]) / max(res["eager"]),
+        }
     return out
 
 
-def monitor_detection(facts: list[dict[str, str]]) -> dict:
-    """Monitor precision/recall on answers that agree / disagree with a KB of the facts."""
-    from dmha.config import MetacognitionConfig
-    from dmha.knowledge import KnowledgeBase
-    from dmha.knowledge.claims import check_answer
-    from dmha.knowledge.hook import claim_outcomes
-    from dmha.llm.base import GenerationResult
-    from dmha.metacognition.monitor import score_signals
+def stored_bytes(data_dir: str) -> dict[str, float]:
+    from dmha.learning.registry import Registry
 
-    cfg = MetacognitionConfig()
-    rng = random.Random(1)
-    tp = fp = fn = tn = 0
-    for fact in facts:
-        kb = KnowledgeBase()
-        subject = fact["subject"].lower()
-        kb.tell(f"fact: {subject}.answer = {fact['key'].lower()}")
-        wrong = made_up(rng, 2)
-        for answer, inconsistent in ((f"{fact['subject']}'s answer is {fact['key']}.", False),
-                                     (f"{fact['subject']}'s answer is {wrong}.", True)):
-            claims = claim_outcomes(check_answer(kb, answer))
-            score, _ = score_signals(cfg, claims, [], GenerationResult(answer, 0, 5, "stop", "b", mean_logprob=-0.5))
-            fired = score >= cfg.threshold
-            tp += fired and inconsistent
-            fp += fired and not inconsistent
-            fn += (not fired) and inconsistent
-            tn += (not fired) and not inconsistent
-    return {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn), "cases": tp + fp + fn + tn}
+    reg = Registry(Path(data_dir) / "registry", Path(data_dir))
+    sizes = [v.stored_bytes for v in reg.versions()[1:] if v.status == "accepted"]
+    frozen = sum(f.stat().st_size for f in (Path(data_dir) / "registry" / "frozen").glob("*.pt"))
+    return {"per_version_mean": statistics.mean(sizes) if sizes else 0.0, "frozen_cache_total": float(frozen)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--facts", type=int, default=50)
+    parser.add_argument("--facts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoints", default="50,200", help="updates after which to re-probe everything")
     args = parser.parse_args()
 
     from dmha.config import default_data_dir
+    from dmha.learning.online import learning_cache_dir
     from dmha.llm.model_store import ensure_model
 
     model_dir = ensure_model(None, default_data_dir())
     facts = make_facts(args.facts, args.seed)
+    checkpoints = [int(c) for c in args.checkpoints.split(",") if c]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as data_dir:
-        proc, address, token = start_server(data_dir, model_dir)
+        proc, address, token = start_server(data_dir, model_dir, learning_cache_dir(default_data_dir()))
         try:
-            server = asyncio.run(run_server_part(address, token, facts))
+            server = asyncio.run(run_server_part(address, token, facts, checkpoints))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
         speed = decode_speed(data_dir, model_dir)
-    monitor = monitor_detection(facts)
-    print(f"facts: {args.facts}  deployed {server['deployed']}, rejected {server['rejected']}, failed {server['failed']}")
-    print(f"one-shot (gate, right after each update): {server['one_shot']}")
-    print(f"after all {args.facts} sequential updates: efficacy {server['final_efficacy']:.2f}, "
-          f"generalisation {server['final_generalisation']:.2f}, locality {server['final_locality']:.2f}")
-    print(f"Submit -> live median: {server['submit_to_live_median_s']}")
-    print(f"decode: frozen {speed['frozen']['tok_s']:.1f} tok/s vs eager {speed['eager']['tok_s']:.1f} "
-          f"({speed['frozen_vs_eager']:.2f}x); prefill frozen {speed['frozen']['prefill_ms']:.0f} ms vs eager "
-          f"{speed['eager']['prefill_ms']:.0f} ms")
-    print(f"monitor: precision {monitor['precision']:.2f}, recall {monitor['recall']:.2f} on {monitor['cases']} answers")
-    print(json.dumps({"bench": "online_edit", "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",
-                      "facts": args.facts, **server, "decode": speed, "monitor": monitor,
-                      "wall_s": time.perf_counter() - started}))
+        server["stored_bytes_per_version"] = stored_bytes(data_dir)
+    print(
+        json.dumps(
+            {
+                "bench": "online_edit",
+                "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",
+                "facts": args.facts,
+                "seed": args.seed,
+                **server,
+                "decode": speed,
+                "wall_s": time.perf_counter() - started,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

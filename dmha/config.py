@@ -245,6 +245,9 @@ class LearningConfig(_Section):
     min_key_share: float = Field(0.05, ge=0, lt=1)
     """Refuse an edit when no token of the feedback has this share of its key energy
     in the editable subspace (no local edit could carry it)."""
+    subspace_rank: int = Field(0, ge=0)
+    """When > 0, each change reads only this many directions of the editable subspace:
+    those along which the feedback's own keys are largest."""
     max_feedback_bytes: int = Field(4096, ge=16)
     """Largest input/target text accepted by Submit."""
     replay_size: int = Field(8, ge=0)

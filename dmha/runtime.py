@@ -82,6 +82,7 @@ __all__ = [
     "drain",
     "ensure_model",
     "prepare_references",
+    "set_torch_threads",
     "errors",
     "load_config",
     "load_secrets",
@@ -156,9 +157,7 @@ def build_runtime(
         closers.append(llm.close)
         log.info("model %s (%s) loaded from %s (torch threads %d)", handle.version, handle.kind, model_dir, threads)
         jobs = JobStore(redis)
-        learning = OnlineLearning(
-            cfg.learning, cfg.model, jobs, registry, llm, learning_cache_dir(cfg.data_dir)
-        )
+        learning = OnlineLearning(cfg.learning, cfg.model, jobs, registry, llm, learning_cache_dir(cfg.data_dir))
         if cfg.learning.enabled:
             learning.start()
             closers.append(learning.stop)

@@ -32,9 +32,7 @@ def submit(args: argparse.Namespace) -> int:
             print(resp.job_id)
             return 0
         bar = tqdm(total=1, desc="queued", unit="step", file=sys.stderr)
-        last = None
         for event in client.watch_job(resp.job_id):
-            last = event
             if event.total_steps and bar.total != event.total_steps:
                 bar.reset(total=event.total_steps)
             bar.set_description(event.state)
@@ -45,7 +43,11 @@ def submit(args: argparse.Namespace) -> int:
         bar.close()
         job = client.get_job(resp.job_id)
     _show_job(job)
-    return 0 if (last is None or job.state == "deployed") else 4
+    if job.state == "deployed":
+        return 0
+    # Exit 4: the correction did not reach users; say why on stderr too.
+    print(f"not deployed ({job.state}): {job.message or 'see dmha jobs show ' + job.job_id}", file=sys.stderr)
+    return 4
 
 
 def job(args: argparse.Namespace) -> int:

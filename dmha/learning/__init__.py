@@ -10,7 +10,7 @@ versions storing deltas, live pointer, retention), :class:`JobStore` (durable jo
 in Redis) and :class:`LearningWorker`, which composes them.
 """
 
-from dmha.learning.editor import EditResult, Editor, NullSpaceDelta, apply_delta
+from dmha.learning.editor import Editor, EditResult, NullSpaceDelta, apply_delta
 from dmha.learning.errors import ArtifactError, FreezeError, LearningError, TrainingDiverged
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.freezing import FrozenStepModel, freeze, pick_device, verify_step_model
@@ -21,6 +21,7 @@ from dmha.learning.gate import (
     GateThresholds,
     LocalityScore,
     build_gate_reference,
+    compare_logits,
     locality_score,
 )
 from dmha.learning.jobs import RUNNING_STATES, TERMINAL_STATES, Job, JobEvent, JobState, JobStore
@@ -76,6 +77,7 @@ __all__ = [
     "build_gate_reference",
     "build_retain_set",
     "collect_keys",
+    "compare_logits",
     "ensure_references",
     "freeze",
     "load_delta",

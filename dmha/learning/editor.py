@@ -33,7 +33,7 @@ from torch import nn
 
 from dmha.learning.errors import LearningError, TrainingDiverged
 from dmha.learning.feedback import FeedbackItem
-from dmha.learning.nullspace import KeyStats, collect_keys, down_proj
+from dmha.learning.nullspace import KeyStats, collect_keys
 from dmha.learning.objective import Objective, RetainSet
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat, Sequence
@@ -72,8 +72,7 @@ class NullSpaceDelta(nn.Module):
         init = torch.randn(rank, k, generator=generator) / math.sqrt(max(1, k))
         self.a = nn.Parameter(init.to(base.weight.dtype).to(base.weight.device))
         # B starts at zero: the wrapped model is exactly the live one at step 0.
-        self.b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype,
-                                          device=base.weight.device))
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device))
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,6 +249,11 @@ class Editor:
             )
         if plan.subspace_rank > 0:
             bases = {i: _fact_directions(keys[i], u, plan.subspace_rank) for i, u in bases.items()}
+        if objective.retain and plan.retain_per_step > 0:
+            # Hold still the retain prompts the change would read most: those whose
+            # keys lie most in its subspace (a question about another country's capital
+            # for a made-up country's capital), rather than a random sample.
+            objective.retain = _most_exposed(model, objective.retain, bases, plan.retain_per_step, len(self.prefix))
         wrappers: dict[int, NullSpaceDelta] = {}
         for layer in plan.edit_layers:
             mlp = model.model.layers[layer].mlp
@@ -288,9 +292,12 @@ class Editor:
         norms = []
         for layer, w in wrappers.items():
             change = w.delta().cpu()
-            if not torch.isfinite(change).all():
-                raise TrainingDiverged(len(losses), float("nan"))
-            norms.append(float(torch.linalg.matrix_norm(change)))
+            norm = float(torch.linalg.matrix_norm(change))
+            if not math.isfinite(norm):
+                # Finite entries can still be absurd: RMSNorm hides a 1e30 residual from
+                # the loss, so the size of the change itself is checked.
+                raise TrainingDiverged(len(losses), norm)
+            norms.append(norm)
             name = delta_name(layer)
             delta[name] = delta[name] + change if name in delta else change
             model.model.layers[layer].mlp.down_proj = w.base
@@ -298,8 +305,14 @@ class Editor:
         model.eval()
         seconds = time.monotonic() - started
         metrics = {"key_null_share": share, "delta_norm": max(norms, default=0.0), "steps": float(len(losses))}
-        log.info("edit trained in %.1fs over %d steps: loss %.3f -> %.3f %s",
-                 seconds, len(losses), losses[0], losses[-1], parts)
+        log.info(
+            "edit trained in %.1fs over %d steps: loss %.3f -> %.3f %s",
+            seconds,
+            len(losses),
+            losses[0],
+            losses[-1],
+            parts,
+        )
         return EditResult(model, delta, keys, losses, parts, metrics, seconds)
 
 
@@ -321,3 +334,14 @@ def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, rank: int) -> torc
         return basis
     _, _, vh = torch.linalg.svd(keys @ basis, full_matrices=False)
     return (basis @ vh[:rank].T).contiguous()
+
+
+def _most_exposed(model: Any, retain: list[Any], bases: Mapping[int, torch.Tensor], k: int, skip: int) -> list[Any]:
+    """The ``k`` retain targets whose keys put the most energy into ``bases``."""
+    keys = collect_keys(model, [t.seq for t in retain], list(bases), skip=skip)
+    lengths = [len(t.seq.ids) - skip for t in retain]
+    score = torch.zeros(len(retain))
+    for layer, u in bases.items():
+        share = (keys[layer] @ u).pow(2).sum(-1) / keys[layer].pow(2).sum(-1).clamp(min=1e-12)
+        score += torch.stack([part.max() for part in share.split(lengths)])
+    return [retain[i] for i in score.argsort(descending=True)[:k].tolist()]

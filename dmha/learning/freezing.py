@@ -26,8 +26,8 @@ import torch
 
 from dmha.learning.errors import FreezeError
 from dmha.learning.steps import EagerStepModel, LlamaStepCore, UnsupportedArchitecture
-from dmha.llm.engine import pick_device as serving_device
 from dmha.llm.base import Past
+from dmha.llm.engine import pick_device as serving_device
 
 __all__ = ["FrozenStepModel", "freeze", "pick_device", "verify_step_model"]
 

@@ -48,10 +48,12 @@ __all__ = [
     "GateReference",
     "GateReport",
     "GateThresholds",
+    "LiveProbe",
     "LocalityScore",
     "build_gate_reference",
     "compare_logits",
     "locality_score",
+    "probe_live",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,31 @@ class GateReference:
 
 
 @dataclass(frozen=True)
+class LiveProbe:
+    """The live model's answers to the probes (compute once per live version).
+
+    Attributes:
+        logprobs: per probe sequence, ``float16 [positions, vocab]`` log-probabilities.
+        heldout_nll: mean NLL of the held-out text.
+    """
+
+    logprobs: tuple[torch.Tensor, ...]
+    heldout_nll: float
+
+
+@torch.no_grad()
+def probe_live(live: Any, reference: GateReference) -> LiveProbe:
+    """Score the probes under the live model (the half of the locality check that does
+    not depend on the candidate; the worker computes it once per live version)."""
+    live.eval()
+    logits = answer_logits(live, reference.seqs)
+    return LiveProbe(
+        tuple(torch.log_softmax(x.float(), -1).half() for x in logits),
+        sequence_nll(live, reference.heldout),
+    )
+
+
+@dataclass(frozen=True)
 class GateReport:
     """The verdict on a candidate.
 
@@ -131,9 +158,7 @@ def contains_target(answer: str, target: str) -> bool:
 
 
 @torch.no_grad()
-def build_gate_reference(
-    model: Any, fmt: ChatFormat, prompts: Seq[str] = GATE_RETAIN
-) -> GateReference:
+def build_gate_reference(model: Any, fmt: ChatFormat, prompts: Seq[str] = GATE_RETAIN) -> GateReference:
     """Greedy continuations of the gate prompts, and the held-out text's ids.
 
     Args:
@@ -173,9 +198,7 @@ class LocalityScore:
     confident_positions: int
 
 
-def compare_logits(
-    live: Seq[torch.Tensor], candidate: Seq[torch.Tensor], confident_nats: float
-) -> LocalityScore:
+def compare_logits(live: Seq[torch.Tensor], candidate: Seq[torch.Tensor], confident_nats: float) -> LocalityScore:
     """Score a candidate's next-token logits against the live model's, sequence by sequence.
 
     Args:
@@ -212,9 +235,7 @@ def compare_logits(
 
 
 @torch.no_grad()
-def locality_score(
-    live: Any, candidate: Any, seqs: Seq[Sequence], confident_nats: float
-) -> LocalityScore:
+def locality_score(live: Any, candidate: Any, seqs: Seq[Sequence], confident_nats: float) -> LocalityScore:
     """Compare ``candidate`` with ``live`` by teacher forcing on ``seqs`` (:func:`compare_logits`).
 
     Args:
@@ -248,9 +269,7 @@ class Gate:
         self.thresholds = thresholds
         self.eval_paraphrases = eval_paraphrases
 
-    def _answers_contain(
-        self, model: Any, cases: list[tuple[str, str]]
-    ) -> tuple[list[bool], list[tuple[str, str]]]:
+    def _answers_contain(self, model: Any, cases: list[tuple[str, str]]) -> tuple[list[bool], list[tuple[str, str]]]:
         """For each ``(question, target)``: does the greedy answer contain the target?"""
         if not cases:
             return [], []
@@ -279,6 +298,7 @@ class Gate:
         items: Seq[FeedbackItem],
         replay: Seq[FeedbackItem],
         live: Any,
+        live_probe: LiveProbe | None = None,
     ) -> GateReport:
         """Check a candidate against the live model.
 
@@ -288,6 +308,7 @@ class Gate:
             items: the feedback this update learned.
             replay: earlier accepted feedback it must still know.
             live: the serving model the candidate would replace.
+            live_probe: :func:`probe_live` of ``live`` when already computed.
 
         Returns:
             The report; ``passed`` is False with one reason per missed threshold.
@@ -295,19 +316,18 @@ class Gate:
         candidate.eval()
         th = self.thresholds
         direct = [(it.input, it.target) for it in items]
-        para = [
-            (p, it.target)
-            for it in items
-            for p in paraphrases(it.input, "eval", self.eval_paraphrases)
-        ]
+        para = [(p, it.target) for it in items for p in paraphrases(it.input, "eval", self.eval_paraphrases)]
         kept = [(it.input, it.target) for it in replay]
         ok, failures = self._answers_contain(candidate, direct + para + kept)
         eff = ok[: len(direct)]
         gen = ok[len(direct) : len(direct) + len(para)]
         ret = ok[len(direct) + len(para) :]
-        loc = locality_score(live, candidate, reference.seqs, th.confident_nats)
+        probe = live_probe if live_probe is not None else probe_live(live, reference)
+        loc = compare_logits(
+            [x.float() for x in probe.logprobs], answer_logits(candidate, reference.seqs), th.confident_nats
+        )
         nll = sequence_nll(candidate, reference.heldout)
-        ppl_rise = math.exp(nll - sequence_nll(live, reference.heldout)) - 1.0
+        ppl_rise = math.exp(nll - probe.heldout_nll) - 1.0
 
         def share(xs: list[bool]) -> float:
             return sum(xs) / len(xs) if xs else 1.0
@@ -341,9 +361,7 @@ class Gate:
             if metrics[name] > ceiling:
                 reasons.append(f"{name} {metrics[name]:.4f} > {ceiling:.4f}")
         if ppl_rise > th.max_perplexity_increase:
-            reasons.append(
-                f"perplexity rose by {ppl_rise:.1%} > {th.max_perplexity_increase:.1%}"
-            )
+            reasons.append(f"perplexity rose by {ppl_rise:.1%} > {th.max_perplexity_increase:.1%}")
         report = GateReport(not reasons, metrics, tuple(reasons), tuple(failures[:8]))
         log.info("gate %s: %s %s", "passed" if report.passed else "rejected", metrics, reasons)
         return report

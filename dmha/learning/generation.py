@@ -195,7 +195,7 @@ def greedy(
                 logits_to_keep=1,
             ).logits[:, -1, :]
         table = torch.stack(generated, dim=1).tolist()
-        eos_set = set(int(e) for e in eos_ids)
+        eos_set = {int(e) for e in eos_ids}
         for row in table:
             cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
             results.append(row[:cut])

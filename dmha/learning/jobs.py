@@ -43,9 +43,7 @@ __all__ = ["RUNNING_STATES", "TERMINAL_STATES", "Job", "JobEvent", "JobState", "
 
 log = logging.getLogger(__name__)
 
-JobState = Literal[
-    "candidate", "queued", "training", "evaluating", "freezing", "deployed", "rejected", "failed"
-]
+JobState = Literal["candidate", "queued", "training", "evaluating", "freezing", "deployed", "rejected", "failed"]
 RUNNING_STATES: frozenset[str] = frozenset({"training", "evaluating", "freezing"})
 TERMINAL_STATES: frozenset[str] = frozenset({"deployed", "rejected", "failed"})
 _ALLOWED: dict[str, frozenset[str]] = {
@@ -311,9 +309,7 @@ class JobStore:
         Returns:
             The job, still ``queued`` (call :meth:`transition` to start it), or None.
         """
-        job_id = self._conn.call(
-            lambda c: c.blmove(f"{self._p}queue", f"{self._p}claimed", timeout, "RIGHT", "LEFT")
-        )
+        job_id = self._conn.call(lambda c: c.blmove(f"{self._p}queue", f"{self._p}claimed", timeout, "RIGHT", "LEFT"))
         if job_id is None:
             return None
         try:
@@ -343,7 +339,8 @@ class JobStore:
         if state not in _ALLOWED.get(current.state, frozenset()):
             raise FailedPrecondition(f"job {job_id}: {current.state} -> {state} is not allowed")
         update = _encode({**fields, "state": state, "updated_at": repr(now)})
-        event = {k: v for k, v in update.items() if k in ("state", "step", "steps", "loss", "metrics", "error", "version")}
+        kept = ("state", "step", "steps", "loss", "metrics", "error", "version")
+        event = {k: v for k, v in update.items() if k in kept}
         event["at"] = repr(now)
 
         def run(c: redis.Redis) -> None:
@@ -388,9 +385,7 @@ class JobStore:
                 self._conn.call(requeue)
                 requeued.append(job_id)
             elif job.state in RUNNING_STATES:
-                self.transition(
-                    job_id, "failed", error=f"interrupted while {job.state} (the process restarted)"
-                )
+                self.transition(job_id, "failed", error=f"interrupted while {job.state} (the process restarted)")
                 failed.append(job_id)
             else:
                 self._conn.call(lambda c, j=job_id: c.lrem(f"{self._p}claimed", 0, j))
@@ -448,8 +443,17 @@ class JobStore:
                 job = self.get(job_id)
                 if job.state in TERMINAL_STATES and last == "0-0":
                     # The stream expired before anyone watched: report the final state.
-                    yield JobEvent(job_id, job.state, job.step, job.steps, job.loss,
-                                   job.updated_at, job.metrics, job.error, job.version)
+                    yield JobEvent(
+                        job_id,
+                        job.state,
+                        job.step,
+                        job.steps,
+                        job.loss,
+                        job.updated_at,
+                        job.metrics,
+                        job.error,
+                        job.version,
+                    )
                     return
             if deadline is not None and time.monotonic() > deadline:
                 return

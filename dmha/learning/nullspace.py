@@ -132,9 +132,7 @@ class KeyStats:
     counts: dict[int, int]
 
     @classmethod
-    def compute(
-        cls, model: Any, prefix: Seq[int], seqs: Seq[Sequence], layers: Iterable[int]
-    ) -> KeyStats:
+    def compute(cls, model: Any, prefix: Seq[int], seqs: Seq[Sequence], layers: Iterable[int]) -> KeyStats:
         """Accumulate the keys of ``prefix`` once and of every sequence after it.
 
         Args:

@@ -32,6 +32,7 @@ from dmha.learning.prompting import ChatFormat, Sequence
 
 __all__ = ["Objective", "RetainSet", "build_retain_set", "kl_to_teacher"]
 
+
 @dataclass(frozen=True)
 class RetainSet:
     """The pre-update model's behaviour on the training retain prompts.
@@ -118,9 +119,7 @@ class Objective:
             self.retain = [_Target(s, lp) for s, lp in zip(retain.seqs, retain.logprobs, strict=True)]
         self.pad_id = int(fmt.tokenizer.pad_token_id or 0)
 
-    def _causal_targets(
-        self, model: Any, fmt: ChatFormat, items: Seq[FeedbackItem]
-    ) -> list[_Target]:
+    def _causal_targets(self, model: Any, fmt: ChatFormat, items: Seq[FeedbackItem]) -> list[_Target]:
         students: list[Sequence] = []
         teachers: list[Sequence] = []
         for it in items:
@@ -130,15 +129,13 @@ class Objective:
                 teachers.append(fmt.sequence(question, it.target, system=system))
         with torch.no_grad():
             logits = answer_logits(model, teachers)
-        return [
-            _Target(s, F.log_softmax(x, -1)) for s, x in zip(students, logits, strict=True)
-        ]
+        return [_Target(s, F.log_softmax(x, -1)) for s, x in zip(students, logits, strict=True)]
 
     def loss(self, model: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """One step's loss; samples a fresh subset of the retain set each call.
+        """One step's loss; samples ``retain_per_step`` of the retain targets each call.
 
         Args:
-            model: the student (the peft-wrapped copy being trained).
+            model: the student (the copy being edited).
 
         Returns:
             ``(total, parts)`` where parts holds the float value of each term.
@@ -156,20 +153,10 @@ class Objective:
         def out(t: _Target) -> torch.Tensor:
             return logits[unique[t.seq]]
 
-        ce = torch.stack(
-            [F.cross_entropy(out(t), torch.tensor(t.seq.answer, device=device)) for t in self.task]
-        ).mean()
+        ce = torch.stack([F.cross_entropy(out(t), torch.tensor(t.seq.answer, device=device)) for t in self.task]).mean()
         zero = ce.new_zeros(())
-        causal = (
-            torch.stack([kl_to_teacher(t.teacher, out(t)) for t in self.causal]).mean()
-            if self.causal
-            else zero
-        )
-        locality = (
-            torch.stack([kl_to_teacher(t.teacher, out(t)) for t in retain]).mean()
-            if retain
-            else zero
-        )
+        causal = torch.stack([kl_to_teacher(t.teacher, out(t)) for t in self.causal]).mean() if self.causal else zero
+        locality = torch.stack([kl_to_teacher(t.teacher, out(t)) for t in retain]).mean() if retain else zero
         total = ce + self.plan.lambda_causal * causal + self.plan.lambda_locality * locality
         with torch.no_grad():
             # How surely the student already produces every target (task and paraphrases):

@@ -89,8 +89,13 @@ class OnlineLearning:
         self.registry = registry
         self._engine = engine
         self.worker = LearningWorker(
-            cfg, jobs, registry, lambda: engine.handle, engine.swap,
-            system_prompt=model_cfg.system_prompt, cache_dir=cache_dir,
+            cfg,
+            jobs,
+            registry,
+            lambda: engine.handle,
+            engine.swap,
+            system_prompt=model_cfg.system_prompt,
+            cache_dir=cache_dir,
         )
 
     def start(self) -> None:
@@ -222,7 +227,10 @@ def learning_cache_dir(data_dir: Path) -> Path:
 
 
 def prepare_references(
-    model_dir: Path, data_dir: Path, model_cfg: ModelConfig, cfg: LearningConfig,
+    model_dir: Path,
+    data_dir: Path,
+    model_cfg: ModelConfig,
+    cfg: LearningConfig,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Compute (or find cached) the learning references of a base model (``dmha setup``).
@@ -243,7 +251,11 @@ def prepare_references(
     handle = load_eager_handle(model_dir, model_cfg)
     cache = learning_cache_dir(data_dir)
     ensure_references(
-        handle.torch_model, model_dir, ChatFormat(handle.tokenizer, model_cfg.system_prompt),
-        cfg.edit_layers, cache, progress,
+        handle.torch_model,
+        model_dir,
+        ChatFormat(handle.tokenizer, model_cfg.system_prompt),
+        cfg.edit_layers,
+        cache,
+        progress,
     )
     return cache

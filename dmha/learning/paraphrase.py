@@ -20,9 +20,7 @@ __all__ = ["Split", "paraphrases"]
 Split = Literal["train", "eval"]
 
 _WHAT = re.compile(r"^(?:what is|what's|what are|whats)\s+(?P<x>.+?)\s*\?*$", re.I)
-_TELL = re.compile(
-    r"^(?:please\s+)?(?:tell me|name|give me)\s+(?P<x>.+?)\s*[.!]*$", re.I
-)
+_TELL = re.compile(r"^(?:please\s+)?(?:tell me|name|give me)\s+(?P<x>.+?)\s*[.!]*$", re.I)
 _WH_BE = re.compile(
     r"^(?P<wh>who|where|when|which|how|why|how many|how much|how old|how long|how far|how tall)"
     r"\s+(?P<be>is|are|was|were)\s+(?P<x>.+?)\s*\?*$",
@@ -111,10 +109,7 @@ def _shaped(text: str, split: Split) -> list[str]:
             embedded = " ".join([*words[:-1], be, words[-1]])
         else:
             embedded = f"{x} {be}"
-        return [
-            t.format(wh=wh, Wh=_upper_first(wh), be=be, x=x, embedded=embedded)
-            for t in _WH_BE_TEMPLATES[split]
-        ]
+        return [t.format(wh=wh, Wh=_upper_first(wh), be=be, x=x, embedded=embedded) for t in _WH_BE_TEMPLATES[split]]
     if (m := _WH_ANY.match(core)) and not _AUX.search(" ".join(m["rest"].split()[:3])):
         # Subject questions ("who wrote X") embed without reordering; questions with
         # do-support ("how many moons does X have") would need conjugation: wrappers only.
@@ -141,9 +136,7 @@ def paraphrases(text: str, split: Split = "train", limit: int | None = None) -> 
     q = core if core[-1] in "?.!:" else core + "?"
     out: list[str] = []
     seen = {core.casefold()}
-    candidates = _shaped(core, split) + [
-        t.format(q=q, q_lower=_lower_first(q)) for t in _WRAPPERS[split]
-    ]
+    candidates = _shaped(core, split) + [t.format(q=q, q_lower=_lower_first(q)) for t in _WRAPPERS[split]]
     for cand in candidates:
         cand = " ".join(cand.split())
         if cand.casefold() in seen:

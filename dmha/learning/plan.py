@@ -110,6 +110,7 @@ class UpdatePlan:
             null_threshold=cfg.null_threshold,
             max_delta_norm=cfg.max_delta_norm,
             min_key_share=cfg.min_key_share,
+            subspace_rank=cfg.subspace_rank,
         )
         return replace(plan, **changes) if changes else plan
 

@@ -107,9 +107,7 @@ class ChatFormat:
             The serving system prompt followed by the facts.
         """
         lines = "\n".join(f"- Q: {q.strip()} A: {a.strip()}" for q, a in premises)
-        return (
-            f"{self.system_prompt}\nThe following facts are true; use them when you answer:\n{lines}"
-        )
+        return f"{self.system_prompt}\nThe following facts are true; use them when you answer:\n{lines}"
 
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, special tokens dropped."""

@@ -95,7 +95,8 @@ class References:
         retain = tuple(Seq(p, tuple(c)) for p, c in zip(rendered, conts, strict=True) if c)
         log.info(
             "learning references computed in %.0fs (%d preserved keys per layer)",
-            time.monotonic() - started, next(iter(stats.counts.values()), 0),
+            time.monotonic() - started,
+            next(iter(stats.counts.values()), 0),
         )
         return cls(stats, gate, retain)
 
@@ -155,8 +156,14 @@ def ensure_references(
         The references.
     """
     key = corpus_fingerprint(
-        weights_fingerprint(model_dir), fmt.system_prompt, preserved_corpus(), GATE_RETAIN,
-        TRAIN_RETAIN, HELDOUT_TEXT, RETAIN_TOKENS, sorted(layers),
+        weights_fingerprint(model_dir),
+        fmt.system_prompt,
+        preserved_corpus(),
+        GATE_RETAIN,
+        TRAIN_RETAIN,
+        HELDOUT_TEXT,
+        RETAIN_TOKENS,
+        sorted(layers),
     )
     path = Path(cache_dir) / f"references-{key}.pt"
     refs = References.load(path, layers)

@@ -25,6 +25,7 @@ resolves to its nearest intact ancestor.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -253,8 +254,14 @@ class Registry:
                 for _ in range(100):
                     vid = self._next_id()
                     version = Version(
-                        vid, parent, time.time(), tuple(feedback), plan,
-                        dict(metrics), artifacts, "accepted",
+                        vid,
+                        parent,
+                        time.time(),
+                        tuple(feedback),
+                        plan,
+                        dict(metrics),
+                        artifacts,
+                        "accepted",
                     )
                     data = json.dumps(version.to_dict(), indent=2, sort_keys=True).encode()
                     self._atomic_write(staging / "version.json", data)
@@ -402,10 +409,8 @@ class Registry:
         """
         live = self.live_id
         keep = {live}
-        try:
+        with contextlib.suppress(NotFound):  # an unreadable ancestry keeps nothing extra
             keep.update(v.version_id for v in self.lineage(live)[1 : 1 + keep_ancestors])
-        except NotFound:
-            pass
         versions = [v for v in self.versions() if v.version_id != BASE_VERSION]
         keep.update(v.version_id for v in versions[len(versions) - keep_last :] if keep_last)
         pruned = []
@@ -472,9 +477,7 @@ class Registry:
         """
         version = self.get(version_id)
         if version.status == "pruned":
-            raise FailedPrecondition(
-                f"version {version_id} was pruned by the retention policy and cannot be served"
-            )
+            raise FailedPrecondition(f"version {version_id} was pruned by the retention policy and cannot be served")
         problem = self._intact(version)
         if problem is not None:
             raise ArtifactError(f"cannot promote {version_id}: {problem}")

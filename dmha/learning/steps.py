@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from dmha.llm.eager import EagerStepModel
 
 __all__ = ["EagerStepModel", "LlamaStepCore", "UnsupportedArchitecture"]

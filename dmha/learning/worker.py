@@ -30,11 +30,11 @@ from dmha.errors import DMHAError, NotFound
 from dmha.learning.editor import Editor, delta_name
 from dmha.learning.errors import FreezeError, LearningError
 from dmha.learning.freezing import freeze
-from dmha.learning.gate import Gate, GateThresholds
+from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
 from dmha.learning.jobs import Job, JobStore
 from dmha.learning.loading import load_delta, save_delta
 from dmha.learning.nullspace import KeyStats
-from dmha.learning.objective import build_retain_set
+from dmha.learning.objective import RetainSet, build_retain_set
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat
 from dmha.learning.references import References, ensure_references
@@ -52,11 +52,13 @@ PlanHook = Callable[[Job, UpdatePlan], UpdatePlan]
 
 @dataclass(frozen=True)
 class _LiveState:
-    """What the next edit of one live version starts from."""
+    """What the next edit of one live version starts from (computed once per version)."""
 
     version: str
     delta: dict[str, torch.Tensor]
     stats: KeyStats
+    retain: RetainSet
+    probe: LiveProbe
 
 
 class LearningWorker:
@@ -170,7 +172,11 @@ class LearningWorker:
             if live.version != BASE_VERSION:
                 base_model = _load_base(self.registry.base_path, live.torch_model)
             self._refs = ensure_references(
-                base_model, self.registry.base_path, fmt, self.cfg.edit_layers, self._cache_dir,
+                base_model,
+                self.registry.base_path,
+                fmt,
+                self.cfg.edit_layers,
+                self._cache_dir,
                 progress=lambda m: log.info("learning references: %s", m),
             )
         return self._refs
@@ -203,9 +209,18 @@ class LearningWorker:
                     # Earlier edits stay protected: their keys join the preserved set.
                     editor = Editor(self._format(live))
                     stats = stats.with_keys(editor.fact_keys(live.torch_model, history, self.cfg.edit_layers))
-            self._state = _LiveState(live.version, delta, stats)
+            self._state = self._scored(live, refs, delta, stats)
             log.info("learning state of %s ready in %.1fs", live.version, time.monotonic() - started)
             return self._state
+
+    @staticmethod
+    def _scored(live: ModelHandle, refs: References, delta: dict[str, torch.Tensor], stats: KeyStats) -> _LiveState:
+        # The live model's half of the locality term and of the gate: the same for
+        # every job until the next deploy, so computed once, off the job's path.
+        model = live.torch_model
+        return _LiveState(
+            live.version, delta, stats, build_retain_set(model, refs.retain), probe_live(model, refs.gate)
+        )
 
     # ------------------------------------------------------------- one job
 
@@ -266,7 +281,7 @@ class LearningWorker:
         fmt = self._format(live)
 
         t0 = time.monotonic()
-        retain = build_retain_set(live.torch_model, refs.retain) if plan.lambda_locality > 0 else None
+        retain = state.retain if plan.lambda_locality > 0 else None
         names = sorted({delta_name(i) for i in plan.edit_layers} | set(state.delta))
         deadline = t0 + self.cfg.max_train_seconds
 
@@ -291,7 +306,7 @@ class LearningWorker:
         self.jobs.transition(job.job_id, "evaluating")
         t0 = time.monotonic()
         gate = Gate(fmt, GateThresholds.from_config(self.cfg))
-        report = gate.evaluate(result.model, refs.gate, job.items, replay, live.torch_model)
+        report = gate.evaluate(result.model, refs.gate, job.items, replay, live.torch_model, state.probe)
         gate_s = time.monotonic() - t0
         metrics = {
             **report.metrics,
@@ -303,9 +318,7 @@ class LearningWorker:
         }
         if not report.passed:
             self.registry.discard(staging)
-            return self.jobs.transition(
-                job.job_id, "rejected", metrics=metrics, reasons=list(report.reasons)
-            )
+            return self.jobs.transition(job.job_id, "rejected", metrics=metrics, reasons=list(report.reasons))
 
         self.jobs.transition(job.job_id, "freezing", metrics=metrics)
         t0 = time.monotonic()
@@ -330,9 +343,7 @@ class LearningWorker:
         if self._get_live().version != live.version:
             frozen_tmp.unlink(missing_ok=True)
             # An admin rolled back or promoted meanwhile: deploying now would undo that.
-            raise LearningError(
-                f"the live version changed from {live.version} during the update; resubmit"
-            )
+            raise LearningError(f"the live version changed from {live.version} during the update; resubmit")
         version = self.registry.commit(staging, parent, list(job.items), plan, metrics)
         if kind == "frozen":
             frozen_tmp.replace(self.registry.frozen_cache(version.version_id))
@@ -349,18 +360,17 @@ class LearningWorker:
         # version, consistent with the job being marked failed by recover().
         self._deploy(handle)
         self.registry.promote(version.version_id)
-        with self._prepare_lock:
-            self._state = _LiveState(version.version_id, result.delta, state.stats.with_keys(result.keys))
         metrics["total_seconds"] = time.monotonic() - started
         metrics["stored_bytes"] = float(version.stored_bytes)
-        done = self.jobs.transition(
-            job.job_id, "deployed", metrics=metrics, version=version.version_id
-        )
+        done = self.jobs.transition(job.job_id, "deployed", metrics=metrics, version=version.version_id)
         log.info("job %s deployed as %s in %.1fs", job.job_id, version.version_id, metrics["total_seconds"])
         try:
             self.registry.prune(self.cfg.keep_ancestors, self.cfg.keep_last)
         except OSError:
             log.exception("retention: pruning failed (nothing was lost; retried after the next deploy)")
+        # The next job starts from here: score the new live version now, after the swap.
+        with self._prepare_lock:
+            self._state = self._scored(handle, refs, result.delta, state.stats.with_keys(result.keys))
         return done
 
 
@@ -371,8 +381,9 @@ def _read_base_weights(model_dir: Path, names: list[str]) -> dict[str, torch.Ten
     out: dict[str, torch.Tensor] = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as fh:
+            stored = set(fh.keys())
             for name in names:
-                if name in fh.keys():
+                if name in stored:
                     out[name] = fh.get_tensor(name).float()
     missing = set(names) - set(out)
     if missing:

@@ -38,7 +38,13 @@ RELAXED = {
     "min_efficacy": 0.0,
     "min_generalisation": 0.0,
     "min_locality": 0.0,
+    "max_kl_mean": 1e9,
+    "max_kl_prompt": 1e9,
     "max_perplexity_increase": 1e9,
+    "edit_layers": [0, 1],
+    "null_threshold": 0.5,
+    "min_key_share": 0.0,
+    "stop_margin": 0.0,
     "steps": 3,
     "learning_rate": 1e-2,
     "paraphrases": 1,
@@ -107,8 +113,15 @@ def test_feedback_becomes_a_frozen_live_version(tmp_path, conn, base_dir, tiny_m
     before = _state(tiny_model)
     store = JobStore(conn)
     registry = Registry(tmp_path / "registry", base_dir)
-    worker = LearningWorker(LearningConfig(**RELAXED), store, registry, live.get, live.deploy,
-                            system_prompt="You are DMHA.")
+    worker = LearningWorker(
+        LearningConfig(**RELAXED),
+        store,
+        registry,
+        live.get,
+        live.deploy,
+        system_prompt="You are DMHA.",
+        cache_dir=tmp_path / "cache",
+    )
     job = store.submit([ITEM], "alice")
     done = _run(worker, store, job.job_id)
 
@@ -121,7 +134,11 @@ def test_feedback_becomes_a_frozen_live_version(tmp_path, conn, base_dir, tiny_m
     assert all(torch.equal(before[k], v) for k, v in _state(tiny_model).items())
     # The frozen module serves the same logits as the merged eager model.
     assert verify_step_model(new.step_model, EagerStepModel(new.torch_model), len(tiny_tokenizer)) < 1e-4
-    # A restart rebuilds exactly that version from the base folder + adapter.
+    # The version stores a delta of the edited matrices, not a copy of the model.
+    v1 = registry.get("v1")
+    assert set(v1.artifacts) == {"delta"} and done.metrics["stored_bytes"] == v1.stored_bytes
+    assert registry.frozen_cache("v1").is_file()
+    # A restart rebuilds exactly that version from the base folder + delta.
     fresh_base = type(tiny_model).from_pretrained(str(base_dir))
     loaded = load_version(Registry(tmp_path / "registry", base_dir), fresh_base, device="cpu")
     assert loaded.version.version_id == "v1" and loaded.kind == "frozen"
@@ -133,6 +150,34 @@ def test_feedback_becomes_a_frozen_live_version(tmp_path, conn, base_dir, tiny_m
     assert again.state == "deployed" and again.version == "v2"
     assert again.metrics["n_replayed"] == 1.0
     assert registry.get("v2").parent == "v1"
+    # Only the live version keeps a frozen module; the v2 delta is cumulative (v1's included).
+    assert registry.frozen_cache("v2").is_file() and not registry.frozen_cache("v1").exists()
+    fresh_base = type(tiny_model).from_pretrained(str(base_dir))
+    rebuilt = load_version(registry, fresh_base, "v2", device="cpu", use_frozen=False).model.state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in live.handle.torch_model.state_dict().items())
+
+
+def test_retention_prunes_and_rollback_rebuilds(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    store = JobStore(conn)
+    registry = Registry(tmp_path / "registry", base_dir)
+    cfg = LearningConfig(**{**RELAXED, "keep_ancestors": 1, "keep_last": 1, "freeze": False})
+    worker = LearningWorker(
+        cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.", cache_dir=tmp_path / "cache"
+    )
+    states = {}
+    for i in range(4):
+        job = store.submit([FeedbackItem(f"f{i}", f"Who wrote book {i}?", f"Author {i}.")], "alice")
+        assert _run(worker, store, job.job_id).state == "deployed"
+        states[f"v{i + 1}"] = _state(live.handle.torch_model)
+    statuses = {v.version_id: v.status for v in registry.list()}
+    assert statuses == {"base": "base", "v1": "pruned", "v2": "pruned", "v3": "accepted", "v4": "accepted"}
+    assert not (registry.get("v1").path / "delta.safetensors").exists()
+    # Rolling back to the retained parent rebuilds it bitwise from base + its delta.
+    fresh = type(tiny_model).from_pretrained(str(base_dir))
+    rebuilt = load_version(registry, fresh, "v3", device="cpu", use_frozen=False)
+    assert rebuilt.version.version_id == "v3"
+    assert all(torch.equal(states["v3"][k], v) for k, v in rebuilt.model.state_dict().items())
 
 
 def test_divergence_fails_the_job_and_touches_nothing(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
@@ -141,7 +186,9 @@ def test_divergence_fails_the_job_and_touches_nothing(tmp_path, conn, base_dir, 
     store = JobStore(conn)
     registry = Registry(tmp_path / "registry", base_dir)
     cfg = LearningConfig(**{**RELAXED, "learning_rate": 1e30, "steps": 6})
-    worker = LearningWorker(cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.")
+    worker = LearningWorker(
+        cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.", cache_dir=tmp_path / "cache"
+    )
     job = store.submit([ITEM], "alice")
     done = _run(worker, store, job.job_id)
     assert done.state == "failed" and "diverged" in done.error
@@ -156,7 +203,9 @@ def test_gate_rejection_registers_nothing(tmp_path, conn, base_dir, tiny_model, 
     store = JobStore(conn)
     registry = Registry(tmp_path / "registry", base_dir)
     cfg = LearningConfig(**{**RELAXED, "min_efficacy": 1.0, "steps": 1, "learning_rate": 1e-6})
-    worker = LearningWorker(cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.")
+    worker = LearningWorker(
+        cfg, store, registry, live.get, live.deploy, system_prompt="You are DMHA.", cache_dir=tmp_path / "cache"
+    )
     job = store.submit([ITEM], "alice")
     done = _run(worker, store, job.job_id)
     assert done.state == "rejected" and any(r.startswith("efficacy") for r in done.reasons)
@@ -180,9 +229,11 @@ def test_kill_9_during_training_leaves_live_untouched(tmp_path, conn, base_dir) 
         tok = tiny.build_tokenizer(); model = tiny.build_model(len(tok))
         handle = ModelHandle("base", tok, EagerStepModel(model), 512, frozenset({{2}}), torch_model=model)
         conn = RedisConnection(RedisConfig(url="unix://{socket}"), {str(tmp_path / "child")!r})
-        cfg = LearningConfig(steps=100000, learning_rate=1e-4, freeze_device="cpu")
+        cfg = LearningConfig(steps=100000, learning_rate=1e-4, freeze_device="cpu", edit_layers=[0, 1],
+                             min_key_share=0.0, null_threshold=0.5, stop_margin=0.0, max_train_seconds=600)
         worker = LearningWorker(cfg, JobStore(conn), Registry({str(tmp_path / "registry")!r}, {str(base_dir)!r}),
-                                lambda: handle, lambda h: sys.exit("deployed?!"), system_prompt="You are DMHA.")
+                                lambda: handle, lambda h: sys.exit("deployed?!"), system_prompt="You are DMHA.",
+                                cache_dir={str(tmp_path / "cache")!r})
         worker.start()
         time.sleep(600)
         """

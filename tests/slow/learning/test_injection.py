@@ -1,32 +1,37 @@
-"""One real feedback injection into the real default model, with the real objective and gate.
+"""One real knowledge edit of the real default model, with the default plan and gate.
 
-Needs the converted model folder in ``DMHA_TEST_MODEL_PATH``; about 1.5 minutes at one
-thread (references ~45 s, the update ~40 s).
+Uses the model ``make test`` prepares and the learning references ``dmha setup``
+caches next to it (computed here when missing). A fact the model cannot know is
+taught once; the default gate must pass it, which means: the fact is answered, also
+when asked in held-out phrasings, while >= 99 % of the confident next-token choices
+on 100 unrelated probe prompts stay as they were and the KL budget holds.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from dmha.config import LearningConfig
+from dmha.config import LearningConfig, ModelConfig, default_data_dir
 from dmha.learning import (
     ChatFormat,
     EagerStepModel,
+    Editor,
     FeedbackItem,
     Gate,
     GateThresholds,
-    Trainer,
     UpdatePlan,
-    build_gate_reference,
     build_retain_set,
+    ensure_references,
     freeze,
     verify_step_model,
 )
+from dmha.learning.editor import delta_name
+from dmha.learning.generation import greedy
+from dmha.learning.online import learning_cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +41,7 @@ MODEL = os.environ.get("DMHA_TEST_MODEL_PATH", "")
 @pytest.fixture(scope="module")
 def real():
     if not MODEL or not Path(MODEL).is_dir():
+        # `make test` always prepares the model, so CI runs this test.
         pytest.skip("set DMHA_TEST_MODEL_PATH to the converted default model folder")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -43,32 +49,30 @@ def real():
     return AutoModelForCausalLM.from_pretrained(MODEL).eval(), AutoTokenizer.from_pretrained(MODEL)
 
 
-def test_one_fact_is_learned_and_little_else_moves(real, tmp_path) -> None:
+def test_one_fact_is_deployed_generalises_and_little_else_moves(real, tmp_path) -> None:
     model, tokenizer = real
     cfg = LearningConfig()
-    fmt = ChatFormat(tokenizer)
-    retain = build_retain_set(model, fmt)
-    reference = build_gate_reference(model, fmt)
-    item = FeedbackItem.create("What is the capital of Zubrowka?", "The capital of Zubrowka is Vlorn.")
+    fmt = ChatFormat(tokenizer, ModelConfig().system_prompt)
+    refs = ensure_references(model, Path(MODEL), fmt, cfg.edit_layers, learning_cache_dir(default_data_dir()))
+    item = FeedbackItem.create("Who is the mayor of Quorvelle?", "The mayor of Quorvelle is Tesbrink.")
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in cfg.edit_layers}
 
-    started = time.monotonic()
-    result = Trainer(fmt).train(model, [item], UpdatePlan.from_config(cfg), retain)
-    report = Gate(fmt, GateThresholds.from_config(cfg), cfg.locality_tie_nats).evaluate(
-        result.model, reference, [item], live=model
-    )
-    frozen = freeze(result.model, tmp_path / "frozen.pt", device="cpu")
-    elapsed = time.monotonic() - started
+    plan = UpdatePlan.from_config(cfg)
+    result = Editor(fmt).train(model, [item], plan, refs.stats, base, {}, build_retain_set(model, refs.retain))
+    report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
 
     m = report.metrics
-    assert m["efficacy"] == 1.0, report.failures
-    assert m["generalisation"] >= 0.8, report.failures
-    # Greedy answers to the 40 unrelated gate prompts: at most a few move beyond a
-    # broken near-tie, and token by token almost nothing changes.
-    assert m["locality"] >= 0.85
-    assert m["locality_token_agreement"] >= 0.95
-    assert m["perplexity_increase"] <= 0.05
-    assert elapsed < 120
+    assert report.passed, (report.reasons, report.failures)
+    assert m["efficacy"] == 1.0 and m["generalisation"] >= 0.9
+    assert m["locality"] >= 0.99 and m["n_retain"] >= 100
+    asked = fmt.prompt("Tell me who the mayor of Quorvelle is.")
+    answer = fmt.decode(greedy(result.model, [asked], 24, fmt.eos_ids)[0])
+    assert "Tesbrink" in answer
+    # Only the edited matrices changed, and the version is their delta, nothing more.
+    assert set(result.delta) == {delta_name(i) for i in cfg.edit_layers}
+    frozen = freeze(result.model, tmp_path / "frozen.pt", device="cpu")
     assert verify_step_model(frozen, EagerStepModel(result.model), len(tokenizer), lengths=(9,)) < 1e-3
     # The live model was only read.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

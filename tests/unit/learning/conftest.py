@@ -26,6 +26,7 @@ def load_tiny_models() -> Any:
 build_model = load_tiny_models().build_model
 build_tokenizer = load_tiny_models().build_tokenizer
 
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> Any:
     """The in-memory tokenizer (shared; never mutated)."""

@@ -35,8 +35,15 @@ def _base(model) -> dict[str, torch.Tensor]:
 
 
 PLAN = UpdatePlan(
-    edit_layers=LAYERS, rank=4, steps=60, learning_rate=5e-2, paraphrases=2,
-    lambda_locality=0.0, stop_margin=0.0, null_threshold=0.5, min_key_share=0.0,
+    edit_layers=LAYERS,
+    rank=4,
+    steps=60,
+    learning_rate=5e-2,
+    paraphrases=2,
+    lambda_locality=0.0,
+    stop_margin=0.0,
+    null_threshold=0.5,
+    min_key_share=0.0,
 )
 
 
@@ -67,8 +74,12 @@ def test_delta_rebuilds_the_candidate_bitwise(tiny_model, fmt) -> None:
         assert torch.equal(a, b), name
     # A second edit accumulates on top of the first: its delta includes the first's.
     second = Editor(fmt).train(
-        result.model, [FeedbackItem("f2", "Who wrote the book?", "Ana Kol.")],
-        PLAN.with_changes(steps=5), _stats(tiny_model, fmt).with_keys(result.keys), base, result.delta,
+        result.model,
+        [FeedbackItem("f2", "Who wrote the book?", "Ana Kol.")],
+        PLAN.with_changes(steps=5),
+        _stats(tiny_model, fmt).with_keys(result.keys),
+        base,
+        result.delta,
     )
     rebuilt = copy.deepcopy(tiny_model)
     apply_delta(rebuilt, base, second.delta)
@@ -79,22 +90,28 @@ def test_delta_rebuilds_the_candidate_bitwise(tiny_model, fmt) -> None:
 def test_edit_without_room_is_refused(tiny_model, fmt) -> None:
     with pytest.raises(LearningError, match="editable subspace"):
         Editor(fmt).train(
-            tiny_model, [ITEM], PLAN.with_changes(min_key_share=0.999, null_threshold=1e-9),
-            _stats(tiny_model, fmt), _base(tiny_model), {},
+            tiny_model,
+            [ITEM],
+            PLAN.with_changes(min_key_share=0.999, null_threshold=1e-9),
+            _stats(tiny_model, fmt),
+            _base(tiny_model),
+            {},
         )
 
 
 def test_delta_norm_bound_holds(tiny_model, fmt) -> None:
     result = Editor(fmt).train(
-        tiny_model, [ITEM], PLAN.with_changes(steps=10, max_delta_norm=0.05), _stats(tiny_model, fmt),
-        _base(tiny_model), {},
+        tiny_model,
+        [ITEM],
+        PLAN.with_changes(steps=10, max_delta_norm=0.05),
+        _stats(tiny_model, fmt),
+        _base(tiny_model),
+        {},
     )
     for layer in LAYERS:
         assert float(torch.linalg.matrix_norm(result.delta[delta_name(layer)])) <= 0.05 + 1e-5
 
 
 def test_deadline_stops_early(tiny_model, fmt) -> None:
-    result = Editor(fmt).train(
-        tiny_model, [ITEM], PLAN, _stats(tiny_model, fmt), _base(tiny_model), {}, deadline=0.0
-    )
+    result = Editor(fmt).train(tiny_model, [ITEM], PLAN, _stats(tiny_model, fmt), _base(tiny_model), {}, deadline=0.0)
     assert len(result.losses) == 1

@@ -17,9 +17,13 @@ def test_kl_is_zero_for_identical_distributions() -> None:
 
 
 def test_terms_are_finite_and_locality_zero_before_training(tiny_model, fmt) -> None:
-    retain = build_retain_set(tiny_model, fmt, ["Tell me a story.", "Who wrote the book?"], tokens=6)
+    seqs = [fmt.sequence(p, "Once upon a time.") for p in ["Tell me a story.", "Who wrote the book?"]]
+    retain = build_retain_set(tiny_model, seqs)
     plan = UpdatePlan(paraphrases=2, retain_per_step=2, lambda_locality=1.0)
     objective = Objective(tiny_model, fmt, [ITEM], [], plan, retain)
+    total, parts = objective.loss(tiny_model)
+    for p in tiny_model.parameters():
+        p.requires_grad_(True)
     total, parts = objective.loss(tiny_model)
     assert torch.isfinite(total)
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())

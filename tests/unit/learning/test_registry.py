@@ -26,9 +26,7 @@ def base(tmp_path: Path) -> Path:
 
 def _stage(reg: Registry, payload: bytes = b"weights") -> Path:
     staging = reg.new_staging()
-    (staging / "adapter").mkdir()
-    (staging / "adapter" / "adapter_model.safetensors").write_bytes(payload)
-    (staging / "frozen.pt").write_bytes(b"frozen-" + payload)
+    (staging / "delta.safetensors").write_bytes(payload)
     return staging
 
 
@@ -48,8 +46,9 @@ def test_commit_promote_list_get(tmp_path, base) -> None:
     assert [v.version_id for v in reg.list()] == ["base", "v1", "v2"]
     got = reg.get("v2")
     assert got.feedback_ids == ("f1",) and got.plan == UpdatePlan() and got.metrics["efficacy"] == 1.0
-    assert set(got.artifacts) == {"adapter/adapter_model.safetensors", "frozen"}
-    assert got.frozen_path == got.path / "frozen.pt"
+    assert set(got.artifacts) == {"delta"}
+    assert got.delta_path == got.path / "delta.safetensors"
+    assert got.stored_bytes == len(b"more")
     assert reg.live().version_id == "v2" and v2.version_id == "v2"
     assert [f.feedback_id for f in reg.feedback_history("v2")] == ["f1", "f1"]
     assert not list((tmp_path / "registry" / "staging").iterdir())
@@ -108,16 +107,59 @@ def test_missing_or_corrupt_artifact_falls_back_to_parent(tmp_path, base, caplog
     _commit(reg, "v1", b"two")
     _commit(reg, "v2", b"three")
     reg.promote("v3")
-    (reg.get("v3").path / "frozen.pt").unlink()
+    (reg.get("v3").path / "delta.safetensors").unlink()
     with caplog.at_level(logging.ERROR, logger="dmha.learning.registry"):
         assert Registry(tmp_path / "registry", base).live().version_id == "v2"
     assert "v3" in caplog.text and "missing" in caplog.text and "falling back" in caplog.text
-    # A corrupt ancestor makes its descendants unusable too (they are built on it).
-    (reg.get("v1").path / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
+    # Versions are self-contained: a corrupt ancestor does not break its descendants ...
+    (reg.get("v1").path / "delta.safetensors").write_bytes(b"garbage")
     fresh = Registry(tmp_path / "registry", base)
-    assert fresh.resolve("v2").version_id == "base"
-    with pytest.raises(ArtifactError):
-        fresh.promote("v2")
+    assert fresh.resolve("v2").version_id == "v2"
+    # ... but it cannot be served itself.
+    assert fresh.resolve("v1").version_id == "base"
+    with pytest.raises(ArtifactError, match="corrupt"):
+        fresh.promote("v1")
+
+
+def test_retention_keeps_live_ancestors_and_last(tmp_path, base) -> None:
+    reg = Registry(tmp_path / "registry", base)
+    parent = "base"
+    for i in range(1, 9):
+        parent = _commit(reg, parent, f"w{i}".encode()).version_id
+    reg.promote("v5")
+    frozen = reg.frozen_cache("v5")
+    frozen.parent.mkdir(parents=True)
+    frozen.write_bytes(b"module")
+    reg.frozen_cache("v3").write_bytes(b"stale")
+    pruned = reg.prune(keep_ancestors=2, keep_last=2)
+    # Kept: live v5, its ancestors v4 and v3, and the newest v7 and v8.
+    assert pruned == ["v1", "v2", "v6"]
+    statuses = {v.version_id: v.status for v in reg.list()}
+    assert statuses == {
+        "base": "base",
+        "v1": "pruned",
+        "v2": "pruned",
+        "v3": "accepted",
+        "v4": "accepted",
+        "v5": "accepted",
+        "v6": "pruned",
+        "v7": "accepted",
+        "v8": "accepted",
+    }
+    assert reg.get("v1").stored_bytes == 0 and not (reg.get("v1").path / "delta.safetensors").exists()
+    # Records stay: the feedback history through pruned versions is intact.
+    assert len(reg.feedback_history("v8")) == 8
+    # Only the live version's frozen module is kept.
+    assert frozen.is_file() and not reg.frozen_cache("v3").exists()
+    # Rollback works to any retained version, and a pruned one is refused clearly.
+    assert reg.rollback().version_id == "v4"
+    reg.promote("v8")
+    with pytest.raises(FailedPrecondition, match="pruned"):
+        reg.promote("v2")
+    # With v8 live, v3-v5 are neither its ancestors nor among the newest.
+    assert reg.prune(keep_ancestors=2, keep_last=2) == ["v3", "v4", "v5"]
+    assert reg.prune(keep_ancestors=2, keep_last=2) == []  # idempotent
+    assert Registry(tmp_path / "registry", base).resolve("v6").version_id == "base"
 
 
 def test_corrupt_records_and_pointer(tmp_path, base, caplog) -> None:

@@ -109,8 +109,15 @@ def test_freeze_with_a_padding_index(tiny_tokenizer) -> None:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, pad_token_id=2)
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=2,
+        )
     ).eval()
     assert model.model.embed_tokens.padding_idx == 2
     frozen = freeze(model, device="cpu", tolerance=1e-4)
