@@ -68,7 +68,9 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(runtime.auth), server)
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(runtime.bank), server)
     metacognition_pb2_grpc.add_MetacognitionServiceServicer_to_server(MetacognitionServicer(runtime.events), server)
-    learning_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(runtime.learning), server)
+    learning_pb2_grpc.add_FeedbackServiceServicer_to_server(
+        FeedbackServicer(runtime.learning, cfg.server.watch_poll_seconds), server
+    )
     learning_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(runtime.learning), server)
     descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2, learning_pb2]
     if runtime.longterm is not None:

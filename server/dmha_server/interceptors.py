@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from dmha.runtime import Authenticator, Principal, RateLimiter, errors, request_id
+from dmha.runtime import Authenticator, Principal, RateLimiter, bind_caller, errors, request_id
 from dmha_server import metrics
 
 __all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
@@ -127,6 +127,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             principal = self._auth.verify(_bearer(metadata))
             self._limiter.check(principal.user_id)
             _principal.set(principal)
+            # The user's blocking work is charged to them: one user cannot fill the executor.
+            bind_caller(principal.user_id)
         return rid
 
     async def _fail(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException, rid: str) -> None:
