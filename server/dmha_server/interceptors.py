@@ -19,7 +19,7 @@ import grpc
 from dmha.runtime import Authenticator, Principal, RateLimiter, bind_caller, errors, request_id
 from dmha_server import metrics
 
-__all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
+__all__ = ["MAX_DETAIL_CHARS", "PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ _STATUS: dict[type[errors.DMHAError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+# Status details travel in HTTP/2 trailers (a few KiB at most): an error that echoes
+# a 16 KiB id would fail as RESOURCE_EXHAUSTED instead of its real status.
+MAX_DETAIL_CHARS = 512
+
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("dmha_principal", default=None)
 
 
@@ -64,6 +68,43 @@ def status_for(exc: errors.DMHAError) -> grpc.StatusCode:
         if cls in _STATUS:
             return _STATUS[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def _detail(exc: BaseException) -> str:
+    """The client-facing message, cut to ``MAX_DETAIL_CHARS`` (echoed input is truncated)."""
+    text = str(exc)
+    if len(text) <= MAX_DETAIL_CHARS:
+        return text
+    return f"{text[: MAX_DETAIL_CHARS - 30]}... ({len(text)} characters, truncated)"
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so that garbage becomes INVALID_ARGUMENT, not UNKNOWN
+    (gRPC turns an exception raised while deserialising into UNKNOWN with a traceback)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises on bad bytes
+            return _Undecodable(exc)
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument("request", f"cannot be decoded ({type(request.error).__name__})")
 
 
 def _bearer(metadata: tuple[tuple[str, Any], ...] | None) -> str:
@@ -106,13 +147,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, public, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, public, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # streaming-request methods are only reflection's, which is public
@@ -134,9 +175,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     async def _fail(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException, rid: str) -> None:
         if isinstance(exc, errors.DMHAError):
             code = status_for(exc)
-            log.info("%s -> %s: %s", method, code.name, exc)
+            detail = _detail(exc)
+            log.info("%s -> %s: %s", method, code.name, detail)
             metrics.observe_code(method, code.name)
-            await context.abort(code, str(exc))
+            await context.abort(code, detail)
         log.error("%s failed (request id %s)", method, rid, exc_info=exc)
         metrics.observe_code(method, "INTERNAL")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
@@ -147,6 +189,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             rid = "-"
             try:
                 rid = self._enter(method, public, context)
+                _check_decoded(request)
                 response = await inner(request, context)
             except (grpc.aio.AbortError, grpc.RpcError):
                 raise  # a servicer aborted on purpose
@@ -165,6 +208,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             rid = "-"
             try:
                 rid = self._enter(method, public, context)
+                _check_decoded(request)
                 async for response in inner(request, context):
                     yield response
             except (grpc.aio.AbortError, grpc.RpcError):

@@ -159,3 +159,47 @@ async def test_huge_rule_body_and_too_many_rules_are_resource_exhausted(server):
         with pytest.raises(errors.ResourceExhausted) as err:
             await mallory.kb_tell(rules)
         assert "knowledge.max_rules_per_scope" in str(err.value)
+
+
+async def test_huge_requests_are_refused_before_authentication(server):
+    """Finding 7: 64 MiB requests were accepted and decoded before authentication."""
+    from dmha_server.app import max_request_bytes
+
+    limit = max_request_bytes(server.runtime.cfg)
+    assert limit < 1024 * 1024  # derived from the text limits (64 KiB), not 64 MiB
+    async with server.client(None) as anonymous, server.client("mallory") as mallory:
+        for client in (anonymous, mallory):
+            with pytest.raises(errors.ResourceExhausted):
+                await client.chat("x" * (limit + 1), max_new_tokens=1)
+        # The largest legitimate text still arrives (and is judged by its own limit).
+        kb_limit = server.runtime.cfg.knowledge.max_statement_bytes
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.kb_tell("x" * (kb_limit + 1))
+        assert err.value.field == "text"
+
+
+async def test_echoed_input_is_truncated_so_the_real_status_arrives(server):
+    """Finding 9: a 20 KB field echoed in the error failed as RESOURCE_EXHAUSTED (metadata limit)."""
+    async with server.client("mallory") as mallory:
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.kb_tell("fact: a.b = c", scope="x" * 20_000)
+        assert len(str(err.value)) < 1024 and "truncated" in str(err.value)
+
+
+async def test_undecodable_request_bytes_are_invalid_argument(server):
+    """Finding 10: garbage bytes gave UNKNOWN "Unexpected DecodeError" and a logged traceback."""
+    import grpc
+
+    token = server.token("mallory")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        for method in ("/dmha.v1.SessionService/ListSessions", "/dmha.v1.ChatService/Chat"):
+            call = channel.unary_unary(method) if "List" in method else channel.unary_stream(method)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                result = call(b"\xff\xff\xff\xff", metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+                if hasattr(result, "__aiter__"):
+                    async for _ in result:
+                        pass
+                else:
+                    await result
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "cannot be decoded" in (err.value.details() or "")
