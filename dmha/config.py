@@ -327,6 +327,9 @@ class LimitsConfig(_Section):
     """Generated tokens when the request does not say."""
     rate_limit_per_minute: int = Field(120, ge=0)
     """Requests per user per minute; 0 disables the limit."""
+    token_requests_per_minute: int = Field(30, ge=0)
+    """IssueToken calls per client address per minute (an admin-key guessing brake);
+    0 disables the limit."""
     max_queued_requests: int = Field(64, ge=1)
     """Generation requests waiting at once before RESOURCE_EXHAUSTED."""
 

@@ -107,6 +107,15 @@ def _check_decoded(request: Any) -> None:
         raise errors.InvalidArgument("request", f"cannot be decoded ({type(request.error).__name__})")
 
 
+_ISSUE_TOKEN = "/dmha.v1.AuthService/IssueToken"
+
+
+def _peer_address(peer: str) -> str:
+    """``ipv4:1.2.3.4:5678`` -> ``ipv4:1.2.3.4`` (one bucket per host, whatever the port)."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
 def _bearer(metadata: tuple[tuple[str, Any], ...] | None) -> str:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
@@ -128,11 +137,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     Args:
         auth: verifies bearer tokens.
         limiter: per-user rate limit.
+        token_limiter: per-address rate limit of IssueToken (None: unlimited).
     """
 
-    def __init__(self, auth: Authenticator, limiter: RateLimiter) -> None:
+    def __init__(self, auth: Authenticator, limiter: RateLimiter, token_limiter: RateLimiter | None = None) -> None:
         self._auth = auth
         self._limiter = limiter
+        self._token_limiter = token_limiter
 
     async def intercept_service(
         self,
@@ -164,6 +175,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         rid = _incoming_request_id(metadata)
         request_id.set(rid)
         context.set_trailing_metadata((("x-request-id", rid),))
+        if method == _ISSUE_TOKEN and self._token_limiter is not None:
+            # Unauthenticated by nature, so the brake is keyed by address, not user.
+            self._token_limiter.check(_peer_address(context.peer()))
         if not public:
             principal = self._auth.verify(_bearer(metadata))
             self._limiter.check(principal.user_id)

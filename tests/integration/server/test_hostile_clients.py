@@ -203,3 +203,56 @@ async def test_undecodable_request_bytes_are_invalid_argument(server):
                     await result
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "cannot be decoded" in (err.value.details() or "")
+
+
+async def test_issue_token_is_rate_limited_per_address(server):
+    """Finding 12: 300 wrong admin keys were tried in 0.21 s."""
+    limit = server.runtime.cfg.limits.token_requests_per_minute
+    codes: list[str] = []
+    async with server.client(None) as anonymous:
+        for i in range(limit + 5):
+            try:
+                await anonymous.issue_token(f"guess-{i}", "root", ("admin",))
+            except (errors.Unauthenticated, errors.ResourceExhausted) as exc:
+                codes.append(type(exc).__name__)
+    assert codes[:limit] == ["Unauthenticated"] * limit
+    assert codes[limit:] == ["ResourceExhausted"] * 5
+    # Authenticated users are not affected by the address's brake.
+    async with server.client("bob") as bob:
+        assert await bob.list_sessions() == []
+
+
+async def test_forged_sub_outside_the_id_rule_is_unauthenticated(server):
+    """Finding 12: token verification applies the one id rule to ``sub``."""
+    import jwt
+
+    from dmha.runtime import load_secrets
+
+    secret, _key = load_secrets(server.runtime.cfg.auth, server.runtime.cfg.data_dir)
+    forged = jwt.encode(
+        {"sub": "a\x01b", "roles": ["user"], "iat": int(time.time()), "exp": int(time.time()) + 60, "iss": "dmha"},
+        secret,
+        algorithm="HS256",
+    )
+    async with server.client(None) as c:
+        c.token = forged
+        with pytest.raises(errors.Unauthenticated):
+            await c.list_sessions()
+
+
+@pytest.fixture
+async def server_lt(tmp_path, tiny_model_dir):
+    cfg = integration_config(tmp_path, tiny_model_dir, memory={"longterm": {"enabled": True}})
+    async for live in start_live_server(cfg):
+        yield live
+
+
+@pytest.mark.parametrize("memory_id", ["a\x01b", "\x00", "x" * 20_000, "../../etc"])
+async def test_memory_ids_with_control_characters_are_invalid_argument(server_lt, memory_id):
+    """Finding 8: such ids gave UNAVAILABLE "retry shortly" (and the SDK retried)."""
+    async with server_lt.client("mallory") as mallory:
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.memory_get(memory_id)
+        assert err.value.field == "memory_id"
+        with pytest.raises(errors.InvalidArgument):
+            await mallory.memory_delete(memory_id=memory_id)
