@@ -77,6 +77,13 @@ class ServerConfig(_Section):
     """How long in-flight RPCs may finish on shutdown."""
     executor_threads: int = Field(4, ge=1, le=64)
     """Threads of the one executor that runs blocking work (torch, z3, pymilvus)."""
+    executor_per_user: int = Field(2, ge=1, le=64)
+    """Most executor threads one user's requests may hold at once (capped at
+    ``executor_threads - 1``); their further calls wait without holding a thread, so
+    one user cannot take the executor from everyone else."""
+    watch_poll_seconds: float = Field(0.5, gt=0, le=10)
+    """WatchJob reads a job's events in non-blocking slices this far apart; no thread
+    is held while it waits, so idle watches cost nothing."""
 
 
 class ModelConfig(_Section):
@@ -209,6 +216,16 @@ class KnowledgeConfig(_Section):
     """Per-call Z3 budget; on timeout the verdict is UNKNOWN with reason 'timeout'."""
     max_statement_bytes: int = Field(64 * 1024, ge=16)
     """Largest text accepted by one Tell."""
+    max_rule_conditions: int = Field(32, ge=1)
+    """Most conditions in one rule's body (the join a rule does grows with it)."""
+    max_rules_per_scope: int = Field(1000, ge=1)
+    """Most rules in one namespace (global, a user's, a session's)."""
+    max_derivations: int = Field(200_000, ge=100)
+    """Most derivation steps (join steps + fired rule instances) of one Tell; beyond
+    it the Tell is RESOURCE_EXHAUSTED and nothing is added (measured: ~3 s on one busy core)."""
+    max_operation_seconds: float = Field(5.0, gt=0)
+    """Most seconds one Tell may hold the user's knowledge base; beyond it the Tell is
+    RESOURCE_EXHAUSTED and nothing is added."""
     loaded_views: int = Field(64, ge=1)
     """(user, session) views kept loaded and grounded in memory (least recently used
     are dropped; a dropped view is re-grounded from the store on its next call)."""
@@ -313,6 +330,9 @@ class LimitsConfig(_Section):
     """Generated tokens when the request does not say."""
     rate_limit_per_minute: int = Field(120, ge=0)
     """Requests per user per minute; 0 disables the limit."""
+    token_requests_per_minute: int = Field(30, ge=0)
+    """IssueToken calls per client address per minute (an admin-key guessing brake);
+    0 disables the limit."""
     max_queued_requests: int = Field(64, ge=1)
     """Generation requests waiting at once before RESOURCE_EXHAUSTED."""
 

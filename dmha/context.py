@@ -30,7 +30,23 @@ from dmha.llm.prompt import BuiltPrompt, ContextBlock, PromptBuilder
 from dmha.memory.working import WorkingMemory
 from dmha.turn import Turn, TurnResult, TurnState, new_turn_id
 
-__all__ = ["ChatPipeline", "Regenerate", "TurnHook", "drain", "resolve_options"]
+__all__ = [
+    "MAX_SEED",
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
+    "ChatPipeline",
+    "Regenerate",
+    "TurnHook",
+    "drain",
+    "resolve_options",
+]
+
+MIN_TEMPERATURE = 0.01
+"""Smallest non-zero temperature: logits / t must stay finite in float32."""
+MAX_TEMPERATURE = 2.0
+"""Largest temperature (beyond it replies are noise)."""
+MAX_SEED = 2**63 - 1
+"""torch.Generator.manual_seed takes a signed 64-bit seed."""
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +87,10 @@ def resolve_options(
 
     Args:
         limits: the ``limits`` config section.
-        temperature: 0 (greedy, default) to 2.
+        temperature: 0 (greedy, default) or ``MIN_TEMPERATURE`` to ``MAX_TEMPERATURE``.
         top_p: in (0, 1]; default 1.
         max_new_tokens: 1 to ``limits.max_new_tokens``.
-        seed: sampling seed.
+        seed: sampling seed, 0 to ``MAX_SEED``.
         timeout: seconds left before the client's deadline.
 
     Returns:
@@ -84,14 +100,21 @@ def resolve_options(
         InvalidArgument: a field is out of range (named, with its limit).
     """
     t = 0.0 if temperature is None else float(temperature)
-    if not 0.0 <= t <= 2.0:
-        raise InvalidArgument("options.temperature", f"is {t}; must be between 0 and 2")
+    # Below MIN_TEMPERATURE, logits / t overflow float32 and softmax yields NaN; such
+    # values mean "greedy" in practice, but silently changing them would hide the bug.
+    if not (t == 0.0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise InvalidArgument(
+            "options.temperature",
+            f"is {t:.3g}; must be between 0 and {MAX_TEMPERATURE:g} (0 = greedy; else at least {MIN_TEMPERATURE:g})",
+        )
     p = 1.0 if top_p is None else float(top_p)
     if not 0.0 < p <= 1.0:
-        raise InvalidArgument("options.top_p", f"is {p}; must be in (0, 1]")
+        raise InvalidArgument("options.top_p", f"is {p:.3g}; must be in (0, 1]")
     n = limits.default_new_tokens if max_new_tokens is None else int(max_new_tokens)
     if not 1 <= n <= limits.max_new_tokens:
-        raise InvalidArgument("options.max_new_tokens", f"is {n}; limit {limits.max_new_tokens}")
+        raise InvalidArgument("options.max_new_tokens", f"is {n}; must be 1 to the limit {limits.max_new_tokens}")
+    if seed is not None and not 0 <= int(seed) <= MAX_SEED:
+        raise InvalidArgument("options.seed", f"is {seed}; must be between 0 and {MAX_SEED}")
     deadline = time.monotonic() + timeout if timeout is not None else None
     return GenerationOptions(max_new_tokens=n, temperature=t, top_p=p, seed=seed, deadline=deadline)
 

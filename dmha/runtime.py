@@ -22,12 +22,12 @@ from dmha.auth.ratelimit import RateLimiter
 from dmha.auth.tokens import Authenticator, Principal, load_secrets
 from dmha.config import DMHAConfig, LimitsConfig, load_config, render_yaml
 from dmha.context import ChatPipeline, TurnHook, drain, resolve_options
-from dmha.executor import configure_executor, run_blocking, shutdown_executor
+from dmha.executor import bind_caller, check_cancelled, configure_executor, run_blocking, shutdown_executor
 from dmha.knowledge.bank import KnowledgeBank
 from dmha.knowledge.hook import KnowledgeHook
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
-from dmha.learning.jobs import Job, JobEvent, JobStore
+from dmha.learning.jobs import Job, JobEvent, JobStore, JobWatch
 from dmha.learning.online import (
     OnlineLearning,
     learning_cache_dir,
@@ -62,6 +62,7 @@ __all__ = [
     "Fact",
     "Job",
     "JobEvent",
+    "JobWatch",
     "KnowledgeBank",
     "KnowledgeBase",
     "LimitsConfig",
@@ -78,6 +79,8 @@ __all__ = [
     "Turn",
     "TurnResult",
     "Version",
+    "bind_caller",
+    "check_cancelled",
     "configure_logging",
     "drain",
     "ensure_model",
@@ -143,7 +146,7 @@ def build_runtime(
         StartupError: a backend cannot be opened (the message names it).
     """
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    configure_executor(cfg.server.executor_threads)
+    configure_executor(cfg.server.executor_threads, cfg.server.executor_per_user)
     threads = set_torch_threads(cfg.model.threads)
     closers: list[Callable[[], Any]] = [shutdown_executor]
 

@@ -131,6 +131,11 @@ class TurnState:
     events: list[MonitorEvent] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notice: str = ""
+    reviewed_texts: tuple[str, str] | None = None
+    """(original, final) reply of the monitor's review, recorded when the turn is
+    stored. It lives on the turn, not in a process-wide map keyed by ``id(turn)``:
+    a turn that is never stored (client gone, failed write) leaves nothing behind
+    for a later turn, possibly another user's, to pick up."""
 
 
 @dataclass(frozen=True)

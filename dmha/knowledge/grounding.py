@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from dmha.knowledge.budget import WorkBudget
 from dmha.knowledge.model import Lit, Rule, is_entity, is_variable, normalize
 
 __all__ = ["Clash", "Cone", "Grounder", "Inst"]
@@ -122,6 +123,8 @@ class Grounder:
         self._by_entity: dict[str, set[Lit]] = {}
         self.touched: set[Lit] = set()
         """Literals whose justifications changed since the owner last cleared this."""
+        self.budget: WorkBudget | None = None
+        """Charged per join step and fired instance while set (bounds one operation)."""
 
     # -- queries ---------------------------------------------------------------
     def is_live(self, lit: Lit) -> bool:
@@ -333,6 +336,8 @@ class Grounder:
         body: list[Lit | None],
         out: list[Inst],
     ) -> None:
+        if self.budget is not None:
+            self.budget.charge()
         if depth == len(plan):
             head = _instantiate(rule.head, binding)
             if head is not None:

@@ -20,12 +20,14 @@ serialised by its own lock and owns its own Z3 context, so views run in parallel
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from dmha.config import KnowledgeConfig
 from dmha.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from dmha.ids import check_id
+from dmha.knowledge.budget import WorkBudget
 from dmha.knowledge.model import (
     Answer,
     AttrDecl,
@@ -34,6 +36,7 @@ from dmha.knowledge.model import (
     Fact,
     Lit,
     Literal,
+    Rule,
     Scope,
     Statement,
     StatementRecord,
@@ -53,6 +56,7 @@ from dmha.knowledge.view import View
 __all__ = ["ADMIN_ROLE", "KnowledgeBase"]
 
 ADMIN_ROLE = "admin"
+_SCOPE_NAMES = {"g": "global", "u": "user", "s": "session"}
 _EXPLAIN_LIMIT = 20
 
 
@@ -137,7 +141,12 @@ class KnowledgeBase:
                 session, or a foreign session_id.
             PermissionDenied: global scope without the admin role.
             ResourceExhausted: the user's statements would exceed
-                ``max_statements_per_user``.
+                ``max_statements_per_user``, a rule has more than
+                ``max_rule_conditions`` conditions, a namespace would hold more than
+                ``max_rules_per_scope`` rules, or deriving the consequences takes more
+                than ``max_derivations`` steps or ``max_operation_seconds`` (nothing is
+                added; the message names the limit).
+            Cancelled: the request was cancelled while deriving (nothing is added).
             RedisUnavailable: the store failed (nothing is added).
         """
         view = self._view
@@ -155,15 +164,23 @@ class KnowledgeBase:
                 raise PermissionDenied("only the admin role may write global statements")
             if sc is Scope.SESSION and view.session_id is None:
                 raise InvalidArgument("scope", "session scope needs a session_id")
+            if isinstance(stmt, Rule) and len(stmt.body) > view.config.max_rule_conditions:
+                raise ResourceExhausted(
+                    f"a rule has {len(stmt.body)} conditions; limit {view.config.max_rule_conditions} "
+                    "(knowledge.max_rule_conditions)"
+                )
             stamped.append(replace(stmt, scope=sc, source=stmt.source if stmt.source is not None else source))
         with view.lock:
             self._view.sync()
             self._check_capacity(stamped)
+            self._check_rules(stamped)
             batch = StoreBatch()
             accepted: dict[str, StatementRecord] = {}
             rejected: list[Conflict] = []
             demoted: list[Conflict] = []
-            with self._view.stale_on_error():
+            # The budget bounds the time this lock is held; a Tell that exceeds it leaves
+            # the in-memory view half-updated, so stale_on_error makes the next call reload.
+            with self._view.stale_on_error(), _budgeted(view):
                 for stmt in stamped:
                     stmt = replace(stmt, created_at=view.tick())
                     ns = namespace_for(stmt.scope or Scope.USER, view.user_id, view.session_id)
@@ -377,6 +394,22 @@ class KnowledgeBase:
         return [_literal(x) for x in lits[:limit]]
 
     # -- internals -------------------------------------------------------------------
+    def _check_rules(self, stamped: list[Statement]) -> None:
+        view = self._view
+        limit = view.config.max_rules_per_scope
+        new: dict[str, int] = {}
+        for stmt in stamped:
+            if isinstance(stmt, Rule):
+                ns = namespace_for(stmt.scope or Scope.USER, view.user_id, view.session_id)
+                new[ns] = new.get(ns, 0) + 1
+        for ns, count in new.items():
+            have = sum(1 for r in view.records.values() if r.namespace == ns and isinstance(r.statement, Rule))
+            if have + count > limit:
+                raise ResourceExhausted(
+                    f"{_SCOPE_NAMES[ns[0]]} scope would hold {have + count} rules; limit {limit} "
+                    "(knowledge.max_rules_per_scope)"
+                )
+
     def _check_capacity(self, stamped: list[Statement]) -> None:
         view = self._view
         limit = view.config.max_statements_per_user
@@ -406,3 +439,14 @@ def _status(value: Status | str | None) -> Status | None:
         return Status(value.lower())
     except ValueError:
         raise InvalidArgument("status", f"{value!r} is not accepted or rejected") from None
+
+
+@contextmanager
+def _budgeted(view: View) -> Iterator[None]:
+    """Charge the block's derivations to a fresh budget (sync and reload run unbudgeted:
+    they replay statements that each passed a budget when told)."""
+    view.reasoner.grounder.budget = WorkBudget(view.config.max_derivations, view.config.max_operation_seconds)
+    try:
+        yield
+    finally:
+        view.reasoner.grounder.budget = None

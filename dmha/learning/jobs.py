@@ -39,7 +39,7 @@ from dmha.ids import check_id, redis_key
 from dmha.learning.feedback import FeedbackItem, new_id
 from dmha.redis_connection import RedisConnection
 
-__all__ = ["RUNNING_STATES", "TERMINAL_STATES", "Job", "JobEvent", "JobState", "JobStore"]
+__all__ = ["RUNNING_STATES", "TERMINAL_STATES", "Job", "JobEvent", "JobState", "JobStore", "JobWatch"]
 
 log = logging.getLogger(__name__)
 
@@ -398,62 +398,106 @@ class JobStore:
 
     # ---------------------------------------------------------------- watching
 
-    def watch(self, job_id: str, timeout: float | None = None, block_ms: int = 500) -> Iterator[JobEvent]:
-        """Yield the job's events from the first one, until its terminal event.
+    def watch(self, job_id: str, timeout: float | None = None, block_ms: int = 500) -> JobWatch:
+        """The job's events from the first one, until its terminal event.
 
-        A blocking generator (XREAD BLOCK): wrap it for streaming RPCs.
+        Iterating blocks (XREAD BLOCK, ``block_ms`` at a time) until the next event;
+        a server shares its threads, so it reads in bounded slices with
+        :meth:`JobWatch.poll` instead and waits between them off the thread.
 
         Args:
             job_id: the job.
-            timeout: stop after this many seconds without the terminal event (None: never).
-            block_ms: how long one read blocks; keep it below the Redis socket timeout.
+            timeout: iteration stops after this many seconds without the terminal
+                event (None: never).
+            block_ms: how long one blocking read waits; keep it below the Redis
+                socket timeout.
 
-        Yields:
-            Events in order.
+        Returns:
+            An iterator of events in order, with :meth:`JobWatch.poll` for slices.
 
         Raises:
             NotFound: no such job.
         """
         self.get(job_id)
-        key = self._events_key(job_id)
-        last = "0-0"
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            resp = self._conn.call(lambda c: c.xread({key: last}, count=100, block=block_ms))
-            got = False
-            for _stream, entries in resp or []:
-                for entry_id, f in entries:
-                    got = True
-                    last = entry_id
-                    event = JobEvent(
-                        job_id=job_id,
-                        state=f["state"],
-                        step=int(f.get("step", 0)),
-                        steps=int(f.get("steps", 0)),
-                        loss=float(f.get("loss", 0.0)),
-                        at=float(f.get("at", 0.0)),
-                        metrics=json.loads(f.get("metrics", "{}")),
-                        error=f.get("error", ""),
-                        version=f.get("version", ""),
-                    )
-                    yield event
-                    if event.terminal:
-                        return
-            if not got:
-                job = self.get(job_id)
-                if job.state in TERMINAL_STATES and last == "0-0":
-                    # The stream expired before anyone watched: report the final state.
-                    yield JobEvent(
-                        job_id,
-                        job.state,
-                        job.step,
-                        job.steps,
-                        job.loss,
-                        job.updated_at,
-                        job.metrics,
-                        job.error,
-                        job.version,
-                    )
-                    return
-            if deadline is not None and time.monotonic() > deadline:
-                return
+        return JobWatch(self, job_id, timeout, block_ms)
+
+
+class JobWatch:
+    """One reader of a job's event stream (see :meth:`JobStore.watch`).
+
+    Args:
+        store: the job store.
+        job_id: the job (known to exist).
+        timeout: iteration gives up after this many seconds (None: never).
+        block_ms: how long one read blocks while iterating.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, timeout: float | None, block_ms: int) -> None:
+        self._store = store
+        self.job_id = job_id
+        self._key = store._events_key(job_id)
+        self._last = "0-0"
+        self._block_ms = block_ms
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._buffer: list[JobEvent] = []
+        self.done = False
+        """True once the terminal event was read (or the watch was closed)."""
+
+    def poll(self, block_ms: int | None = None) -> list[JobEvent]:
+        """Read what is there, waiting at most ``block_ms`` for something new.
+
+        Args:
+            block_ms: longest wait in Redis; None = do not wait at all.
+
+        Returns:
+            The events read, in order (empty when none arrived); the last one is
+            terminal when the job is over.
+
+        Raises:
+            NotFound: the job disappeared. RedisUnavailable: Redis is down.
+        """
+        if self.done:
+            return []
+        key, last = self._key, self._last
+        resp = self._store._conn.call(lambda c: c.xread({key: last}, count=100, block=block_ms))
+        events: list[JobEvent] = []
+        for _stream, entries in resp or []:
+            for entry_id, f in entries:
+                self._last = entry_id
+                event = JobEvent(
+                    job_id=self.job_id,
+                    state=f["state"],
+                    step=int(f.get("step", 0)),
+                    steps=int(f.get("steps", 0)),
+                    loss=float(f.get("loss", 0.0)),
+                    at=float(f.get("at", 0.0)),
+                    metrics=json.loads(f.get("metrics", "{}")),
+                    error=f.get("error", ""),
+                    version=f.get("version", ""),
+                )
+                events.append(event)
+                if event.terminal:
+                    self.done = True
+                    return events
+        if not events and self._last == "0-0":
+            job = self._store.get(self.job_id)
+            if job.state in TERMINAL_STATES:
+                # The stream expired before anyone watched: report the final state.
+                self.done = True
+                return [JobEvent(self.job_id, job.state, job.step, job.steps, job.loss,
+                                 job.updated_at, job.metrics, job.error, job.version)]
+        return events
+
+    def close(self) -> None:
+        """Stop watching (later polls return nothing)."""
+        self.done = True
+
+    def __iter__(self) -> Iterator[JobEvent]:
+        return self
+
+    def __next__(self) -> JobEvent:
+        while not self._buffer:
+            if self.done or (self._deadline is not None and time.monotonic() > self._deadline):
+                raise StopIteration
+            self._buffer = self.poll(self._block_ms)
+        return self._buffer.pop(0)

@@ -16,6 +16,7 @@ get one cohort per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ from dmha.llm.base import (
 
 __all__ = ["BatchedCohort", "Request", "SingleCohort", "make_cohorts", "sample"]
 
+log = logging.getLogger(__name__)
+
 
 def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generator | None) -> int:
     """Pick the next token: greedy at temperature 0, else temperature + nucleus sampling.
@@ -50,7 +53,11 @@ def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generato
     row = logits.reshape(-1).float()
     if options.temperature <= 0:
         return int(torch.argmax(row))
-    probs = torch.softmax(row / options.temperature, dim=-1)
+    # float64 keeps logits / t finite for every temperature the edge admits; should a
+    # row still be degenerate (NaN logits, t -> 0) its limit is the greedy pick.
+    probs = torch.softmax(row.double() / options.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        return int(torch.argmax(torch.nan_to_num(row, nan=float("-inf"))))
     if options.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < options.top_p
@@ -110,7 +117,12 @@ class Request:
         if opts.deadline is not None and time.monotonic() > opts.deadline:
             self.finish("deadline")
             return None
-        token = sample(logits, opts, self.generator)
+        try:
+            token = sample(logits, opts, self.generator)
+        except Exception as exc:  # this row fails alone, never its cohort
+            log.exception("sampling failed for one request")
+            self.send(exc)
+            return None
         if token in self.handle.eos_token_ids:
             self.finish("stop")
             return None

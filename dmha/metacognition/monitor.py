@@ -232,7 +232,6 @@ class MonitorHook:
         self._events = events
         self._reorganise = reorganise
         self._candidate_sink = candidate_sink
-        self._pending: dict[int, tuple[MonitorEvent, str, str]] = {}
 
     async def prepare(self, turn: TurnState) -> None:
         return None
@@ -264,14 +263,13 @@ class MonitorHook:
                 actions.append("learning_candidate")
         event = MonitorEvent(uuid.uuid4().hex[:16], round(score, 4), signals, tuple(actions), outcome)
         turn.events.append(event)
-        self._pending[id(turn)] = (event, original, reply.text)
+        turn.reviewed_texts = (original, reply.text)
         return reply
 
     def committed(self, turn: TurnState, stored: Sequence[Turn]) -> None:
-        pending = self._pending.pop(id(turn), None)
-        if pending is None:
+        if turn.reviewed_texts is None or not turn.events:
             return
-        event, original, final = pending
+        event, (original, final) = turn.events[-1], turn.reviewed_texts
         user, session = turn.principal.user_id, turn.session_id
         rec = RecordedEvent(event, user, session, stored[-1].turn_id, time.time(), original, final)
 

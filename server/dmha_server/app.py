@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dmha.runtime import DMHAConfig, Runtime, build_runtime, run_blocking
+from dmha.runtime import DMHAConfig, RateLimiter, Runtime, build_runtime, run_blocking
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -38,12 +38,37 @@ from dmha_server.metacognition import MetacognitionServicer
 from dmha_server.metrics import start_metrics_server
 from dmha_server.sessions import SessionServicer
 
-__all__ = ["create_server", "serve"]
+__all__ = ["create_server", "max_request_bytes", "serve"]
 
 log = logging.getLogger(__name__)
 
-# 64 MiB: long exports stream in pieces, but one message may carry a big KB text.
-_MAX_MESSAGE = 64 * 1024 * 1024
+# Replies may be large (a whole KB listing); requests never need to be.
+_MAX_SEND = 64 * 1024 * 1024
+# Room for a request's ids, options and framing beside its largest text field.
+_REQUEST_OVERHEAD = 64 * 1024
+
+
+def max_request_bytes(cfg: DMHAConfig) -> int:
+    """The largest request message accepted, derived from the configured text limits.
+
+    gRPC refuses a bigger message with RESOURCE_EXHAUSTED before decoding it (and
+    before authentication), so an anonymous caller cannot make the server buffer and
+    parse megabytes.
+
+    Args:
+        cfg: the whole config.
+
+    Returns:
+        Bytes: the largest text limit plus room for the other fields.
+    """
+    largest = max(
+        cfg.limits.max_message_bytes,
+        cfg.knowledge.max_statement_bytes,
+        cfg.memory.longterm.max_text_bytes,
+        cfg.memory.retrieval.max_query_bytes,
+        2 * cfg.learning.max_feedback_bytes,  # input and target travel together
+    )
+    return largest + _REQUEST_OVERHEAD
 
 
 async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -57,10 +82,12 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
         ``(server, bound port, health servicer)``.
     """
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(runtime.auth, runtime.limiter)],
+        interceptors=[
+            ServiceInterceptor(runtime.auth, runtime.limiter, RateLimiter(cfg.limits.token_requests_per_minute))
+        ],
         options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", max_request_bytes(cfg)),
+            ("grpc.max_send_message_length", _MAX_SEND),
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(runtime.pipeline, cfg.limits), server)
@@ -68,7 +95,9 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(runtime.auth), server)
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(KnowledgeServicer(runtime.bank), server)
     metacognition_pb2_grpc.add_MetacognitionServiceServicer_to_server(MetacognitionServicer(runtime.events), server)
-    learning_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(runtime.learning), server)
+    learning_pb2_grpc.add_FeedbackServiceServicer_to_server(
+        FeedbackServicer(runtime.learning, cfg.server.watch_poll_seconds), server
+    )
     learning_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(runtime.learning), server)
     descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2, learning_pb2]
     if runtime.longterm is not None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 
-from dmha.runtime import Authenticator, Principal, RateLimiter, errors, request_id
+from dmha.runtime import Authenticator, Principal, RateLimiter, bind_caller, errors, request_id
 from dmha_server import metrics
 
-__all__ = ["PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
+__all__ = ["MAX_DETAIL_CHARS", "PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ _STATUS: dict[type[errors.DMHAError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
+
+# Status details travel in HTTP/2 trailers (a few KiB at most): an error that echoes
+# a 16 KiB id would fail as RESOURCE_EXHAUSTED instead of its real status.
+MAX_DETAIL_CHARS = 512
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("dmha_principal", default=None)
 
@@ -66,6 +70,52 @@ def status_for(exc: errors.DMHAError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _detail(exc: BaseException) -> str:
+    """The client-facing message, cut to ``MAX_DETAIL_CHARS`` (echoed input is truncated)."""
+    text = str(exc)
+    if len(text) <= MAX_DETAIL_CHARS:
+        return text
+    return f"{text[: MAX_DETAIL_CHARS - 30]}... ({len(text)} characters, truncated)"
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so that garbage becomes INVALID_ARGUMENT, not UNKNOWN
+    (gRPC turns an exception raised while deserialising into UNKNOWN with a traceback)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises on bad bytes
+            return _Undecodable(exc)
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument("request", f"cannot be decoded ({type(request.error).__name__})")
+
+
+_ISSUE_TOKEN = "/dmha.v1.AuthService/IssueToken"
+
+
+def _peer_address(peer: str) -> str:
+    """``ipv4:1.2.3.4:5678`` -> ``ipv4:1.2.3.4`` (one bucket per host, whatever the port)."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
 def _bearer(metadata: tuple[tuple[str, Any], ...] | None) -> str:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
@@ -87,11 +137,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     Args:
         auth: verifies bearer tokens.
         limiter: per-user rate limit.
+        token_limiter: per-address rate limit of IssueToken (None: unlimited).
     """
 
-    def __init__(self, auth: Authenticator, limiter: RateLimiter) -> None:
+    def __init__(self, auth: Authenticator, limiter: RateLimiter, token_limiter: RateLimiter | None = None) -> None:
         self._auth = auth
         self._limiter = limiter
+        self._token_limiter = token_limiter
 
     async def intercept_service(
         self,
@@ -106,13 +158,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, public, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, public, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # streaming-request methods are only reflection's, which is public
@@ -123,18 +175,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         rid = _incoming_request_id(metadata)
         request_id.set(rid)
         context.set_trailing_metadata((("x-request-id", rid),))
+        if method == _ISSUE_TOKEN and self._token_limiter is not None:
+            # Unauthenticated by nature, so the brake is keyed by address, not user.
+            self._token_limiter.check(_peer_address(context.peer()))
         if not public:
             principal = self._auth.verify(_bearer(metadata))
             self._limiter.check(principal.user_id)
             _principal.set(principal)
+            # The user's blocking work is charged to them: one user cannot fill the executor.
+            bind_caller(principal.user_id)
         return rid
 
     async def _fail(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException, rid: str) -> None:
         if isinstance(exc, errors.DMHAError):
             code = status_for(exc)
-            log.info("%s -> %s: %s", method, code.name, exc)
+            detail = _detail(exc)
+            log.info("%s -> %s: %s", method, code.name, detail)
             metrics.observe_code(method, code.name)
-            await context.abort(code, str(exc))
+            await context.abort(code, detail)
         log.error("%s failed (request id %s)", method, rid, exc_info=exc)
         metrics.observe_code(method, "INTERNAL")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
@@ -145,6 +203,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             rid = "-"
             try:
                 rid = self._enter(method, public, context)
+                _check_decoded(request)
                 response = await inner(request, context)
             except (grpc.aio.AbortError, grpc.RpcError):
                 raise  # a servicer aborted on purpose
@@ -163,6 +222,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             rid = "-"
             try:
                 rid = self._enter(method, public, context)
+                _check_decoded(request)
                 async for response in inner(request, context):
                     yield response
             except (grpc.aio.AbortError, grpc.RpcError):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 
-from dmha.runtime import OnlineLearning, run_blocking
+from dmha.runtime import JobWatch, OnlineLearning, run_blocking
 from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
 from dmha_server.convert import event_proto, job_proto, version_proto
 from dmha_server.interceptors import current_principal
@@ -15,10 +16,11 @@ __all__ = ["FeedbackServicer", "ModelServicer"]
 
 
 class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
-    """Args: learning: the online-learning facade."""
+    """Args: learning: the online-learning facade; poll_seconds: WatchJob's wait between reads."""
 
-    def __init__(self, learning: OnlineLearning) -> None:
+    def __init__(self, learning: OnlineLearning, poll_seconds: float = 0.5) -> None:
         self._learning = learning
+        self._poll = poll_seconds
 
     async def Submit(self, request: learning_pb2.SubmitFeedbackRequest, context: grpc.aio.ServicerContext):
         job = await run_blocking(self._learning.submit, current_principal(), request.input_text, request.target_text)
@@ -30,17 +32,20 @@ class FeedbackServicer(learning_pb2_grpc.FeedbackServiceServicer):
     async def WatchJob(
         self, request: learning_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[learning_pb2.Job]:
-        events = await run_blocking(self._learning.watch, current_principal(), request.job_id)
+        watch = await run_blocking(self._learning.watch, current_principal(), request.job_id)
+        if not isinstance(watch, JobWatch):
+            raise TypeError(f"watch returned {type(watch).__name__}, not a JobWatch")
         try:
-            while True:
-                # Each read blocks in Redis for at most half a second, off the loop.
-                event = await run_blocking(next, events, None)
-                if event is None:
-                    return
-                yield event_proto(event)
+            # Non-blocking reads with the wait on the loop: a watch holds no thread between
+            # reads, and a client that goes away cancels the sleep.
+            while not watch.done:
+                events = await run_blocking(watch.poll, None)
+                for event in events:
+                    yield event_proto(event)
+                if not events:
+                    await asyncio.sleep(self._poll)
         finally:
-            if isinstance(events, Generator):  # closing the generator ends its Redis reads
-                events.close()
+            watch.close()
 
     async def ListCandidates(self, request: learning_pb2.ListCandidatesRequest, context: grpc.aio.ServicerContext):
         jobs = await run_blocking(self._learning.candidates, current_principal())

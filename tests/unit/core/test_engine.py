@@ -150,3 +150,28 @@ async def test_batched_rows_match_solo_runs(engine):
     )
     assert [r.text for r in together] == [r.text for r in solo]
     assert [r.completion_tokens for r in together] == [r.completion_tokens for r in solo]
+
+
+async def test_a_row_that_fails_to_sample_fails_alone(engine, monkeypatch):
+    """Issue 11, finding 2: one bad row used to fail every stream batched with it."""
+    import dmha.llm.batching as batching
+
+    real = batching.sample
+
+    def flaky(logits, options, gen):
+        if options.seed == 13:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real(logits, options, gen)
+
+    monkeypatch.setattr(batching, "sample", flaky)
+    victims = [engine.complete(MSGS, GenerationOptions(max_new_tokens=6)) for _ in range(3)]
+    bad = engine.complete(MSGS, GenerationOptions(max_new_tokens=6, temperature=1.0, seed=13))
+    results = await asyncio.gather(bad, *victims, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert all(isinstance(r, GenerationResult) for r in results[1:])
+
+
+def test_sample_survives_degenerate_temperatures():
+    logits = torch.tensor([0.0, 5.0, 1.0])
+    for t in (1e-40, 1e-300):
+        assert sample(logits, GenerationOptions(temperature=t), None) == 1

@@ -100,3 +100,32 @@ async def test_zero_attempts_goes_straight_to_the_kb(attempts):
     t = turn([BAD])
     out = await hook.review(t, reply("Bob is 31."), regenerate=None)
     assert t.events[0].outcome == "answered_from_kb" and "bob.age = 30" in out.text
+
+
+class _Events:
+    def __init__(self):
+        self.added = []
+
+    def add(self, rec):
+        self.added.append(rec)
+
+
+async def test_an_uncommitted_review_is_never_recorded_for_another_turn(monkeypatch):
+    """Issue 11, finding 4: state keyed by id(turn) was picked up by a later turn at the
+    same address (another user's) when the first turn was never stored."""
+    from dmha.metacognition import monitor
+
+    # Address reuse made deterministic: every object "lives" at the same address.
+    monkeypatch.setattr(monitor, "id", lambda obj: 1, raising=False)
+    monkeypatch.setattr(monitor, "run_in_background", lambda fn: fn())
+    events = _Events()
+    hook = MonitorHook(MetacognitionConfig(max_attempts=0), Checker({}), events=events)
+    await hook.review(turn([BAD]), reply("Bob is 31."), regenerate=None)  # never stored
+    bob_turn = TurnState(Principal("bob", frozenset({"user"})), "s2", "hi", "hi", GenerationOptions())
+    hook.committed(bob_turn, [_Stored("t-bob")])
+    assert events.added == []
+
+
+class _Stored:
+    def __init__(self, turn_id):
+        self.turn_id = turn_id

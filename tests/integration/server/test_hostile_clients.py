@@ -1,0 +1,258 @@
+"""Attacks by an ordinary ``user``-role client (issue 11): none may degrade service for others.
+
+Each test is written as the attacker would run it, against a real server on
+127.0.0.1 (port 0) with the real embedded Redis; each failed on the code before
+the fix it guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from dmha_client import errors
+from tests.integration.conftest import integration_config, start_live_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def server(tmp_path, tiny_model_dir):
+    async for live in start_live_server(integration_config(tmp_path, tiny_model_dir)):
+        yield live
+
+
+async def test_watch_job_on_a_never_ending_job_cannot_wedge_the_executor(server):
+    """Finding 1: watches of a candidate job held one executor thread each, forever."""
+    threads = server.runtime.cfg.server.executor_threads
+    async with (
+        server.client("mallory") as mallory,
+        server.client("bob") as bob,
+        server.client("root", "admin") as admin,
+    ):
+        job = await mallory.submit_feedback("Who am I?", "Mallory")
+        assert job.status == "candidate"  # never finishes by itself
+
+        async def watch() -> None:
+            async for _ in mallory.watch_job(job.job_id):
+                pass
+
+        watchers = [asyncio.create_task(watch()) for _ in range(2 * threads)]
+        await asyncio.sleep(1.5)  # every watch is past its first read
+        # While they watch, everyone else is served promptly.
+        await asyncio.wait_for(bob.list_sessions(), 5)
+        await asyncio.wait_for(bob.chat("hello", max_new_tokens=2), 30)
+        assert [c.job_id for c in await asyncio.wait_for(admin.list_candidates(), 5)] == [job.job_id]
+        # The attacker's own calls still work too (their share is bounded, not zero).
+        assert (await asyncio.wait_for(mallory.get_job(job.job_id), 5)).state == "candidate"
+        # The client goes away: the watches end and the server stays responsive.
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await asyncio.sleep(1.0)
+        await asyncio.wait_for(bob.list_sessions(), 5)
+        # A watch still sees the job's transitions (promote -> queued).
+        await admin.promote_candidate(job.job_id)
+        seen: list[str] = []
+
+        async def first_two() -> None:
+            async for event in mallory.watch_job(job.job_id):
+                seen.append(event.state)
+                if len(seen) == 2:
+                    return
+
+        await asyncio.wait_for(first_two(), 10)
+        assert seen == ["candidate", "queued"]
+
+
+async def test_one_user_holds_at_most_their_share_of_the_executor(server):
+    """Finding 1: many slow calls from one user leave threads for the others."""
+    from dmha.executor import bind_caller, run_blocking
+
+    share = server.runtime.cfg.server.executor_per_user
+    running = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow() -> None:
+        with lock:
+            running["now"] += 1
+            running["max"] = max(running["max"], running["now"])
+        time.sleep(0.3)
+        with lock:
+            running["now"] -= 1
+
+    async def as_user(user: str, fn):
+        bind_caller(user)  # what the interceptor does for an authenticated call
+        return await run_blocking(fn)
+
+    hogs = [asyncio.create_task(as_user("mallory", slow)) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    start = asyncio.get_running_loop().time()
+    await asyncio.wait_for(as_user("bob", lambda: None), 1.0)
+    assert asyncio.get_running_loop().time() - start < 0.25  # bob did not queue behind mallory
+    await asyncio.gather(*hogs)
+    assert running["max"] == share
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-12, float("nan"), float("inf"), -1.0])
+async def test_degenerate_temperature_is_invalid_argument_and_spares_the_cohort(server, temperature):
+    """Finding 2: temperature 1e-40 gave INTERNAL to the caller and every stream batched with it."""
+    async with server.client("mallory") as mallory, server.client("bob") as bob:
+
+        async def attack() -> None:
+            with pytest.raises(errors.InvalidArgument) as err:
+                await mallory.chat("hello there", max_new_tokens=8, temperature=temperature)
+            assert err.value.field == "options.temperature" and "at least 0.01" in err.value.problem
+
+        victims = [bob.chat(f"question {i}", max_new_tokens=8, temperature=0.7, seed=i) for i in range(6)]
+        results = await asyncio.gather(attack(), *victims, attack())
+        assert all(r.reply.text is not None for r in results[1:-1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"top_p": 0.0}, "options.top_p"), ({"max_new_tokens": 0}, "options.max_new_tokens")],
+)
+async def test_other_sampling_options_name_the_field(server, kwargs, field):
+    async with server.client("mallory") as mallory:
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.chat("hello", **kwargs)
+        assert err.value.field == field
+
+
+def _chain(n: int) -> str:
+    lines = ["attr: r multi", "rule: if ?x.r = ?y and ?y.r = ?z then ?x.r = ?z"]
+    lines += [f"fact: n{i}.r = n{i + 1}" for i in range(n)]
+    return "\n".join(lines)
+
+
+async def test_transitive_chain_is_resource_exhausted_quickly_and_others_unaffected(server):
+    """Finding 3: a 6 KB Tell (transitive rule over a 320-fact chain) ran 71 s under the user's lock."""
+    async with server.client("mallory") as mallory, server.client("bob") as bob:
+        start = time.monotonic()
+        attack = asyncio.create_task(mallory.kb_tell(_chain(320)))
+        # Meanwhile another user's KB and chat are served.
+        await asyncio.wait_for(bob.kb_tell("fact: bob.quiet = true"), 10)
+        with pytest.raises(errors.ResourceExhausted) as err:
+            await attack
+        elapsed = time.monotonic() - start
+        assert "knowledge.max_derivations" in str(err.value) or "knowledge.max_operation_seconds" in str(err.value)
+        assert elapsed < 15
+        # Nothing was added, and mallory's KB still works afterwards.
+        assert (await mallory.kb_ask("n0.r = n1")).verdict == "UNKNOWN"
+        await mallory.kb_tell(_chain(10))
+        assert (await mallory.kb_ask("n0.r = n10")).verdict == "ENTAILED"
+
+
+async def test_huge_rule_body_and_too_many_rules_are_resource_exhausted(server):
+    """Finding 3: a 1,000-condition rule ran past 60 s."""
+    async with server.client("mallory") as mallory:
+        body = " and ".join(f"?x{i}.r = ?x{i + 1}" for i in range(1000))
+        with pytest.raises(errors.ResourceExhausted) as err:
+            await asyncio.wait_for(mallory.kb_tell(f"rule: if {body} then ?x0.s = ?x1000"), 10)
+        assert "knowledge.max_rule_conditions" in str(err.value)
+        limit = server.runtime.cfg.knowledge.max_rules_per_scope
+        rules = "\n".join(f"rule: if ?x.a{i} = true then ?x.b{i} = true" for i in range(limit + 1))
+        with pytest.raises(errors.ResourceExhausted) as err:
+            await mallory.kb_tell(rules)
+        assert "knowledge.max_rules_per_scope" in str(err.value)
+
+
+async def test_huge_requests_are_refused_before_authentication(server):
+    """Finding 7: 64 MiB requests were accepted and decoded before authentication."""
+    from dmha_server.app import max_request_bytes
+
+    limit = max_request_bytes(server.runtime.cfg)
+    assert limit < 1024 * 1024  # derived from the text limits (64 KiB), not 64 MiB
+    async with server.client(None) as anonymous, server.client("mallory") as mallory:
+        for client in (anonymous, mallory):
+            with pytest.raises(errors.ResourceExhausted):
+                await client.chat("x" * (limit + 1), max_new_tokens=1)
+        # The largest legitimate text still arrives (and is judged by its own limit).
+        kb_limit = server.runtime.cfg.knowledge.max_statement_bytes
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.kb_tell("x" * (kb_limit + 1))
+        assert err.value.field == "text"
+
+
+async def test_echoed_input_is_truncated_so_the_real_status_arrives(server):
+    """Finding 9: a 20 KB field echoed in the error failed as RESOURCE_EXHAUSTED (metadata limit)."""
+    async with server.client("mallory") as mallory:
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.kb_tell("fact: a.b = c", scope="x" * 20_000)
+        assert len(str(err.value)) < 1024 and "truncated" in str(err.value)
+
+
+async def test_undecodable_request_bytes_are_invalid_argument(server):
+    """Finding 10: garbage bytes gave UNKNOWN "Unexpected DecodeError" and a logged traceback."""
+    import grpc
+
+    token = server.token("mallory")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        for method in ("/dmha.v1.SessionService/ListSessions", "/dmha.v1.ChatService/Chat"):
+            call = channel.unary_unary(method) if "List" in method else channel.unary_stream(method)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                result = call(b"\xff\xff\xff\xff", metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+                if hasattr(result, "__aiter__"):
+                    async for _ in result:
+                        pass
+                else:
+                    await result
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "cannot be decoded" in (err.value.details() or "")
+
+
+async def test_issue_token_is_rate_limited_per_address(server):
+    """Finding 12: 300 wrong admin keys were tried in 0.21 s."""
+    limit = server.runtime.cfg.limits.token_requests_per_minute
+    codes: list[str] = []
+    async with server.client(None) as anonymous:
+        for i in range(limit + 5):
+            try:
+                await anonymous.issue_token(f"guess-{i}", "root", ("admin",))
+            except (errors.Unauthenticated, errors.ResourceExhausted) as exc:
+                codes.append(type(exc).__name__)
+    assert codes[:limit] == ["Unauthenticated"] * limit
+    assert codes[limit:] == ["ResourceExhausted"] * 5
+    # Authenticated users are not affected by the address's brake.
+    async with server.client("bob") as bob:
+        assert await bob.list_sessions() == []
+
+
+async def test_forged_sub_outside_the_id_rule_is_unauthenticated(server):
+    """Finding 12: token verification applies the one id rule to ``sub``."""
+    import jwt
+
+    from dmha.runtime import load_secrets
+
+    secret, _key = load_secrets(server.runtime.cfg.auth, server.runtime.cfg.data_dir)
+    forged = jwt.encode(
+        {"sub": "a\x01b", "roles": ["user"], "iat": int(time.time()), "exp": int(time.time()) + 60, "iss": "dmha"},
+        secret,
+        algorithm="HS256",
+    )
+    async with server.client(None) as c:
+        c.token = forged
+        with pytest.raises(errors.Unauthenticated):
+            await c.list_sessions()
+
+
+@pytest.fixture
+async def server_lt(tmp_path, tiny_model_dir):
+    cfg = integration_config(tmp_path, tiny_model_dir, memory={"longterm": {"enabled": True}})
+    async for live in start_live_server(cfg):
+        yield live
+
+
+@pytest.mark.parametrize("memory_id", ["a\x01b", "\x00", "x" * 20_000, "../../etc"])
+async def test_memory_ids_with_control_characters_are_invalid_argument(server_lt, memory_id):
+    """Finding 8: such ids gave UNAVAILABLE "retry shortly" (and the SDK retried)."""
+    async with server_lt.client("mallory") as mallory:
+        with pytest.raises(errors.InvalidArgument) as err:
+            await mallory.memory_get(memory_id)
+        assert err.value.field == "memory_id"
+        with pytest.raises(errors.InvalidArgument):
+            await mallory.memory_delete(memory_id=memory_id)
