@@ -67,6 +67,7 @@ class NullSpaceDelta(nn.Module):
     ) -> None:
         super().__init__()
         self.base = base
+        self.basis: torch.Tensor
         self.register_buffer("basis", basis.to(base.weight.dtype))
         k = basis.shape[1]
         init = torch.randn(rank, k, generator=generator) / math.sqrt(max(1, k))
@@ -248,7 +249,7 @@ class Editor:
                 f"(< {plan.min_key_share:.1%}): no edit can carry it without touching other answers"
             )
         if plan.subspace_rank > 0:
-            bases = {i: _fact_directions(keys[i], u, plan.subspace_rank) for i, u in bases.items()}
+            bases = {i: _fact_directions(keys[i], u, stats.covariance(i), plan.subspace_rank) for i, u in bases.items()}
         if objective.retain and plan.retain_per_step > 0:
             # Hold still the retain prompts the change would read most: those whose
             # keys lie most in its subspace (a question about another country's capital
@@ -328,12 +329,25 @@ def _key_share(keys: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tenso
     return best
 
 
-def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, rank: int) -> torch.Tensor:
-    """The ``rank`` directions of ``basis`` along which the fact's keys are largest."""
+def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, cov: torch.Tensor, rank: int) -> torch.Tensor:
+    """The ``rank`` directions of ``basis`` where the fact's keys stand out most from generic ones.
+
+    Maximises ``uᵀ Kᵀ K u / uᵀ C0 u`` over ``u`` in the span of ``basis`` (a generalised
+    eigenproblem, solved by whitening with ``C0`` restricted to the span): tokens the
+    corpus is full of (relation words such as "capital of") have large generic
+    variance and are discounted, so the change keys on what is specific to this fact
+    (its subject), and prompts that only share the relation stay untouched.
+    """
     if not len(keys) or not basis.shape[1]:
         return basis
-    _, _, vh = torch.linalg.svd(keys @ basis, full_matrices=False)
-    return (basis @ vh[:rank].T).contiguous()
+    u = basis.double()
+    evals, q = torch.linalg.eigh(u.T @ cov.double() @ u)
+    scale = evals.clamp(min=float(evals.max()) * 1e-9).rsqrt()
+    white = (keys.double() @ u @ q) * scale
+    _, _, vh = torch.linalg.svd(white, full_matrices=False)
+    directions = u @ (q @ (vh[:rank].T * scale[:, None]))
+    out, _ = torch.linalg.qr(directions)
+    return out.float().contiguous()
 
 
 def _most_exposed(model: Any, retain: list[Any], bases: Mapping[int, torch.Tensor], k: int, skip: int) -> list[Any]:

@@ -25,10 +25,11 @@ retried blindly: it may be what killed the process).
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,8 +134,9 @@ class JobEvent:
         return self.state in TERMINAL_STATES
 
 
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _encode(fields: dict[str, Any]) -> dict[Any, Any]:
+    # Text to text; typed Any because redis-py's stubs want an invariant union mapping.
+    out: dict[Any, Any] = {}
     for k, v in fields.items():
         out[k] = json.dumps(v) if isinstance(v, dict | list | tuple) else str(v)
     return out
@@ -153,6 +155,14 @@ class JobStore:
         self._conn = conn
         self._max_queued = max_queued
         self._p = prefix
+
+    def _unclaim(self, job_id: str) -> None:
+        self._call(lambda c: c.lrem(f"{self._p}claimed", 0, job_id))
+
+    def _call(self, fn: Callable[[redis.Redis], Any]) -> Any:
+        # Our clients decode replies to text (decode_responses=True); redis-py's stubs
+        # type every reply as a wide union, so replies are Any here and used as text.
+        return self._conn.call(fn, "training jobs")
 
     def _job_key(self, job_id: str) -> str:
         return redis_key(f"{self._p}job", check_id(job_id, "job_id"))
@@ -207,7 +217,7 @@ class JobStore:
             self._add_event(pipe, job.job_id, {"state": job.state, "at": repr(now)})
             pipe.execute()
 
-        self._conn.call(run)
+        self._call(run)
         return job
 
     def _add_event(self, pipe: Any, job_id: str, fields: dict[str, Any]) -> None:
@@ -222,20 +232,20 @@ class JobStore:
         Raises:
             NotFound: no such job.
         """
-        h = self._conn.call(lambda c: c.hgetall(self._job_key(job_id)))
+        h = self._call(lambda c: c.hgetall(self._job_key(job_id)))
         if not h:
             raise NotFound(f"no training job {job_id!r}")
         return Job._from_hash(h)
 
-    def list(self, limit: int = 100, states: Sequence[str] | None = None) -> list[Job]:
+    def list(self, limit: int = 100, states: Collection[str] | None = None) -> builtins.list[Job]:
         """The newest jobs first.
 
         Args:
             limit: at most this many.
             states: only these states (None = all).
         """
-        ids = self._conn.call(lambda c: c.zrevrange(f"{self._p}jobs", 0, -1))
-        out: list[Job] = []
+        ids = self._call(lambda c: c.zrevrange(f"{self._p}jobs", 0, -1))
+        out: builtins.list[Job] = []
         for job_id in ids:
             try:
                 job = self.get(job_id)
@@ -247,9 +257,9 @@ class JobStore:
                     break
         return out
 
-    def list_candidates(self, limit: int = 100) -> list[Job]:
+    def list_candidates(self, limit: int = 100) -> builtins.list[Job]:
         """Candidate feedback awaiting a trainer, oldest first."""
-        ids = self._conn.call(lambda c: c.zrange(f"{self._p}candidates", 0, limit - 1))
+        ids = self._call(lambda c: c.zrange(f"{self._p}candidates", 0, limit - 1))
         return [self.get(i) for i in ids]
 
     # -------------------------------------------------------------- promotion
@@ -273,7 +283,7 @@ class JobStore:
                 if state is None:
                     raise NotFound(f"no training job {job_id!r}")
                 if state != "candidate":
-                    raise FailedPrecondition(f"job {job_id} is {state}, not a candidate")
+                    raise FailedPrecondition(f"job {job_id} is {state!s}, not a candidate")
                 now = time.time()
                 pipe.multi()
                 pipe.hset(self._job_key(job_id), mapping={"state": "queued", "updated_at": repr(now)})
@@ -283,7 +293,7 @@ class JobStore:
                 pipe.execute()
 
         try:
-            self._conn.call(run)
+            self._call(run)
         except redis.WatchError as exc:
             raise FailedPrecondition(f"job {job_id} changed concurrently; retry") from exc
         return self.get(job_id)
@@ -296,7 +306,7 @@ class JobStore:
             FailedPrecondition: it is not a candidate.
         """
         job = self.transition(job_id, "failed", error=reason)
-        self._conn.call(lambda c: c.zrem(f"{self._p}candidates", job_id))
+        self._call(lambda c: c.zrem(f"{self._p}candidates", job_id))
         return job
 
     # ---------------------------------------------------------------- worker
@@ -309,13 +319,16 @@ class JobStore:
         Returns:
             The job, still ``queued`` (call :meth:`transition` to start it), or None.
         """
-        job_id = self._conn.call(lambda c: c.blmove(f"{self._p}queue", f"{self._p}claimed", timeout, "RIGHT", "LEFT"))
+        job_id = self._call(
+            # redis-py takes float seconds here; its stub says int.
+            lambda c: c.blmove(f"{self._p}queue", f"{self._p}claimed", timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        )
         if job_id is None:
             return None
         try:
             return self.get(job_id)
         except NotFound:
-            self._conn.call(lambda c: c.lrem(f"{self._p}claimed", 0, job_id))
+            self._unclaim(job_id)
             return None
 
     def transition(self, job_id: str, state: JobState, **fields: Any) -> Job:
@@ -351,28 +364,28 @@ class JobStore:
                 pipe.lrem(f"{self._p}claimed", 0, job_id)
             pipe.execute()
 
-        self._conn.call(run)
+        self._call(run)
         return self.get(job_id)
 
     def progress(self, job_id: str, step: int, steps: int, loss: float) -> None:
         """Record a training step (an event watchers see)."""
         self.transition(job_id, "training", step=step, steps=steps, loss=loss)
 
-    def recover(self) -> tuple[list[str], list[str]]:
+    def recover(self) -> tuple[builtins.list[str], builtins.list[str]]:
         """Call once at worker start: settle jobs a previous process left behind.
 
         Returns:
             ``(requeued, failed)`` job ids.
         """
-        requeued: list[str] = []
-        failed: list[str] = []
-        claimed = self._conn.call(lambda c: c.lrange(f"{self._p}claimed", 0, -1))
+        requeued: builtins.list[str] = []
+        failed: builtins.list[str] = []
+        claimed = self._call(lambda c: c.lrange(f"{self._p}claimed", 0, -1))
         running = [j.job_id for j in self.list(limit=10_000, states=RUNNING_STATES)]
         for job_id in dict.fromkeys([*claimed, *running]):
             try:
                 job = self.get(job_id)
             except NotFound:
-                self._conn.call(lambda c, j=job_id: c.lrem(f"{self._p}claimed", 0, j))
+                self._unclaim(job_id)
                 continue
             if job.state == "queued":
 
@@ -382,13 +395,13 @@ class JobStore:
                     pipe.rpush(f"{self._p}queue", j)  # back at the head: it was next
                     pipe.execute()
 
-                self._conn.call(requeue)
+                self._call(requeue)
                 requeued.append(job_id)
             elif job.state in RUNNING_STATES:
                 self.transition(job_id, "failed", error=f"interrupted while {job.state} (the process restarted)")
                 failed.append(job_id)
             else:
-                self._conn.call(lambda c, j=job_id: c.lrem(f"{self._p}claimed", 0, j))
+                self._unclaim(job_id)
         # ``claimed`` holds the newest first; each was pushed back onto the head of the
         # queue in that order, so the oldest runs first. Report them oldest first too.
         requeued.reverse()
@@ -459,7 +472,7 @@ class JobWatch:
         if self.done:
             return []
         key, last = self._key, self._last
-        resp = self._store._conn.call(lambda c: c.xread({key: last}, count=100, block=block_ms))
+        resp = self._store._call(lambda c: c.xread({key: last}, count=100, block=block_ms))
         events: list[JobEvent] = []
         for _stream, entries in resp or []:
             for entry_id, f in entries:
@@ -484,8 +497,19 @@ class JobWatch:
             if job.state in TERMINAL_STATES:
                 # The stream expired before anyone watched: report the final state.
                 self.done = True
-                return [JobEvent(self.job_id, job.state, job.step, job.steps, job.loss,
-                                 job.updated_at, job.metrics, job.error, job.version)]
+                return [
+                    JobEvent(
+                        self.job_id,
+                        job.state,
+                        job.step,
+                        job.steps,
+                        job.loss,
+                        job.updated_at,
+                        job.metrics,
+                        job.error,
+                        job.version,
+                    )
+                ]
         return events
 
     def close(self) -> None:

@@ -179,9 +179,13 @@ class KeyStats:
                 counts[i] += len(k)
         return KeyStats(sums, counts)
 
+    def covariance(self, layer: int) -> torch.Tensor:
+        """``C0 = K Kᵀ / N`` of ``layer`` (float64)."""
+        return self.sums[layer] / max(1, self.counts[layer])
+
     def basis(self, layer: int, rel_threshold: float) -> torch.Tensor:
         """The editable (null) subspace of ``layer``; see :func:`null_basis`."""
-        return null_basis(self.sums[layer] / max(1, self.counts[layer]), rel_threshold)
+        return null_basis(self.covariance(layer), rel_threshold)
 
     # ------------------------------------------------------------- persistence
 

@@ -153,10 +153,14 @@ class Objective:
         def out(t: _Target) -> torch.Tensor:
             return logits[unique[t.seq]]
 
+        def kl(t: _Target) -> torch.Tensor:
+            assert t.teacher is not None  # KL targets always carry their teacher
+            return kl_to_teacher(t.teacher, out(t))
+
         ce = torch.stack([F.cross_entropy(out(t), torch.tensor(t.seq.answer, device=device)) for t in self.task]).mean()
         zero = ce.new_zeros(())
-        causal = torch.stack([kl_to_teacher(t.teacher, out(t)) for t in self.causal]).mean() if self.causal else zero
-        locality = torch.stack([kl_to_teacher(t.teacher, out(t)) for t in retain]).mean() if retain else zero
+        causal = torch.stack([kl(t) for t in self.causal]).mean() if self.causal else zero
+        locality = torch.stack([kl(t) for t in retain]).mean() if retain else zero
         total = ce + self.plan.lambda_causal * causal + self.plan.lambda_locality * locality
         with torch.no_grad():
             # How surely the student already produces every target (task and paraphrases):

@@ -79,6 +79,7 @@ class LlamaStepCore(nn.Module):
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads)
         self.scaling = float(attn0.scaling)
         # A buffer, not a Python float list: the trace must read it as a tensor.
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", rotary.inv_freq.detach().clone().float(), persistent=False)
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
 
