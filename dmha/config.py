@@ -240,29 +240,31 @@ class LearningConfig(_Section):
     """Rank of each layer's change."""
     scale: float = Field(1.0, gt=0)
     """Multiplier of the change (with the learning rate, the size of an update)."""
-    learning_rate: float = Field(5e-3, gt=0)
+    learning_rate: float = Field(1e-2, gt=0)
     """AdamW learning rate."""
     steps: int = Field(30, ge=1)
     """Most optimisation steps per update (early stop on ``stop_margin``)."""
-    max_train_seconds: float = Field(30.0, gt=0)
+    max_train_seconds: float = Field(120.0, gt=0)
     """No optimisation step starts after this long (bounds Submit -> live)."""
-    stop_margin: float = Field(2.0, ge=0)
+    stop_margin: float = Field(1.0, ge=0)
     """Stop once every target token leads its best rival by this many logits; 0 = never."""
     lambda_causal: float = Field(0.5, ge=0)
     """Weight of KL(P(Y|do(T)) || P(Y|T)) (carries the fact to paraphrases)."""
-    lambda_locality: float = Field(0.5, ge=0)
+    lambda_locality: float = Field(1.0, ge=0)
     """Weight of the KL to the pre-update model on the training retain prompts."""
-    retain_per_step: int = Field(8, ge=0)
-    """Retain prompts sampled per step for the locality term."""
-    null_threshold: float = Field(1e-3, gt=0, lt=1)
+    retain_per_step: int = Field(4, ge=0)
+    """Retain prompts held still by the locality term: those the change would read most."""
+    null_threshold: float = Field(1e-2, gt=0, lt=1)
     """Relative eigenvalue threshold of the editable subspace: directions whose
-    preserved-key eigenvalue is at most this times the largest may be written."""
+    preserved-key eigenvalue is at most this times the largest may be written. (On the
+    default model no eigenvalue of layers 3-8 is below 1e-3 of the largest, so the
+    AlphaEdit-style 1e-3 leaves nothing; 1e-2 keeps ~800 of 1536 directions.)"""
     max_delta_norm: float = Field(0.0, ge=0)
     """Frobenius bound on each layer's change; 0 = unbounded."""
     min_key_share: float = Field(0.05, ge=0, lt=1)
     """Refuse an edit when no token of the feedback has this share of its key energy
     in the editable subspace (no local edit could carry it)."""
-    subspace_rank: int = Field(0, ge=0)
+    subspace_rank: int = Field(8, ge=0)
     """When > 0, each change reads only this many directions of the editable subspace:
     those along which the feedback's own keys are largest."""
     max_feedback_bytes: int = Field(4096, ge=16)

@@ -45,19 +45,19 @@ class UpdatePlan:
     edit_layers: tuple[int, ...] = (4, 5, 6, 7, 8)
     rank: int = 8
     scale: float = 1.0
-    learning_rate: float = 5e-3
+    learning_rate: float = 1e-2
     steps: int = 30
     lambda_causal: float = 0.5
-    lambda_locality: float = 0.5
+    lambda_locality: float = 1.0
     replay_size: int = 8
     paraphrases: int = 4
-    retain_per_step: int = 8
+    retain_per_step: int = 4
     seed: int = 0
-    stop_margin: float = 2.0
-    null_threshold: float = 1e-3
+    stop_margin: float = 1.0
+    null_threshold: float = 1e-2
     max_delta_norm: float = 0.0
     min_key_share: float = 0.05
-    subspace_rank: int = 0
+    subspace_rank: int = 8
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
     recorded with the version, never read by the editor."""

@@ -125,7 +125,9 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 50051; 0 = any free port)")
     p.set_defaults(func=_guard(serve))
 
-    p = sub.add_parser("setup", help="prepare the default model once (download + convert), then exit")
+    p = sub.add_parser(
+        "setup", help="prepare the default model (download + convert) and its learning references once, then exit"
+    )
     _server_flags(p)
     p.set_defaults(func=_guard(setup))
 
