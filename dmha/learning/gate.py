@@ -69,7 +69,7 @@ class GateThresholds:
     min_generalisation: float = 0.9
     min_locality: float = 0.99
     max_kl_mean: float = 0.01
-    max_kl_prompt: float = 0.05
+    max_kl_prompt: float = 0.25
     max_perplexity_increase: float = 0.05
     confident_nats: float = 0.5
 
