@@ -260,7 +260,8 @@ def decode_speed(data_dir: str, model_dir: Path, tokens: int = 48, rounds: int =
 
     from dmha.config import ModelConfig
     from dmha.learning.freezing import freeze
-    from dmha.learning.online import load_live_handle, registry_for
+    from dmha.learning.loading import load_live_handle
+    from dmha.learning.online import registry_for
     from dmha.llm.eager import EagerStepModel
 
     torch.set_num_threads(1)

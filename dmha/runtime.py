@@ -28,13 +28,8 @@ from dmha.knowledge.hook import KnowledgeHook
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
 from dmha.learning.jobs import Job, JobEvent, JobStore, JobWatch
-from dmha.learning.online import (
-    OnlineLearning,
-    learning_cache_dir,
-    load_live_handle,
-    prepare_references,
-    registry_for,
-)
+from dmha.learning.loading import load_live_handle
+from dmha.learning.online import OnlineLearning, learning_cache_dir, prepare_references, registry_for
 from dmha.learning.registry import Version
 from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model

@@ -10,8 +10,8 @@ versions storing deltas, live pointer, retention), :class:`JobStore` (durable jo
 in Redis) and :class:`LearningWorker`, which composes them.
 """
 
+from dmha.errors import ArtifactError, FreezeError, LearningError, TrainingDiverged
 from dmha.learning.editor import Editor, EditResult, NullSpaceDelta, apply_delta
-from dmha.learning.errors import ArtifactError, FreezeError, LearningError, TrainingDiverged
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.freezing import FrozenStepModel, freeze, pick_device, verify_step_model
 from dmha.learning.gate import (

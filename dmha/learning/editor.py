@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dmha.learning.errors import LearningError, TrainingDiverged
+from dmha.errors import LearningError, TrainingDiverged
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.nullspace import KeyStats, collect_keys
 from dmha.learning.objective import Objective, RetainSet

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from dmha.learning.errors import FreezeError
+from dmha.errors import FreezeError
 from dmha.learning.steps import EagerStepModel, LlamaStepCore, UnsupportedArchitecture
 from dmha.llm.base import Past
 from dmha.llm.engine import pick_device as serving_device

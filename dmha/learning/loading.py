@@ -9,14 +9,16 @@ from typing import Any
 
 import torch
 
+from dmha.config import ModelConfig
 from dmha.errors import ArtifactError, FreezeError
 from dmha.learning.editor import apply_delta
 from dmha.learning.freezing import FrozenStepModel, freeze
 from dmha.learning.registry import BASE_VERSION, Registry, Version
 from dmha.learning.steps import EagerStepModel
-from dmha.llm.base import StepModel
+from dmha.llm.base import ModelHandle, StepModel
+from dmha.llm.engine import load_eager_handle
 
-__all__ = ["LoadedVersion", "load_delta", "load_version", "save_delta"]
+__all__ = ["LoadedVersion", "load_delta", "load_live_handle", "load_version", "save_delta"]
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +119,34 @@ def load_version(
             log.exception("version %s: frozen module unusable; serving it eagerly", version.version_id)
             cache.unlink(missing_ok=True)
     return LoadedVersion(version, model, delta, EagerStepModel(model), "eager")
+
+
+def load_live_handle(registry: Registry, model_cfg: ModelConfig, version_id: str | None = None) -> ModelHandle:
+    """Load a registry version (default: the live one) as a servable handle.
+
+    A version whose artifacts are missing or corrupt falls back to its nearest
+    intact ancestor (logged by the registry); base is the model folder itself.
+
+    Args:
+        registry: the version registry.
+        model_cfg: device, dtype, context budget, ``use_frozen``.
+        version_id: which version; None = live.
+
+    Returns:
+        The handle (frozen when the version has a usable frozen module and
+        ``use_frozen`` is on, else eager).
+    """
+    base = load_eager_handle(registry.base_path, model_cfg)
+    wanted = version_id or registry.live_id
+    if wanted == BASE_VERSION:
+        return base
+    loaded = load_version(registry, base.torch_model, wanted, model_cfg.device, model_cfg.use_frozen)
+    return ModelHandle(
+        version=loaded.version.version_id,
+        tokenizer=base.tokenizer,
+        step_model=loaded.step_model,
+        max_positions=base.max_positions,
+        eos_token_ids=base.eos_token_ids,
+        kind="frozen" if loaded.kind == "frozen" else "eager",
+        torch_model=loaded.model,
+    )

@@ -19,48 +19,16 @@ from dmha.config import LearningConfig, ModelConfig
 from dmha.errors import FailedPrecondition, NotFound
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.jobs import Job, JobEvent, JobStore
-from dmha.learning.loading import load_version
-from dmha.learning.registry import BASE_VERSION, Registry, Version
+from dmha.learning.loading import load_live_handle
+from dmha.learning.registry import Registry, Version
 from dmha.learning.worker import LearningWorker
-from dmha.llm.base import ModelHandle
 from dmha.llm.engine import HFEngine, load_eager_handle
 
-__all__ = ["OnlineLearning", "learning_cache_dir", "load_live_handle", "prepare_references", "registry_for"]
+__all__ = ["OnlineLearning", "learning_cache_dir", "prepare_references", "registry_for"]
 
 log = logging.getLogger(__name__)
 
 _TRAINERS = ("trainer", "admin")
-
-
-def load_live_handle(registry: Registry, model_cfg: ModelConfig, version_id: str | None = None) -> ModelHandle:
-    """Load a registry version (default: the live one) as a servable handle.
-
-    A version whose artifacts are missing or corrupt falls back to its nearest
-    intact ancestor (logged by the registry); base is the model folder itself.
-
-    Args:
-        registry: the version registry.
-        model_cfg: device, dtype, context budget, ``use_frozen``.
-        version_id: which version; None = live.
-
-    Returns:
-        The handle (frozen when the version has a usable frozen module and
-        ``use_frozen`` is on, else eager).
-    """
-    base = load_eager_handle(registry.base_path, model_cfg)
-    wanted = version_id or registry.live_id
-    if wanted == BASE_VERSION:
-        return base
-    loaded = load_version(registry, base.torch_model, wanted, model_cfg.device, model_cfg.use_frozen)
-    return ModelHandle(
-        version=loaded.version.version_id,
-        tokenizer=base.tokenizer,
-        step_model=loaded.step_model,
-        max_positions=base.max_positions,
-        eos_token_ids=base.eos_token_ids,
-        kind="frozen" if loaded.kind == "frozen" else "eager",
-        torch_model=loaded.model,
-    )
 
 
 class OnlineLearning:

@@ -41,8 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from dmha.errors import FailedPrecondition, NotFound
-from dmha.learning.errors import ArtifactError
+from dmha.errors import ArtifactError, FailedPrecondition, NotFound
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.plan import UpdatePlan
 

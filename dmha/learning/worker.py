@@ -26,9 +26,8 @@ from typing import Any
 import torch
 
 from dmha.config import LearningConfig
-from dmha.errors import DMHAError, NotFound
+from dmha.errors import DMHAError, FreezeError, LearningError, NotFound
 from dmha.learning.editor import Editor, delta_name
-from dmha.learning.errors import FreezeError, LearningError
 from dmha.learning.freezing import freeze
 from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
 from dmha.learning.jobs import Job, JobStore

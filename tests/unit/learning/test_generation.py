@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from dmha.learning.generation import answer_logits, greedy
-from dmha.learning.prompting import Sequence
 
 
 def _greedy_one(model, prompt, n, eos):
@@ -37,4 +36,18 @@ def test_answer_logits_with_and_without_shared_prefix(tiny_model, fmt) -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)
     assert [x.shape[0] for x in shared] == [len(s.answer) for s in seqs]
-    assert all(isinstance(s, Sequence) for s in seqs)
+
+
+def test_training_renders_prompts_exactly_as_serving(tiny_tokenizer, fmt) -> None:
+    from dmha.llm.base import ChatMessage
+    from dmha.llm.engine import render_chat
+    from dmha.llm.prompt import PromptBuilder
+
+    # The serving path: the prompt builder's messages through the engine's renderer.
+    builder = PromptBuilder(
+        lambda msgs: render_chat(tiny_tokenizer, [(m.role, m.text) for m in msgs]), fmt.system_prompt, 512
+    )
+    built = builder.build([], "Who wrote the book?", 16)
+    served = render_chat(tiny_tokenizer, [(m.role, m.text) for m in built.messages])
+    assert tuple(served) == fmt.prompt("Who wrote the book?")
+    assert built.messages[0] == ChatMessage("system", fmt.system_prompt)
