@@ -271,7 +271,7 @@ class LearningConfig(_Section):
     """Largest input/target text accepted by Submit."""
     replay_size: int = Field(8, ge=0)
     """Earlier accepted feedback items replayed in each update (against forgetting)."""
-    paraphrases: int = Field(4, ge=0)
+    paraphrases: int = Field(6, ge=0)
     """Training paraphrases per feedback item for the causal term."""
     seed: int = 0
     """Seed of initialisation and sampling (updates are reproducible)."""

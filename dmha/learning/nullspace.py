@@ -25,6 +25,7 @@ import logging
 import os
 import pickle
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -76,8 +77,14 @@ def collect_keys(
     kept: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     lengths: list[int] = []
 
+    # The model may be the one being served: the hooks must ignore every forward
+    # pass but this thread's (a chat decoding at the same time runs in another).
+    owner = threading.get_ident()
+
     def hook(i: int) -> Any:
         def grab(mod: Any, args: tuple[Any, ...]) -> None:
+            if threading.get_ident() != owner:
+                return
             x = args[0]
             rows = torch.cat([x[b, skip:n] for b, n in enumerate(lengths)]).float()
             if sink is not None:

@@ -50,7 +50,7 @@ class UpdatePlan:
     lambda_causal: float = 0.5
     lambda_locality: float = 1.0
     replay_size: int = 8
-    paraphrases: int = 4
+    paraphrases: int = 6
     retain_per_step: int = 4
     seed: int = 0
     stop_margin: float = 1.0
