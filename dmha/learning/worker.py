@@ -122,10 +122,15 @@ class LearningWorker:
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Ask the thread to stop (a running update is abandoned at its next step) and wait."""
+        """Ask the thread to stop (a running update is abandoned at its next step) and wait.
+
+        A thread still computing the base references is not waited for (minutes of
+        work that cannot be interrupted and need not be: nothing is half-written, the
+        cache file is replaced atomically); it is a daemon and ends with the process.
+        """
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(1.0 if self._refs is None else timeout)
             self._thread = None
 
     @property
