@@ -139,7 +139,14 @@ class KeyStats:
     counts: dict[int, int]
 
     @classmethod
-    def compute(cls, model: Any, prefix: Seq[int], seqs: Seq[Sequence], layers: Iterable[int]) -> KeyStats:
+    def compute(
+        cls,
+        model: Any,
+        prefix: Seq[int],
+        seqs: Seq[Sequence],
+        layers: Iterable[int],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> KeyStats:
         """Accumulate the keys of ``prefix`` once and of every sequence after it.
 
         Args:
@@ -147,6 +154,7 @@ class KeyStats:
             prefix: token ids every sequence starts with (system message, header).
             seqs: the preserved corpus, each starting with ``prefix``.
             layers: decoder layers to cover.
+            should_stop: polled per batch; True aborts with :class:`InterruptedError`.
 
         Returns:
             The statistics.
@@ -156,6 +164,8 @@ class KeyStats:
         counts = dict.fromkeys(layers, 0)
 
         def add(i: int, rows: torch.Tensor) -> None:
+            if should_stop is not None and should_stop():
+                raise InterruptedError("key statistics stopped")
             # One batch's sum in float32 (a float64 product costs ~2x on CPU), the
             # running total in float64 so that 30k+ keys add up without drift.
             part = (rows.T @ rows).double()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from dmha.learning.corpus import preserved_corpus
-from dmha.learning.gate import GateReference, build_gate_reference
+from dmha.learning.gate import GateReference
 from dmha.learning.generation import greedy
 from dmha.learning.nullspace import KeyStats, corpus_fingerprint
 from dmha.learning.prompting import ChatFormat
@@ -67,32 +67,44 @@ class References:
 
     @classmethod
     def compute(
-        cls, model: Any, fmt: ChatFormat, layers: Sequence[int], progress: Progress | None = None
+        cls,
+        model: Any,
+        fmt: ChatFormat,
+        layers: Sequence[int],
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> References:
-        """Run the corpus and the probes through ``model`` (about a minute on CPU).
+        """Run the corpus and the probes through ``model`` (minutes on CPU).
 
         Args:
             model: the base model.
             fmt: prompt rendering, as served.
             layers: edit layers the statistics cover.
             progress: told what is being computed.
+            should_stop: polled between batches; True aborts with :class:`InterruptedError`
+                (a server shutting down must not wait minutes, nor exit mid-computation).
 
         Returns:
             The references.
+
+        Raises:
+            InterruptedError: ``should_stop`` returned True.
         """
         say = progress or (lambda _m: None)
+        stop = should_stop or (lambda: False)
         started = time.monotonic()
         model.eval()
         corpus = [Seq(fmt.prompt(p), fmt.answer(a)) for p, a in preserved_corpus()]
         say(f"accumulating preserved-key statistics over {len(corpus)} conversations")
         a, b = fmt.prompt("a"), fmt.prompt("b")
         n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
-        stats = KeyStats.compute(model, a[:n], corpus, layers)
+        stats = KeyStats.compute(model, a[:n], corpus, layers, should_stop=stop)
         say("recording the gate's probes")
-        gate = build_gate_reference(model, fmt)
-        rendered = [fmt.prompt(p) for p in TRAIN_RETAIN]
-        conts = greedy(model, rendered, RETAIN_TOKENS, fmt.eos_ids, batch_size=64)
-        retain = tuple(Seq(p, tuple(c)) for p, c in zip(rendered, conts, strict=True) if c)
+        gate = GateReference(
+            _continuations(model, fmt, GATE_RETAIN, stop),
+            tuple(fmt.tokenizer.encode(HELDOUT_TEXT, add_special_tokens=False)),
+        )
+        retain = _continuations(model, fmt, TRAIN_RETAIN, stop)
         log.info(
             "learning references computed in %.0fs (%d preserved keys per layer)",
             time.monotonic() - started,
@@ -134,6 +146,20 @@ class References:
             return None
 
 
+def _continuations(
+    model: Any, fmt: ChatFormat, prompts: Sequence[str], stop: Callable[[], bool], chunk: int = 16
+) -> tuple[Seq, ...]:
+    """Each prompt with the model's greedy continuation (batches of ``chunk``, stoppable)."""
+    out: list[Seq] = []
+    for start in range(0, len(prompts), chunk):
+        if stop():
+            raise InterruptedError("reference computation stopped")
+        rendered = [fmt.prompt(p) for p in prompts[start : start + chunk]]
+        conts = greedy(model, rendered, RETAIN_TOKENS, fmt.eos_ids, batch_size=chunk)
+        out.extend(Seq(p, tuple(c)) for p, c in zip(rendered, conts, strict=True) if c)
+    return tuple(out)
+
+
 def ensure_references(
     model: Any,
     model_dir: Path,
@@ -141,6 +167,7 @@ def ensure_references(
     layers: Sequence[int],
     cache_dir: Path,
     progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> References:
     """Load the cached references of ``model_dir``'s weights, computing them if needed.
 
@@ -151,9 +178,13 @@ def ensure_references(
         layers: edit layers the statistics must cover.
         cache_dir: folder of the cache files.
         progress: told what is being computed.
+        should_stop: see :meth:`References.compute`.
 
     Returns:
         The references.
+
+    Raises:
+        InterruptedError: ``should_stop`` returned True.
     """
     key = corpus_fingerprint(
         weights_fingerprint(model_dir),
@@ -169,7 +200,7 @@ def ensure_references(
     refs = References.load(path, layers)
     if refs is not None:
         return refs
-    refs = References.compute(model, fmt, layers, progress)
+    refs = References.compute(model, fmt, layers, progress, should_stop)
     try:
         refs.save(path)
     except OSError:

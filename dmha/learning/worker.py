@@ -124,13 +124,12 @@ class LearningWorker:
     def stop(self, timeout: float | None = 30.0) -> None:
         """Ask the thread to stop (a running update is abandoned at its next step) and wait.
 
-        A thread still computing the base references is not waited for (minutes of
-        work that cannot be interrupted and need not be: nothing is half-written, the
-        cache file is replaced atomically); it is a daemon and ends with the process.
+        A computation of the base references stops at its next batch (nothing is
+        half-written: the cache file is replaced atomically).
         """
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(1.0 if self._refs is None else timeout)
+            self._thread.join(timeout)
             self._thread = None
 
     @property
@@ -140,7 +139,12 @@ class LearningWorker:
 
     def _loop(self) -> None:
         try:
-            self.prepare()
+            # The expensive, interruptible part only; the live version's scores
+            # (under a minute) are taken by the first job.
+            with self._prepare_lock:
+                self._references(self._get_live())
+        except InterruptedError:
+            return  # stopped while preparing
         except Exception:
             log.exception("learning worker: could not prepare the references; the first job will retry")
         while not self._stop.is_set():
@@ -182,6 +186,7 @@ class LearningWorker:
                 self.cfg.edit_layers,
                 self._cache_dir,
                 progress=lambda m: log.info("learning references: %s", m),
+                should_stop=self._stop.is_set,
             )
         return self._refs
 
