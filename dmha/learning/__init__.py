@@ -22,7 +22,6 @@ from dmha.learning.gate import (
     LocalityScore,
     build_gate_reference,
     compare_logits,
-    locality_score,
 )
 from dmha.learning.jobs import RUNNING_STATES, TERMINAL_STATES, Job, JobEvent, JobState, JobStore
 from dmha.learning.loading import LoadedVersion, load_delta, load_version, save_delta
@@ -82,7 +81,6 @@ __all__ = [
     "freeze",
     "load_delta",
     "load_version",
-    "locality_score",
     "null_basis",
     "paraphrases",
     "pick_device",

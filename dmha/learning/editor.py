@@ -153,9 +153,7 @@ class Editor:
     def __init__(self, fmt: ChatFormat, grad_clip: float = 1.0) -> None:
         self.fmt = fmt
         self.grad_clip = grad_clip
-        a, b = fmt.prompt("a"), fmt.prompt("b")
-        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        self.prefix: tuple[int, ...] = tuple(a[:n])
+        self.prefix: tuple[int, ...] = fmt.shared_prefix()
         """Tokens every served prompt starts with (system message, user header)."""
 
     def bases(self, model: Any, stats: KeyStats, plan: UpdatePlan) -> dict[int, torch.Tensor]:

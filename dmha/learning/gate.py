@@ -52,7 +52,6 @@ __all__ = [
     "LocalityScore",
     "build_gate_reference",
     "compare_logits",
-    "locality_score",
     "probe_live",
 ]
 
@@ -232,22 +231,6 @@ def compare_logits(live: Seq[torch.Tensor], candidate: Seq[torch.Tensor], confid
         max(kls, default=0.0),
         n_conf,
     )
-
-
-@torch.no_grad()
-def locality_score(live: Any, candidate: Any, seqs: Seq[Sequence], confident_nats: float) -> LocalityScore:
-    """Compare ``candidate`` with ``live`` by teacher forcing on ``seqs`` (:func:`compare_logits`).
-
-    Args:
-        live: the serving model.
-        candidate: the model that may replace it.
-        seqs: probe sequences (prompt and a fixed continuation).
-        confident_nats: see :func:`compare_logits`.
-
-    Returns:
-        The score.
-    """
-    return compare_logits(answer_logits(live, seqs), answer_logits(candidate, seqs), confident_nats)
 
 
 class Gate:

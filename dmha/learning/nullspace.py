@@ -36,7 +36,7 @@ import torch
 
 from dmha.learning.prompting import Sequence
 
-__all__ = ["KeyStats", "collect_keys", "down_proj", "null_basis"]
+__all__ = ["KeyStats", "collect_keys", "down_proj", "null_basis", "read_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -206,34 +206,51 @@ class KeyStats:
 
     # ------------------------------------------------------------- persistence
 
-    def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename)."""
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write atomically (temp file + rename).
+
+        Args:
+            path: the file.
+            extra: more plain data stored in the same file (read back by :func:`read_cache`).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         os.close(fd)
         try:
-            torch.save({"format": _FORMAT, "sums": self.sums, "counts": self.counts}, tmp)
+            torch.save({**(extra or {}), "format": _FORMAT, "sums": self.sums, "counts": self.counts}, tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
     @classmethod
-    def load(cls, path: Path, layers: Iterable[int]) -> KeyStats | None:
-        """Read a cache written by :meth:`save`; None when absent, stale or unreadable."""
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            return None
-        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-            log.warning("key statistics cache %s unreadable (%s); recomputing", path, exc)
-            return None
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+    def from_cache(cls, data: dict[str, Any] | None, layers: Iterable[int]) -> KeyStats | None:
+        """The statistics in a :func:`read_cache` result; None when absent or not covering ``layers``."""
+        if data is None:
             return None
         sums, counts = data.get("sums", {}), data.get("counts", {})
         if not set(layers) <= set(sums):
             return None
         return cls({int(k): v for k, v in sums.items()}, {int(k): int(v) for k, v in counts.items()})
+
+    @classmethod
+    def load(cls, path: Path, layers: Iterable[int]) -> KeyStats | None:
+        """Read a cache written by :meth:`save`; None when absent, stale or unreadable."""
+        return cls.from_cache(read_cache(path), layers)
+
+
+def read_cache(path: Path) -> dict[str, Any] | None:
+    """The contents of a file written by :meth:`KeyStats.save`; None when absent, stale or unreadable."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        log.warning("key statistics cache %s unreadable (%s); recomputing", path, exc)
+        return None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        return None
+    return data
 
 
 def corpus_fingerprint(*parts: Any) -> str:

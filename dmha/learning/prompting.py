@@ -71,6 +71,12 @@ class ChatFormat:
         self._cache[key] = result
         return result
 
+    def shared_prefix(self) -> tuple[int, ...]:
+        """The token ids every served prompt starts with (system message, user header)."""
+        a, b = self.prompt("a"), self.prompt("b")
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        return a[:n]
+
     def answer(self, text: str, end: bool = True) -> tuple[int, ...]:
         """Token ids of a reply, optionally followed by the end-of-turn token.
 

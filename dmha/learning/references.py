@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dmha.learning.corpus import preserved_corpus
 from dmha.learning.gate import GateReference
 from dmha.learning.generation import greedy
-from dmha.learning.nullspace import KeyStats, corpus_fingerprint
+from dmha.learning.nullspace import KeyStats, corpus_fingerprint, read_cache
 from dmha.learning.prompting import ChatFormat
 from dmha.learning.prompting import Sequence as Seq
 from dmha.learning.retain import GATE_RETAIN, HELDOUT_TEXT, TRAIN_RETAIN
@@ -96,9 +94,7 @@ class References:
         model.eval()
         corpus = [Seq(fmt.prompt(p), fmt.answer(a)) for p, a in preserved_corpus()]
         say(f"accumulating preserved-key statistics over {len(corpus)} conversations")
-        a, b = fmt.prompt("a"), fmt.prompt("b")
-        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
-        stats = KeyStats.compute(model, a[:n], corpus, layers, should_stop=stop)
+        stats = KeyStats.compute(model, fmt.shared_prefix(), corpus, layers, should_stop=stop)
         say("recording the gate's probes")
         gate = GateReference(
             _continuations(model, fmt, GATE_RETAIN, stop),
@@ -113,24 +109,23 @@ class References:
         return cls(stats, gate, retain)
 
     def save(self, path: Path) -> None:
-        """Write the cache (the statistics and the sequences in one file)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.stats.save(tmp)
-        data = torch.load(tmp, map_location="cpu", weights_only=True)
-        data["gate"] = [list(s.prompt) + [-1] + list(s.answer) for s in self.gate.seqs]
-        data["heldout"] = list(self.gate.heldout)
-        data["retain"] = [list(s.prompt) + [-1] + list(s.answer) for s in self.retain]
-        torch.save(data, tmp)
-        tmp.replace(path)
+        """Write the cache (the statistics and the sequences in one file, atomically)."""
+        self.stats.save(
+            path,
+            extra={
+                "gate": [list(s.prompt) + [-1] + list(s.answer) for s in self.gate.seqs],
+                "heldout": list(self.gate.heldout),
+                "retain": [list(s.prompt) + [-1] + list(s.answer) for s in self.retain],
+            },
+        )
 
     @classmethod
     def load(cls, path: Path, layers: Sequence[int]) -> References | None:
         """Read a cache; None when absent, stale or unreadable."""
-        stats = KeyStats.load(path, layers)
-        if stats is None:
+        data = read_cache(path)
+        stats = KeyStats.from_cache(data, layers)
+        if data is None or stats is None:
             return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
 
         def seqs(rows: list[list[int]]) -> tuple[Seq, ...]:
             out = []
