@@ -231,6 +231,46 @@ class KnowledgeConfig(_Section):
     are dropped; a dropped view is re-grounded from the store on its next call)."""
 
 
+class MetaConfig(_Section):
+    """The causal meta-learner: plans each update, repairs failed ones, learns from outcomes."""
+
+    enabled: bool = True
+    """Plan updates with the meta-learner and repair failed ones (False = the fixed plan)."""
+    observe_steps: int = Field(2, ge=1)
+    """Optimisation steps observed before the learner adjusts the running update."""
+    max_repairs: int = Field(2, ge=0)
+    """Retries of a diverged or gate-rejected update with a repaired plan."""
+    spike_nats: float = Field(4.0, gt=0)
+    """Repair trigger: the loss rose by more than this between two steps."""
+    ema: float = Field(0.5, ge=0, lt=1)
+    """Smoothing of the learner's deltas across updates (0 = none)."""
+    max_log_change: float = Field(1.386, gt=0)
+    """Bound on each delta in log space (1.386 = at most x4 or /4 the fixed plan)."""
+    exploration: float = Field(0.1, ge=0)
+    """Gaussian noise (log space) added to a trained learner's deltas, so outcomes teach it."""
+    min_records: int = Field(6, ge=1)
+    """Finished updates recorded before the learner trains (until then: the fixed plan)."""
+    replay_capacity: int = Field(512, ge=8)
+    """(state, plan, outcome) records kept for training the learner."""
+    train_epochs: int = Field(60, ge=1)
+    """Passes over the replay buffer after each finished update."""
+    reward_causal: float = Field(1.0, ge=0)
+    """eta1: weight of the final causal KL in the reward."""
+    reward_flops: float = Field(1.0, ge=0)
+    """eta2: weight of the FLOPs saved (share) in the reward."""
+    reject_penalty: float = Field(5.0, ge=0)
+    """Reward subtracted when an update was rejected or failed."""
+    utility_threshold: float = Field(0.5, gt=0, lt=1)
+    """Modules whose utility is below this are skipped for the rest of an update."""
+    meta_init: Literal["reptile", "fomaml", "none"] = "reptile"
+    """How accepted edits shape the initialisation of the next one."""
+    meta_step: float = Field(0.3, gt=0, le=1)
+    """alpha of the meta-initialisation update (Phi <- Phi + alpha (Phi' - Phi))."""
+    auto_learn_entailed: bool = True
+    """Queue a monitor correction for training at once when the knowledge base entails
+    every claim of it (trainer review is still needed for anything else)."""
+
+
 class LearningConfig(_Section):
     enabled: bool = True
     """Run the training worker inside the server."""
@@ -304,6 +344,8 @@ class LearningConfig(_Section):
     keep_last: int = Field(10, ge=0)
     """Retention: most recent versions kept besides the live one and its ancestors;
     the others' stored deltas are deleted (their records stay, marked pruned)."""
+    meta: MetaConfig = MetaConfig()
+    """The causal meta-learner."""
 
 
 class MetacognitionConfig(_Section):

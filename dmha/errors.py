@@ -44,6 +44,7 @@ __all__ = [
     "ResourceExhausted",
     "StartupError",
     "StatementSyntaxError",
+    "LossSpike",
     "TrainingDiverged",
     "Unauthenticated",
     "Unavailable",
@@ -153,6 +154,21 @@ class TrainingDiverged(LearningError):
             f"training diverged at step {step} (loss={loss}); lower the learning rate "
             "or the loss weights; the live model is unchanged"
         )
+
+
+class LossSpike(TrainingDiverged):
+    """The loss jumped up between two steps by more than the repair threshold.
+
+    Args:
+        step: 1-based step at which it happened.
+        loss: the loss after the jump.
+        jump: how much it rose, in nats.
+    """
+
+    def __init__(self, step: int, loss: float, jump: float) -> None:
+        super().__init__(step, loss)
+        self.jump = jump
+        self.args = (f"the loss jumped by {jump:.2f} nats at step {step} (to {loss:.3f}); the live model is unchanged",)
 
 
 class FreezeError(LearningError):

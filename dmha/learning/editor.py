@@ -26,24 +26,56 @@ import time
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from dmha.errors import LearningError, TrainingDiverged
 from dmha.learning.feedback import FeedbackItem
+from dmha.learning.meta.state import StepObservation
 from dmha.learning.nullspace import KeyStats, collect_keys
-from dmha.learning.objective import Objective, RetainSet
+from dmha.learning.objective import Objective, build_retain_set
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat, Sequence
 
-__all__ = ["EditResult", "Editor", "NullSpaceDelta", "apply_delta", "delta_name"]
+__all__ = ["Adjustment", "EditHook", "EditResult", "Editor", "NullSpaceDelta", "apply_delta", "delta_name"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]
 """``progress(step, steps, loss)`` after each optimisation step (1-based step)."""
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A change to a running edit, decided after its first steps.
+
+    Attributes:
+        plan: the plan for the remaining steps (its loss weights and learning rate
+            take effect at once).
+        active: the edit layers that keep training; the others' changes are dropped.
+    """
+
+    plan: UpdatePlan
+    active: tuple[int, ...]
+
+
+class EditHook(Protocol):
+    """Who watches and steers an edit (the causal meta-learner)."""
+
+    def initial(self, slot: int, a_shape: torch.Size, b_shape: torch.Size) -> dict[str, torch.Tensor] | None:
+        """Initial factors ``{"a", "b"}`` for the module in ``slot``, or None (default init)."""
+        ...
+
+    def observe(self, obs: StepObservation, losses: Seq[float], key_share: float) -> Adjustment | None:
+        """Called after each step's backward pass, before the optimiser step.
+
+        Raises:
+            TrainingDiverged: the hook judged the run diverged (e.g. a loss spike).
+        """
+        ...
 
 
 def delta_name(layer: int) -> str:
@@ -75,10 +107,25 @@ class NullSpaceDelta(nn.Module):
         # B starts at zero: the wrapped model is exactly the live one at step 0.
         self.b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device))
         self.scale = scale
+        self.out_grad_sq = 0.0
+        """Squared norm of the loss gradient at the change's output, summed since reset."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base output plus the change."""
-        return self.base(x) + ((x @ self.basis) @ self.a.T) @ self.b.T * self.scale
+        change = ((x @ self.basis) @ self.a.T) @ self.b.T * self.scale
+        if change.requires_grad:
+            change.register_hook(self._record_grad)
+        return self.base(x) + change
+
+    def _record_grad(self, grad: torch.Tensor) -> None:
+        self.out_grad_sq += float(grad.float().pow(2).sum())
+
+    def grad_norms(self) -> tuple[float, float]:
+        """``(|∇_out L|, |∇_W L|)`` of the last backward pass, then reset."""
+        w = sum(float(p.grad.float().pow(2).sum()) for p in (self.a, self.b) if p.grad is not None)
+        out = math.sqrt(self.out_grad_sq)
+        self.out_grad_sq = 0.0
+        return out, math.sqrt(w)
 
     def delta(self) -> torch.Tensor:
         """The change as a dense ``[d_out, d_in]`` float32 matrix."""
@@ -131,6 +178,13 @@ class EditResult:
         metrics: ``key_null_share`` (how much of the fact's key the editable subspace
             holds), ``delta_norm``, ``steps``.
         seconds: wall time.
+        observations: every step as the hook saw it (losses, terms, gradient norms, FLOPs).
+        plan: the plan in force at the end (after any adjustment).
+        active: the edit layers whose change the result holds.
+        factors: slot -> final ``{"a", "b"}`` of each active module (meta-initialisation).
+        grads: slot -> their gradient at the last step (first-order MAML).
+        mechanisms: layer -> share of the edit's effect on the fact's keys.
+        flops: floating-point operations of all steps (counted, not estimated).
     """
 
     model: Any
@@ -140,6 +194,13 @@ class EditResult:
     parts: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    observations: list[StepObservation] = field(default_factory=list)
+    plan: UpdatePlan | None = None
+    active: tuple[int, ...] = ()
+    factors: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    grads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    mechanisms: dict[int, float] = field(default_factory=dict)
+    flops: float = 0.0
 
 
 class Editor:
@@ -195,11 +256,12 @@ class Editor:
         stats: KeyStats,
         base_weights: Mapping[str, torch.Tensor],
         live_delta: Mapping[str, torch.Tensor],
-        retain: RetainSet | None = None,
+        retain: Seq[Sequence] | None = None,
         replay: Seq[FeedbackItem] = (),
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
         deadline: float | None = None,
+        hook: EditHook | None = None,
     ) -> EditResult:
         """Learn ``items`` into a copy of ``live_model``.
 
@@ -210,12 +272,14 @@ class Editor:
             stats: the preserved-key statistics of the live version.
             base_weights: name -> base weight of every matrix an edit may touch.
             live_delta: name -> the live version's cumulative delta.
-            retain: the live model's retain set (for the locality term).
+            retain: retain sequences (prompt + fixed continuation) for the locality
+                term; the ``retain_per_step`` the edit would read most are held still.
             replay: earlier accepted feedback, replayed through the task loss.
             progress: called after each step.
             should_stop: polled each step; True aborts with :class:`InterruptedError`.
             deadline: ``time.monotonic()`` after which no further step starts (the
                 Submit -> live budget); the edit made so far goes to the gate.
+            hook: watches every step and may adjust the plan once (the meta-learner).
 
         Returns:
             The candidate, its cumulative delta and the edit's keys.
@@ -223,7 +287,7 @@ class Editor:
         Raises:
             LearningError: the fact's key has (almost) no component in the
                 editable subspace, so no local edit can carry it.
-            TrainingDiverged: the loss became NaN or infinite.
+            TrainingDiverged: the loss became NaN or infinite (or the hook saw a spike).
             ValueError: no items.
             InterruptedError: ``should_stop`` returned True.
         """
@@ -235,7 +299,7 @@ class Editor:
         model = copy.deepcopy(live_model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        objective = Objective(model, self.fmt, items, replay, plan, retain)
+        objective = Objective(model, self.fmt, items, replay, plan, None)
         bases = self.bases(model, stats, plan)
         # The fact's keys: its question and the training paraphrases, with the answer.
         # (Question-only keys measured worse: kl_prompt_max 0.15-0.18 vs 0.10 on the
@@ -250,47 +314,100 @@ class Editor:
             )
         if plan.subspace_rank > 0:
             bases = {i: _fact_directions(keys[i], u, stats.covariance(i), plan.subspace_rank) for i, u in bases.items()}
-        if objective.retain and plan.retain_per_step > 0:
+        if retain and plan.lambda_locality > 0 and plan.retain_per_step > 0:
             # Hold still the retain prompts the change would read most: those whose
             # keys lie most in its subspace (a question about another country's capital
-            # for a made-up country's capital), rather than a random sample.
-            objective.retain = _most_exposed(model, objective.retain, bases, plan.retain_per_step, len(self.prefix))
+            # for a made-up country's capital), rather than a random sample. Only
+            # those are scored by the live model: the teacher costs a few prompts, not all.
+            chosen = _most_exposed(model, list(retain), bases, plan.retain_per_step, len(self.prefix))
+            objective.hold(build_retain_set(model, chosen))
         wrappers: dict[int, NullSpaceDelta] = {}
-        for layer in plan.edit_layers:
+        for slot, layer in enumerate(plan.edit_layers):
             mlp = model.model.layers[layer].mlp
-            wrappers[layer] = NullSpaceDelta(mlp.down_proj, bases[layer], plan.rank, plan.scale, gen)
-            mlp.down_proj = wrappers[layer]
+            w = NullSpaceDelta(mlp.down_proj, bases[layer], plan.rank, plan.scale, gen)
+            init = hook.initial(slot, w.a.shape, w.b.shape) if hook is not None else None
+            if init is not None:
+                with torch.no_grad():
+                    w.a.copy_(init["a"].to(w.a.dtype))
+                    w.b.copy_(init["b"].to(w.b.dtype))
+            wrappers[layer] = w
+            mlp.down_proj = w
         params = [p for w in wrappers.values() for p in (w.a, w.b)]
         opt = torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
         losses: list[float] = []
         parts: dict[str, float] = {}
+        observations: list[StepObservation] = []
+        last_grads: dict[int, dict[str, torch.Tensor]] = {}
+        flops = 0.0
         for step in range(1, plan.steps + 1):
             if should_stop is not None and should_stop():
                 raise InterruptedError("update cancelled")
             if deadline is not None and step > 1 and time.monotonic() > deadline:
                 log.info("edit stopped at step %d: the time budget is spent", step)
                 break
-            total, parts = objective.loss(model)
-            value = total.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(step, value)
+            # Counted, not estimated: the meta-learner's reward and the utility gates'
+            # savings are judged by these figures.
+            counter = FlopCounterMode(display=False)
+            with counter:
+                total, parts = objective.loss(model)
+                value = total.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(step, value)
+                stop = plan.stop_margin > 0 and parts["margin"] >= plan.stop_margin
+                if not stop:
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+            flops += float(counter.get_total_flops())
             losses.append(value)
-            if plan.stop_margin > 0 and parts["margin"] >= plan.stop_margin:
+            if stop:
                 # Every target already wins by a margin: more steps only move the
                 # model further from the live one.
                 if progress is not None:
                     progress(step, step, value)
                 break
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            norms = {layer: w.grad_norms() for layer, w in wrappers.items()}
+            obs = StepObservation(
+                step,
+                value,
+                dict(parts),
+                {i: n[0] for i, n in norms.items()},
+                {i: n[1] for i, n in norms.items()},
+                float(counter.get_total_flops()),
+            )
+            observations.append(obs)
+            adjust = hook.observe(obs, losses, share) if hook is not None else None
+            if adjust is not None:
+                plan = adjust.plan
+                objective.plan = plan
+                for group in opt.param_groups:
+                    group["lr"] = plan.learning_rate
+                for layer in [i for i in wrappers if i not in adjust.active]:
+                    # A skipped module: its change is dropped, it costs no more
+                    # forward or backward work, and AdamW skips parameters without grad.
+                    w = wrappers.pop(layer)
+                    model.model.layers[layer].mlp.down_proj = w.base
+                    w.a.grad = w.b.grad = None
+                    w.a.requires_grad_(False)
+                    w.b.requires_grad_(False)
+                if not wrappers:
+                    raise LearningError("the meta-learner left no edit module active")
+            torch.nn.utils.clip_grad_norm_([p for w in wrappers.values() for p in (w.a, w.b)], self.grad_clip)
+            last_grads = {
+                layer: {"a": w.a.grad.detach().clone(), "b": w.b.grad.detach().clone()}
+                for layer, w in wrappers.items()
+                if w.a.grad is not None and w.b.grad is not None
+            }
             opt.step()
             for w in wrappers.values():
                 w.bound(plan.max_delta_norm)
             if progress is not None:
                 progress(step, plan.steps, value)
         delta = {name: d.detach().float().cpu().clone() for name, d in live_delta.items()}
-        norms = []
+        norms_f = []
+        effects: dict[int, float] = {}
+        slots = {layer: k for k, layer in enumerate(plan.edit_layers)}
+        factors = {}
+        grads = {}
         for layer, w in wrappers.items():
             change = w.delta().cpu()
             norm = float(torch.linalg.matrix_norm(change))
@@ -298,14 +415,27 @@ class Editor:
                 # Finite entries can still be absurd: RMSNorm hides a 1e30 residual from
                 # the loss, so the size of the change itself is checked.
                 raise TrainingDiverged(len(losses), norm)
-            norms.append(norm)
+            norms_f.append(norm)
+            # Which module carried the fact: the size of its change on the fact's keys.
+            effects[layer] = (
+                float(torch.linalg.matrix_norm(keys[layer].float() @ change.T)) if len(keys[layer]) else 0.0
+            )
+            factors[slots[layer]] = {"a": w.a.detach().float().cpu().clone(), "b": w.b.detach().float().cpu().clone()}
+            if layer in last_grads:
+                grads[slots[layer]] = {k: v.float().cpu() for k, v in last_grads[layer].items()}
             name = delta_name(layer)
             delta[name] = delta[name] + change if name in delta else change
             model.model.layers[layer].mlp.down_proj = w.base
         apply_delta(model, base_weights, delta)
         model.eval()
         seconds = time.monotonic() - started
-        metrics = {"key_null_share": share, "delta_norm": max(norms, default=0.0), "steps": float(len(losses))}
+        metrics = {
+            "key_null_share": share,
+            "delta_norm": max(norms_f, default=0.0),
+            "steps": float(len(losses)),
+            "flops": flops,
+            "active_layers": float(len(wrappers)),
+        }
         log.info(
             "edit trained in %.1fs over %d steps: loss %.3f -> %.3f %s",
             seconds,
@@ -314,7 +444,23 @@ class Editor:
             losses[-1],
             parts,
         )
-        return EditResult(model, delta, keys, losses, parts, metrics, seconds)
+        total_effect = sum(effects.values()) or 1.0
+        return EditResult(
+            model,
+            delta,
+            keys,
+            losses,
+            parts,
+            metrics,
+            seconds,
+            observations,
+            plan,
+            tuple(sorted(wrappers)),
+            factors,
+            grads,
+            {i: e / total_effect for i, e in effects.items()},
+            flops,
+        )
 
 
 def _key_share(keys: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tensor]) -> float:
@@ -350,10 +496,12 @@ def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, cov: torch.Tensor,
     return out.float().contiguous()
 
 
-def _most_exposed(model: Any, retain: list[Any], bases: Mapping[int, torch.Tensor], k: int, skip: int) -> list[Any]:
-    """The ``k`` retain targets whose keys put the most energy into ``bases``."""
-    keys = collect_keys(model, [t.seq for t in retain], list(bases), skip=skip)
-    lengths = [len(t.seq.ids) - skip for t in retain]
+def _most_exposed(
+    model: Any, retain: list[Sequence], bases: Mapping[int, torch.Tensor], k: int, skip: int
+) -> list[Sequence]:
+    """The ``k`` retain sequences whose keys put the most energy into ``bases``."""
+    keys = collect_keys(model, retain, list(bases), skip=skip)
+    lengths = [len(s.ids) - skip for s in retain]
     score = torch.zeros(len(retain))
     for layer, u in bases.items():
         share = (keys[layer] @ u).pow(2).sum(-1) / keys[layer].pow(2).sum(-1).clamp(min=1e-12)

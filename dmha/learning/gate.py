@@ -144,6 +144,8 @@ class GateReport:
     metrics: dict[str, float]
     reasons: tuple[str, ...] = ()
     failures: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    probe: LiveProbe | None = field(default=None, repr=False)
+    """The candidate's own answers to the probes: its :class:`LiveProbe` once it is live."""
 
 
 def _norm(text: str) -> str:
@@ -306,10 +308,11 @@ class Gate:
         gen = ok[len(direct) : len(direct) + len(para)]
         ret = ok[len(direct) + len(para) :]
         probe = live_probe if live_probe is not None else probe_live(live, reference)
-        loc = compare_logits(
-            [x.float() for x in probe.logprobs], answer_logits(candidate, reference.seqs), th.confident_nats
-        )
+        cand_logits = answer_logits(candidate, reference.seqs)
+        loc = compare_logits([x.float() for x in probe.logprobs], cand_logits, th.confident_nats)
         nll = sequence_nll(candidate, reference.heldout)
+        # Kept so that a deployed candidate need not be scored again as the new live model.
+        cand_probe = LiveProbe(tuple(torch.log_softmax(x.float(), -1).half() for x in cand_logits), nll)
         ppl_rise = math.exp(nll - probe.heldout_nll) - 1.0
 
         def share(xs: list[bool]) -> float:
@@ -345,6 +348,6 @@ class Gate:
                 reasons.append(f"{name} {metrics[name]:.4f} > {ceiling:.4f}")
         if ppl_rise > th.max_perplexity_increase:
             reasons.append(f"perplexity rose by {ppl_rise:.1%} > {th.max_perplexity_increase:.1%}")
-        report = GateReport(not reasons, metrics, tuple(reasons), tuple(failures[:8]))
+        report = GateReport(not reasons, metrics, tuple(reasons), tuple(failures[:8]), cand_probe)
         log.info("gate %s: %s %s", "passed" if report.passed else "rejected", metrics, reasons)
         return report

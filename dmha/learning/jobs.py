@@ -51,7 +51,8 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "candidate": frozenset({"queued", "failed"}),
     "queued": frozenset({"training", "failed"}),
     "training": frozenset({"training", "evaluating", "failed"}),
-    "evaluating": frozenset({"freezing", "rejected", "failed"}),
+    # evaluating -> training: the meta-learner retries a rejected candidate (repair mode).
+    "evaluating": frozenset({"freezing", "rejected", "failed", "training"}),
     "freezing": frozenset({"deployed", "failed"}),
 }
 _EVENTS_MAXLEN = 1000

@@ -20,6 +20,7 @@ Accepted edits add their own keys to the preserved statistics
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -47,6 +48,10 @@ def down_proj(model: Any, layer: int) -> Any:
     """The ``mlp.down_proj`` linear module of decoder layer ``layer``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.model.layers[layer].mlp.down_proj
+
+
+class _KeysCollected(Exception):
+    """Raised inside the forward pass once the last requested layer's keys are in."""
 
 
 @torch.no_grad()
@@ -95,6 +100,16 @@ def collect_keys(
         return grab
 
     handles = [down_proj(model, i).register_forward_pre_hook(hook(i)) for i in layers]
+    if layers:
+        # Nothing after the last key is needed: stop the forward pass there (the
+        # later layers and the vocabulary projection are most of its cost).
+        last = max(layers)
+
+        def stop(mod: Any, args: tuple[Any, ...], output: Any) -> None:
+            if threading.get_ident() == owner:
+                raise _KeysCollected
+
+        handles.append(down_proj(model, last).register_forward_hook(stop))
     try:
         device = next(model.parameters()).device
         for start in range(0, len(seqs), batch_size):
@@ -104,7 +119,8 @@ def collect_keys(
             for b, row in enumerate(chunk):
                 ids[b, : len(row)] = torch.tensor(row)
             # Right padding: causal attention keeps pads out of every real position.
-            model(input_ids=ids.to(device))
+            with contextlib.suppress(_KeysCollected):
+                model(input_ids=ids.to(device))
     finally:
         for h in handles:
             h.remove()

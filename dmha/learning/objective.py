@@ -131,6 +131,10 @@ class Objective:
             logits = answer_logits(model, teachers)
         return [_Target(s, F.log_softmax(x, -1)) for s, x in zip(students, logits, strict=True)]
 
+    def hold(self, retain: RetainSet) -> None:
+        """Use ``retain`` for the locality term (replacing any earlier set)."""
+        self.retain = [_Target(s, lp) for s, lp in zip(retain.seqs, retain.logprobs, strict=True)]
+
     def loss(self, model: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """One step's loss; samples ``retain_per_step`` of the retain targets each call.
 

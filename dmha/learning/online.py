@@ -20,6 +20,7 @@ from dmha.errors import FailedPrecondition, NotFound
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.jobs import Job, JobEvent, JobStore
 from dmha.learning.loading import load_live_handle
+from dmha.learning.meta.controller import MetaController
 from dmha.learning.registry import Registry, Version
 from dmha.learning.worker import LearningWorker
 from dmha.llm.engine import HFEngine, load_eager_handle
@@ -56,6 +57,7 @@ class OnlineLearning:
         self.jobs = jobs
         self.registry = registry
         self._engine = engine
+        self.meta = MetaController(cfg.meta, registry.root / "meta", log_dir=registry.root / "meta" / "tensorboard")
         self.worker = LearningWorker(
             cfg,
             jobs,
@@ -64,6 +66,7 @@ class OnlineLearning:
             engine.swap,
             system_prompt=model_cfg.system_prompt,
             cache_dir=cache_dir,
+            meta=self.meta if cfg.meta.enabled else None,
         )
 
     def start(self) -> None:

@@ -26,14 +26,15 @@ from typing import Any
 import torch
 
 from dmha.config import LearningConfig
-from dmha.errors import DMHAError, FreezeError, LearningError, NotFound
-from dmha.learning.editor import Editor, delta_name
+from dmha.errors import DMHAError, FreezeError, LearningError, LossSpike, NotFound, TrainingDiverged
+from dmha.learning.editor import EditHook, Editor, EditResult, delta_name
 from dmha.learning.freezing import freeze
 from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
 from dmha.learning.jobs import Job, JobStore
 from dmha.learning.loading import load_delta, save_delta
+from dmha.learning.meta.controller import AttemptHook, MetaController
+from dmha.learning.meta.repair import Repair
 from dmha.learning.nullspace import KeyStats
-from dmha.learning.objective import RetainSet, build_retain_set
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat
 from dmha.learning.references import References, ensure_references
@@ -56,7 +57,6 @@ class _LiveState:
     version: str
     delta: dict[str, torch.Tensor]
     stats: KeyStats
-    retain: RetainSet
     probe: LiveProbe
 
 
@@ -73,7 +73,9 @@ class LearningWorker:
         deploy: the hot swap; called with the new handle only when the gate passed.
         system_prompt: the serving system message (``ModelConfig.system_prompt``).
         cache_dir: where the base model's references are cached.
-        plan_for: optional meta-learner hook choosing each job's plan.
+        plan_for: optional hook choosing each job's starting plan.
+        meta: the causal meta-learner (steers, repairs and learns from every update);
+            None = the fixed plan, no repairs.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class LearningWorker:
         system_prompt: str,
         cache_dir: Path,
         plan_for: PlanHook | None = None,
+        meta: MetaController | None = None,
     ) -> None:
         self.cfg = cfg
         self.jobs = jobs
@@ -95,6 +98,7 @@ class LearningWorker:
         self._system_prompt = system_prompt
         self._cache_dir = Path(cache_dir)
         self._plan_for = plan_for
+        self._meta = meta
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fmt: ChatFormat | None = None
@@ -224,12 +228,9 @@ class LearningWorker:
 
     @staticmethod
     def _scored(live: ModelHandle, refs: References, delta: dict[str, torch.Tensor], stats: KeyStats) -> _LiveState:
-        # The live model's half of the locality term and of the gate: the same for
-        # every job until the next deploy, so computed once, off the job's path.
-        model = live.torch_model
-        return _LiveState(
-            live.version, delta, stats, build_retain_set(model, refs.retain), probe_live(model, refs.gate)
-        )
+        # The live model's half of the gate: the same for every job until the next
+        # deploy, so computed once (after a deploy the gate's own scores are reused).
+        return _LiveState(live.version, delta, stats, probe_live(live.torch_model, refs.gate))
 
     # ------------------------------------------------------------- one job
 
@@ -247,34 +248,82 @@ class LearningWorker:
     def process(self, job: Job) -> Job:
         """Run one claimed job to ``deployed``, ``rejected`` or ``failed``.
 
+        A diverged or rejected attempt is retried with a repaired plan while the
+        meta-learner allows (``meta.max_repairs``); the live model is untouched
+        until an attempt passes the gate.
+
         Returns:
             The job in its final state.
         """
         started = time.monotonic()
         live = self._get_live()
-        base_plan = UpdatePlan.from_config(self.cfg)
-        plan = self._plan_for(job, base_plan) if self._plan_for else base_plan
+        fixed = UpdatePlan.from_config(self.cfg)
+        plan = self._plan_for(job, fixed) if self._plan_for else fixed
         job = self.jobs.transition(job.job_id, "training", step=0, steps=plan.steps, plan=plan.to_dict())
-        staging = self.registry.new_staging()
-        try:
-            return self._run(job, live, plan, staging, started)
-        except (LearningError, InterruptedError, NotFound, ValueError, RuntimeError, OSError) as exc:
-            # Expected failures of an update (divergence, full disk, out of memory, a
-            # cancelled run): the job says why; the live model was never touched.
-            self.registry.discard(staging)
-            log.warning("job %s failed: %s", job.job_id, exc, exc_info=not isinstance(exc, LearningError))
-            return self.jobs.transition(job.job_id, "failed", error=str(exc) or type(exc).__name__)
-        except BaseException:
-            # A bug: the job must not stay "running" forever, but the error is re-raised
-            # (and logged with its traceback by the loop), never turned into a verdict.
-            self.registry.discard(staging)
+        history: dict[str, float] = {}
+        notes: list[str] = []
+        repair: Repair | None = None
+        attempt = 0
+        while True:
+            staging = self.registry.new_staging()
+            hook = (
+                self._meta.attempt(job.items[0].input, plan, fixed, attempt, len(job.items), 0) if self._meta else None
+            )
             try:
-                self.jobs.transition(job.job_id, "failed", error="internal error (see the server log)")
-            except DMHAError:
-                log.exception("could not mark job %s failed", job.job_id)
-            raise
+                outcome = self._run(job, live, plan, staging, started, hook)
+            except TrainingDiverged as exc:
+                self.registry.discard(staging)
+                trigger = "loss spike" if isinstance(exc, LossSpike) else "diverged"
+                outcome = _Outcome("failed", None, {"diverged_step": float(exc.step)}, (str(exc),), trigger)
+            except (LearningError, InterruptedError, NotFound, ValueError, RuntimeError, OSError) as exc:
+                # Expected failures of an update (no room for the edit, full disk, out of
+                # memory, a cancelled run): not repairable; the live model was never touched.
+                self.registry.discard(staging)
+                log.warning("job %s failed: %s", job.job_id, exc, exc_info=not isinstance(exc, LearningError))
+                if hook is not None and self._meta is not None:
+                    self._meta.finish(hook, job.job_id, "failed", None, {}, repair)
+                return self.jobs.transition(
+                    job.job_id, "failed", error=_with_notes(str(exc) or type(exc).__name__, notes)
+                )
+            except BaseException:
+                # A bug: the job must not stay "running" forever, but the error is re-raised
+                # (and logged with its traceback by the loop), never turned into a verdict.
+                self.registry.discard(staging)
+                try:
+                    self.jobs.transition(job.job_id, "failed", error="internal error (see the server log)")
+                except DMHAError:
+                    log.exception("could not mark job %s failed", job.job_id)
+                raise
+            if hook is not None and self._meta is not None:
+                self._meta.finish(hook, job.job_id, outcome.state, outcome.result, outcome.metrics, repair)
+            if outcome.state == "deployed":
+                assert outcome.job is not None  # a deployed outcome carries its job
+                return outcome.job
+            for k, v in outcome.metrics.items():
+                history[f"attempt{attempt + 1}/{k}"] = v
+            note = f"attempt {attempt + 1} {outcome.trigger}: " + "; ".join(outcome.reasons)
+            nxt = self._meta.repair(plan, fixed, outcome.trigger, outcome.reasons, attempt + 1) if self._meta else None
+            if nxt is None:
+                notes.append(note)
+                if outcome.state == "rejected":
+                    return self.jobs.transition(
+                        job.job_id,
+                        "rejected",
+                        metrics={**outcome.metrics, **history},
+                        reasons=[*outcome.reasons, *notes[:-1]],
+                    )
+                return self.jobs.transition(job.job_id, "failed", error=_with_notes(note, notes[:-1]), metrics=history)
+            changes = ", ".join(f"{k} {a:g} -> {b:g}" for k, (a, b) in nxt.changes.items())
+            notes.append(f"{note} -> repaired ({changes})")
+            log.info("job %s: repair %d after %s: %s", job.job_id, nxt.attempt, outcome.trigger, changes)
+            repair, plan, attempt = nxt, nxt.plan, attempt + 1
+            job = self.jobs.transition(
+                job.job_id, "training", step=0, steps=plan.steps, plan=plan.to_dict(), metrics=history
+            )
 
-    def _run(self, job: Job, live: ModelHandle, plan: UpdatePlan, staging: Path, started: float) -> Job:
+    def _run(
+        self, job: Job, live: ModelHandle, plan: UpdatePlan, staging: Path, started: float, hook: EditHook | None
+    ) -> _Outcome:
         if live.torch_model is None:
             raise LearningError("the live model has no eager torch_model to train from")
         parent = live.version
@@ -285,12 +334,13 @@ class LearningWorker:
             log.warning("live version %r is not in the registry; training over it as base", parent)
             parent, history = BASE_VERSION, []
         replay = history[-plan.replay_size :] if plan.replay_size else []
+        if isinstance(hook, AttemptHook):
+            hook.n_replay = len(replay)
         state = self._live_state(live)
         refs = self._references(live)
         fmt = self._format(live)
 
         t0 = time.monotonic()
-        retain = state.retain if plan.lambda_locality > 0 else None
         names = sorted({delta_name(i) for i in plan.edit_layers} | set(state.delta))
         deadline = t0 + self.cfg.max_train_seconds
 
@@ -304,11 +354,12 @@ class LearningWorker:
             state.stats,
             self._base_weight(names),
             state.delta,
-            retain,
+            refs.retain,
             replay=replay,
             progress=lambda i, n, loss: self.jobs.progress(job.job_id, i, n, loss),
             should_stop=should_stop,
             deadline=deadline,
+            hook=hook,
         )
         train_s = time.monotonic() - t0
 
@@ -327,8 +378,8 @@ class LearningWorker:
         }
         if not report.passed:
             self.registry.discard(staging)
-            return self.jobs.transition(job.job_id, "rejected", metrics=metrics, reasons=list(report.reasons))
-
+            return _Outcome("rejected", result, metrics, report.reasons, "gate")
+        plan = result.plan or plan
         self.jobs.transition(job.job_id, "freezing", metrics=metrics)
         t0 = time.monotonic()
         save_delta(result.delta, staging / "delta.safetensors")
@@ -379,8 +430,25 @@ class LearningWorker:
             log.exception("retention: pruning failed (nothing was lost; retried after the next deploy)")
         # The next job starts from here: score the new live version now, after the swap.
         with self._prepare_lock:
-            self._state = self._scored(handle, refs, result.delta, state.stats.with_keys(result.keys))
-        return done
+            probe = report.probe if report.probe is not None else probe_live(result.model, refs.gate)
+            self._state = _LiveState(handle.version, result.delta, state.stats.with_keys(result.keys), probe)
+        return _Outcome("deployed", result, metrics, (), "", done)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How one attempt ended."""
+
+    state: str
+    result: EditResult | None
+    metrics: dict[str, float]
+    reasons: tuple[str, ...]
+    trigger: str
+    job: Job | None = None
+
+
+def _with_notes(error: str, notes: list[str]) -> str:
+    return " | ".join([*notes, error]) if notes else error
 
 
 def _read_base_weights(model_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:
