@@ -99,5 +99,11 @@ def train_learner(
     deployed = [r for r in records[-20:] if r.outcome == "deployed"]
     fell = [r for r in deployed if r.figures.get("causal_last", 0.0) <= r.state["values"].get("causal_before", 0.0)]
     stability = len(fell) / len(deployed) if deployed else 0.0
-    log.info("meta-learner %s trained on %d records: loss %.4f, mean deltas %s", version, len(records), float(loss.detach()), mean)
+    log.info(
+        "meta-learner %s trained on %d records: loss %.4f, mean deltas %s",
+        version,
+        len(records),
+        float(loss.detach()),
+        mean,
+    )
     return LearnerVersion(version, time.time(), len(records), mean, stability, float(loss.detach()))
