@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from dmha.auth.tokens import Principal
 from dmha.config import LearningConfig, ModelConfig
@@ -133,6 +134,34 @@ class OnlineLearning:
         """
         principal.require(*_TRAINERS)
         return self.jobs.promote_candidate(job_id)
+
+    # -- the meta-learner ------------------------------------------------------------
+
+    def insights(self, principal: Principal) -> dict[str, Any]:
+        """What the meta-learner knows: mechanisms, learner versions, update records.
+
+        Raises:
+            PermissionDenied: caller is neither trainer nor admin.
+        """
+        principal.require(*_TRAINERS)
+        return self.meta.store.insights()
+
+    def import_insights(self, principal: Principal, doc: Any) -> int:
+        """Add another deployment's update records to the meta-learner's replay data (admins).
+
+        Args:
+            principal: the caller.
+            doc: a parsed insights document (as :meth:`insights` returns).
+
+        Returns:
+            Records added.
+
+        Raises:
+            PermissionDenied: caller is not admin.
+            InvalidArgument: the document is malformed (the field is named).
+        """
+        principal.require("admin")
+        return self.meta.store.import_insights(doc)
 
     # -- versions --------------------------------------------------------------------
 
