@@ -94,6 +94,8 @@ class Job:
     error: str = ""
     version: str = ""
     plan: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    """Why the job was queued or kept as a candidate (e.g. the meta-learner's decision)."""
 
     @classmethod
     def _from_hash(cls, h: dict[str, str]) -> Job:
@@ -112,6 +114,7 @@ class Job:
             error=h.get("error", ""),
             version=h.get("version", ""),
             plan=json.loads(h.get("plan", "{}")),
+            note=h.get("note", ""),
         )
 
 
@@ -173,7 +176,7 @@ class JobStore:
 
     # ----------------------------------------------------------- submission
 
-    def submit(self, items: Sequence[FeedbackItem], submitter: str, candidate: bool = False) -> Job:
+    def submit(self, items: Sequence[FeedbackItem], submitter: str, candidate: bool = False, note: str = "") -> Job:
         """Record feedback: queue it for training, or keep it as a candidate.
 
         Args:
@@ -181,6 +184,7 @@ class JobStore:
             submitter: the submitting user's id.
             candidate: True for feedback from an ordinary user: stored, never trained
                 until a trainer promotes it.
+            note: why it was queued or kept (stored with the job).
 
         Returns:
             The new job (state ``queued`` or ``candidate``).
@@ -193,7 +197,7 @@ class JobStore:
         if not items:
             raise InvalidArgument("items", "at least one feedback item is required")
         now = time.time()
-        job = Job(new_id(), "candidate" if candidate else "queued", tuple(items), submitter, now, now)
+        job = Job(new_id(), "candidate" if candidate else "queued", tuple(items), submitter, now, now, note=note)
         record = _encode(
             {
                 "job_id": job.job_id,
@@ -202,6 +206,7 @@ class JobStore:
                 "submitter": submitter,
                 "created_at": repr(now),
                 "updated_at": repr(now),
+                "note": note,
             }
         )
 

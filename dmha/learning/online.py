@@ -91,10 +91,35 @@ class OnlineLearning:
         item = FeedbackItem.create(input_text, target_text, self._cfg.max_feedback_bytes)
         return self.jobs.submit([item], principal.user_id, candidate=not principal.has(*_TRAINERS))
 
-    def add_candidate(self, user_id: str, input_text: str, target_text: str) -> Job:
-        """Store a correction (e.g. from the consistency monitor) for a trainer to review."""
+    def add_candidate(self, user_id: str, input_text: str, target_text: str, kb_entailed: bool = False) -> Job:
+        """A correction from the consistency monitor: the meta-learner decides whether to learn it.
+
+        Only what the knowledge base vouches for is learned without review: when
+        every claim of the corrected answer is entailed by the KB (and the
+        deployment allows it, ``meta.auto_learn_entailed``), it is queued for training;
+        anything else is kept as a candidate for a trainer. Raw user text never trains.
+        The job's ``note`` records why.
+
+        Args:
+            user_id: whose conversation it came from.
+            input_text: the user's message.
+            target_text: the corrected answer.
+            kb_entailed: every claim of ``target_text`` is entailed by the user's KB.
+
+        Returns:
+            The job (``queued`` or ``candidate``).
+        """
         item = FeedbackItem.create(input_text, target_text, self._cfg.max_feedback_bytes)
-        return self.jobs.submit([item], user_id, candidate=True)
+        meta = self._cfg.meta
+        learn = kb_entailed and meta.enabled and meta.auto_learn_entailed
+        if learn:
+            note = "meta-learner: queued for training, every claim of the corrected answer is entailed by the KB"
+        elif kb_entailed:
+            note = "kept for trainer review: automatic learning of KB-entailed corrections is off"
+        else:
+            note = "kept for trainer review: not every claim of the corrected answer is entailed by the KB"
+        log.info("monitor correction from %s: %s", user_id, note)
+        return self.jobs.submit([item], user_id, candidate=not learn, note=note)
 
     def get_job(self, principal: Principal, job_id: str) -> Job:
         """A job its caller may see.

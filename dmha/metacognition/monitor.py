@@ -215,8 +215,9 @@ class MonitorHook:
         reorganise: ``(user_id, session_id) -> None`` (blocking) that summarises the
             session's working memory into long-term memory and clears it; None when
             long-term memory is off.
-        candidate_sink: ``(user_id, input, target) -> None`` (blocking) that stores a
-            learning candidate; None to skip.
+        candidate_sink: ``(user_id, input, target, kb_entailed) -> None`` (blocking) that
+            hands a correction to the learner (which decides whether to learn it or keep
+            it for review); None to skip.
     """
 
     def __init__(
@@ -225,7 +226,7 @@ class MonitorHook:
         checker: ClaimChecker,
         events: EventStore,
         reorganise: Callable[[str, str], object] | None = None,
-        candidate_sink: Callable[[str, str, str], object] | None = None,
+        candidate_sink: Callable[[str, str, str, bool], object] | None = None,
     ) -> None:
         self._cfg = cfg
         self._checker = checker
@@ -251,6 +252,8 @@ class MonitorHook:
                 claims = await self._checker.check(turn, candidate.text)
                 if not any(c.verdict == "CONTRADICTED" for c in claims):
                     reply, turn.claims, outcome = candidate, claims, "corrected"
+                    if claims and all(c.verdict == "ENTAILED" for c in claims):
+                        actions.append("kb_entailed")
                     break
             else:
                 text = _kb_answer(turn.claims)
@@ -278,7 +281,7 @@ class MonitorHook:
             if "memory_reorganised" in event.actions and self._reorganise is not None:
                 self._reorganise(user, session)
             if "learning_candidate" in event.actions and self._candidate_sink is not None:
-                self._candidate_sink(user, turn.chat_text, final)
+                self._candidate_sink(user, turn.chat_text, final, "kb_entailed" in event.actions)
 
         # Never on the request path: the reply is already on its way.
         run_in_background(follow_up)

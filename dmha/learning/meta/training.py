@@ -28,9 +28,12 @@ from dmha.learning.meta.learner import DELTAS, MetaCausalLearner
 from dmha.learning.meta.store import LearnerVersion, MetaRecord
 from dmha.learning.meta.utility import ib_jsd
 
-__all__ = ["reward", "train_learner"]
+__all__ = ["LOSS_CAP", "reward", "train_learner"]
 
 log = logging.getLogger(__name__)
+
+LOSS_CAP = 20.0
+"""Nats: a loss or KL above this (or NaN) counts as this in the reward."""
 
 
 def reward(deployed: bool, loss: float, causal_kl: float, flops_reduction: float, cfg: MetaConfig) -> float:
@@ -44,11 +47,15 @@ def reward(deployed: bool, loss: float, causal_kl: float, flops_reduction: float
         cfg: η1, η2 and the penalty.
 
     Returns:
-        ``R``; non-finite losses count as the penalty alone.
+        ``R``. Loss and KL are capped at :data:`LOSS_CAP` nats and a non-finite one
+        counts as the cap, so a diverged attempt always scores below any finite one.
     """
-    if not (math.isfinite(loss) and math.isfinite(causal_kl)):
-        return -cfg.reject_penalty
-    r = -loss - cfg.reward_causal * causal_kl + cfg.reward_flops * max(0.0, min(1.0, flops_reduction))
+
+    def capped(x: float) -> float:
+        return min(max(x, 0.0), LOSS_CAP) if math.isfinite(x) else LOSS_CAP
+
+    r = -capped(loss) - cfg.reward_causal * capped(causal_kl)
+    r += cfg.reward_flops * max(0.0, min(1.0, flops_reduction))
     return r - (0.0 if deployed else cfg.reject_penalty)
 
 

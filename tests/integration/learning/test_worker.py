@@ -26,6 +26,8 @@ from dmha.learning import (
     load_version,
     verify_step_model,
 )
+from dmha.learning.meta.controller import MetaController
+from dmha.learning.meta.store import MetaStore
 from dmha.llm.base import ModelHandle
 from dmha.redis_connection import RedisConnection
 
@@ -261,3 +263,90 @@ def test_kill_9_during_training_leaves_live_untouched(tmp_path, conn, base_dir) 
     assert store.recover() == ([], [job.job_id])
     assert "interrupted while training" in store.get(job.job_id).error
     assert copy.copy(registry.live()).version_id == "base"
+
+
+def _meta_worker(tmp_path, conn, base_dir, live, cfg, plan_for=None) -> tuple[LearningWorker, JobStore, Registry]:
+    store = JobStore(conn)
+    registry = Registry(tmp_path / "registry", base_dir)
+    meta = MetaController(cfg.meta, registry.root / "meta", log_dir=tmp_path / "tb")
+    worker = LearningWorker(
+        cfg,
+        store,
+        registry,
+        live.get,
+        live.deploy,
+        system_prompt="You are DMHA.",
+        cache_dir=tmp_path / "cache",
+        plan_for=plan_for,
+        meta=meta,
+    )
+    return worker, store, registry
+
+
+def test_a_diverging_plan_is_repaired_and_deployed(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
+    # Fault injection: the first plan's learning rate is x1e30. Repair mode resets θ to
+    # the fixed plan's (halved), turns every module on and retries; live waits for a pass.
+    live = Live(tiny_model, tiny_tokenizer)
+    cfg = LearningConfig(**RELAXED)
+    worker, store, registry = _meta_worker(
+        tmp_path, conn, base_dir, live, cfg, plan_for=lambda job, plan: plan.with_changes(learning_rate=1e28)
+    )
+    job = store.submit([ITEM], "alice")
+    done = _run(worker, store, job.job_id)
+    assert done.state == "deployed", done.error
+    assert done.plan["extra"]["repair"] == 1 and done.plan["learning_rate"] == pytest.approx(5e-3)
+    records = MetaStore(registry.root / "meta").records()
+    assert [(r.attempt, r.outcome) for r in records] == [(0, "failed"), (1, "deployed")]
+    assert "diverged" in records[1].repair or "loss" in records[1].repair
+    assert records[1].reward > records[0].reward
+    assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())  # TensorBoard events
+
+
+def test_exhausted_repairs_fail_with_every_attempt_and_touch_nothing(
+    tmp_path, conn, base_dir, tiny_model, tiny_tokenizer
+) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    before = _state(tiny_model)
+    cfg = LearningConfig(**{**RELAXED, "learning_rate": 1e30, "steps": 6})
+    worker, store, registry = _meta_worker(tmp_path, conn, base_dir, live, cfg)
+    job = store.submit([ITEM], "alice")
+    done = _run(worker, store, job.job_id)
+    assert done.state == "failed"
+    assert "attempt 1" in done.error and "attempt 3" in done.error and "repaired" in done.error
+    assert live.deployed == [] and registry.live_id == "base"
+    assert not list((tmp_path / "registry" / "staging").iterdir())
+    assert all(torch.equal(before[k], v) for k, v in _state(tiny_model).items())
+    assert len(MetaStore(registry.root / "meta").records()) == 3
+
+
+def test_a_rejected_edit_is_retried_then_rejected_with_each_attempts_figures(
+    tmp_path, conn, base_dir, tiny_model, tiny_tokenizer
+) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    cfg = LearningConfig(**{**RELAXED, "min_efficacy": 1.0, "steps": 1, "learning_rate": 1e-7})
+    worker, store, registry = _meta_worker(tmp_path, conn, base_dir, live, cfg)
+    job = store.submit([ITEM], "alice")
+    done = _run(worker, store, job.job_id)
+    assert done.state == "rejected"
+    assert "attempt1/efficacy" in done.metrics and "attempt2/efficacy" in done.metrics
+    assert any("repaired" in r and "learning_rate" in r for r in done.reasons)
+    assert live.deployed == [] and registry.live_id == "base"
+
+
+def test_the_learner_trains_once_enough_updates_are_recorded(
+    tmp_path, conn, base_dir, tiny_model, tiny_tokenizer
+) -> None:
+    live = Live(tiny_model, tiny_tokenizer)
+    cfg = LearningConfig(**{**RELAXED, "freeze": False, "meta": {"min_records": 2, "train_epochs": 5}})
+    worker, store, registry = _meta_worker(tmp_path, conn, base_dir, live, cfg)
+    for i in range(2):
+        job = store.submit([FeedbackItem(f"f{i}", f"Who wrote book {i}?", f"Author {i}.")], "alice")
+        assert _run(worker, store, job.job_id).state == "deployed"
+    meta = MetaStore(registry.root / "meta")
+    assert [v.version for v in meta.versions()] == ["m0001"]
+    assert meta.init_path.is_file()  # Reptile moved Φ towards the accepted edits
+    # The next update is planned by the trained learner, and its plan records why.
+    job = store.submit([FeedbackItem("f9", "Who wrote book 9?", "Author 9.")], "alice")
+    done = _run(worker, store, job.job_id)
+    assert done.state == "deployed"
+    assert "reason" in registry.get(done.version).plan.extra["meta"]

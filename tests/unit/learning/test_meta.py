@@ -87,7 +87,8 @@ def test_reward_arithmetic() -> None:
     cfg = MetaConfig(reward_causal=2.0, reward_flops=1.0, reject_penalty=5.0)
     assert reward(True, 0.5, 0.25, 0.3, cfg) == pytest.approx(-0.5 - 0.5 + 0.3)
     assert reward(False, 0.5, 0.25, 0.3, cfg) == pytest.approx(-0.7 - 5.0)
-    assert reward(True, float("nan"), 0.1, 0.0, cfg) == -5.0
+    assert reward(False, float("nan"), 0.1, 0.0, cfg) == -20.0 - 0.2 - 5.0  # NaN counts as the cap
+    assert reward(False, float("nan"), 0.1, 0.0, cfg) < reward(True, 19.0, 0.0, 0.0, cfg)
     assert reward(True, 0.0, 0.0, 7.0, cfg) == 1.0  # the FLOPs share is capped at 1
 
 

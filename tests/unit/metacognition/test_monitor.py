@@ -129,3 +129,18 @@ async def test_an_uncommitted_review_is_never_recorded_for_another_turn(monkeypa
 class _Stored:
     def __init__(self, turn_id):
         self.turn_id = turn_id
+
+
+@pytest.mark.parametrize(("claims", "entailed"), [([GOOD], True), ([], False)])
+async def test_a_correction_says_whether_the_kb_entails_it(claims, entailed):
+    # The learner queues KB-entailed corrections for training; anything else waits for
+    # a trainer. The monitor only reports which it is.
+    async def regenerate(blocks):
+        return reply("Bob is 30.")
+
+    hook = MonitorHook(MetacognitionConfig(), Checker({"Bob is 30.": claims}), events=None, candidate_sink=print)
+    t = turn([BAD])
+    await hook.review(t, reply("Bob is 31."), regenerate)
+    (event,) = t.events
+    assert event.outcome == "corrected" and "learning_candidate" in event.actions
+    assert ("kb_entailed" in event.actions) is entailed
