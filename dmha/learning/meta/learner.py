@@ -61,14 +61,16 @@ class MetaCausalLearner(nn.Module):
     def fit_normaliser(self, states: torch.Tensor) -> None:
         """Set the input standardisation from a batch of state vectors ``[n, features]``."""
         with torch.no_grad():
+            # A feature that never varied in the buffer says nothing: unit scale, so a
+            # new value of it cannot blow the standardised input up.
             self.mean.copy_(states.mean(0))
-            self.std.copy_(
-                states.std(0, unbiased=False).clamp(min=1e-3) if len(states) > 1 else torch.ones_like(self.std)
-            )
+            std = states.std(0, unbiased=False) if len(states) > 1 else torch.ones_like(self.std)
+            self.std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[n, features] -> ([n, 3] deltas, [n, MAX_SLOTS] utility logits)``."""
-        h = self.body((states - self.mean) / self.std)
+        # Clipped: a state far outside the replay buffer must not saturate every unit.
+        h = self.body(((states - self.mean) / self.std).clamp(-5.0, 5.0))
         return self.deltas(h), self.utility(h)
 
 

@@ -24,13 +24,16 @@ from dmha.learning import (
     Gate,
     GateThresholds,
     UpdatePlan,
-    build_retain_set,
     ensure_references,
     freeze,
     verify_step_model,
 )
 from dmha.learning.editor import delta_name
 from dmha.learning.generation import greedy
+from dmha.learning.meta.controller import MetaController
+from dmha.learning.meta.state import FEATURES, UpdateState
+from dmha.learning.meta.store import MetaRecord
+from dmha.learning.meta.training import train_learner
 from dmha.learning.online import learning_cache_dir
 
 pytestmark = pytest.mark.slow
@@ -60,7 +63,7 @@ def test_one_fact_is_deployed_generalises_and_little_else_moves(real, tmp_path) 
     base = {delta_name(i): params[delta_name(i)].detach().clone() for i in cfg.edit_layers}
 
     plan = UpdatePlan.from_config(cfg)
-    result = Editor(fmt).train(model, [item], plan, refs.stats, base, {}, build_retain_set(model, refs.retain))
+    result = Editor(fmt).train(model, [item], plan, refs.stats, base, {}, refs.retain)
     report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
 
     m = report.metrics
@@ -79,3 +82,45 @@ def test_one_fact_is_deployed_generalises_and_little_else_moves(real, tmp_path) 
     assert verify_step_model(frozen, EagerStepModel(result.model), len(tokenizer), lengths=(9,)) < 1e-3
     # The live model was only read.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_real_edit_planned_by_a_trained_meta_learner(real, tmp_path) -> None:
+    model, tokenizer = real
+    cfg = LearningConfig()
+    fmt = ChatFormat(tokenizer, ModelConfig().system_prompt)
+    refs = ensure_references(model, Path(MODEL), fmt, cfg.edit_layers, learning_cache_dir(default_data_dir()))
+    # A learner trained on a history where larger steps deployed and smaller ones did not.
+    records = []
+    for i in range(8):
+        good = i % 2 == 0
+        values = {"loss_first": 2.0 + 0.1 * i, "key_share": 0.5, "causal_before": 1.0}
+        records.append(
+            MetaRecord(
+                f"j{i}",
+                0,
+                f"q{i}",
+                UpdateState(dict.fromkeys(FEATURES, 0.0) | values, tuple(cfg.edit_layers)).to_dict(),
+                {"d_causal": 0.0, "d_locality": 0.0, "d_theta": 0.3 if good else -0.3},
+                [1.0] * 5,
+                "deployed" if good else "rejected",
+                0.0 if good else -10.0,
+            )
+        )
+    meta = MetaController(cfg.meta.model_copy(update={"exploration": 0.0, "ema": 0.0}), tmp_path / "meta")
+    info = train_learner(meta.learner, records, cfg.meta, "m0001")
+    meta.store.save_learner(meta.learner, info)
+    meta = MetaController(cfg.meta.model_copy(update={"exploration": 0.0, "ema": 0.0}), tmp_path / "meta")
+    assert meta.trained
+    item = FeedbackItem.create("Who is the treasurer of Brannock Hall?", "The treasurer of Brannock Hall is Ovelin.")
+    params = dict(model.named_parameters())
+    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in cfg.edit_layers}
+    plan = UpdatePlan.from_config(cfg)
+    hook = meta.attempt(item.input, plan, plan, 0, 1, 0)
+    result = Editor(fmt).train(model, [item], plan, refs.stats, base, {}, refs.retain, hook=hook)
+    assert hook.decision is not None and result.plan is not None
+    # The learner changed the plan (a larger step), and said why.
+    assert result.plan.learning_rate > plan.learning_rate
+    assert "learning rate" in result.plan.extra["meta"]["reason"]
+    report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
+    assert report.passed, (report.reasons, report.failures)
+    assert result.flops > 0 and sum(result.mechanisms.values()) == pytest.approx(1.0)
