@@ -270,7 +270,7 @@ class LearningWorker:
                 self._meta.attempt(job.items[0].input, plan, fixed, attempt, len(job.items), 0) if self._meta else None
             )
             try:
-                outcome = self._run(job, live, plan, staging, started, hook)
+                outcome = self._run(job, live, plan, staging, started, hook, history, notes)
             except TrainingDiverged as exc:
                 self.registry.discard(staging)
                 trigger = "loss spike" if isinstance(exc, LossSpike) else "diverged"
@@ -280,8 +280,7 @@ class LearningWorker:
                 # memory, a cancelled run): not repairable; the live model was never touched.
                 self.registry.discard(staging)
                 log.warning("job %s failed: %s", job.job_id, exc, exc_info=not isinstance(exc, LearningError))
-                if hook is not None and self._meta is not None:
-                    self._meta.finish(hook, job.job_id, "failed", None, {}, repair)
+                self._record(hook, job, "failed", None, {}, repair)
                 return self.jobs.transition(
                     job.job_id, "failed", error=_with_notes(str(exc) or type(exc).__name__, notes)
                 )
@@ -294,8 +293,7 @@ class LearningWorker:
                 except DMHAError:
                     log.exception("could not mark job %s failed", job.job_id)
                 raise
-            if hook is not None and self._meta is not None:
-                self._meta.finish(hook, job.job_id, outcome.state, outcome.result, outcome.metrics, repair)
+            self._record(hook, job, outcome.state, outcome.result, outcome.metrics, repair)
             if outcome.state == "deployed":
                 assert outcome.job is not None  # a deployed outcome carries its job
                 return outcome.job
@@ -321,8 +319,33 @@ class LearningWorker:
                 job.job_id, "training", step=0, steps=plan.steps, plan=plan.to_dict(), metrics=history
             )
 
+    def _record(
+        self,
+        hook: AttemptHook | None,
+        job: Job,
+        state: str,
+        result: EditResult | None,
+        metrics: dict[str, float],
+        repair: Repair | None,
+    ) -> None:
+        """Tell the meta-learner how an attempt ended (its failure never fails the job)."""
+        if hook is None or self._meta is None:
+            return
+        try:
+            self._meta.finish(hook, job.job_id, state, result, metrics, repair)
+        except Exception:
+            log.exception("meta-learner: could not record job %s (the job itself is unaffected)", job.job_id)
+
     def _run(
-        self, job: Job, live: ModelHandle, plan: UpdatePlan, staging: Path, started: float, hook: EditHook | None
+        self,
+        job: Job,
+        live: ModelHandle,
+        plan: UpdatePlan,
+        staging: Path,
+        started: float,
+        hook: EditHook | None,
+        earlier: dict[str, float],
+        notes: list[str],
     ) -> _Outcome:
         if live.torch_model is None:
             raise LearningError("the live model has no eager torch_model to train from")
@@ -422,7 +445,10 @@ class LearningWorker:
         self.registry.promote(version.version_id)
         metrics["total_seconds"] = time.monotonic() - started
         metrics["stored_bytes"] = float(version.stored_bytes)
-        done = self.jobs.transition(job.job_id, "deployed", metrics=metrics, version=version.version_id)
+        # A repaired job keeps the figures and the story of its earlier attempts.
+        done = self.jobs.transition(
+            job.job_id, "deployed", metrics={**metrics, **earlier}, version=version.version_id, reasons=list(notes)
+        )
         log.info("job %s deployed as %s in %.1fs", job.job_id, version.version_id, metrics["total_seconds"])
         try:
             self.registry.prune(self.cfg.keep_ancestors, self.cfg.keep_last)
