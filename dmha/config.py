@@ -309,6 +309,11 @@ class LearningConfig(_Section):
     those along which the feedback's own keys are largest."""
     max_feedback_bytes: int = Field(4096, ge=16)
     """Largest input/target text accepted by Submit."""
+    max_insights_bytes: int = Field(768 * 1024, ge=1024)
+    """Largest meta-learner insights document ImportInsights accepts (UTF-8 bytes of its
+    JSON; an update record takes ~2 KB, so the default holds ~400). The server's largest
+    accepted request follows this limit, and requests are buffered before they are
+    authenticated: raise it knowingly."""
     replay_size: int = Field(8, ge=0)
     """Earlier accepted feedback items replayed in each update (against forgetting)."""
     paraphrases: int = Field(6, ge=0)

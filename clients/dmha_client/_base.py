@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from grpc_health.v1 import health_pb2
 
@@ -212,6 +214,30 @@ class Requests:
     def promote_version(version_id: str) -> learning_pb2.PromoteRequest:
         """ModelService.Promote."""
         return learning_pb2.PromoteRequest(id=version_id)
+
+    @staticmethod
+    def get_insights() -> learning_pb2.GetInsightsRequest:
+        """ModelService.GetInsights."""
+        return learning_pb2.GetInsightsRequest()
+
+    @staticmethod
+    def import_insights(doc: Mapping[str, Any]) -> learning_pb2.ImportInsightsRequest:
+        """ModelService.ImportInsights of a parsed document.
+
+        Raises:
+            InvalidArgument: ``doc`` is not JSON-serialisable (checked before any call).
+        """
+        try:
+            text = json.dumps(doc, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument("insights_json", f"cannot be written as JSON: {exc}") from None
+        return learning_pb2.ImportInsightsRequest(insights_json=text)
+
+    @staticmethod
+    def insights_doc(reply: learning_pb2.Insights) -> dict[str, Any]:
+        """The document an Insights reply carries, parsed."""
+        doc: dict[str, Any] = json.loads(reply.insights_json)
+        return doc
 
     @staticmethod
     def kb_tell(text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellRequest:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -209,6 +209,14 @@ class AsyncDMHAClient(BaseClient):
     async def promote_version(self, version_id: str) -> learning_pb2.ModelVersion:
         """See :meth:`DMHAClient.promote_version`."""
         return await self._unary(self._stubs.models.Promote, Requests.promote_version(version_id))
+
+    async def get_insights(self) -> dict[str, Any]:
+        """See :meth:`DMHAClient.get_insights`."""
+        return Requests.insights_doc(await self._unary(self._stubs.models.GetInsights, Requests.get_insights()))
+
+    async def import_insights(self, doc: Mapping[str, Any]) -> int:
+        """See :meth:`DMHAClient.import_insights`."""
+        return (await self._unary(self._stubs.models.ImportInsights, Requests.import_insights(doc))).added
 
     async def kb_tell(self, text: str, scope: str = "", session_id: str = "") -> knowledge_pb2.TellResponse:
         """See :meth:`DMHAClient.kb_tell`."""

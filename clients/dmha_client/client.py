@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -224,6 +224,36 @@ class DMHAClient(BaseClient):
     def promote_version(self, version_id: str) -> learning_pb2.ModelVersion:
         """Serve ``version_id`` (admin)."""
         return self._unary(self._stubs.models.Promote, Requests.promote_version(version_id))
+
+    def get_insights(self) -> dict[str, Any]:
+        """What the causal meta-learner knows (trainer/admin).
+
+        Returns:
+            The insights document (format ``dmha-meta-insights/1``): ``mechanisms``
+            (which layers carried edits: strength, effectiveness, confidence, edits),
+            ``learner_versions``, the ``updates``/``deployed``/``repairs`` counts and
+            every update ``record``. Save it as JSON to import elsewhere.
+
+        Raises:
+            PermissionDenied: the caller is neither trainer nor admin.
+        """
+        return Requests.insights_doc(self._unary(self._stubs.models.GetInsights, Requests.get_insights()))
+
+    def import_insights(self, doc: Mapping[str, Any]) -> int:
+        """Add another deployment's update records to the meta-learner's replay data (admin).
+
+        Args:
+            doc: a document as :meth:`get_insights` returns it.
+
+        Returns:
+            Records added; records already present (same job and attempt) are skipped.
+
+        Raises:
+            InvalidArgument: the document is malformed (``field`` names the bad part, e.g.
+                ``insights.records[3].outcome``) or larger than the server accepts.
+            PermissionDenied: the caller is not admin.
+        """
+        return self._unary(self._stubs.models.ImportInsights, Requests.import_insights(doc)).added
 
     # -- knowledge base -----------------------------------------------------------
 

@@ -10,6 +10,7 @@ thread; everything here is blocking and called through ``run_blocking``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from dmha.auth.tokens import Principal
 from dmha.config import LearningConfig, ModelConfig
-from dmha.errors import FailedPrecondition, NotFound
+from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.jobs import Job, JobEvent, JobStore
 from dmha.learning.loading import load_live_handle
@@ -187,6 +188,39 @@ class OnlineLearning:
         """
         principal.require("admin")
         return self.meta.store.import_insights(doc)
+
+    def import_insights_json(self, principal: Principal, text: str) -> int:
+        """:meth:`import_insights` of a document still in its JSON text (as it arrives).
+
+        The caller's role is checked before the text is measured or parsed, so a caller
+        who may not import learns nothing about the document.
+
+        Args:
+            principal: the caller.
+            text: the JSON document, at most ``learning.max_insights_bytes`` UTF-8 bytes.
+
+        Returns:
+            Records added.
+
+        Raises:
+            PermissionDenied: caller is not admin.
+            InvalidArgument: ``insights_json`` is too large or not JSON, or the document
+                is malformed (the field is named).
+        """
+        principal.require("admin")
+        size = len(text.encode("utf-8"))
+        limit = self._cfg.max_insights_bytes
+        if size > limit:
+            raise InvalidArgument("insights_json", f"is {size} bytes; limit {limit} (learning.max_insights_bytes)")
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(
+                "insights_json", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from exc
+        except RecursionError as exc:  # "[[[[..." a few thousand deep: the parser gives up
+            raise InvalidArgument("insights_json", "nests too deeply to be an insights document") from exc
+        return self.import_insights(principal, doc)
 
     # -- versions --------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ def max_request_bytes(cfg: DMHAConfig) -> int:
         cfg.memory.longterm.max_text_bytes,
         cfg.memory.retrieval.max_query_bytes,
         2 * cfg.learning.max_feedback_bytes,  # input and target travel together
+        cfg.learning.max_insights_bytes,
     )
     return largest + _REQUEST_OVERHEAD
 

@@ -26,6 +26,7 @@ __all__ = [
     "OptionFields",
     "chat_reply",
     "event_proto",
+    "insights_proto",
     "job_proto",
     "memory_proto",
     "recorded_event_proto",
@@ -219,4 +220,30 @@ def version_proto(v: Version, live: str) -> learning_pb2.ModelVersion:
         status=v.status,
         live=v.version_id == live,
         plan_json=json.dumps(v.plan.to_dict()) if v.plan else "",
+    )
+
+
+def insights_proto(doc: dict[str, Any]) -> learning_pb2.Insights:
+    """The meta-learner's insights document: typed summary fields plus the whole JSON."""
+    versions = doc.get("learner_versions", [])
+    return learning_pb2.Insights(
+        format=doc.get("format", ""),
+        updates=doc.get("updates", 0),
+        deployed=doc.get("deployed", 0),
+        repairs=doc.get("repairs", 0),
+        learner_versions=len(versions),
+        learner_version=versions[-1]["version"] if versions else "",
+        mechanisms=[
+            learning_pb2.Mechanism(
+                module=m["module"],
+                layer=m["layer"],
+                strength=m["strength"],
+                effectiveness=m["effectiveness"],
+                confidence=m["confidence"],
+                edits=m["edits"],
+            )
+            for m in doc.get("mechanisms", [])
+        ],
+        # Compact: the document is mostly numbers, and it must fit an import request.
+        insights_json=json.dumps(doc, separators=(",", ":")),
     )

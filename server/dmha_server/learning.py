@@ -9,7 +9,7 @@ import grpc
 
 from dmha.runtime import JobWatch, OnlineLearning, run_blocking
 from dmha_proto.v1 import learning_pb2, learning_pb2_grpc
-from dmha_server.convert import event_proto, job_proto, version_proto
+from dmha_server.convert import event_proto, insights_proto, job_proto, version_proto
 from dmha_server.interceptors import current_principal
 
 __all__ = ["FeedbackServicer", "ModelServicer"]
@@ -77,3 +77,12 @@ class ModelServicer(learning_pb2_grpc.ModelServiceServicer):
     async def Promote(self, request: learning_pb2.PromoteRequest, context: grpc.aio.ServicerContext):
         v = await run_blocking(self._learning.promote, current_principal(), request.id)
         return version_proto(v, self._learning.live_id)
+
+    async def GetInsights(self, request: learning_pb2.GetInsightsRequest, context: grpc.aio.ServicerContext):
+        doc = await run_blocking(self._learning.insights, current_principal())
+        # Off the loop too: a long history serialises to megabytes of JSON.
+        return await run_blocking(insights_proto, doc)
+
+    async def ImportInsights(self, request: learning_pb2.ImportInsightsRequest, context: grpc.aio.ServicerContext):
+        added = await run_blocking(self._learning.import_insights_json, current_principal(), request.insights_json)
+        return learning_pb2.ImportInsightsResponse(added=added)

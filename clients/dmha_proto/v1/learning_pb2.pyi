@@ -137,3 +137,55 @@ class PromoteRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetInsightsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Mechanism(_message.Message):
+    __slots__ = ("module", "layer", "strength", "effectiveness", "confidence", "edits")
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVENESS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EDITS_FIELD_NUMBER: _ClassVar[int]
+    module: str
+    layer: int
+    strength: float
+    effectiveness: float
+    confidence: float
+    edits: int
+    def __init__(self, module: _Optional[str] = ..., layer: _Optional[int] = ..., strength: _Optional[float] = ..., effectiveness: _Optional[float] = ..., confidence: _Optional[float] = ..., edits: _Optional[int] = ...) -> None: ...
+
+class Insights(_message.Message):
+    __slots__ = ("format", "updates", "deployed", "repairs", "learner_versions", "learner_version", "mechanisms", "insights_json")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYED_FIELD_NUMBER: _ClassVar[int]
+    REPAIRS_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MECHANISMS_FIELD_NUMBER: _ClassVar[int]
+    INSIGHTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    updates: int
+    deployed: int
+    repairs: int
+    learner_versions: int
+    learner_version: str
+    mechanisms: _containers.RepeatedCompositeFieldContainer[Mechanism]
+    insights_json: str
+    def __init__(self, format: _Optional[str] = ..., updates: _Optional[int] = ..., deployed: _Optional[int] = ..., repairs: _Optional[int] = ..., learner_versions: _Optional[int] = ..., learner_version: _Optional[str] = ..., mechanisms: _Optional[_Iterable[_Union[Mechanism, _Mapping]]] = ..., insights_json: _Optional[str] = ...) -> None: ...
+
+class ImportInsightsRequest(_message.Message):
+    __slots__ = ("insights_json",)
+    INSIGHTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    insights_json: str
+    def __init__(self, insights_json: _Optional[str] = ...) -> None: ...
+
+class ImportInsightsResponse(_message.Message):
+    __slots__ = ("added",)
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    def __init__(self, added: _Optional[int] = ...) -> None: ...

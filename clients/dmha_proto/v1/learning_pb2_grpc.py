@@ -279,7 +279,7 @@ class FeedbackService:
 
 
 class ModelServiceStub:
-    """Model versions (listing: any user; changes: admin).
+    """Model versions (listing: any user; changes: admin) and the meta-learner's insights.
     """
 
     def __init__(self, channel):
@@ -308,10 +308,20 @@ class ModelServiceStub:
                 request_serializer=dmha_dot_v1_dot_learning__pb2.PromoteRequest.SerializeToString,
                 response_deserializer=dmha_dot_v1_dot_learning__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.GetInsights = channel.unary_unary(
+                '/dmha.v1.ModelService/GetInsights',
+                request_serializer=dmha_dot_v1_dot_learning__pb2.GetInsightsRequest.SerializeToString,
+                response_deserializer=dmha_dot_v1_dot_learning__pb2.Insights.FromString,
+                _registered_method=True)
+        self.ImportInsights = channel.unary_unary(
+                '/dmha.v1.ModelService/ImportInsights',
+                request_serializer=dmha_dot_v1_dot_learning__pb2.ImportInsightsRequest.SerializeToString,
+                response_deserializer=dmha_dot_v1_dot_learning__pb2.ImportInsightsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
-    """Model versions (listing: any user; changes: admin).
+    """Model versions (listing: any user; changes: admin) and the meta-learner's insights.
     """
 
     def ListVersions(self, request, context):
@@ -339,6 +349,22 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInsights(self, request, context):
+        """What the causal meta-learner knows: which layers carried edits, its versions and
+        every update record (trainer/admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportInsights(self, request, context):
+        """Add another deployment's update records to this one's replay data (admin). Records
+        already present (same job and attempt) are skipped, so importing twice adds nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -362,6 +388,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=dmha_dot_v1_dot_learning__pb2.PromoteRequest.FromString,
                     response_serializer=dmha_dot_v1_dot_learning__pb2.ModelVersion.SerializeToString,
             ),
+            'GetInsights': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInsights,
+                    request_deserializer=dmha_dot_v1_dot_learning__pb2.GetInsightsRequest.FromString,
+                    response_serializer=dmha_dot_v1_dot_learning__pb2.Insights.SerializeToString,
+            ),
+            'ImportInsights': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportInsights,
+                    request_deserializer=dmha_dot_v1_dot_learning__pb2.ImportInsightsRequest.FromString,
+                    response_serializer=dmha_dot_v1_dot_learning__pb2.ImportInsightsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dmha.v1.ModelService', rpc_method_handlers)
@@ -371,7 +407,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """Model versions (listing: any user; changes: admin).
+    """Model versions (listing: any user; changes: admin) and the meta-learner's insights.
     """
 
     @staticmethod
@@ -472,6 +508,60 @@ class ModelService:
             '/dmha.v1.ModelService/Promote',
             dmha_dot_v1_dot_learning__pb2.PromoteRequest.SerializeToString,
             dmha_dot_v1_dot_learning__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInsights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dmha.v1.ModelService/GetInsights',
+            dmha_dot_v1_dot_learning__pb2.GetInsightsRequest.SerializeToString,
+            dmha_dot_v1_dot_learning__pb2.Insights.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportInsights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dmha.v1.ModelService/ImportInsights',
+            dmha_dot_v1_dot_learning__pb2.ImportInsightsRequest.SerializeToString,
+            dmha_dot_v1_dot_learning__pb2.ImportInsightsResponse.FromString,
             options,
             channel_credentials,
             insecure,
