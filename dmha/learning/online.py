@@ -187,7 +187,7 @@ class OnlineLearning:
             InvalidArgument: the document is malformed (the field is named).
         """
         principal.require("admin")
-        return self.meta.store.import_insights(doc)
+        return self.meta.import_insights(doc)
 
     def import_insights_json(self, principal: Principal, text: str) -> int:
         """:meth:`import_insights` of a document still in its JSON text (as it arrives).

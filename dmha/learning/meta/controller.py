@@ -306,6 +306,21 @@ class MetaController:
         self._writer.add_scalar(tag, value, self._events)
         self._writer.flush()
 
+    def import_insights(self, doc: Any) -> int:
+        """Add another deployment's records (see :meth:`MetaStore.import_insights`).
+
+        Imported records join the similarity history at once.
+
+        Raises:
+            InvalidArgument: the document is malformed (the field is named).
+        """
+        added = self.store.import_insights(doc)
+        if added:
+            records = self.store.records(self.cfg.replay_capacity)
+            with self._lock:
+                self._history = [(r.text, r.outcome == "deployed", _step_share(r.figures)) for r in records]
+        return added
+
     def close(self) -> None:
         """Flush and close the TensorBoard writer."""
         if self._writer is not None:

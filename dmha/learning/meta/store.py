@@ -242,13 +242,21 @@ class MetaStore:
             InvalidArgument: the document is malformed (the field is named).
         """
         records = validate_insights(doc)
-        have = {(r.job_id, r.attempt) for r in self.records()}
-        added = 0
-        for r in records:
-            if (r.job_id, r.attempt) not in have:
-                self.append(r)
-                added += 1
-        return added
+        # Imported records are older than this deployment's own: they go before them,
+        # so the replay window (the most recent records) keeps the local history.
+        with self._lock:
+            mine = self.records()
+            have = {(r.job_id, r.attempt) for r in mine}
+            new = [r for r in records if (r.job_id, r.attempt) not in have]
+            if new:
+                tmp = self.root / ".records.tmp"
+                with tmp.open("w", encoding="utf-8") as fh:
+                    for r in [*new, *mine]:
+                        fh.write(json.dumps(asdict(r), sort_keys=True) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                tmp.replace(self.records_path)
+        return len(new)
 
 
 def validate_insights(doc: Any) -> list[MetaRecord]:
@@ -276,11 +284,18 @@ def validate_insights(doc: Any) -> list[MetaRecord]:
             raise InvalidArgument(f"{where}.outcome", "must be deployed, rejected or failed")
         try:
             rec = MetaRecord(**{k: v for k, v in r.items() if k in MetaRecord.__dataclass_fields__})
-            UpdateState.from_dict(rec.state)
-            rec.action_vector()
-            rec.goodness_vector()
-            float(rec.reward)
+            numbers = torch.cat(
+                [
+                    UpdateState.from_dict(rec.state).vector(),
+                    rec.action_vector(),
+                    rec.goodness_vector(),
+                    torch.tensor([float(rec.reward)]),
+                ]
+            )
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(where, f"malformed record: {exc}") from exc
+        if not bool(torch.isfinite(numbers).all()):
+            # Python's JSON reader accepts NaN and Infinity; the learner must never see them.
+            raise InvalidArgument(where, "state, action, goodness and reward must be finite numbers")
         out.append(rec)
     return out

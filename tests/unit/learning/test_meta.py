@@ -247,6 +247,15 @@ def test_insights_export_import_round_trip_and_validation(tmp_path) -> None:
         validate_insights(bad)
     with pytest.raises(InvalidArgument, match="insights.format"):
         validate_insights({"records": []})
+    nan = json.loads(json.dumps(doc))
+    nan["records"][0]["reward"] = float("nan")
+    with pytest.raises(InvalidArgument, match=r"insights.records\[0\].*finite"):
+        validate_insights(nan)
+    # Imported history goes before the local one: the replay window keeps local records.
+    c = MetaStore(tmp_path / "c")
+    c.append(_record(7, deployed=True, d_theta=0.0))
+    assert c.import_insights(doc) == 3
+    assert [r.job_id for r in c.records()] == ["job0", "job1", "job2", "job7"]
 
 
 def test_similar_outcomes_by_word_overlap() -> None:
