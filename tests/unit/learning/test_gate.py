@@ -16,7 +16,7 @@ from dmha.learning import (
     compare_logits,
 )
 from dmha.learning.editor import delta_name
-from dmha.learning.gate import contains_target
+from dmha.learning.gate import contains_target, probe_live
 
 PROMPTS = ["Tell me a story.", "Who wrote the book?", "What is 2 + 2?"]
 ITEM = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
@@ -102,6 +102,11 @@ def test_edited_candidate_is_judged_and_every_failure_named(tiny_model, fmt) -> 
     assert report.metrics["efficacy"] == 1.0
     assert report.passed, report.reasons
     assert report.metrics["kl_mean"] > 0  # the edit moved something
+    # The gate's own scores of the candidate are what probing it as the live model gives
+    # (the worker reuses them after a deploy instead of scoring again).
+    again = probe_live(candidate, ref)
+    assert report.probe is not None and report.probe.heldout_nll == pytest.approx(again.heldout_nll)
+    assert all(torch.equal(a, b) for a, b in zip(report.probe.logprobs, again.logprobs, strict=True))
     impossible = GateThresholds(
         min_efficacy=1.0,
         min_generalisation=0.0,
