@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,7 +230,11 @@ class MetaController:
         full = first * n_steps
         saved = 1.0 - flops / full if full > 0 else 0.0
         r = reward(outcome == "deployed", loss_last, causal_last, saved, self.cfg)
+        used = result.plan if result is not None and result.plan is not None else hook.plan
         figures = {
+            "lambda_causal": used.lambda_causal,
+            "lambda_locality": used.lambda_locality,
+            "learning_rate": used.learning_rate,
             "loss_last": loss_last,
             "causal_last": causal_last,
             "flops": flops,
@@ -271,7 +276,9 @@ class MetaController:
         version = self.store.next_version()
         learner = MetaCausalLearner()
         learner.load_state_dict(self.learner.state_dict())
+        t0 = time.monotonic()
         info = train_learner(learner, records, self.cfg, version, seed=len(records))
+        self._scalar("meta/train_seconds", time.monotonic() - t0)
         self.store.save_learner(learner, info)
         with self._lock:
             self.learner, self.learner_version = learner, version
@@ -286,6 +293,8 @@ class MetaController:
         self._scalar("update/steps", record.figures.get("steps", 0.0))
         for name, x in record.action.items():
             self._scalar(f"plan/{name}", x)
+        for name in ("lambda_causal", "lambda_locality", "learning_rate"):
+            self._scalar(f"plan/{name}", record.figures.get(name, 0.0))
         if decision is not None and decision.utilities:
             u = torch.tensor(list(decision.utilities.values()))
             self._scalar("utility/entropy_bits", utility_entropy(u))
