@@ -252,8 +252,6 @@ class MonitorHook:
                 claims = await self._checker.check(turn, candidate.text)
                 if not any(c.verdict == "CONTRADICTED" for c in claims):
                     reply, turn.claims, outcome = candidate, claims, "corrected"
-                    if claims and all(c.verdict == "ENTAILED" for c in claims):
-                        actions.append("kb_entailed")
                     break
             else:
                 text = _kb_answer(turn.claims)
@@ -264,6 +262,9 @@ class MonitorHook:
                 actions.append("memory_reorganised")
             if self._candidate_sink is not None and self._cfg.enqueue_candidates and outcome == "corrected":
                 actions.append("learning_candidate")
+                if turn.claims and all(c.verdict == "ENTAILED" for c in turn.claims):
+                    # The learner may queue it for training without review (see OnlineLearning).
+                    actions.append("kb_entailed")
         event = MonitorEvent(uuid.uuid4().hex[:16], round(score, 4), signals, tuple(actions), outcome)
         turn.events.append(event)
         turn.reviewed_texts = (original, reply.text)
