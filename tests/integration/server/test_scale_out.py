@@ -116,10 +116,11 @@ class Cluster:
 
         def read() -> None:
             assert popen.stdout is not None
-            for line in popen.stdout:
-                if "ready" in line and not found.is_set():
-                    proc.ready = line.strip()
-                    found.set()
+            with popen.stdout:
+                for line in popen.stdout:
+                    if "ready" in line and not found.is_set():
+                        proc.ready = line.strip()
+                        found.set()
 
         threading.Thread(target=read, daemon=True).start()
         if not found.wait(timeout):
@@ -213,7 +214,7 @@ def test_state_written_through_one_replica_is_read_through_the_other(cluster: Cl
         assert len(told.accepted) == 1
         # The other replica answers from the statement at once, and rejects its contradiction.
         assert b.kb_ask("zed.age = 30").verdict == "ENTAILED"
-        clash = b.kb_tell("fact: zed.age = 31")
+        clash = b.kb_tell("fact: zed.age = 31 [confidence=0.5]")
         assert not clash.accepted and len(clash.rejected) == 1
         # A conversation started on A continues on B with its history.
         first = a.chat("hello there", max_new_tokens=2)
