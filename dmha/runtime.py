@@ -37,6 +37,7 @@ from dmha.llm.base import ModelHandle
 from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model
 from dmha.logs import configure_logging, request_id
+from dmha.memory.changes import MemoryChanges
 from dmha.memory.hook import MemoryHook
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
 from dmha.memory.records import MemoryRecord, RetrievedMemory
@@ -191,6 +192,12 @@ def build_runtime(
             summariser = LLMSummariser(llm, loop) if loop is not None and cfg.memory.longterm.summarise else None
             longterm = build_longterm(cfg.memory, cfg.data_dir, working=working, summariser=summariser)
             closers.append(longterm.close)
+            if role == "serve":
+                # Replicas share Milvus: a change through one drops the others' hot copy.
+                changes = MemoryChanges(redis, longterm.invalidate, longterm.invalidate_all)
+                longterm.on_change = changes.publish
+                changes.start()
+                closers.append(changes.stop)
             memory_hook = MemoryHook(longterm, llm, cfg.memory.retrieval.top_k, cfg.memory.retrieval.token_budget)
         # Order matters: the KB strips statement lines before memory retrieval reads
         # the message, and the monitor reviews last, seeing claims and memories.
