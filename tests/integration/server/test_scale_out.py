@@ -8,6 +8,7 @@ through the SDK and through Redis, as a load balancer and an operator would.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,6 +196,7 @@ def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
         c.close()
         redis_proc.terminate()
         redis_proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _until(check: Any, timeout: float, what: str) -> Any:
