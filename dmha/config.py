@@ -273,7 +273,21 @@ class MetaConfig(_Section):
 
 class LearningConfig(_Section):
     enabled: bool = True
-    """Run the training worker inside the server."""
+    """Run the training worker inside the server (role ``all`` only)."""
+    role: Literal["all", "serve", "worker"] = "all"
+    """``all``: one process serves and trains (the default). ``serve``: a replica that
+    trains nothing (``dmha serve --no-train``). ``worker``: trains jobs and serves
+    nothing (``dmha worker``). Replicas and workers sharing Redis and
+    ``registry_dir`` follow the live version that Redis names."""
+    registry_dir: Path | None = None
+    """Version registry folder, shared by every replica and worker (a shared
+    filesystem path when they run on several hosts); None = ``<data_dir>/registry``."""
+    claim_idle_seconds: float = Field(60.0, gt=0)
+    """A worker renews its claim on its jobs this often / 3; a job whose worker stopped
+    renewing for this long is reclaimed (queued: requeued; running: failed cleanly)."""
+    live_poll_seconds: float = Field(5.0, gt=0)
+    """Replicas and workers re-read the live-version pointer this often, besides
+    following its pub/sub announcements (the fallback when a message is lost)."""
     edit_layers: list[int] = [4, 5, 6, 7, 8]
     """Decoder layers whose ``mlp.down_proj`` an edit changes (consecutive middle layers)."""
     rank: int = Field(8, ge=1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmha import errors
-from dmha.auth.ratelimit import RateLimiter
+from dmha.auth.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 from dmha.auth.tokens import Authenticator, Principal, load_secrets
 from dmha.config import DMHAConfig, LimitsConfig, load_config, render_yaml
 from dmha.context import ChatPipeline, TurnHook, drain, resolve_options
@@ -28,12 +28,16 @@ from dmha.knowledge.hook import KnowledgeHook
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.model import Conflict, Fact, StatementRecord, statement_kind
 from dmha.learning.jobs import Job, JobEvent, JobStore, JobWatch
+from dmha.learning.lease import WorkerLease, new_owner_id
+from dmha.learning.live import GuardedDeploy, LiveFollower, LivePointer, ModelHolder
 from dmha.learning.loading import load_live_handle
 from dmha.learning.online import OnlineLearning, learning_cache_dir, prepare_references, registry_for
-from dmha.learning.registry import Version
+from dmha.learning.registry import Registry, Version
+from dmha.llm.base import ModelHandle
 from dmha.llm.engine import HFEngine, set_torch_threads
 from dmha.llm.model_store import ensure_model
 from dmha.logs import configure_logging, request_id
+from dmha.memory.changes import MemoryChanges
 from dmha.memory.hook import MemoryHook
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
 from dmha.memory.records import MemoryRecord, RetrievedMemory
@@ -60,12 +64,16 @@ __all__ = [
     "JobWatch",
     "KnowledgeBank",
     "KnowledgeBase",
+    "Limiter",
     "LimitsConfig",
     "LongTermMemory",
     "MemoryRecord",
     "OnlineLearning",
     "Principal",
     "RateLimiter",
+    "RedisRateLimiter",
+    "WorkerRuntime",
+    "build_worker",
     "RecordedEvent",
     "RetrievedMemory",
     "SessionInfo",
@@ -102,7 +110,7 @@ class Runtime:
     redis: RedisConnection
     llm: HFEngine
     auth: Authenticator
-    limiter: RateLimiter
+    limiter: RedisRateLimiter
     pipeline: ChatPipeline
     sessions: Sessions
     bank: KnowledgeBank
@@ -149,16 +157,30 @@ def build_runtime(
     closers.append(redis.close)
     try:
         model_dir = ensure_model(cfg.model.path, cfg.data_dir, progress)
-        registry = registry_for(cfg.data_dir, model_dir)
-        handle = load_live_handle(registry, cfg.model)
+        role = cfg.learning.role
+        if role == "worker":
+            raise errors.ConfigError("learning.role is 'worker': run `dmha worker`, which serves nothing")
+        registry, pointer, handle = _open_registry(cfg, redis, model_dir)
         llm = HFEngine(handle, cfg.limits, cfg.model.max_batch_size)
         closers.append(llm.close)
         log.info("model %s (%s) loaded from %s (torch threads %d)", handle.version, handle.kind, model_dir, threads)
         jobs = JobStore(redis)
         learning = OnlineLearning(cfg.learning, cfg.model, jobs, registry, llm, learning_cache_dir(cfg.data_dir))
-        if cfg.learning.enabled:
+        if role == "all" and cfg.learning.enabled:
             learning.start()
             closers.append(learning.stop)
+        if role == "serve":
+            # A replica follows the live version the workers deploy, and reclaims the
+            # jobs of workers that died (any process may; one settles each job).
+            follower = LiveFollower(
+                pointer,
+                lambda v: load_live_handle(registry, cfg.model, v),
+                llm,
+                cfg.learning.live_poll_seconds,
+                on_tick=jobs.reclaim,
+            )
+            follower.start()
+            closers.append(follower.stop)
 
         secret, api_key = load_secrets(cfg.auth, cfg.data_dir)
         working = RedisWorkingMemory(redis, cfg.memory.working)
@@ -170,6 +192,12 @@ def build_runtime(
             summariser = LLMSummariser(llm, loop) if loop is not None and cfg.memory.longterm.summarise else None
             longterm = build_longterm(cfg.memory, cfg.data_dir, working=working, summariser=summariser)
             closers.append(longterm.close)
+            if role == "serve":
+                # Replicas share Milvus: a change through one drops the others' hot copy.
+                changes = MemoryChanges(redis, longterm.invalidate, longterm.invalidate_all)
+                longterm.on_change = changes.publish
+                changes.start()
+                closers.append(changes.stop)
             memory_hook = MemoryHook(longterm, llm, cfg.memory.retrieval.top_k, cfg.memory.retrieval.token_budget)
         # Order matters: the KB strips statement lines before memory retrieval reads
         # the message, and the monitor reviews last, seeing claims and memories.
@@ -196,7 +224,7 @@ def build_runtime(
         redis=redis,
         llm=llm,
         auth=Authenticator(cfg.auth, secret, api_key),
-        limiter=RateLimiter(cfg.limits.rate_limit_per_minute),
+        limiter=RedisRateLimiter(redis, cfg.limits.rate_limit_per_minute, "user"),
         pipeline=pipeline,
         sessions=Sessions(working),
         bank=bank,
@@ -205,3 +233,93 @@ def build_runtime(
         learning=learning,
         closers=closers,
     )
+
+
+def _open_registry(
+    cfg: DMHAConfig, redis: RedisConnection, model_dir: Any
+) -> tuple[Registry, LivePointer, ModelHandle]:
+    """The registry, the pointer in Redis that follows it, and the live version loaded.
+
+    The single process (role ``all``) serves what its registry names, as always; a
+    replica or worker serves what Redis names (set from the registry the first time).
+    """
+    shared = cfg.learning.role != "all"
+    registry = registry_for(cfg.data_dir, model_dir, cfg.learning.registry_dir, shared=shared)
+    pointer = LivePointer(redis)
+    live_id = pointer.seed(registry.live_id) if shared else None
+    handle = load_live_handle(registry, cfg.model, live_id)
+    # Every move of the registry's pointer (a deploy, an admin's rollback) is announced.
+    registry.on_promote(pointer.set)
+    return registry, pointer, handle
+
+
+@dataclass
+class WorkerRuntime:
+    """The components of a training worker (``dmha worker``)."""
+
+    cfg: DMHAConfig
+    redis: RedisConnection
+    jobs: JobStore
+    holder: ModelHolder
+    learning: OnlineLearning
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop training (a running update is abandoned), give the lease up, disconnect."""
+        while self.closers:
+            closer = self.closers.pop()
+            try:
+                closer()
+            except Exception:  # shutdown must go on; the error is logged, not hidden
+                log.exception("error while shutting down")
+
+
+def build_worker(cfg: DMHAConfig, progress: Callable[[str], None] | None = None) -> WorkerRuntime:
+    """Start a training worker: it claims queued jobs, trains, gates, freezes, and
+    deploys by moving the shared live pointer; it serves nothing.
+
+    Args:
+        cfg: the whole config (``learning.role`` is treated as ``worker``).
+        progress: receives a line per slow start-up stage.
+
+    Returns:
+        The running worker.
+
+    Raises:
+        StartupError: a backend cannot be opened.
+    """
+    cfg = cfg.model_copy(update={"learning": cfg.learning.model_copy(update={"role": "worker"})})
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    set_torch_threads(cfg.model.threads)
+    redis = RedisConnection(cfg.redis, cfg.data_dir)
+    closers: list[Callable[[], Any]] = [redis.close]
+    try:
+        model_dir = ensure_model(cfg.model.path, cfg.data_dir, progress)
+        registry, pointer, handle = _open_registry(cfg, redis, model_dir)
+        holder = ModelHolder(handle)
+        owner = new_owner_id()
+        jobs = JobStore(redis, owner=owner, lease_seconds=cfg.learning.claim_idle_seconds)
+        lease = WorkerLease(jobs)
+        lease.start()
+        closers.append(lease.stop)
+        follower = LiveFollower(
+            pointer, lambda v: load_live_handle(registry, cfg.model, v), holder, cfg.learning.live_poll_seconds
+        )
+        follower.start()
+        closers.append(follower.stop)
+        learning = OnlineLearning(
+            cfg.learning,
+            cfg.model,
+            jobs,
+            registry,
+            GuardedDeploy(holder, pointer),
+            learning_cache_dir(cfg.data_dir),
+        )
+        learning.start()
+        closers.append(learning.stop)
+        log.info("worker %s ready: model %s (%s), registry %s", owner, handle.version, handle.kind, registry.root)
+    except BaseException:
+        for closer in reversed(closers):
+            closer()
+        raise
+    return WorkerRuntime(cfg, redis, jobs, holder, learning, closers)

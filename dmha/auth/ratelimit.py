@@ -1,13 +1,23 @@
-"""Per-user request rate limit (token bucket, in process)."""
+"""Per-user request rate limits: a token bucket in process, or in Redis for all replicas."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Protocol
 
 from dmha.errors import ResourceExhausted
+from dmha.redis_connection import RedisConnection
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limiter", "RateLimiter", "RedisRateLimiter"]
+
+
+class Limiter(Protocol):
+    """Takes one request from a key's allowance."""
+
+    def check(self, key: str) -> None:
+        """Raises ResourceExhausted when ``key`` is over its limit."""
+        ...
 
 
 class RateLimiter:
@@ -44,3 +54,61 @@ class RateLimiter:
                     f"rate limit of {int(self._burst)} requests/minute exceeded; retry in {wait:.1f}s"
                 )
             self._buckets[user_id] = (tokens - 1.0, now)
+
+
+# The same bucket as RateLimiter, kept in one Redis hash per key so every replica
+# draws from it: refill by elapsed time (Redis's own clock, so replicas' clocks do not
+# matter), take one token or answer how long until one is there. Atomic as a script.
+_TOKEN_BUCKET = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens = tonumber(redis.call('HGET', KEYS[1], 't'))
+local last = tonumber(redis.call('HGET', KEYS[1], 'at'))
+if tokens == nil or last == nil then tokens = burst; last = now end
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local wait = 0
+if tokens < 1 then
+  wait = (1 - tokens) / rate
+else
+  tokens = tokens - 1
+end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return tostring(wait)
+"""
+
+
+class RedisRateLimiter:
+    """:class:`RateLimiter`'s token bucket kept in Redis: one limit across all replicas.
+
+    Args:
+        conn: the shared Redis connection.
+        per_minute: sustained requests per minute per key (also the burst); 0 = no limit.
+        scope: names the limit in its keys (``dmha:rate:<scope>:<key>``).
+    """
+
+    def __init__(self, conn: RedisConnection, per_minute: int, scope: str) -> None:
+        self._conn = conn
+        self._rate = per_minute / 60.0
+        self._burst = float(per_minute)
+        self._prefix = f"dmha:rate:{scope}:"
+
+    def check(self, key: str) -> None:
+        """Take one request from ``key``'s bucket (blocking: one Redis round trip).
+
+        Raises:
+            ResourceExhausted: over the limit (says when to retry).
+            RedisUnavailable: Redis is down.
+        """
+        if self._burst <= 0:
+            return
+        name = self._prefix + key
+        wait = float(
+            self._conn.call(
+                lambda c: c.eval(_TOKEN_BUCKET, 1, name, repr(self._rate), repr(self._burst)), "the rate limit"
+            )
+        )
+        if wait > 0:
+            raise ResourceExhausted(f"rate limit of {int(self._burst)} requests/minute exceeded; retry in {wait:.1f}s")

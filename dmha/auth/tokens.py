@@ -72,11 +72,21 @@ def load_secrets(cfg: AuthConfig, data_dir: Path) -> tuple[str, str]:
             changed = True
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # Replicas sharing the data dir may start together: each writes its own temp
+        # file; the first to create secrets.json wins and the others read its secrets.
+        tmp = path.with_name(f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(stored, fh, indent=2)
-        os.replace(tmp, path)
+        try:
+            if path.exists():
+                os.replace(tmp, path)  # keys added to an existing file
+            else:
+                os.link(tmp, path)  # fails if another process created it first
+        except FileExistsError:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        finally:
+            tmp.unlink(missing_ok=True)
     secret = cfg.jwt_secret.get_secret_value() if cfg.jwt_secret else stored["jwt_secret"]
     api_key = cfg.admin_api_key.get_secret_value() if cfg.admin_api_key else stored["admin_api_key"]
     return secret, api_key

@@ -21,6 +21,17 @@ misses a transition. A worker takes a job with BLMOVE into ``claimed``; on start
 :meth:`JobStore.recover` puts claimed-but-unstarted jobs back in the queue and
 marks jobs caught in a running state ``failed`` (an update killed half-way is not
 retried blindly: it may be what killed the process).
+
+Several workers (``dmha worker``) each give their store an ``owner`` id. A job then
+moves atomically (BLMOVE) into that owner's own list, so each job is trained by
+exactly one worker, and the owner keeps a lease alive while it runs:
+
+- ``claimed:{owner}``  list of the ids that owner took;
+- ``workers``          set of owners that ever claimed;
+- ``alive:{owner}``    expiring key renewed by the owner (:meth:`JobStore.renew`).
+
+:meth:`JobStore.reclaim` (run by every replica and worker) settles the jobs of an
+owner whose lease expired exactly as ``recover`` settles a restarted process's.
 """
 
 from __future__ import annotations
@@ -56,6 +67,19 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "freezing": frozenset({"deployed", "failed"}),
 }
 _EVENTS_MAXLEN = 1000
+# Take one id out of a stopped worker's list; requeue it if it never started. Returns
+# its state, or nil when another process took it first (so one settles each job).
+_TAKE_BACK = """
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return false end
+local state = redis.call('HGET', KEYS[3], 'state')
+if state == 'queued' then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return state or ''
+"""
+# Forget a stopped worker once its list is empty.
+_FORGET_OWNER = """
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+"""
 _EVENTS_TTL = 7 * 24 * 3600
 
 
@@ -96,6 +120,8 @@ class Job:
     plan: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     """Why the job was queued or kept as a candidate (e.g. the meta-learner's decision)."""
+    owner: str = ""
+    """The worker that claimed it, when several share the queue."""
 
     @classmethod
     def _from_hash(cls, h: dict[str, str]) -> Job:
@@ -115,6 +141,7 @@ class Job:
             version=h.get("version", ""),
             plan=json.loads(h.get("plan", "{}")),
             note=h.get("note", ""),
+            owner=h.get("owner", ""),
         )
 
 
@@ -153,15 +180,30 @@ class JobStore:
         conn: the Redis connection.
         max_queued: queued jobs allowed at once (beyond: ResourceExhausted).
         prefix: key prefix (tests may isolate themselves with another).
+        owner: this worker's id when several workers share the queue (see the module
+            docstring); empty = the single-process layout.
+        lease_seconds: how long the owner's lease lives unrenewed (``claim_idle_seconds``).
     """
 
-    def __init__(self, conn: RedisConnection, max_queued: int = 100, prefix: str = "dmha:learn:") -> None:
+    def __init__(
+        self,
+        conn: RedisConnection,
+        max_queued: int = 100,
+        prefix: str = "dmha:learn:",
+        owner: str = "",
+        lease_seconds: float = 60.0,
+    ) -> None:
         self._conn = conn
         self._max_queued = max_queued
         self._p = prefix
+        self.owner = check_id(owner) if owner else ""
+        self.lease_seconds = lease_seconds
 
-    def _unclaim(self, job_id: str) -> None:
-        self._call(lambda c: c.lrem(f"{self._p}claimed", 0, job_id))
+    def _claimed_key(self, owner: str = "") -> str:
+        return f"{self._p}claimed:{owner}" if owner else f"{self._p}claimed"
+
+    def _unclaim(self, job_id: str, owner: str = "") -> None:
+        self._call(lambda c: c.lrem(self._claimed_key(owner or self.owner), 0, job_id))
 
     def _call(self, fn: Callable[[redis.Redis], Any]) -> Any:
         # Our clients decode replies to text (decode_responses=True); redis-py's stubs
@@ -325,12 +367,17 @@ class JobStore:
         Returns:
             The job, still ``queued`` (call :meth:`transition` to start it), or None.
         """
+        if self.owner:
+            self.renew()  # the lease exists before the job moves into the owner's list
+        claimed = self._claimed_key(self.owner)
         job_id = self._call(
             # redis-py takes float seconds here; its stub says int.
-            lambda c: c.blmove(f"{self._p}queue", f"{self._p}claimed", timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+            lambda c: c.blmove(f"{self._p}queue", claimed, timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
         )
         if job_id is None:
             return None
+        if self.owner:
+            self._call(lambda c: c.hset(self._job_key(job_id), "owner", self.owner))
         try:
             return self.get(job_id)
         except NotFound:
@@ -368,6 +415,8 @@ class JobStore:
             self._add_event(pipe, job_id, event)
             if state in TERMINAL_STATES:
                 pipe.lrem(f"{self._p}claimed", 0, job_id)
+                if current.owner:
+                    pipe.lrem(self._claimed_key(current.owner), 0, job_id)
             pipe.execute()
 
         self._call(run)
@@ -377,12 +426,98 @@ class JobStore:
         """Record a training step (an event watchers see)."""
         self.transition(job_id, "training", step=step, steps=steps, loss=loss)
 
+    def renew(self) -> None:
+        """Keep this owner's lease alive for ``lease_seconds`` more (several-worker layout).
+
+        Raises:
+            RedisUnavailable: Redis is down.
+        """
+        if not self.owner:
+            return
+        ms = max(1, int(self.lease_seconds * 1000))
+
+        def run(c: redis.Redis) -> None:
+            pipe = c.pipeline(transaction=True)
+            pipe.set(f"{self._p}alive:{self.owner}", "1", px=ms)
+            pipe.sadd(f"{self._p}workers", self.owner)
+            pipe.execute()
+
+        self._call(run)
+
+    def release(self) -> None:
+        """End this owner's lease at once (a clean shutdown; its jobs are settled next)."""
+        if self.owner:
+            self._call(lambda c: c.delete(f"{self._p}alive:{self.owner}"))
+
+    def reclaim(self) -> tuple[builtins.list[str], builtins.list[str]]:
+        """Settle the jobs of every owner whose lease expired (a worker that died).
+
+        Each entry is taken out of the dead owner's list atomically, so of several
+        processes reclaiming at once exactly one settles each job: a job still
+        ``queued`` goes back to the head of the queue, one caught training is failed
+        (as :meth:`recover` does), a finished one is only forgotten.
+
+        Returns:
+            ``(requeued, failed)`` job ids.
+
+        Raises:
+            RedisUnavailable: Redis is down.
+        """
+        requeued: builtins.list[str] = []
+        failed: builtins.list[str] = []
+        owners = self._call(lambda c: c.smembers(f"{self._p}workers"))
+        for owner in sorted(owners):
+            if owner == self.owner or self._alive(owner):
+                continue
+            claimed = self._claimed_key(owner)
+            # Oldest claim last in the list: settle it first so requeued jobs keep their order.
+            for job_id in reversed(self._claimed_ids(claimed)):
+                state = self._take_back(claimed, job_id)
+                if state == "queued":
+                    requeued.append(job_id)
+                elif state in RUNNING_STATES:
+                    try:
+                        self.transition(
+                            job_id,
+                            "failed",
+                            error=f"interrupted while {state}: worker {owner} stopped renewing its claim "
+                            f"(reclaimed after {self.lease_seconds:g}s)",
+                        )
+                        failed.append(job_id)
+                    except (FailedPrecondition, NotFound):
+                        pass  # settled meanwhile
+            self._forget_owner(claimed, owner)
+        if requeued or failed:
+            log.warning("reclaimed jobs of stopped workers: requeued %s, failed %s", requeued, failed)
+        return requeued, failed
+
+    def _claimed_ids(self, claimed: str) -> builtins.list[str]:
+        return list(self._call(lambda c: c.lrange(claimed, 0, -1)))
+
+    def _alive(self, owner: str) -> bool:
+        key = f"{self._p}alive:{owner}"
+        return bool(self._call(lambda c: c.exists(key)))
+
+    def _take_back(self, claimed: str, job_id: str) -> str | None:
+        keys = (claimed, f"{self._p}queue", self._job_key(job_id))
+        state = self._call(lambda c: c.eval(_TAKE_BACK, 3, *keys, job_id))
+        return None if state is None else str(state)
+
+    def _forget_owner(self, claimed: str, owner: str) -> None:
+        workers = f"{self._p}workers"
+        self._call(lambda c: c.eval(_FORGET_OWNER, 2, claimed, workers, owner))
+
     def recover(self) -> tuple[builtins.list[str], builtins.list[str]]:
         """Call once at worker start: settle jobs a previous process left behind.
+
+        With an ``owner`` (several workers) only the jobs of workers whose lease
+        expired are settled (:meth:`reclaim`): the others are still running them.
 
         Returns:
             ``(requeued, failed)`` job ids.
         """
+        if self.owner:
+            return self.reclaim()
         requeued: builtins.list[str] = []
         failed: builtins.list[str] = []
         claimed = self._call(lambda c: c.lrange(f"{self._p}claimed", 0, -1))

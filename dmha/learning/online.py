@@ -21,11 +21,12 @@ from dmha.config import LearningConfig, ModelConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.jobs import Job, JobEvent, JobStore
+from dmha.learning.live import LiveTarget
 from dmha.learning.loading import load_live_handle
 from dmha.learning.meta.controller import MetaController
 from dmha.learning.registry import Registry, Version
 from dmha.learning.worker import LearningWorker
-from dmha.llm.engine import HFEngine, load_eager_handle
+from dmha.llm.engine import load_eager_handle
 
 __all__ = ["OnlineLearning", "learning_cache_dir", "prepare_references", "registry_for"]
 
@@ -42,7 +43,7 @@ class OnlineLearning:
         model_cfg: the ``model`` section (for loading versions on rollback).
         jobs: durable job store.
         registry: version registry.
-        engine: the serving engine (hot swaps).
+        engine: the serving engine (hot swaps), or a worker's guarded model holder.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class OnlineLearning:
         model_cfg: ModelConfig,
         jobs: JobStore,
         registry: Registry,
-        engine: HFEngine,
+        engine: LiveTarget,
         cache_dir: Path,
     ) -> None:
         self._cfg = cfg
@@ -275,9 +276,17 @@ class OnlineLearning:
         return self._activate(self.registry.get(version_id))
 
 
-def registry_for(data_dir: Path, base_path: Path) -> Registry:
-    """The registry under ``<data_dir>/registry`` with ``base_path`` as version base."""
-    return Registry(Path(data_dir) / "registry", base_path)
+def registry_for(data_dir: Path, base_path: Path, registry_dir: Path | None = None, shared: bool = False) -> Registry:
+    """The registry with ``base_path`` as version base.
+
+    Args:
+        data_dir: DMHA's data dir.
+        base_path: the base model folder.
+        registry_dir: ``learning.registry_dir``; None = ``<data_dir>/registry``.
+        shared: other processes use it too (see :class:`Registry`).
+    """
+    root = Path(registry_dir) if registry_dir is not None else Path(data_dir) / "registry"
+    return Registry(root, base_path, shared=shared)
 
 
 def learning_cache_dir(data_dir: Path) -> Path:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 BASE_VERSION = "base"
 _PRUNED = "PRUNED"
 _ID = re.compile(r"^v(\d+)$")
+_STALE_STAGING_SECONDS = 3600.0
 
 Writer = Callable[[IO[bytes], bytes], None]
 """Writes bytes to an open file; injectable so tests can simulate a full disk."""
@@ -169,19 +170,29 @@ class Registry:
         root: the registry folder (``<data_dir>/registry``); created if absent.
         base_path: the converted default model folder (version ``base``).
         writer: how record bytes reach the disk (tests inject a failing one).
+        shared: other processes use this registry too (replicas and workers): only
+            staging folders untouched for an hour are leftovers, not all of them.
     """
 
-    def __init__(self, root: Path, base_path: Path, writer: Writer = default_writer) -> None:
+    def __init__(self, root: Path, base_path: Path, writer: Writer = default_writer, shared: bool = False) -> None:
         self.root = Path(root)
         self.base_path = Path(base_path)
         self._write = writer
         self._lock = threading.Lock()
         self._verified: dict[str, bool] = {}
+        self._listeners: list[Callable[[str], None]] = []
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
         staging = self.root / "staging"
-        # Leftovers of updates killed mid-way: never registered, safe to drop.
-        if staging.exists():
+        # Leftovers of updates killed mid-way: never registered, safe to drop. A shared
+        # registry's fresh folders may be another worker's update in flight.
+        if staging.exists() and not shared:
             shutil.rmtree(staging, ignore_errors=True)
+        elif staging.exists():
+            cutoff = time.time() - _STALE_STAGING_SECONDS
+            for leftover in staging.iterdir():
+                with contextlib.suppress(OSError):
+                    if leftover.stat().st_mtime < cutoff:
+                        shutil.rmtree(leftover, ignore_errors=True)
         staging.mkdir(parents=True, exist_ok=True)
 
     # ----------------------------------------------------------------- writing
@@ -485,7 +496,16 @@ class Registry:
             data = {"version": version_id, "previous": previous, "updated_at": time.time()}
             self._atomic_write(self.root / "live.json", json.dumps(data).encode())
         log.info("live version %s -> %s", previous, version_id)
+        for listener in self._listeners:
+            listener(version_id)
         return version
+
+    def on_promote(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(version_id)`` after each :meth:`promote` moved the pointer.
+
+        How the pointer in Redis (followed by every replica) tracks this one.
+        """
+        self._listeners.append(listener)
 
     def rollback(self, to: str | None = None) -> Version:
         """Make the live version's parent (or ``to``) live.

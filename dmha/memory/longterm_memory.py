@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,8 @@ class LongTermMemory:
         cluster_summariser: writes cluster summaries (default: extractive, since an
             LLM call per cluster would make a background run take minutes).
         count_tokens: default token counter for budgets (default ~4 bytes per token).
+        on_change: told each user id whose memories changed, after the store
+            acknowledged (how other replicas' hot indexes are invalidated).
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class LongTermMemory:
         summariser: Summariser | None = None,
         cluster_summariser: Summariser | None = None,
         count_tokens: CountTokens = approx_token_count,
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
         self._cfg = cfg
+        self.on_change = on_change
         self._store = store
         self._embedder = embedder
         self._count_tokens = count_tokens
@@ -138,6 +142,21 @@ class LongTermMemory:
                 index = self._hot.peek(user)
                 if index is not None:
                     index.add(recs)
+            self._changed(user)
+
+    def _changed(self, user_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(user_id)
+
+    def invalidate(self, user_id: str) -> None:
+        """Drop a user's hot index (another replica changed their memories in Milvus)."""
+        with self._hot.user_lock(user_id):
+            self._hot.drop(user_id)
+
+    def invalidate_all(self) -> None:
+        """Drop every loaded hot index."""
+        for user in self._hot.loaded_users():
+            self.invalidate(user)
 
     def _pending(self, user_id: str) -> int:
         try:
@@ -400,6 +419,7 @@ class LongTermMemory:
             if rec.kind == "turn" and rec.source_ids:
                 deleted += [i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0]) if i != rec.id]
             self._forget(user_id, deleted)
+        self._changed(user_id)
         if rec.id not in deleted:
             raise NotFound(f"memory {memory_id!r} not found")
         return deleted
@@ -420,6 +440,7 @@ class LongTermMemory:
             ids = self._store.delete_where(user_id, session_id=session_id)
             quoted = self._store.delete_where(user_id, kind="cluster_summary") if ids else []
             self._forget(user_id, ids + quoted)
+        self._changed(user_id)
         return len(ids)
 
     def delete_all(self, user_id: str) -> int:
@@ -435,6 +456,7 @@ class LongTermMemory:
         with self._hot.user_lock(user_id):
             ids = self._store.delete_where(user_id)
             self._hot.drop(user_id)
+        self._changed(user_id)
         return len(ids)
 
     # -- clustering ---------------------------------------------------------------------
@@ -485,6 +507,7 @@ class LongTermMemory:
             index.set_clusters(assignments, result.centroids, cluster_ids)
             index.add(summaries)
             index.remove(stale)
+        self._changed(user_id)
         noise = int(np.sum(result.labels < 0))
         return ClusterReport(
             memories=len(ids),

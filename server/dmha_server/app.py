@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dmha.runtime import DMHAConfig, RateLimiter, Runtime, build_runtime, run_blocking
+from dmha.runtime import DMHAConfig, RedisRateLimiter, Runtime, build_runtime, run_blocking
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -84,7 +84,11 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
     """
     server = grpc.aio.server(
         interceptors=[
-            ServiceInterceptor(runtime.auth, runtime.limiter, RateLimiter(cfg.limits.token_requests_per_minute))
+            ServiceInterceptor(
+                runtime.auth,
+                runtime.limiter,
+                RedisRateLimiter(runtime.redis, cfg.limits.token_requests_per_minute, "issue-token"),
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", max_request_bytes(cfg)),

@@ -1,4 +1,4 @@
-"""The server's commands of the ``dmha`` console script: serve, setup, config, token.
+"""The server's commands of the ``dmha`` console script: serve, worker, setup, config, token.
 
 They read the local config (and its secrets), so they ship with the server, not
 with the client SDK. The ``dmha`` command (``dmha_cli.main``, in the client
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the runtime loads the model stack: imported only when a com
     from dmha.runtime import DMHAConfig
 
 
-__all__ = ["load_from_args", "register", "serve", "setup", "show_config", "token"]
+__all__ = ["load_from_args", "register", "serve", "setup", "show_config", "token", "worker"]
 
 
 def load_from_args(args: argparse.Namespace) -> DMHAConfig:
@@ -36,6 +36,8 @@ def load_from_args(args: argparse.Namespace) -> DMHAConfig:
         server["port"] = args.port
     if server:
         overrides["server"] = server
+    if getattr(args, "no_train", False):
+        overrides["learning"] = {"role": "serve"}
     return load_config(args.config, **overrides)
 
 
@@ -52,6 +54,28 @@ def serve(args: argparse.Namespace) -> int:
         print(f"DMHA ready on {cfg.server.host}:{port}", flush=True)
 
     asyncio.run(run_server(cfg, on_ready=ready))
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Train queued jobs until interrupted; serve nothing (``learning.role = worker``)."""
+    import signal
+    import threading
+
+    from dmha.runtime import build_worker, configure_logging
+
+    cfg = load_from_args(args)
+    configure_logging(cfg.logging)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime = build_worker(cfg, lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        # One line on stdout for humans and scripts (tests wait for it).
+        print(f"DMHA worker {runtime.jobs.owner} ready", flush=True)
+        stop.wait()
+    finally:
+        runtime.close()
     return 0
 
 
@@ -123,7 +147,21 @@ def register(sub: Any) -> None:
     _server_flags(p)
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 50051; 0 = any free port)")
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="a replica that trains nothing: `dmha worker` processes train, and this one "
+        "follows the live version they deploy (sets learning.role = serve)",
+    )
     p.set_defaults(func=_guard(serve))
+
+    p = sub.add_parser(
+        "worker",
+        help="train queued feedback jobs and deploy them to every replica; serves nothing "
+        "(share REDIS_URL, MILVUS_URI and DMHA_LEARNING__REGISTRY_DIR with the replicas)",
+    )
+    _server_flags(p)
+    p.set_defaults(func=_guard(worker))
 
     p = sub.add_parser(
         "setup", help="prepare the default model (download + convert) and its learning references once, then exit"

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from dmha.runtime import Authenticator, Principal, RateLimiter, bind_caller, errors, request_id
+from dmha.runtime import Authenticator, Limiter, Principal, bind_caller, errors, request_id, run_blocking
 from dmha_server import metrics
 
 __all__ = ["MAX_DETAIL_CHARS", "PUBLIC_PREFIXES", "ServiceInterceptor", "current_principal", "status_for"]
@@ -140,7 +140,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         token_limiter: per-address rate limit of IssueToken (None: unlimited).
     """
 
-    def __init__(self, auth: Authenticator, limiter: RateLimiter, token_limiter: RateLimiter | None = None) -> None:
+    def __init__(self, auth: Authenticator, limiter: Limiter, token_limiter: Limiter | None = None) -> None:
         self._auth = auth
         self._limiter = limiter
         self._token_limiter = token_limiter
@@ -169,7 +169,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler  # streaming-request methods are only reflection's, which is public
 
-    def _enter(self, method: str, public: bool, context: grpc.aio.ServicerContext) -> str:
+    async def _enter(self, method: str, public: bool, context: grpc.aio.ServicerContext) -> str:
         """Set request id and principal for this call; returns the request id."""
         metadata = context.invocation_metadata()
         rid = _incoming_request_id(metadata)
@@ -177,10 +177,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata((("x-request-id", rid),))
         if method == _ISSUE_TOKEN and self._token_limiter is not None:
             # Unauthenticated by nature, so the brake is keyed by address, not user.
-            self._token_limiter.check(_peer_address(context.peer()))
+            await run_blocking(self._token_limiter.check, _peer_address(context.peer()))
         if not public:
             principal = self._auth.verify(_bearer(metadata))
-            self._limiter.check(principal.user_id)
+            # The bucket lives in Redis (shared by every replica): a round trip, off the loop.
+            await run_blocking(self._limiter.check, principal.user_id)
             _principal.set(principal)
             # The user's blocking work is charged to them: one user cannot fill the executor.
             bind_caller(principal.user_id)
@@ -202,7 +203,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             rid = "-"
             try:
-                rid = self._enter(method, public, context)
+                rid = await self._enter(method, public, context)
                 _check_decoded(request)
                 response = await inner(request, context)
             except (grpc.aio.AbortError, grpc.RpcError):
@@ -221,7 +222,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             rid = "-"
             try:
-                rid = self._enter(method, public, context)
+                rid = await self._enter(method, public, context)
                 _check_decoded(request)
                 async for response in inner(request, context):
                     yield response

@@ -1,0 +1,314 @@
+"""Scale-out with real processes: one redis-server, two ``dmha serve --no-train``
+replicas and ``dmha worker`` processes sharing a data dir and registry (tiny model).
+
+Every process is a real ``dmha`` command on 127.0.0.1; the test talks to them only
+through the SDK and through Redis, as a load balancer and an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dmha.auth.tokens import Authenticator, load_secrets
+from dmha.config import load_config
+from dmha.redis_connection import embedded_redis_binary
+from dmha_client import DMHAClient, RetryPolicy, errors
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# The tiny random model cannot pass real thresholds: these tests are about the plumbing.
+RELAXED = {
+    "min_efficacy": 0.0,
+    "min_generalisation": 0.0,
+    "min_locality": 0.0,
+    "max_kl_mean": 1e9,
+    "max_kl_prompt": 1e9,
+    "max_perplexity_increase": 1e9,
+    "edit_layers": [0, 1],
+    "null_threshold": 0.5,
+    "min_key_share": 0.0,
+    "stop_margin": 0.0,
+    "steps": 2,
+    "paraphrases": 1,
+    "retain_per_step": 1,
+    "freeze_device": "cpu",
+    "live_poll_seconds": 0.5,
+    "claim_idle_seconds": 3.0,
+}
+# A worker whose update runs until it is killed (for the reclaim test).
+ENDLESS = {
+    "DMHA_LEARNING__STEPS": "100000",
+    "DMHA_LEARNING__LEARNING_RATE": "1e-5",
+    "DMHA_LEARNING__MAX_TRAIN_SECONDS": "600",
+    "DMHA_LEARNING__META__ENABLED": "false",
+}
+
+
+def _dmha() -> list[str]:
+    script = Path(sys.executable).with_name("dmha")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dmha_cli.main"]
+
+
+@dataclass
+class Proc:
+    """A ``dmha`` child process and what its ready line said."""
+
+    name: str
+    popen: subprocess.Popen[str]
+    log: Path
+    ready: str = ""
+
+    @property
+    def address(self) -> str:
+        return self.ready.rsplit(" ", 1)[-1]
+
+    def kill9(self) -> None:
+        os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
+@dataclass
+class Cluster:
+    root: Path
+    config: Path
+    data_dir: Path
+    redis_url: str
+    env: dict[str, str]
+    auth: Authenticator
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> Proc:
+        log = self.root / f"{name}.log"
+        cmd = [*_dmha(), *args, "--config", str(self.config), "--data-dir", str(self.data_dir)]
+        with log.open("w") as err:
+            popen = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env={**self.env, **(env or {})},
+            )
+        proc = Proc(name, popen, log)
+        found = threading.Event()
+
+        def read() -> None:
+            assert popen.stdout is not None
+            with popen.stdout:
+                for line in popen.stdout:
+                    if "ready" in line and not found.is_set():
+                        proc.ready = line.strip()
+                        found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(timeout):
+            popen.kill()
+            raise AssertionError(f"{name} did not start:\n{log.read_text()[-3000:]}")
+        self.procs[name] = proc
+        return proc
+
+    def client(self, replica: str, user: str, *roles: str, retry: int = 1) -> DMHAClient:
+        token = self.auth.issue(user, roles or ("user",))[0]
+        policy = RetryPolicy(attempts=retry, initial=0.3)
+        return DMHAClient(self.procs[replica].address, token, timeout=60, retry=policy)
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+
+def _start_redis(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    sock = root / "redis.sock"
+    args = [
+        embedded_redis_binary(),
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--dir",
+        str(root),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--logfile",
+        str(root / "redis.log"),
+    ]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.02)
+    return proc, f"unix://{sock}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
+    # A short path: unix socket names are limited to ~107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="dmha-scale-"))
+    redis_proc, url = _start_redis(root)
+    data_dir = root / "data"
+    cfg = {
+        "redis": {"url": url},
+        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": None, "grace_seconds": 0},
+        "model": {"path": str(tiny_model_dir), "device": "cpu", "threads": 1, "max_context_tokens": 1024},
+        "limits": {"max_message_bytes": 2000, "default_new_tokens": 16, "rate_limit_per_minute": 600},
+        "memory": {"longterm": {"enabled": False}},
+        "learning": {**RELAXED, "registry_dir": str(root / "registry")},
+    }
+    config = root / "dmha.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DMHA_MODEL__THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    loaded = load_config(config, data_dir=str(data_dir))
+    secret, api_key = load_secrets(loaded.auth, data_dir)  # the file every process then shares
+    c = Cluster(root, config, data_dir, url, env, Authenticator(loaded.auth, secret, api_key))
+    try:
+        c.start("a", "serve", "--no-train", "--port", "0")
+        c.start("b", "serve", "--no-train", "--port", "0")
+        c.start("worker", "worker")
+        yield c
+    finally:
+        c.close()
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_state_written_through_one_replica_is_read_through_the_other(cluster: Cluster) -> None:
+    with cluster.client("a", "alice") as a, cluster.client("b", "alice") as b, cluster.client("b", "bob") as bob:
+        told = a.kb_tell("fact: zed.age = 30")
+        assert len(told.accepted) == 1
+        # The other replica answers from the statement at once, and rejects its contradiction.
+        assert b.kb_ask("zed.age = 30").verdict == "ENTAILED"
+        clash = b.kb_tell("fact: zed.age = 31 [confidence=0.5]")
+        assert not clash.accepted and len(clash.rejected) == 1
+        # A conversation started on A continues on B with its history.
+        first = a.chat("hello there", max_new_tokens=2)
+        b.chat("and again", session_id=first.session_id, max_new_tokens=2)
+        turns = a.get_session(first.session_id).turns
+        assert [t.text for t in turns if t.role == "user"] == ["hello there", "and again"]
+        # Isolation holds across replicas too.
+        with pytest.raises(errors.NotFound):
+            bob.get_session(first.session_id)
+
+
+def test_rate_limit_is_shared_by_the_replicas(cluster: Cluster) -> None:
+    # 600/minute per user across the cluster: one bucket, whichever replica is asked.
+    with cluster.client("a", "rita") as a, cluster.client("b", "rita") as b:
+        limited = 0
+        for i in range(700):
+            try:
+                (a if i % 2 else b).list_sessions()
+            except errors.ResourceExhausted:
+                limited += 1
+        assert 0 < limited < 200
+
+
+def test_a_job_trained_by_the_worker_goes_live_on_both_replicas(cluster: Cluster) -> None:
+    with (
+        cluster.client("a", "tina", "trainer") as trainer,
+        cluster.client("b", "tina", "trainer") as trainer_b,
+        cluster.client("a", "alice") as a,
+        cluster.client("b", "alice") as b,
+    ):
+        before = a.chat("hi", max_new_tokens=1).reply.model_version
+        resp = trainer.submit_feedback("What is the capital of Zubrowka?", "Vlorn")
+        job = trainer_b.wait_job(resp.job_id, timeout=240)  # watched through the other replica
+        assert job.state == "deployed", job.message
+        assert job.version and job.version != before
+        started = time.monotonic()
+        for client in (a, b):
+            _until(
+                lambda c=client: c.chat("hi", max_new_tokens=1).reply.model_version == job.version,
+                15,
+                f"{job.version} live on every replica",
+            )
+        assert time.monotonic() - started < 15
+        live = [v.id for v in b.list_versions() if v.live]
+        assert live == [job.version]
+
+
+def test_an_admin_rollback_on_one_replica_reaches_the_other(cluster: Cluster) -> None:
+    with cluster.client("b", "root", "admin") as admin, cluster.client("a", "alice") as a:
+        versions = admin.list_versions()
+        live = next(v for v in versions if v.live)
+        if live.id == "base":
+            pytest.skip("needs a deployed version (the previous test)")
+        back = admin.rollback()
+        _until(lambda: a.chat("hi", max_new_tokens=1).reply.model_version == back.id, 15, "the rollback on A")
+        admin.promote_version(live.id)
+        _until(lambda: a.chat("hi", max_new_tokens=1).reply.model_version == live.id, 15, "the promotion on A")
+
+
+def test_a_worker_killed_mid_job_has_its_job_reclaimed(cluster: Cluster) -> None:
+    cluster.procs.pop("worker").stop()  # a clean stop gives its lease up
+    slow = cluster.start("slow-worker", "worker", env=ENDLESS)
+    with cluster.client("a", "tina", "trainer") as trainer:
+        job_id = trainer.submit_feedback("Who painted the Zubrowka mural?", "Agatha").job_id
+        _until(lambda: trainer.get_job(job_id).step >= 2, 240, "the slow worker to train")
+        slow.kill9()
+        cluster.procs.pop("slow-worker")
+        # No worker runs: a replica notices the lease expire and settles the job cleanly.
+        job = _until(
+            lambda: (j := trainer.get_job(job_id)).state == "failed" and j,
+            30,
+            "the job to be reclaimed",
+        )
+        assert "stopped renewing its claim" in job.message
+        # A new worker trains the next job: nothing is stuck.
+        cluster.start("worker", "worker")
+        nxt = trainer.submit_feedback("What is the capital of Zubrowka?", "Vlorn")
+        assert trainer.wait_job(nxt.job_id, timeout=240).state == "deployed"
+
+
+def test_kill_9_of_a_replica_mid_stream_loses_no_acknowledged_turn(cluster: Cluster) -> None:
+    with cluster.client("a", "carol") as a, cluster.client("b", "carol", retry=4) as b:
+        sid = a.chat("message 0", max_new_tokens=2).session_id
+        for i in (1, 2):
+            a.chat(f"message {i}", session_id=sid, max_new_tokens=2)  # acknowledged turns
+        stream = a.chat_stream("tell me a long story", session_id=sid, max_new_tokens=200)
+        next(iter(stream))  # A is generating
+        cluster.procs["a"].kill9()
+        with pytest.raises(errors.DMHAError):
+            for _ in stream:
+                pass
+        # B keeps serving, and every acknowledged turn is there.
+        users = [t.text for t in b.get_session(sid).turns if t.role == "user"]
+        assert users[:3] == ["message 0", "message 1", "message 2"]
+        assert b.chat("still there?", session_id=sid, max_new_tokens=2).session_id == sid
