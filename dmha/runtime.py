@@ -22,7 +22,15 @@ from dmha.auth.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 from dmha.auth.tokens import Authenticator, Principal, load_secrets
 from dmha.config import DMHAConfig, LimitsConfig, load_config, render_yaml
 from dmha.context import ChatPipeline, TurnHook, drain, resolve_options
-from dmha.executor import bind_caller, check_cancelled, configure_executor, run_blocking, shutdown_executor
+from dmha.executor import (
+    bind_caller,
+    check_cancelled,
+    check_executor,
+    configure_executor,
+    run_blocking,
+    shutdown_executor,
+)
+from dmha.health import ComponentHealth, HealthMonitor, HealthReport, Probe, check_disk
 from dmha.knowledge.bank import KnowledgeBank
 from dmha.knowledge.hook import KnowledgeHook
 from dmha.knowledge.kb import KnowledgeBase
@@ -55,10 +63,13 @@ __all__ = [
     # Re-exported for the server (its only door into the core).
     "Authenticator",
     "ChatPipeline",
+    "ComponentHealth",
     "Conflict",
     "DMHAConfig",
     "EventStore",
     "Fact",
+    "HealthMonitor",
+    "HealthReport",
     "Job",
     "JobEvent",
     "JobWatch",
@@ -117,6 +128,7 @@ class Runtime:
     events: EventStore
     longterm: LongTermMemory | None
     learning: OnlineLearning
+    health: HealthMonitor
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -215,6 +227,8 @@ def build_runtime(
                 )
             )
         pipeline = ChatPipeline(llm, working, cfg.model, cfg.limits, hooks)
+        health = HealthMonitor(_probes(cfg, redis, llm, longterm), cfg.health.probe_timeout_seconds)
+        closers.append(health.close)
     except BaseException:
         for closer in reversed(closers):
             closer()
@@ -231,6 +245,7 @@ def build_runtime(
         events=events,
         longterm=longterm,
         learning=learning,
+        health=health,
         closers=closers,
     )
 
@@ -323,3 +338,19 @@ def build_worker(cfg: DMHAConfig, progress: Callable[[str], None] | None = None)
             closer()
         raise
     return WorkerRuntime(cfg, redis, jobs, holder, learning, closers)
+
+
+def _probes(
+    cfg: DMHAConfig, redis: RedisConnection, llm: HFEngine, longterm: LongTermMemory | None
+) -> list[tuple[str, Probe]]:
+    """What health checks: every part a request may need."""
+    timeout, stall = cfg.health.probe_timeout_seconds, cfg.health.stall_seconds
+    probes: list[tuple[str, Probe]] = [("redis", lambda: redis.probe(timeout))]
+    if longterm is not None:
+        probes.append(("milvus", lambda: longterm.probe(timeout)))
+    probes += [
+        ("executor", lambda: check_executor(stall)),
+        ("generation", lambda: llm.probe(stall)),
+        ("disk", lambda: check_disk(cfg.data_dir, cfg.health.min_free_disk_mb * 1024 * 1024)),
+    ]
+    return probes

@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from dmha.config import LimitsConfig, ModelConfig
-from dmha.errors import InvalidArgument, ResourceExhausted
+from dmha.errors import InvalidArgument, ResourceExhausted, Unavailable
 from dmha.llm.base import (
     ChatMessage,
     GenerationOptions,
@@ -154,6 +155,7 @@ class HFEngine:
         self._pending: queue.Queue[Request] = queue.Queue(maxsize=limits.max_queued_requests)
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
+        self._beat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="dmha-generate", daemon=True)
         self._thread.start()
 
@@ -240,6 +242,22 @@ class HFEngine:
         assert result is not None
         return result
 
+    def probe(self, stall_seconds: float) -> None:
+        """The health probe: the scheduler thread runs and makes progress.
+
+        Args:
+            stall_seconds: a scheduler pass (one token for each running stream) taking
+                longer than this counts as stuck.
+
+        Raises:
+            Unavailable: the thread has stopped or is stuck.
+        """
+        if not self._thread.is_alive():
+            raise Unavailable("the scheduler thread has stopped")
+        idle = time.monotonic() - self._beat
+        if idle > stall_seconds:
+            raise Unavailable(f"no scheduler pass for {idle:.0f} s")
+
     def close(self) -> None:
         """Stop the scheduler thread."""
         self._stop.set()
@@ -250,6 +268,7 @@ class HFEngine:
     def _run(self) -> None:
         cohorts: list[Cohort] = []
         while not self._stop.is_set():
+            self._beat = time.monotonic()
             admitted: list[Request] = []
             if not cohorts:
                 try:

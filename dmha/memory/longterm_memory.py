@@ -528,6 +528,14 @@ class LongTermMemory:
         for user in user_ids:
             self._hot.get(check_id(user, "user_id"))
 
+    def probe(self, timeout: float) -> None:
+        """The health probe: the store answers within ``timeout`` seconds.
+
+        Raises:
+            MilvusUnavailable: it does not.
+        """
+        self._store.probe(timeout)
+
     def close(self) -> None:
         """Release the store (and an embedded Milvus Lite database)."""
         self._store.close()

@@ -25,10 +25,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
+from pymilvus.client.types import LoadState
 from pymilvus.exceptions import MilvusException
 
 from dmha.config import LongTermConfig
 from dmha.errors import MilvusUnavailable, StartupError
+from dmha.failfast import FailFast
 from dmha.memory.records import MemoryRecord
 
 __all__ = ["LongTermStore", "MilvusLongTermStore"]
@@ -50,6 +52,8 @@ _SCALAR_FIELDS = [
 ]
 _MAX_SOURCES = 256
 _PAGE = 16384  # rows per query: Milvus's cap on offset + limit
+_CONNECT_FAILED = 2  # pymilvus Status.CONNECT_FAILED
+_NOT_LOADED = 101  # Milvus merr ErrCollectionNotLoaded (also Milvus Lite's)
 
 
 class LongTermStore(Protocol):
@@ -127,6 +131,10 @@ class LongTermStore(Protocol):
         """How many records the user has (optionally only those with this cluster id)."""
         ...
 
+    def probe(self, timeout: float) -> None:
+        """Check that the backend answers within ``timeout`` seconds (the health probe)."""
+        ...
+
     def close(self) -> None:
         """Release the client (and an embedded database)."""
         ...
@@ -151,6 +159,41 @@ def _is_backend_error(exc: BaseException) -> bool:
     # pymilvus mostly wraps transport errors in MilvusException, but lets a few raw
     # grpc.RpcError through; recognise those by module so dmha never imports grpc.
     return isinstance(exc, MilvusException) or type(exc).__module__.split(".")[0] == "grpc"
+
+
+class _LiteUnimplementedFilter(logging.Filter):
+    """Drops the traceback Milvus Lite logs for each method it does not implement.
+
+    Milvus Lite serves pymilvus from a gRPC server in this process; pymilvus calls
+    ``AllocTimestamp`` while creating an index, Milvus Lite lacks it, grpc logs the
+    NotImplementedError with a traceback (three per start), and pymilvus ignores the
+    answer. Only that record is dropped: the exception must be NotImplementedError
+    raised in pymilvus's generated servicer base.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NotImplementedError) or exc.__traceback__ is None:
+            return True
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return "pymilvus" not in tb.tb_frame.f_code.co_filename
+
+
+def _quiet_lite_unimplemented() -> None:
+    # grpc's synchronous server logs under "grpc._server"; DMHA's own server is
+    # grpc.aio (another logger), so its errors are never touched.
+    logger = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _LiteUnimplementedFilter) for f in logger.filters):
+        logger.addFilter(_LiteUnimplementedFilter())
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Milvus did not answer at all (unreachable, or no reply before the timeout)."""
+    if isinstance(exc, MilvusException):
+        return exc.code == _CONNECT_FAILED
+    return True  # a raw grpc error: the transport failed
 
 
 def _lite_failure(path: Path) -> str:
@@ -195,6 +238,7 @@ class MilvusLongTermStore:
         self._dim = dim
         self._timeout = cfg.timeout_seconds
         self._collection = cfg.collection
+        self._switch = FailFast(cfg.retry_after_seconds)
         self._uri = cfg.uri or str(Path(data_dir) / "milvus.db")
         self._local = self._uri.endswith(".db")
         # Milvus Lite does not support concurrent writers on one collection.
@@ -202,6 +246,7 @@ class MilvusLongTermStore:
         where = f"Milvus Lite database {self._uri}" if self._local else f"Milvus at {_redact(self._uri)}"
         if self._local:
             Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
+            _quiet_lite_unimplemented()
         try:
             token = cfg.token.get_secret_value() if cfg.token else ""
             self._client = MilvusClient(uri=self._uri, token=token, timeout=self._timeout)
@@ -275,12 +320,30 @@ class MilvusLongTermStore:
         log.info("created Milvus collection %s at %s", name, self.uri)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        if not self._switch.allow():
+            raise MilvusUnavailable("long-term memory (Milvus) is unavailable; retry shortly")
         try:
-            return fn()
+            try:
+                result = fn()
+            except MilvusException as exc:
+                if exc.code != _NOT_LOADED:
+                    raise
+                # A restarted Milvus (Lite always) comes back with the collection
+                # released: load it again rather than fail until DMHA restarts.
+                log.warning("Milvus collection %s was released; loading it again", self._collection)
+                self._client.load_collection(self._collection, timeout=self._timeout)
+                result = fn()
         except Exception as exc:
-            if _is_backend_error(exc):
-                raise MilvusUnavailable(f"long-term memory (Milvus) failed to {what}; retry shortly") from exc
-            raise
+            if not _is_backend_error(exc):
+                self._switch.answered()
+                raise
+            if _is_outage(exc):
+                self._switch.failed()
+            else:
+                self._switch.answered()
+            raise MilvusUnavailable(f"long-term memory (Milvus) failed to {what}; retry shortly") from exc
+        self._switch.answered()
+        return result
 
     @staticmethod
     def _row(record: MemoryRecord) -> dict[str, Any]:
@@ -513,6 +576,16 @@ class MilvusLongTermStore:
             ),
         )
         return int(rows[0]["count(*)"]) if rows else 0
+
+    def probe(self, timeout: float) -> None:
+        self._switch.answered()  # the probe itself must reach Milvus; it sets the switch again below
+
+        def check() -> None:
+            state = self._client.get_load_state(self._collection, timeout=timeout).get("state")
+            if state != LoadState.Loaded:
+                self._client.load_collection(self._collection, timeout=timeout)
+
+        self._call("answer", check)
 
     def close(self) -> None:
         try:

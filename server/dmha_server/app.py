@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dmha.runtime import DMHAConfig, RedisRateLimiter, Runtime, build_runtime, run_blocking
+from dmha.runtime import DMHAConfig, RedisRateLimiter, Runtime, build_runtime
 from dmha_proto.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -30,6 +30,7 @@ from dmha_proto.v1 import (
 )
 from dmha_server.auth import AuthServicer
 from dmha_server.chat import ChatServicer
+from dmha_server.health import watch_health
 from dmha_server.interceptors import ServiceInterceptor
 from dmha_server.knowledge import KnowledgeServicer
 from dmha_server.learning import FeedbackServicer, ModelServicer
@@ -38,7 +39,7 @@ from dmha_server.metacognition import MetacognitionServicer
 from dmha_server.metrics import start_metrics_server
 from dmha_server.sessions import SessionServicer
 
-__all__ = ["create_server", "max_request_bytes", "serve"]
+__all__ = ["create_server", "max_request_bytes", "serve", "service_names"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,21 @@ def max_request_bytes(cfg: DMHAConfig) -> int:
         cfg.learning.max_insights_bytes,
     )
     return largest + _REQUEST_OVERHEAD
+
+
+def service_names(runtime: Runtime) -> list[str]:
+    """The DMHA services this runtime serves (their health follows the whole server's).
+
+    Args:
+        runtime: the running components (long-term memory may be off).
+
+    Returns:
+        Full service names, e.g. ``dmha.v1.ChatService``.
+    """
+    descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2, learning_pb2]
+    if runtime.longterm is not None:
+        descriptors.append(memory_pb2)
+    return [svc.full_name for d in descriptors for svc in d.DESCRIPTOR.services_by_name.values()]
 
 
 async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -104,11 +120,9 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
         FeedbackServicer(runtime.learning, cfg.server.watch_poll_seconds), server
     )
     learning_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(runtime.learning), server)
-    descriptors = [chat_pb2, session_pb2, auth_pb2, knowledge_pb2, metacognition_pb2, learning_pb2]
     if runtime.longterm is not None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(runtime.longterm), server)
-        descriptors.append(memory_pb2)
-    services = [svc.full_name for d in descriptors for svc in d.DESCRIPTOR.services_by_name.values()]
+    services = service_names(runtime)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *services):
@@ -116,19 +130,6 @@ async def create_server(runtime: Runtime, cfg: DMHAConfig) -> tuple[grpc.aio.Ser
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{cfg.server.host}:{cfg.server.port}")
     return server, port, health_servicer
-
-
-async def _watch_backends(runtime: Runtime, health_servicer: health.aio.HealthServicer) -> None:
-    """Report NOT_SERVING while Redis is down, so load balancers route around us."""
-    serving = True
-    while True:
-        ok = await run_blocking(runtime.redis.ping)
-        if ok != serving:
-            serving = ok
-            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-            await health_servicer.set("", status)
-            log.warning("backends %s", "recovered" if ok else "unavailable: health is NOT_SERVING")
-        await asyncio.sleep(2.0)
 
 
 async def serve(cfg: DMHAConfig, on_ready: Callable[[int], None] | None = None) -> None:
@@ -153,7 +154,7 @@ async def serve(cfg: DMHAConfig, on_ready: Callable[[int], None] | None = None) 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        watcher = asyncio.create_task(_watch_backends(runtime, health_servicer))
+        watcher = asyncio.create_task(watch_health(runtime, health_servicer, service_names(runtime)))
         await stop.wait()
         log.info("shutting down (grace %.0fs)", cfg.server.grace_seconds)
         watcher.cancel()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["observe_code", "observe_latency", "observe_generation", "start_metrics_server"]
+__all__ = ["observe_code", "observe_component", "observe_generation", "observe_latency", "start_metrics_server"]
 
 _REQUESTS = Counter("dmha_requests_total", "RPCs served, by method and status code", ["method", "code"])
 _LATENCY = Histogram(
@@ -19,11 +19,17 @@ _TTFT = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16),
 )
 _TOKENS = Counter("dmha_generated_tokens_total", "Tokens generated")
+_UP = Gauge("dmha_component_up", "1 while the part passes its health probe, else 0", ["component"])
 
 
 def observe_code(method: str, code: str) -> None:
     """Count one finished RPC."""
     _REQUESTS.labels(method=method, code=code).inc()
+
+
+def observe_component(name: str, ok: bool) -> None:
+    """Record one part's latest health probe."""
+    _UP.labels(component=name).set(1 if ok else 0)
 
 
 def observe_latency(method: str, seconds: float) -> None:

@@ -19,7 +19,8 @@ import pytest
 from dmha.config import DMHAConfig, load_config
 from dmha.runtime import Runtime, build_runtime
 from dmha_client import AsyncDMHAClient, DMHAClient, RetryPolicy
-from dmha_server.app import create_server
+from dmha_server.app import create_server, service_names
+from dmha_server.health import watch_health
 
 
 def integration_config(data_dir: Path, model_path: Path, **overrides) -> DMHAConfig:
@@ -113,12 +114,16 @@ class LiveServer:
 
 
 async def start_live_server(cfg: DMHAConfig, client_kind: ClientKind = "async") -> AsyncIterator[LiveServer]:
+    """What ``dmha serve`` runs, on the test's event loop: the server and its health watch."""
     runtime = build_runtime(cfg)
-    server, port, _health = await create_server(runtime, cfg)
+    server, port, health = await create_server(runtime, cfg)
     await server.start()
+    watcher = asyncio.create_task(watch_health(runtime, health, service_names(runtime)))
     try:
         yield LiveServer(runtime, f"127.0.0.1:{port}", client_kind)
     finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await server.stop(0)
         runtime.close()
 

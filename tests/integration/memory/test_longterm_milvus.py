@@ -256,3 +256,18 @@ def test_server_style_scan_pages_by_id_ranges_without_relying_on_order(tmp_path,
         assert [r.id for r in store.scan("alice")] == ids
     finally:
         store.close()
+
+
+def test_opening_milvus_lite_logs_no_traceback(tmp_path, caplog):
+    """Issue 11, finding 13: every start logged three "Method not implemented" tracebacks."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        store = MilvusLongTermStore(LongTermConfig(), tmp_path, 8)  # creates the collection and its indexes
+        store.probe(3.0)
+        store.close()
+        MilvusLongTermStore(LongTermConfig(), tmp_path, 8).close()  # and opens an existing one
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    # The filter is narrow: another error on the same logger still gets through.
+    logging.getLogger("grpc._server").error("a real failure")
+    assert any(r.getMessage() == "a real failure" for r in caplog.records)

@@ -58,6 +58,9 @@ class MemoryStore:
         if self.fail:
             raise MilvusUnavailable("fake Milvus is down")
 
+    def probe(self, timeout: float) -> None:
+        self._check()
+
     def upsert(self, records: Sequence[MemoryRecord]) -> None:
         self._check()
         self.upserts += 1
