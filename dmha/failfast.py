@@ -28,6 +28,8 @@ class FailFast:
         self._lock = threading.Lock()
         self._failed_at: float | None = None
         self._trying = False
+        self.last_error: BaseException | None = None
+        """The failure that opened the switch (the cause of calls failed without trying)."""
 
     @property
     def open(self) -> bool:
@@ -49,11 +51,17 @@ class FailFast:
             self._trying = True
             return True
 
-    def failed(self) -> None:
-        """The backend did not answer: (re)open the switch."""
+    def failed(self, error: BaseException | None = None) -> None:
+        """The backend did not answer: (re)open the switch.
+
+        Args:
+            error: what failed (kept as :attr:`last_error`).
+        """
         with self._lock:
             self._failed_at = time.monotonic()
             self._trying = False
+            if error is not None:
+                self.last_error = error
 
     def answered(self) -> None:
         """The backend answered (even with an error of its own): close the switch."""

@@ -73,7 +73,8 @@ class RedisConnection:
                 self._server.stop()
                 raise
         self.client = client if client is not None else self._client(cfg.socket_timeout, cfg.reconnect_retries)
-        self._probe_client: redis.Redis | None = None
+        # A wrapped client is probed as it is (its settings are its owner's).
+        self._probe_client: redis.Redis | None = client
 
     @classmethod
     def from_client(cls, client: redis.Redis) -> RedisConnection:
@@ -150,11 +151,11 @@ class RedisConnection:
             RedisUnavailable: Redis is unreachable, hung, or refuses writes (full disk).
         """
         if not self._switch.allow():
-            raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly")
+            raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly") from self._switch.last_error
         try:
             result = fn(self.client)
         except _UNREACHABLE as exc:
-            self._switch.failed()
+            self._switch.failed(exc)
             self._revive()
             raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly") from exc
         except redis.ResponseError as exc:
@@ -188,7 +189,7 @@ class RedisConnection:
         try:
             self._probe_client.ping()
         except _UNREACHABLE as exc:
-            self._switch.failed()
+            self._switch.failed(exc)
             kind = "no answer" if isinstance(exc, redis.TimeoutError) else "unreachable"
             raise RedisUnavailable(f"{kind} within {timeout:g} s") from exc
         self._switch.answered()
@@ -204,7 +205,7 @@ class RedisConnection:
         """Close the clients and stop an embedded server (it flushes its AOF)."""
         try:
             self.client.close()
-            if self._probe_client is not None:
+            if self._probe_client is not None and self._probe_client is not self.client:
                 self._probe_client.close()
         finally:
             if self._server is not None:

@@ -86,10 +86,13 @@ def chat(args: argparse.Namespace) -> int:
 
 
 def health(args: argparse.Namespace) -> int:
-    """Print SERVING / NOT_SERVING; exit 0 only when serving."""
+    """Print SERVING / NOT_SERVING (with ``--parts``, each part too); exit 0 only when serving."""
     with client_from_args(args) as client:
         status = client.health()
+        parts = client.health_parts() if args.parts else {}
     print(status)
+    for part, part_status in parts.items():
+        print(f"{part}\t{part_status}")
     return 0 if status == "SERVING" else 1
 
 

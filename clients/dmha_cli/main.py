@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="print the server's health status (exit 0 when SERVING)")
     _client_flags(p)
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="also each part the server probes: redis, milvus, executor, generation, disk",
+    )
     p.set_defaults(func=chat_cmd.health)
 
     p = sub.add_parser("sessions", help="list your sessions")

@@ -23,11 +23,22 @@ from dmha_proto.v1 import (
     session_pb2,
 )
 
-__all__ = ["DEFAULT_ADDRESS", "FINAL_STATES", "BaseClient", "ChatResult", "Requests", "RetryPolicy"]
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "FINAL_STATES",
+    "HEALTH_PARTS",
+    "BaseClient",
+    "ChatResult",
+    "Requests",
+    "RetryPolicy",
+]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 FINAL_STATES = frozenset({"deployed", "rejected", "failed", "candidate"})
 """Job states that will not change by themselves (a candidate waits for a trainer)."""
+HEALTH_PARTS = ("redis", "milvus", "executor", "generation", "disk")
+"""The parts a server reports in grpc.health.v1 as ``dmha.health.<part>`` (milvus only
+when long-term memory is on)."""
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, Requests
+from dmha_client._base import FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
-from dmha_client.errors import Cancelled, DeadlineExceeded, from_rpc_error, is_retryable
+from dmha_client.errors import Cancelled, DeadlineExceeded, NotFound, from_rpc_error, is_retryable
 from dmha_proto.v1 import (
     knowledge_pb2,
     learning_pb2,
@@ -263,3 +263,13 @@ class AsyncDMHAClient(BaseClient):
         stub = health_pb2_grpc.HealthStub(self._channel)
         resp = await self._unary(stub.Check, Requests.health(service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def health_parts(self) -> dict[str, str]:
+        """See :meth:`DMHAClient.health_parts`."""
+        parts: dict[str, str] = {}
+        for part in HEALTH_PARTS:
+            try:
+                parts[part] = await self.health(f"dmha.health.{part}")
+            except NotFound:
+                continue
+        return parts

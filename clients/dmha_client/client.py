@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import FINAL_STATES, BaseClient, ChatResult, Requests
+from dmha_client._base import FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
-from dmha_client.errors import DeadlineExceeded, from_rpc_error, is_retryable
+from dmha_client.errors import DeadlineExceeded, NotFound, from_rpc_error, is_retryable
 from dmha_proto.v1 import (
     chat_pb2,
     knowledge_pb2,
@@ -296,7 +296,27 @@ class DMHAClient(BaseClient):
         return self._unary(self._stubs.auth.IssueToken, req).token
 
     def health(self, service: str = "") -> str:
-        """The server's health status name, e.g. ``SERVING``."""
+        """The server's health status name, e.g. ``SERVING``.
+
+        Args:
+            service: "" for the whole server, a service name (``dmha.v1.ChatService``),
+                or a part (``dmha.health.redis``, see :meth:`health_parts`).
+        """
         stub = health_pb2_grpc.HealthStub(self._channel)
         resp = self._unary(stub.Check, Requests.health(service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def health_parts(self) -> dict[str, str]:
+        """Each part the server probes (Redis, Milvus, executor, generation, disk) and its status.
+
+        Returns:
+            ``{"redis": "SERVING", "disk": "NOT_SERVING", ...}``; parts the server does
+            not run (Milvus with long-term memory off) are absent.
+        """
+        parts: dict[str, str] = {}
+        for part in HEALTH_PARTS:
+            try:
+                parts[part] = self.health(f"dmha.health.{part}")
+            except NotFound:
+                continue
+        return parts

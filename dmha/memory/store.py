@@ -321,7 +321,9 @@ class MilvusLongTermStore:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         if not self._switch.allow():
-            raise MilvusUnavailable("long-term memory (Milvus) is unavailable; retry shortly")
+            raise MilvusUnavailable(
+                "long-term memory (Milvus) is unavailable; retry shortly"
+            ) from self._switch.last_error
         try:
             try:
                 result = fn()
@@ -338,7 +340,7 @@ class MilvusLongTermStore:
                 self._switch.answered()
                 raise
             if _is_outage(exc):
-                self._switch.failed()
+                self._switch.failed(exc)
             else:
                 self._switch.answered()
             raise MilvusUnavailable(f"long-term memory (Milvus) failed to {what}; retry shortly") from exc

@@ -3,7 +3,7 @@
 The whole server (service ``""``) and each DMHA service are SERVING only while every
 probed part works. Each part also has its own entry, ``dmha.health.<part>``
 (``redis``, ``milvus``, ``executor``, ``generation``, ``disk``), so a client or an
-operator can ask which part is down: ``dmha health --components``.
+operator can ask which part is down: ``dmha health --parts``.
 """
 
 from __future__ import annotations

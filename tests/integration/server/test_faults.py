@@ -25,8 +25,6 @@ from tests.integration.conftest import integration_config, start_live_server
 
 pytestmark = pytest.mark.integration
 
-PARTS = ("redis", "executor", "generation", "disk")
-
 
 async def wait_health(client, expected: str, service: str = "", within: float = 10.0) -> float:
     """Poll health until ``service`` reports ``expected``; returns the seconds it took."""
@@ -40,8 +38,8 @@ async def wait_health(client, expected: str, service: str = "", within: float = 
         await asyncio.sleep(0.1)
 
 
-async def down_parts(client, parts=PARTS) -> list[str]:
-    return [p for p in parts if await client.health(f"dmha.health.{p}") != "SERVING"]
+async def down_parts(client) -> list[str]:
+    return [part for part, status in (await client.health_parts()).items() if status != "SERVING"]
 
 
 @pytest.fixture
@@ -56,7 +54,8 @@ async def test_hung_redis_fails_fast_health_flips_and_it_recovers(server):
     timeout = server.runtime.cfg.redis.socket_timeout
     async with server.client("alice") as alice, server.client(None) as anonymous:
         sid = (await alice.chat("remember me", max_new_tokens=2)).session_id
-        assert await anonymous.health() == "SERVING" and await down_parts(anonymous) == []
+        assert await anonymous.health() == "SERVING"
+        assert await anonymous.health_parts() == dict.fromkeys(("redis", "executor", "generation", "disk"), "SERVING")
         os.kill(pid, signal.SIGSTOP)
         try:
             # The first call waits one socket timeout at most (no retries of a timeout).
@@ -213,7 +212,6 @@ async def test_milvus_down_is_unavailable_then_recovers(tmp_path, tiny_model_dir
     uri = f"http://127.0.0.1:{milvus_server['port']}"
     cfg = integration_config(tmp_path, tiny_model_dir, memory={"longterm": {"enabled": True, "uri": uri}})
     async for server in start_live_server(cfg):
-        parts = ("redis", "milvus", "executor", "generation", "disk")
         async with server.client("alice") as alice, server.client(None) as anonymous:
             # A memory to read back (stored through the core: no RPC adds one directly).
             [memory_id] = await asyncio.to_thread(
@@ -223,7 +221,8 @@ async def test_milvus_down_is_unavailable_then_recovers(tmp_path, tiny_model_dir
             milvus_server["proc"].kill()
             milvus_server["proc"].wait(10)
             await wait_health(anonymous, "NOT_SERVING", within=5)
-            assert await down_parts(anonymous, parts) == ["milvus"]
+            assert await down_parts(anonymous) == ["milvus"]
+            assert set(await anonymous.health_parts()) == {"redis", "milvus", "executor", "generation", "disk"}
             start = time.monotonic()
             with pytest.raises(errors.Unavailable):
                 await alice.memory_get(memory_id)

@@ -175,3 +175,12 @@ def test_sample_survives_degenerate_temperatures():
     logits = torch.tensor([0.0, 5.0, 1.0])
     for t in (1e-40, 1e-300):
         assert sample(logits, GenerationOptions(temperature=t), None) == 1
+
+
+def test_health_probe_sees_a_stopped_scheduler(engine):
+    from dmha.errors import Unavailable
+
+    engine.probe(stall_seconds=10)
+    engine.close()
+    with pytest.raises(Unavailable, match="stopped"):
+        engine.probe(stall_seconds=10)

@@ -1,0 +1,251 @@
+"""Load under attack (issue 11): well-behaved streaming clients, with and without one
+hostile client running every attack of the issue in a loop.
+
+Starts ``dmha serve`` as a subprocess (real model, embedded Redis, Milvus Lite,
+default limits except: no per-user rate limit, so the hostile client is held back
+only by the other defences; learning off, so no training competes for the cores).
+For each N, N clients (distinct users) each stream ``--rounds`` chat replies of
+``--tokens`` tokens, once alone and once beside the hostile client; the runs
+alternate so both see the same machine load. Reports TTFT p50/p99 and error rate of
+the well-behaved clients, the hostile client's statuses, and the server's RSS.
+
+    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPT = "Tell me about lighthouses."
+BAD = {"INTERNAL", "UNKNOWN", "UNIMPLEMENTED", "DATA_LOSS"}
+
+
+def start_server(data_dir: str, model_dir: Path) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+    dmha = str(Path(sys.executable).with_name("dmha"))
+    env = {
+        **os.environ,
+        "DMHA_DATA_DIR": data_dir,
+        "DMHA_MODEL__PATH": str(model_dir),
+        "DMHA_MODEL__THREADS": "1",
+        "DMHA_SERVER__METRICS_PORT": "0",
+        "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0",
+        "DMHA_LEARNING__ENABLED": "false",
+        "DMHA_LOGGING__LEVEL": "ERROR",
+    }
+    proc = subprocess.Popen([dmha, "serve", "--port", "0"], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.match(r"DMHA ready on (\S+)", line):
+            return proc, m.group(1), env
+    raise SystemExit("server failed to start")
+
+
+def mint(data_dir: str, user: str, *roles: str) -> str:
+    from dmha.config import AuthConfig
+    from dmha.runtime import Authenticator, load_secrets
+
+    secret, key = load_secrets(AuthConfig(), Path(data_dir))
+    return Authenticator(AuthConfig(), secret, key).issue(user, roles or ("user",))[0]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def good_client(address: str, token: str, tokens: int, rounds: int, out: list[tuple[str, float]]) -> None:
+    from dmha_client import AsyncDMHAClient, DMHAError, RetryPolicy
+
+    async with AsyncDMHAClient(address, token, timeout=600, retry=RetryPolicy(attempts=1)) as client:
+        session = ""
+        for _ in range(rounds):
+            start = time.perf_counter()
+            first: float | None = None
+            try:
+                stream = client.chat_stream(PROMPT, session_id=session, max_new_tokens=tokens)
+                async for _delta in stream:
+                    first = first or time.perf_counter()
+                session = stream.result.session_id
+                out.append(("OK", (first or time.perf_counter()) - start))
+            except DMHAError as exc:
+                out.append((exc.status, float("nan")))
+
+
+def _chain(n: int) -> str:
+    lines = ["attr: r multi", "rule: if ?x.r = ?y and ?y.r = ?z then ?x.r = ?z"]
+    return "\n".join(lines + [f"fact: n{i}.r = n{i + 1}" for i in range(n)])
+
+
+async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[str]) -> None:
+    """Every attack of issue 11, in a loop, until ``stop``."""
+    import grpc
+
+    from dmha_client import AsyncDMHAClient, DMHAError, RetryPolicy
+
+    once = RetryPolicy(attempts=1)
+    async with (
+        AsyncDMHAClient(address, token, timeout=30, retry=once) as mallory,
+        AsyncDMHAClient(address, "", timeout=30, retry=once) as anonymous,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        job = (await mallory.submit_feedback("Who am I?", "Mallory")).job_id  # a candidate: never ends
+
+        async def watches() -> None:  # finding 1: many watches of a never-ending job
+            async def watch() -> None:
+                async for _ in mallory.watch_job(job):
+                    pass
+
+            tasks = [asyncio.create_task(watch()) for _ in range(8)]
+            await asyncio.sleep(2.0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        garbage = channel.unary_unary("/dmha.v1.SessionService/ListSessions")
+
+        async def undecodable() -> None:  # finding 10
+            await garbage(b"\xff\xff\xff\xff", metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+
+        body = " and ".join(f"?x{i}.r = ?x{i + 1}" for i in range(1000))
+        attacks: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("watch_job x8", watches),
+            ("temperature 1e-40", lambda: mallory.chat("hello", max_new_tokens=8, temperature=1e-40)),
+            ("kb transitive chain 320", lambda: mallory.kb_tell(_chain(320))),
+            ("kb 1000-condition rule", lambda: mallory.kb_tell(f"rule: if {body} then ?x0.s = ?x1000")),
+            ("2 MiB message, no token", lambda: anonymous.chat("x" * (2 * 1024 * 1024), max_new_tokens=1)),
+            ("control-character ids", lambda: mallory.memory_get("a\x01b")),
+            ("20 KB echoed field", lambda: mallory.kb_tell("fact: a.b = c", scope="x" * 20_000)),
+            ("undecodable bytes", undecodable),
+            ("admin key guessing", lambda: anonymous.issue_token("guess", "root", ("admin",))),
+        ]
+        while not stop.is_set():
+            for name, attack in attacks:
+                if stop.is_set():
+                    break
+                try:
+                    await attack()
+                    code = "OK"
+                except DMHAError as exc:
+                    code = exc.status
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                seen[f"{name}: {code}"] += 1
+
+
+async def run(address: str, tokens: list[str], hostile_token: str | None, n_tokens: int, rounds: int, pid: int):
+    results: list[tuple[str, float]] = []
+    seen: Counter[str] = Counter()
+    stop = asyncio.Event()
+    rss: list[float] = []
+
+    async def sample() -> None:
+        while not stop.is_set():
+            rss.append(rss_mib(pid))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.create_task(sample())
+    attacker = asyncio.create_task(hostile(address, hostile_token, stop, seen)) if hostile_token else None
+    if attacker:
+        await asyncio.sleep(3.0)  # the attacks are under way before the clients arrive
+    start = time.perf_counter()
+    await asyncio.gather(*(good_client(address, t, n_tokens, rounds, results) for t in tokens))
+    wall = time.perf_counter() - start
+    stop.set()
+    if attacker:
+        await attacker
+    await sampler
+    ttfts = sorted(t for code, t in results if code == "OK")
+    errors = Counter(code for code, _ in results if code != "OK")
+    return {
+        "requests": len(results),
+        "errors": sum(errors.values()),
+        "error_codes": dict(errors),
+        "ttft_p50_s": statistics.median(ttfts) if ttfts else float("nan"),
+        "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else float("nan"),
+        "wall_s": wall,
+        "rss_max_mib": max(rss) if rss else 0.0,
+        "rss_end_mib": rss[-1] if rss else 0.0,
+        "hostile": dict(seen),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[4, 16, 32, 64])
+    parser.add_argument("--tokens", type=int, default=16, help="max_new_tokens per reply")
+    parser.add_argument("--rounds", type=int, default=2, help="replies per client")
+    parser.add_argument("--model", type=Path, help="model folder (default: the converted default model)")
+    args = parser.parse_args()
+
+    from dmha.config import default_data_dir
+    from dmha.llm.model_store import ensure_model
+
+    model_dir = args.model or ensure_model(None, default_data_dir())
+    rows = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        proc, address, _env = start_server(data_dir, model_dir)
+        try:
+            rss_start = rss_mib(proc.pid)
+            mallory = mint(data_dir, "mallory")
+            for n in args.clients:
+                row: dict[str, Any] = {"clients": n}
+                for mode in ("calm", "attacked"):
+                    users = [mint(data_dir, f"{mode}-{n}-{i}") for i in range(n)]
+                    hostile_token = mallory if mode == "attacked" else None
+                    row[mode] = asyncio.run(run(address, users, hostile_token, args.tokens, args.rounds, proc.pid))
+                    print(f"N={n} {mode}: {json.dumps(row[mode])}", flush=True)
+                rows.append(row)
+            alive = proc.poll() is None
+            rss_end = rss_mib(proc.pid) if alive else 0.0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    print(f"\nserver RSS: {rss_start:.0f} MiB at start, {rss_end:.0f} MiB at end; alive after the run: {alive}")
+    print(f"{'N':>4} {'TTFT p50 calm/attacked':>24} {'TTFT p99 calm/attacked':>24} {'p99 ratio':>9} {'errors':>8}")
+    for r in rows:
+        c, a = r["calm"], r["attacked"]
+        print(
+            f"{r['clients']:>4} {c['ttft_p50_s']:>10.2f}s/{a['ttft_p50_s']:>6.2f}s {c['ttft_p99_s']:>14.2f}s/"
+            f"{a['ttft_p99_s']:>6.2f}s {a['ttft_p99_s'] / c['ttft_p99_s']:>8.2f}x {c['errors']:>3}/{a['errors']:<3}"
+        )
+    hostile_codes: Counter[str] = Counter()
+    for r in rows:
+        hostile_codes.update(r["attacked"]["hostile"])
+    print("hostile client's statuses:", dict(sorted(hostile_codes.items())))
+    bad = {k: v for k, v in hostile_codes.items() if k.rsplit(": ", 1)[1] in BAD}
+    summary = {
+        "bench": "load",
+        "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "rows": rows,
+        "server_alive": alive,
+        "rss_start_mib": rss_start,
+        "rss_end_mib": rss_end,
+        "hostile_bad_statuses": bad,
+        "p99_ratio": {str(r["clients"]): r["attacked"]["ttft_p99_s"] / r["calm"]["ttft_p99_s"] for r in rows},
+        "good_client_errors": {str(r["clients"]): [r["calm"]["errors"], r["attacked"]["errors"]] for r in rows},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
