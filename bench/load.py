@@ -2,14 +2,16 @@
 hostile client running every attack of the issue in a loop.
 
 Starts ``dmha serve`` as a subprocess (real model, embedded Redis, Milvus Lite,
-default limits except: no per-user rate limit, so the hostile client is held back
-only by the other defences; learning off, so no training competes for the cores).
+default limits; ``--rate-limit 0`` lifts the per-user rate limit, so the hostile
+client is held back only by the other defences; learning off, so no training
+competes for the cores). A warm-up round (not measured) loads the embedder and
+the caches first.
 For each N, N clients (distinct users) each stream ``--rounds`` chat replies of
 ``--tokens`` tokens, once alone and once beside the hostile client; the runs
 alternate so both see the same machine load. Reports TTFT p50/p99 and error rate of
 the well-behaved clients, the hostile client's statuses, and the server's RSS.
 
-    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--rounds 2]
+    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--rounds 2] [--rate-limit N]
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ PROMPT = "Tell me about lighthouses."
 BAD = {"INTERNAL", "UNKNOWN", "UNIMPLEMENTED", "DATA_LOSS"}
 
 
-def start_server(data_dir: str, model_dir: Path) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+def start_server(
+    data_dir: str, model_dir: Path, rate_limit: int = 0
+) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
     dmha = str(Path(sys.executable).with_name("dmha"))
     env = {
         **os.environ,
@@ -44,7 +48,7 @@ def start_server(data_dir: str, model_dir: Path) -> tuple[subprocess.Popen[str],
         "DMHA_MODEL__PATH": str(model_dir),
         "DMHA_MODEL__THREADS": "1",
         "DMHA_SERVER__METRICS_PORT": "0",
-        "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0",
+        "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": str(rate_limit),
         "DMHA_LEARNING__ENABLED": "false",
         "DMHA_LOGGING__LEVEL": "ERROR",
     }
@@ -94,7 +98,7 @@ def _chain(n: int) -> str:
     return "\n".join(lines + [f"fact: n{i}.r = n{i + 1}" for i in range(n)])
 
 
-async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[str]) -> None:
+async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[str], spent: Counter[str]) -> None:
     """Every attack of issue 11, in a loop, until ``stop``."""
     import grpc
 
@@ -140,6 +144,7 @@ async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[s
             for name, attack in attacks:
                 if stop.is_set():
                     break
+                began = time.perf_counter()
                 try:
                     await attack()
                     code = "OK"
@@ -148,11 +153,13 @@ async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[s
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code().name
                 seen[f"{name}: {code}"] += 1
+                spent[name] += time.perf_counter() - began
 
 
 async def run(address: str, tokens: list[str], hostile_token: str | None, n_tokens: int, rounds: int, pid: int):
     results: list[tuple[str, float]] = []
     seen: Counter[str] = Counter()
+    spent: Counter[str] = Counter()
     stop = asyncio.Event()
     rss: list[float] = []
 
@@ -162,7 +169,7 @@ async def run(address: str, tokens: list[str], hostile_token: str | None, n_toke
             await asyncio.sleep(0.5)
 
     sampler = asyncio.create_task(sample())
-    attacker = asyncio.create_task(hostile(address, hostile_token, stop, seen)) if hostile_token else None
+    attacker = asyncio.create_task(hostile(address, hostile_token, stop, seen, spent)) if hostile_token else None
     if attacker:
         await asyncio.sleep(3.0)  # the attacks are under way before the clients arrive
     start = time.perf_counter()
@@ -184,6 +191,9 @@ async def run(address: str, tokens: list[str], hostile_token: str | None, n_toke
         "rss_max_mib": max(rss) if rss else 0.0,
         "rss_end_mib": rss[-1] if rss else 0.0,
         "hostile": dict(seen),
+        "hostile_mean_s": {
+            name: spent[name] / sum(n for k, n in seen.items() if k.startswith(f"{name}: ")) for name in spent
+        },
     }
 
 
@@ -193,18 +203,24 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="max_new_tokens per reply")
     parser.add_argument("--rounds", type=int, default=2, help="replies per client")
     parser.add_argument("--model", type=Path, help="model folder (default: the converted default model)")
+    parser.add_argument(
+        "--rate-limit", type=int, help="requests per user per minute (default: the config's; 0 = no limit)"
+    )
     args = parser.parse_args()
 
-    from dmha.config import default_data_dir
+    from dmha.config import LimitsConfig, default_data_dir
     from dmha.llm.model_store import ensure_model
 
     model_dir = args.model or ensure_model(None, default_data_dir())
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
-        proc, address, _env = start_server(data_dir, model_dir)
+        rate_limit = LimitsConfig().rate_limit_per_minute if args.rate_limit is None else args.rate_limit
+        proc, address, _env = start_server(data_dir, model_dir, rate_limit)
         try:
             rss_start = rss_mib(proc.pid)
             mallory = mint(data_dir, "mallory")
+            warm = [mint(data_dir, f"warm-{i}") for i in range(4)]
+            asyncio.run(run(address, warm, mallory, args.tokens, 1, proc.pid))  # not measured
             for n in args.clients:
                 row: dict[str, Any] = {"clients": n}
                 for mode in ("calm", "attacked"):
@@ -230,12 +246,16 @@ def main() -> None:
     for r in rows:
         hostile_codes.update(r["attacked"]["hostile"])
     print("hostile client's statuses:", dict(sorted(hostile_codes.items())))
+    for r in rows:
+        means = ", ".join(f"{k} {v:.2f}s" for k, v in r["attacked"]["hostile_mean_s"].items())
+        print(f"N={r['clients']} mean time per attack: {means}")
     bad = {k: v for k, v in hostile_codes.items() if k.rsplit(": ", 1)[1] in BAD}
     summary = {
         "bench": "load",
         "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",
         "tokens": args.tokens,
         "rounds": args.rounds,
+        "rate_limit_per_minute": rate_limit,
         "rows": rows,
         "server_alive": alive,
         "rss_start_mib": rss_start,

@@ -194,13 +194,6 @@ class RedisConnection:
             raise RedisUnavailable(f"{kind} within {timeout:g} s") from exc
         self._switch.answered()
 
-    def ping(self) -> bool:
-        """True when Redis answers (within the socket timeout)."""
-        try:
-            return bool(self.call(lambda c: c.ping()))
-        except RedisUnavailable:
-            return False
-
     def close(self) -> None:
         """Close the clients and stop an embedded server (it flushes its AOF)."""
         try:

@@ -15,6 +15,7 @@ import redis
 
 from dmha.config import KnowledgeConfig
 from dmha.ids import check_id
+from dmha.knowledge.budget import WorkQuota
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.store import InMemoryStore, RedisStore, StatementStore
 from dmha.knowledge.view import View
@@ -51,6 +52,7 @@ class KnowledgeBank:
         self._max_views = max_views if max_views is not None else self._config.loaded_views
         self._views: OrderedDict[tuple[str, str | None], View] = OrderedDict()
         self._lock = threading.Lock()
+        self._quota = WorkQuota(self._config.max_work_seconds_per_minute)
 
     @property
     def store(self) -> StatementStore:
@@ -84,7 +86,7 @@ class KnowledgeBank:
                     self._views.popitem(last=False)
             else:
                 self._views.move_to_end(key)
-        return KnowledgeBase._attach(view, role)
+        return KnowledgeBase._attach(view, role, self._quota)
 
     def evict(self, user_id: str, session_id: str | None = None) -> None:
         """Drop a cached view (e.g. when a session ends); its statements stay stored.

@@ -7,16 +7,22 @@ fired instance is charged here, so one operation does at most
 ``knowledge.max_derivations`` steps and runs at most ``knowledge.max_operation_seconds``;
 past either it stops with RESOURCE_EXHAUSTED naming the limit. It also stops
 when the request that asked for it was cancelled (client gone, deadline passed).
+
+Bounding each operation is not enough on a small machine: one user sending such
+Tells back to back keeps a core busy. :class:`WorkQuota` also bounds each user's
+derivation CPU time per minute.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 
 from dmha.errors import ResourceExhausted
 from dmha.executor import check_cancelled
 
-__all__ = ["WorkBudget"]
+__all__ = ["WorkBudget", "WorkQuota"]
 
 # Clock and cancellation are checked every this many steps (cheap counter otherwise).
 _CHECK_EVERY = 1024
@@ -58,3 +64,58 @@ class WorkBudget:
                     "(limit knowledge.max_operation_seconds); nothing was added"
                 )
             check_cancelled()
+
+
+class WorkQuota:
+    """CPU seconds of knowledge-base work each user may spend per minute (token bucket).
+
+    An operation starts only while the user's bucket is not empty; what it spends is
+    taken afterwards (one operation may overdraw by at most its own budget), and the
+    bucket refills at ``seconds_per_minute / 60`` per second. One user's derivations
+    therefore hold at most that share of one core, however fast they send.
+
+    Args:
+        seconds_per_minute: the refill rate and the bucket size; 0 = no quota.
+        clock: seconds source, injectable for tests.
+    """
+
+    def __init__(self, seconds_per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._size = float(seconds_per_minute)
+        self._rate = seconds_per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _level(self, key: str, now: float) -> float:
+        level, last = self._buckets.get(key, (self._size, now))
+        return min(self._size, level + (now - last) * self._rate)
+
+    def check(self, key: str) -> None:
+        """Let an operation of ``key`` start, or refuse it.
+
+        Raises:
+            ResourceExhausted: the user spent the quota (says when to retry).
+        """
+        if self._size <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            level = self._level(key, now)
+            self._buckets[key] = (level, now)
+        if level <= 0:
+            raise ResourceExhausted(
+                f"knowledge-base work over {self._size:g} CPU seconds per minute "
+                f"(limit knowledge.max_work_seconds_per_minute); retry in {-level / self._rate + 1:.0f} s"
+            )
+
+    def spend(self, key: str, seconds: float) -> None:
+        """Take what an operation of ``key`` spent."""
+        if self._size <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            self._buckets[key] = (self._level(key, now) - seconds, now)
+            if len(self._buckets) > 256:  # full buckets carry no information: keep active users only
+                full = [k for k, (lvl, last) in self._buckets.items() if lvl + (now - last) * self._rate >= self._size]
+                for k in full:
+                    del self._buckets[k]

@@ -20,6 +20,7 @@ serialised by its own lock and owns its own Z3 context, so views run in parallel
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -27,7 +28,7 @@ from dataclasses import replace
 from dmha.config import KnowledgeConfig
 from dmha.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from dmha.ids import check_id
-from dmha.knowledge.budget import WorkBudget
+from dmha.knowledge.budget import WorkBudget, WorkQuota
 from dmha.knowledge.model import (
     Answer,
     AttrDecl,
@@ -91,12 +92,14 @@ class KnowledgeBase:
             store if store is not None else InMemoryStore(), config or KnowledgeConfig(), user_id, session_id
         )
         self._role = role
+        self._quota: WorkQuota | None = None
 
     @classmethod
-    def _attach(cls, view: View, role: str) -> KnowledgeBase:
+    def _attach(cls, view: View, role: str, quota: WorkQuota | None = None) -> KnowledgeBase:
         kb = cls.__new__(cls)
         kb._view = view
         kb._role = role
+        kb._quota = quota
         return kb
 
     @property
@@ -141,7 +144,8 @@ class KnowledgeBase:
                 session, or a foreign session_id.
             PermissionDenied: global scope without the admin role.
             ResourceExhausted: the user's statements would exceed
-                ``max_statements_per_user``, a rule has more than
+                ``max_statements_per_user``, the user spent ``max_work_seconds_per_minute``,
+                a rule has more than
                 ``max_rule_conditions`` conditions, a namespace would hold more than
                 ``max_rules_per_scope`` rules, or deriving the consequences takes more
                 than ``max_derivations`` steps or ``max_operation_seconds`` (nothing is
@@ -170,6 +174,17 @@ class KnowledgeBase:
                     "(knowledge.max_rule_conditions)"
                 )
             stamped.append(replace(stmt, scope=sc, source=stmt.source if stmt.source is not None else source))
+        if self._quota is not None and stamped:
+            self._quota.check(view.user_id)
+        cpu = time.thread_time()
+        try:
+            return self._tell_locked(stamped, parsed.chat_lines)
+        finally:
+            if self._quota is not None and stamped:
+                self._quota.spend(view.user_id, time.thread_time() - cpu)
+
+    def _tell_locked(self, stamped: list[Statement], chat_lines: tuple[str, ...]) -> TellResult:
+        view = self._view
         with view.lock:
             self._view.sync()
             self._check_capacity(stamped)
@@ -198,7 +213,7 @@ class KnowledgeBase:
                         accepted.pop(loss.sid, None)
                         demoted.append(self._view.lose(loss, batch))
                 self._view.commit(batch)
-        return TellResult(tuple(accepted.values()), tuple(rejected), tuple(demoted), parsed.chat_lines)
+        return TellResult(tuple(accepted.values()), tuple(rejected), tuple(demoted), chat_lines)
 
     def ask(self, query: str | Literal) -> Answer:
         """Decide a ground literal: ENTAILED, CONTRADICTED or UNKNOWN.

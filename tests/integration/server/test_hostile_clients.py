@@ -256,3 +256,29 @@ async def test_memory_ids_with_control_characters_are_invalid_argument(server_lt
         assert err.value.field == "memory_id"
         with pytest.raises(errors.InvalidArgument):
             await mallory.memory_delete(memory_id=memory_id)
+
+
+async def test_expensive_tells_back_to_back_are_held_to_a_cpu_quota(tmp_path, tiny_model_dir):
+    """Finding 3 (load benchmark): each costly Tell was bounded, but one user sending them
+    back to back kept a core busy; a per-user CPU quota now refuses them at once."""
+    cfg = integration_config(
+        tmp_path, tiny_model_dir, knowledge={"max_work_seconds_per_minute": 2.0, "max_operation_seconds": 1.0}
+    )
+    async for server in start_live_server(cfg):
+        async with server.client("mallory") as mallory, server.client("bob") as bob:
+            # Each Tell is cut at its own limits; soon the user's quota refuses them outright.
+            refused = None
+            for _ in range(20):
+                with pytest.raises(errors.ResourceExhausted) as err:
+                    await mallory.kb_tell(_chain(320))
+                if "knowledge.max_work_seconds_per_minute" in str(err.value):
+                    refused = str(err.value)
+                    break
+            assert refused is not None and "retry in" in refused
+            # Refused at once: no derivation work is done for a refused Tell.
+            start = time.monotonic()
+            with pytest.raises(errors.ResourceExhausted, match="max_work_seconds_per_minute"):
+                await mallory.kb_tell("fact: a.b = c")
+            assert time.monotonic() - start < 0.5
+            # Other users are not charged for mallory's work.
+            assert (await bob.kb_tell("fact: bob.quiet = true")).accepted
