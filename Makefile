@@ -66,6 +66,8 @@ bench: setup
 	$(BIN)/python bench/kb.py
 	$(BIN)/python bench/memory_locomo.py
 	$(BIN)/python bench/online_edit.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/fuzz.py
 
 protos: install
 	$(BIN)/python protos/generate.py

@@ -237,10 +237,11 @@ class KnowledgeConfig(_Section):
     max_operation_seconds: float = Field(5.0, gt=0)
     """Most seconds one Tell may hold the user's knowledge base; beyond it the Tell is
     RESOURCE_EXHAUSTED and nothing is added."""
-    max_work_seconds_per_minute: float = Field(10.0, ge=0)
-    """CPU seconds of derivation one user's Tells may spend per minute (a bucket that
-    refills continuously); once spent, Tells are RESOURCE_EXHAUSTED until it refills,
-    so one user cannot keep a core busy with expensive Tells. 0 = no quota."""
+    max_work_seconds_per_minute: float = Field(6.0, ge=0)
+    """Seconds one user's Tells may run per minute (a bucket that refills continuously);
+    once spent, Tells are RESOURCE_EXHAUSTED until it refills, so one user's expensive
+    Tells cannot keep a thread (and the interpreter lock) busy. A Tell of an ordinary
+    statement takes about a millisecond. 0 = no quota."""
     loaded_views: int = Field(64, ge=1)
     """(user, session) views kept loaded and grounded in memory (least recently used
     are dropped; a dropped view is re-grounded from the store on its next call)."""

@@ -9,8 +9,8 @@ past either it stops with RESOURCE_EXHAUSTED naming the limit. It also stops
 when the request that asked for it was cancelled (client gone, deadline passed).
 
 Bounding each operation is not enough on a small machine: one user sending such
-Tells back to back keeps a core busy. :class:`WorkQuota` also bounds each user's
-derivation CPU time per minute.
+Tells back to back keeps a core busy. :class:`WorkQuota` also bounds the time each
+user's derivations may run per minute.
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ class WorkBudget:
 
 
 class WorkQuota:
-    """CPU seconds of knowledge-base work each user may spend per minute (token bucket).
+    """Seconds of knowledge-base work each user may run per minute (token bucket).
 
     An operation starts only while the user's bucket is not empty; what it spends is
     taken afterwards (one operation may overdraw by at most its own budget), and the
     bucket refills at ``seconds_per_minute / 60`` per second. One user's derivations
-    therefore hold at most that share of one core, however fast they send.
+    therefore run at most that share of the time, however fast they send.
 
     Args:
         seconds_per_minute: the refill rate and the bucket size; 0 = no quota.
@@ -104,7 +104,7 @@ class WorkQuota:
             self._buckets[key] = (level, now)
         if level <= 0:
             raise ResourceExhausted(
-                f"knowledge-base work over {self._size:g} CPU seconds per minute "
+                f"knowledge-base work over {self._size:g} seconds per minute "
                 f"(limit knowledge.max_work_seconds_per_minute); retry in {-level / self._rate + 1:.0f} s"
             )
 

@@ -176,12 +176,14 @@ class KnowledgeBase:
             stamped.append(replace(stmt, scope=sc, source=stmt.source if stmt.source is not None else source))
         if self._quota is not None and stamped:
             self._quota.check(view.user_id)
-        cpu = time.thread_time()
+        # Wall time, not CPU time: the thread and the lock are held for all of it, and
+        # pure-Python derivation holds the interpreter lock against every other thread.
+        began = time.monotonic()
         try:
             return self._tell_locked(stamped, parsed.chat_lines)
         finally:
             if self._quota is not None and stamped:
-                self._quota.spend(view.user_id, time.thread_time() - cpu)
+                self._quota.spend(view.user_id, time.monotonic() - began)
 
     def _tell_locked(self, stamped: list[Statement], chat_lines: tuple[str, ...]) -> TellResult:
         view = self._view

@@ -258,9 +258,9 @@ async def test_memory_ids_with_control_characters_are_invalid_argument(server_lt
             await mallory.memory_delete(memory_id=memory_id)
 
 
-async def test_expensive_tells_back_to_back_are_held_to_a_cpu_quota(tmp_path, tiny_model_dir):
+async def test_expensive_tells_back_to_back_are_held_to_a_time_quota(tmp_path, tiny_model_dir):
     """Finding 3 (load benchmark): each costly Tell was bounded, but one user sending them
-    back to back kept a core busy; a per-user CPU quota now refuses them at once."""
+    back to back kept a core busy; a per-user time quota now refuses them at once."""
     cfg = integration_config(
         tmp_path, tiny_model_dir, knowledge={"max_work_seconds_per_minute": 2.0, "max_operation_seconds": 1.0}
     )

@@ -1,4 +1,4 @@
-"""The per-user CPU quota of knowledge-base work (a clock under the test's control)."""
+"""The per-user time quota of knowledge-base work (a clock under the test's control)."""
 
 from __future__ import annotations
 
