@@ -120,7 +120,7 @@ class RedisConfig(_Section):
     """Immediate retries of a call whose connection failed (a pooled connection to a
     Redis that has since restarted); timeouts are not retried."""
     retry_after_seconds: float = Field(0.5, gt=0, le=60)
-    """After a call (or the health probe) finds Redis unreachable, calls fail at once
+    """After a call finds Redis unreachable, calls fail at once
     with UNAVAILABLE for this long; then one call at a time tries Redis again."""
 
 
@@ -156,7 +156,7 @@ class LongTermConfig(_Section):
     timeout_seconds: float = Field(10.0, gt=0)
     """Seconds before a Milvus call is considered failed (maps to UNAVAILABLE)."""
     retry_after_seconds: float = Field(0.5, gt=0, le=60)
-    """After a call (or the health probe) finds Milvus unreachable, calls fail at once
+    """After a call finds Milvus unreachable, calls fail at once
     with UNAVAILABLE for this long; then one call at a time tries Milvus again."""
     bulk_timeout_seconds: float = Field(300.0, gt=0)
     """Seconds allowed for a bulk read of one user's memories (loading their hot index,
@@ -433,7 +433,10 @@ class HealthConfig(_Section):
     interval_seconds: float = Field(1.0, gt=0, le=60)
     """How often the server probes its parts (Redis, Milvus, executor, generation, disk)."""
     probe_timeout_seconds: float = Field(1.0, gt=0, le=30)
-    """How long one round of probes may take; a part that has not answered is down."""
+    """How long one round of probes may take; a part that has not answered failed."""
+    failures_to_down: int = Field(2, ge=1, le=10)
+    """Failed rounds in a row before a part is reported down (one slow answer on a
+    saturated machine is not an outage)."""
     stall_seconds: float = Field(10.0, gt=0)
     """The executor (no free thread) or the generation scheduler (no pass) counts as
     wedged after this long."""

@@ -4,8 +4,8 @@ Without this, every call to a hung backend waits out its own timeout while holdi
 an executor thread, and a burst of requests queues behind them. With it, the first
 failure opens the switch: calls fail at once (UNAVAILABLE) for ``pause`` seconds;
 then one call at a time may try the backend, and the first answer closes the
-switch. Health probes drive the same switch, so calls fail fast as soon as health
-sees an outage and work again as soon as it sees the backend answer.
+switch. A health probe that sees the backend answer closes it too, so calls work
+again as soon as the backend is back.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ monitor runs every probe on its own thread and waits at most ``timeout`` for all
 them together, so a hung part (a stopped Redis, a Milvus that does not answer, a
 wedged executor) is reported as down quickly instead of hanging the health check.
 A probe still running from an earlier round is not started again: a hung part
-never costs more than one thread.
+never costs more than one thread. A part is reported down only after
+``failures_to_down`` failed rounds in a row, so one slow answer on a saturated
+machine does not flip the server's health.
 
 The monitor does not use the shared executor: its liveness is one of the things
 probed (a pool whose threads are all stuck serves nobody, however healthy Redis is).
@@ -77,11 +79,14 @@ class HealthMonitor:
     Args:
         probes: ``(name, probe)`` pairs, in report order.
         timeout: seconds one :meth:`check` waits for all probes together.
+        failures_to_down: failed rounds in a row before a part is reported down.
     """
 
-    def __init__(self, probes: Sequence[tuple[str, Probe]], timeout: float) -> None:
+    def __init__(self, probes: Sequence[tuple[str, Probe]], timeout: float, failures_to_down: int = 1) -> None:
         self._probes = list(probes)
         self._timeout = timeout
+        self._threshold = max(1, failures_to_down)
+        self._failures: dict[str, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self._probes)), thread_name_prefix="dmha-health")
         self._running: dict[str, tuple[Future[None], float]] = {}
 
@@ -94,7 +99,8 @@ class HealthMonitor:
         """Probe every part (blocking, at most ``timeout`` seconds).
 
         Returns:
-            Each part's state; a part whose probe did not finish in time is down.
+            Each part's state; a part whose probe failed (or did not finish in time)
+            ``failures_to_down`` rounds in a row is down.
         """
         now = time.monotonic()
         for name, probe in self._probes:
@@ -105,18 +111,21 @@ class HealthMonitor:
         states = []
         for name, _probe in self._probes:
             future, since = self._running[name]
+            detail = ""
             try:
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
-                waited = time.monotonic() - since
-                states.append(ComponentHealth(name, False, f"no answer for {waited:.1f} s"))
+                detail = f"no answer for {time.monotonic() - since:.1f} s"
             except DMHAError as exc:
-                states.append(ComponentHealth(name, False, str(exc)))
+                detail = str(exc)
             except Exception as exc:  # a probe that breaks unexpectedly: the part is unusable too
                 log.warning("health probe %s raised", name, exc_info=exc)
-                states.append(ComponentHealth(name, False, f"probe failed: {type(exc).__name__}: {exc}"))
-            else:
-                states.append(ComponentHealth(name, True))
+                detail = f"probe failed: {type(exc).__name__}: {exc}"
+            failures = self._failures[name] = self._failures.get(name, 0) + 1 if detail else 0
+            if detail and failures < self._threshold:
+                log.info("health probe %s failed (%d of %d before down): %s", name, failures, self._threshold, detail)
+                detail = ""
+            states.append(ComponentHealth(name, not detail, detail))
         return HealthReport(tuple(states))
 
     def close(self) -> None:

@@ -9,8 +9,7 @@ a call is never retried after a timeout, so it fails within ``socket_timeout``; 
 after any call finds Redis unreachable, further calls fail at once for
 ``retry_after_seconds`` instead of each waiting out its own timeout, after which one
 call at a time tries Redis again. The health probe (:meth:`RedisConnection.probe`)
-uses the same switch, so calls fail fast as soon as health sees the outage, and
-work again as soon as it sees Redis answer.
+closes the switch as soon as it sees Redis answer again.
 """
 
 from __future__ import annotations
@@ -172,9 +171,9 @@ class RedisConnection:
     def probe(self, timeout: float) -> None:
         """Check that Redis answers a PING within ``timeout`` (the health probe).
 
-        A dead embedded server is restarted first. The outcome also sets the
-        fail-fast switch: calls fail at once while the probe fails, and work again as
-        soon as it succeeds.
+        A dead embedded server is restarted first. Success closes the fail-fast
+        switch (calls work again as soon as Redis answers); failure leaves it to the
+        calls themselves, whose timeout is longer than the probe's.
 
         Args:
             timeout: seconds to wait for the answer.
@@ -189,7 +188,6 @@ class RedisConnection:
         try:
             self._probe_client.ping()
         except _UNREACHABLE as exc:
-            self._switch.failed(exc)
             kind = "no answer" if isinstance(exc, redis.TimeoutError) else "unreachable"
             raise RedisUnavailable(f"{kind} within {timeout:g} s") from exc
         self._switch.answered()

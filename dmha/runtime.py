@@ -227,7 +227,9 @@ def build_runtime(
                 )
             )
         pipeline = ChatPipeline(llm, working, cfg.model, cfg.limits, hooks)
-        health = HealthMonitor(_probes(cfg, redis, llm, longterm), cfg.health.probe_timeout_seconds)
+        health = HealthMonitor(
+            _probes(cfg, redis, llm, longterm), cfg.health.probe_timeout_seconds, cfg.health.failures_to_down
+        )
         closers.append(health.close)
     except BaseException:
         for closer in reversed(closers):

@@ -580,14 +580,18 @@ class MilvusLongTermStore:
         return int(rows[0]["count(*)"]) if rows else 0
 
     def probe(self, timeout: float) -> None:
-        self._switch.answered()  # the probe itself must reach Milvus; it sets the switch again below
-
-        def check() -> None:
+        # Not through _call: the probe must reach Milvus while calls fail fast, and a
+        # slow probe (its timeout is short) must not make calls fail.
+        try:
             state = self._client.get_load_state(self._collection, timeout=timeout).get("state")
             if state != LoadState.Loaded:
+                # A restarted Milvus comes back with the collection released.
                 self._client.load_collection(self._collection, timeout=timeout)
-
-        self._call("answer", check)
+        except Exception as exc:
+            if _is_backend_error(exc):
+                raise MilvusUnavailable("long-term memory (Milvus) did not answer the health probe") from exc
+            raise
+        self._switch.answered()
 
     def close(self) -> None:
         try:

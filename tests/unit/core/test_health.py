@@ -79,3 +79,19 @@ def test_disk_probe_reports_too_little_space(tmp_path):
         check_disk(tmp_path, 2**62)
     with pytest.raises(Unavailable, match="cannot write"):
         check_disk(tmp_path / "missing", 0)
+
+
+def test_a_part_is_down_only_after_failing_rounds_in_a_row():
+    outcomes = iter([False, True, False, False, False, True])
+
+    def flaky() -> None:
+        if not next(outcomes):
+            raise Unavailable("slow")
+
+    monitor = HealthMonitor([("milvus", flaky)], timeout=1.0, failures_to_down=2)
+    try:
+        seen = [monitor.check().ok for _ in range(6)]
+    finally:
+        monitor.close()
+    # fail (tolerated), ok, fail (tolerated), fail (down), fail (down), ok
+    assert seen == [True, True, True, False, False, True]
