@@ -156,6 +156,22 @@ async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[s
                 spent[name] += time.perf_counter() - began
 
 
+def hostile_process(address: str, token: str) -> None:
+    """``--hostile``: run the attacks until SIGTERM, then print the counts as JSON."""
+    import signal
+
+    seen: Counter[str] = Counter()
+    spent: Counter[str] = Counter()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await hostile(address, token, stop, seen, spent)
+
+    asyncio.run(go())
+    print(json.dumps({"seen": seen, "spent": spent}), flush=True)
+
+
 async def run(address: str, tokens: list[str], hostile_token: str | None, n_tokens: int, rounds: int, pid: int):
     results: list[tuple[str, float]] = []
     seen: Counter[str] = Counter()
@@ -169,15 +185,24 @@ async def run(address: str, tokens: list[str], hostile_token: str | None, n_toke
             await asyncio.sleep(0.5)
 
     sampler = asyncio.create_task(sample())
-    attacker = asyncio.create_task(hostile(address, hostile_token, stop, seen, spent)) if hostile_token else None
-    if attacker:
+    # The attacker is a process of its own (as it would be on another machine), so
+    # its work never delays this process's measurements.
+    attacker = None
+    if hostile_token:
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--hostile", address, hostile_token, stdout=asyncio.subprocess.PIPE
+        )
         await asyncio.sleep(3.0)  # the attacks are under way before the clients arrive
     start = time.perf_counter()
     await asyncio.gather(*(good_client(address, t, n_tokens, rounds, results) for t in tokens))
     wall = time.perf_counter() - start
     stop.set()
     if attacker:
-        await attacker
+        attacker.terminate()
+        out, _ = await attacker.communicate()
+        counts = json.loads(out.decode().strip().splitlines()[-1])
+        seen.update(counts["seen"])
+        spent.update(counts["spent"])
     await sampler
     ttfts = sorted(t for code, t in results if code == "OK")
     errors = Counter(code for code, _ in results if code != "OK")
@@ -206,7 +231,11 @@ def main() -> None:
     parser.add_argument(
         "--rate-limit", type=int, help="requests per user per minute (default: the config's; 0 = no limit)"
     )
+    parser.add_argument("--hostile", nargs=2, metavar=("ADDRESS", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.hostile:
+        hostile_process(*args.hostile)
+        return
 
     from dmha.config import LimitsConfig, default_data_dir
     from dmha.llm.model_store import ensure_model
