@@ -11,7 +11,7 @@ For each N, N clients (distinct users) each stream ``--rounds`` chat replies of
 alternate so both see the same machine load. Reports TTFT p50/p99 and error rate of
 the well-behaved clients, the hostile client's statuses, and the server's RSS.
 
-    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--rounds 2] [--rate-limit N]
+    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--rounds 2] [--rate-limit N] [--without TEXT]
 """
 
 from __future__ import annotations
@@ -98,7 +98,14 @@ def _chain(n: int) -> str:
     return "\n".join(lines + [f"fact: n{i}.r = n{i + 1}" for i in range(n)])
 
 
-async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[str], spent: Counter[str]) -> None:
+async def hostile(
+    address: str,
+    token: str,
+    stop: asyncio.Event,
+    seen: Counter[str],
+    spent: Counter[str],
+    without: tuple[str, ...] = (),
+) -> None:
     """Every attack of issue 11, in a loop, until ``stop``."""
     import grpc
 
@@ -140,6 +147,7 @@ async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[s
             ("undecodable bytes", undecodable),
             ("admin key guessing", lambda: anonymous.issue_token("guess", "root", ("admin",))),
         ]
+        attacks = [(name, attack) for name, attack in attacks if not any(w in name for w in without)]
         while not stop.is_set():
             for name, attack in attacks:
                 if stop.is_set():
@@ -156,7 +164,7 @@ async def hostile(address: str, token: str, stop: asyncio.Event, seen: Counter[s
                 spent[name] += time.perf_counter() - began
 
 
-def hostile_process(address: str, token: str) -> None:
+def hostile_process(address: str, token: str, without: tuple[str, ...]) -> None:
     """``--hostile``: run the attacks until SIGTERM, then print the counts as JSON."""
     import signal
 
@@ -166,13 +174,21 @@ def hostile_process(address: str, token: str) -> None:
     async def go() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await hostile(address, token, stop, seen, spent)
+        await hostile(address, token, stop, seen, spent, without)
 
     asyncio.run(go())
     print(json.dumps({"seen": seen, "spent": spent}), flush=True)
 
 
-async def run(address: str, tokens: list[str], hostile_token: str | None, n_tokens: int, rounds: int, pid: int):
+async def run(
+    address: str,
+    tokens: list[str],
+    hostile_token: str | None,
+    n_tokens: int,
+    rounds: int,
+    pid: int,
+    without: tuple[str, ...] = (),
+):
     results: list[tuple[str, float]] = []
     seen: Counter[str] = Counter()
     spent: Counter[str] = Counter()
@@ -190,7 +206,13 @@ async def run(address: str, tokens: list[str], hostile_token: str | None, n_toke
     attacker = None
     if hostile_token:
         attacker = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--hostile", address, hostile_token, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            __file__,
+            "--hostile",
+            address,
+            hostile_token,
+            *(f"--without={w}" for w in without),
+            stdout=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(3.0)  # the attacks are under way before the clients arrive
     start = time.perf_counter()
@@ -231,10 +253,13 @@ def main() -> None:
     parser.add_argument(
         "--rate-limit", type=int, help="requests per user per minute (default: the config's; 0 = no limit)"
     )
+    parser.add_argument(
+        "--without", action="append", default=[], metavar="TEXT", help="leave out attacks whose name contains TEXT"
+    )
     parser.add_argument("--hostile", nargs=2, metavar=("ADDRESS", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hostile:
-        hostile_process(*args.hostile)
+        hostile_process(*args.hostile, tuple(args.without))
         return
 
     from dmha.config import LimitsConfig, default_data_dir
@@ -255,7 +280,9 @@ def main() -> None:
                 for mode in ("calm", "attacked"):
                     users = [mint(data_dir, f"{mode}-{n}-{i}") for i in range(n)]
                     hostile_token = mallory if mode == "attacked" else None
-                    row[mode] = asyncio.run(run(address, users, hostile_token, args.tokens, args.rounds, proc.pid))
+                    row[mode] = asyncio.run(
+                        run(address, users, hostile_token, args.tokens, args.rounds, proc.pid, tuple(args.without))
+                    )
                     print(f"N={n} {mode}: {json.dumps(row[mode])}", flush=True)
                 rows.append(row)
             alive = proc.poll() is None
