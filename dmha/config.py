@@ -438,8 +438,11 @@ class HealthConfig(_Section):
     """Failed rounds in a row before a part is reported down (one slow answer on a
     saturated machine is not an outage)."""
     stall_seconds: float = Field(10.0, gt=0)
-    """The executor (no free thread) or the generation scheduler (no pass) counts as
-    wedged after this long."""
+    """The executor counts as wedged when no thread has been free for this long."""
+    generation_stall_seconds: float = Field(120.0, gt=0)
+    """The generation scheduler counts as stuck when one pass runs this long. A pass
+    may legitimately take a while: prefilling a full-size (8 KiB, ~2,100-token) message
+    took 33 s on 2 busy CPU cores."""
     min_free_disk_mb: int = Field(16, ge=0)
     """The data dir's disk counts as full below this much free space (MiB)."""
 

@@ -352,7 +352,7 @@ def _probes(
         probes.append(("milvus", lambda: longterm.probe(timeout)))
     probes += [
         ("executor", lambda: check_executor(stall)),
-        ("generation", lambda: llm.probe(stall)),
+        ("generation", lambda: llm.probe(cfg.health.generation_stall_seconds)),
         ("disk", lambda: check_disk(cfg.data_dir, cfg.health.min_free_disk_mb * 1024 * 1024)),
     ]
     return probes
