@@ -14,6 +14,7 @@ from dmha.report.attention import AttentionResult, TurnContext, attention_sectio
 from dmha.report.build import Pair, load_attention_model, make_report, since_filter
 from dmha.report.collect import (
     OfflineStores,
+    attempts_from,
     chat_text,
     embed_points,
     facts_from_statements,
@@ -23,6 +24,7 @@ from dmha.report.collect import (
 from dmha.report.consistency import consistency_section
 from dmha.report.dynamics import learning_dynamics
 from dmha.report.inputs import (
+    AttemptRecord,
     JobRecord,
     MemoryPoint,
     ReportInputs,
@@ -38,6 +40,7 @@ from dmha.report.style import Section
 from dmha.report.utility import ModuleChange, UpdateCost, update_norms, utility_section
 
 __all__ = [
+    "AttemptRecord",
     "AttentionResult",
     "FactOutcome",
     "JobRecord",
@@ -54,6 +57,7 @@ __all__ = [
     "TurnRecord",
     "UpdateCost",
     "VersionRecord",
+    "attempts_from",
     "attention_section",
     "block_attention",
     "build_lattice",

@@ -22,7 +22,7 @@ from dmha.learning.registry import Registry
 from dmha.llm.engine import render_chat
 from dmha.report.attention import TITLE as ATTENTION_TITLE
 from dmha.report.attention import attention_section, block_attention
-from dmha.report.collect import chat_text, model_params, pick_turn, registry_changes, registry_costs, turn_context
+from dmha.report.collect import chat_text, model_params, pick_turn, registry_changes, turn_context, update_costs
 from dmha.report.consistency import consistency_section
 from dmha.report.document import write_html, write_summary
 from dmha.report.dynamics import learning_dynamics, rows_from_versions
@@ -31,7 +31,7 @@ from dmha.report.latent import latent_map
 from dmha.report.lattice import knowledge_lattice
 from dmha.report.reproducibility import SeedRun, reproducibility_section
 from dmha.report.style import Section, empty
-from dmha.report.utility import utility_section
+from dmha.report.utility import utilities_of, utility_section
 
 __all__ = ["Pair", "load_attention_model", "make_report", "since_filter"]
 
@@ -174,10 +174,11 @@ def make_report(
         prompt = render_chat(tokenizer, [("system", cfg.model.system_prompt), ("user", question)])
         return len(prompt) + len(tokenizer(target, add_special_tokens=False)["input_ids"])
 
-    costs = registry_costs(
-        registry, data.versions, seq_tokens if tokenizer is not None else None, model_params(registry.base_path)
+    jobs = data.jobs or rows_from_versions(data.versions)
+    costs = update_costs(
+        jobs, registry, seq_tokens if tokenizer is not None else None, model_params(registry.base_path)
     )
-    utility = utility_section(changes, costs, out_dir)
+    utility = utility_section(changes, costs, out_dir, utilities_of(jobs))
     trained = [v.version_id for v in data.versions if v.version_id != "base" and v.status != "pruned"]
     if utility.empty_reason and trained:
         utility.empty_reason = (
@@ -186,16 +187,18 @@ def make_report(
         )
     sections.append(utility)
     say("learning dynamics")
-    jobs = data.jobs or rows_from_versions(data.versions)
     learning = cfg.learning
     floors = {
         "efficacy": learning.min_efficacy,
         "generalisation": learning.min_generalisation,
         "locality": learning.min_locality,
     }
-    section = learning_dynamics(jobs, out_dir, floors)
+    section = learning_dynamics(jobs, out_dir, floors, data.attempts)
     if not data.jobs and jobs:
         section.finding += " (Job records were not available: deployed versions only, no rejections.)"
+    board = registry.root / "meta" / "tensorboard"
+    if section.empty_reason is None and board.is_dir():
+        section.finding += f" The live view: `tensorboard --logdir {board}`."
     sections.append(section)
     say("consistency monitor")
     sections.append(consistency_section(data.scores, data.threshold, out_dir))

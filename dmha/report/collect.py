@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.parser import is_statement_line, parse_statement
 from dmha.learning.jobs import JobStore
 from dmha.learning.loading import load_delta
+from dmha.learning.meta.store import MetaStore
 from dmha.learning.online import registry_for
-from dmha.learning.registry import BASE_VERSION, Registry, Version
+from dmha.learning.registry import Registry, Version
 from dmha.llm.base import ChatMessage
 from dmha.llm.prompt import ContextBlock
 from dmha.memory.embedding import SentenceTransformerEmbedder
@@ -43,6 +44,7 @@ from dmha.metacognition.monitor import EventStore
 from dmha.redis_connection import RedisConnection
 from dmha.report.attention import TurnContext, rebuild_context
 from dmha.report.inputs import (
+    AttemptRecord,
     JobRecord,
     MemoryPoint,
     ReportInputs,
@@ -51,10 +53,11 @@ from dmha.report.inputs import (
     TurnRecord,
     VersionRecord,
 )
-from dmha.report.utility import ModuleChange, UpdateCost, update_norms
+from dmha.report.utility import ModuleChange, UpdateCost, update_label, update_norms
 
 __all__ = [
     "OfflineStores",
+    "attempts_from",
     "chat_text",
     "embed_points",
     "facts_from_statements",
@@ -63,7 +66,7 @@ __all__ = [
     "pick_turn",
     "read_offline",
     "registry_changes",
-    "registry_costs",
+    "update_costs",
     "turn_context",
     "version_record",
 ]
@@ -71,6 +74,26 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _JOB_LIMIT = 10_000
+
+
+def attempts_from(records: Sequence[Mapping[str, Any]]) -> list[AttemptRecord]:
+    """The meta-learner's update records (as stored or exported) as report input."""
+    out = []
+    for r in records:
+        figures = r.get("figures") or {}
+        out.append(
+            AttemptRecord(
+                str(r["job_id"]),
+                int(r.get("attempt", 0)),
+                str(r.get("outcome", "")),
+                float(figures.get("lambda_causal", float("nan"))),
+                float(figures.get("lambda_locality", float("nan"))),
+                float(figures.get("learning_rate", float("nan"))),
+                float(r.get("reward", 0.0)),
+                str(r.get("repair", "")),
+            )
+        )
+    return out
 
 
 def version_record(v: Version, live_id: str) -> VersionRecord:
@@ -122,44 +145,59 @@ def model_params(model_dir: Path) -> int:
     return total
 
 
-def registry_costs(
+def update_costs(
+    updates: Sequence[JobRecord],
     registry: Registry,
-    versions: Sequence[VersionRecord],
     count_tokens: Callable[[str, str], int] | None,
     params: int,
 ) -> list[UpdateCost]:
-    """The compute of every update the local registry holds.
+    """The compute of every finished update attempt, oldest first.
+
+    Counted FLOPs come from the attempt's metrics; for older records without them
+    the estimate needs the tokens of the feedback, read from the local registry
+    (deployed updates only).
 
     Args:
-        registry: the local registry (for each version's feedback texts and lineage).
-        versions: the versions to cost.
+        updates: finished jobs (or deployed versions as job rows).
+        registry: the local registry (feedback texts of deployed versions).
         count_tokens: ``(input, target) -> tokens`` of one rendered feedback
-            sequence; None leaves the FLOPs estimate empty.
+            sequence; None leaves estimates empty.
         params: the model's parameter count.
 
     Returns:
-        One cost per costed version.
+        One cost per attempt.
     """
     out = []
-    for rec in versions:
-        if rec.version_id == BASE_VERSION:
-            continue
-        try:
-            v = registry.get(rec.version_id)
-            earlier = len(registry.feedback_history(v.parent)) if v.parent else 0
-        except NotFound:
-            continue
-        plan = rec.plan
-        items = max(1, len(v.feedback))
-        replay = min(int(plan.get("replay_size", 0)), earlier)
-        sequences = items * (1 + int(plan.get("paraphrases", 0))) + replay + int(plan.get("retain_per_step", 0))
-        tokens = (
-            statistics.fmean(count_tokens(f.input, f.target) for f in v.feedback)
-            if count_tokens is not None and v.feedback
-            else None
+    deployed_before = 0
+    done = sorted(
+        (j for j in updates if j.state in ("deployed", "rejected", "failed")), key=lambda j: (j.created_at, j.job_id)
+    )
+    for job in done:
+        plan = job.plan
+        # Replay draws on earlier deployed feedback (one item per update, the usual case).
+        replay = min(int(plan.get("replay_size", 0)), deployed_before)
+        sequences = job.items * (1 + int(plan.get("paraphrases", 0))) + replay + int(plan.get("retain_per_step", 0))
+        tokens = None
+        if "flops" not in job.metrics and count_tokens is not None and job.version:
+            try:
+                feedback = registry.get(job.version).feedback
+            except NotFound:
+                feedback = ()
+            if feedback:
+                tokens = statistics.fmean(count_tokens(f.input, f.target) for f in feedback)
+        steps = int(job.metrics.get("steps", plan.get("steps", 0)))
+        out.append(
+            UpdateCost(
+                update_label(job),
+                steps,
+                sequences,
+                tokens,
+                params,
+                job.metrics.get("train_seconds"),
+                job.metrics.get("flops"),
+            )
         )
-        steps = int(rec.metrics.get("steps", plan.get("steps", 0)))
-        out.append(UpdateCost(rec.version_id, steps, sequences, tokens, params, rec.metrics.get("train_seconds")))
+        deployed_before += job.state == "deployed"
     return out
 
 
@@ -455,6 +493,9 @@ def read_offline(stores: OfflineStores, user_id: str) -> ReportInputs:
     ]
     live = stores.registry.live_id
     inputs.versions = [version_record(v, live) for v in stores.registry.versions()]
+    # A deployed job's version holds the plan it was trained with (the meta-learner's
+    # adjustment included); the job keeps the plan it started with.
+    trained_with = {v.version_id: v.plan for v in inputs.versions if v.plan}
     inputs.jobs = [
         JobRecord(
             j.job_id,
@@ -462,9 +503,10 @@ def read_offline(stores: OfflineStores, user_id: str) -> ReportInputs:
             j.created_at,
             j.updated_at,
             dict(j.metrics),
-            dict(j.plan),
+            dict(trained_with.get(j.version) or j.plan),
             j.version,
             "; ".join(j.reasons) or j.error,
+            max(1, len(j.items)),
         )
         for j in stores.jobs.list(_JOB_LIMIT)
         if j.state != "candidate"
@@ -483,6 +525,9 @@ def read_offline(stores: OfflineStores, user_id: str) -> ReportInputs:
         )
         for s in stores.events.scores(user_id)
     ]
+    meta = stores.registry.root / "meta"
+    if (meta / "records.jsonl").is_file():
+        inputs.attempts = attempts_from([asdict(r) for r in MetaStore(meta).records()])
     for info in stores.working.sessions(user_id):
         for t in stores.working.all_turns(user_id, info.session_id):
             inputs.turns.append(TurnRecord(t.turn_id, t.session_id, t.role, t.text, t.created_at))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.lines import Line2D
 
-from dmha.report.inputs import JobRecord, VersionRecord
+from dmha.report.inputs import AttemptRecord, JobRecord, VersionRecord
 from dmha.report.style import RED, Section, colour, empty, new_figure, plural, save_figure, write_csv, write_json
 
 __all__ = ["GATE_METRICS", "learning_dynamics", "rows_from_versions"]
@@ -36,7 +36,9 @@ _COLUMNS = (
     "kl_mean",
     "kl_prompt_max",
     "submit_to_live_s",
+    "attempts",
     "message",
+    "meta_reason",
 )
 
 
@@ -52,7 +54,16 @@ def rows_from_versions(versions: Sequence[VersionRecord]) -> list[JobRecord]:
         # The version is committed just before it goes live; the job began total_seconds earlier.
         live_s = v.metrics.get("total_seconds", 0.0)
         out.append(
-            JobRecord(v.version_id, "deployed", v.created_at - live_s, v.created_at, v.metrics, v.plan, v.version_id)
+            JobRecord(
+                v.version_id,
+                "deployed",
+                v.created_at - live_s,
+                v.created_at,
+                v.metrics,
+                v.plan,
+                v.version_id,
+                items=max(1, len(v.feedback_ids)),
+            )
         )
     return out
 
@@ -64,19 +75,25 @@ def _theta(plan: Mapping[str, Any]) -> float:
 
 
 def learning_dynamics(
-    jobs: Sequence[JobRecord], out_dir: Path, thresholds: Mapping[str, float] | None = None
+    jobs: Sequence[JobRecord],
+    out_dir: Path,
+    thresholds: Mapping[str, float] | None = None,
+    attempts: Sequence[AttemptRecord] = (),
 ) -> Section:
     """Draw λ1, λ2, θ, the gate metrics and Submit -> live per job; write the data.
 
     Writes ``learning_dynamics.png``, ``learning_dynamics.csv`` (one row per job:
     ``job_id, created_at, state, version, lambda_causal, lambda_locality, theta,
     efficacy, generalisation, retention, locality, kl_mean, kl_prompt_max,
-    submit_to_live_s, message``) and ``learning_stat.json``.
+    submit_to_live_s, message, meta_reason``: the meta-learner's reason for the plan)
+    and ``learning_stat.json``.
 
     Args:
         jobs: finished and running jobs (candidates are skipped).
         out_dir: the report folder.
         thresholds: gate floors by metric name (drawn as dashed lines).
+        attempts: the meta-learner's records: the λ1, λ2 and learning rate each job's
+            last attempt trained with (after the learner's adjustment), and repairs.
 
     Returns:
         The section (empty when no update was trained).
@@ -90,15 +107,29 @@ def learning_dynamics(
     deployed = np.array([j.state == "deployed" for j in done])
     fig, axes = new_figure(9.5, 8.5, nrows=3)
     ax1, ax2, ax3 = axes
-    l1 = [float(j.plan.get("lambda_causal", np.nan)) for j in done]
-    l2 = [float(j.plan.get("lambda_locality", np.nan)) for j in done]
-    theta = [_theta(j.plan) for j in done]
+    tries: dict[str, list[AttemptRecord]] = {}
+    for a in sorted(attempts, key=lambda a: a.attempt):
+        tries.setdefault(a.job_id, []).append(a)
+    l1, l2, theta, n_tries = [], [], [], []
+    for j in done:
+        last = tries[j.job_id][-1] if j.job_id in tries else None
+        # What the last attempt trained with; the job's plan is what it started with.
+        l1.append(last.lambda_causal if last else float(j.plan.get("lambda_causal", np.nan)))
+        l2.append(last.lambda_locality if last else float(j.plan.get("lambda_locality", np.nan)))
+        scale = float(j.plan.get("scale", 1.0))
+        theta.append(last.learning_rate * scale if last else _theta(j.plan))
+        n_tries.append(len(tries.get(j.job_id, ())) or 1)
     ax1.plot(x, l1, marker="o", color=colour(0), label="λ1 causal-KL weight")
     ax1.plot(x, l2, marker="s", color=colour(1), label="λ2 locality-KL weight")
     ax1.set_ylabel("loss weight")
     twin = ax1.twinx()
     twin.plot(x, theta, marker="^", ls="--", color=colour(2), label="θ = learning rate × scale")
     twin.set_ylabel("θ (update scale)")
+    for xpos, n in zip(x, n_tries, strict=True):
+        if n > 1:
+            ax1.annotate(
+                f"{n} tries", (xpos, 0.97), xycoords=("data", "axes fraction"), ha="center", va="top", fontsize=7
+            )
     handles = ax1.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax1.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.16, 1.0))
     ax1.set_title(f"{TITLE}: {plural(len(done), 'update')}, {int(deployed.sum())} deployed", fontsize=10)
@@ -159,9 +190,11 @@ def learning_dynamics(
             j.metrics.get("kl_mean", float("nan")),
             j.metrics.get("kl_prompt_max", float("nan")),
             float(s),
+            n,
             j.message,
+            str(((j.plan.get("extra") or {}).get("meta") or {}).get("reason", "")),
         )
-        for j, a, b, t, s in zip(done, l1, l2, theta, live, strict=True)
+        for j, a, b, t, s, n in zip(done, l1, l2, theta, live, n_tries, strict=True)
     ]
     data = write_csv(out_dir, "learning_dynamics.csv", _COLUMNS, rows)
     states = Counter(j.state for j in done)
@@ -179,6 +212,8 @@ def learning_dynamics(
             for m in GATE_METRICS
         },
         "plans_vary": len({(a, b, t) for a, b, t in zip(l1, l2, theta, strict=True) if not np.isnan(a)}) > 1,
+        "repaired": sum(n > 1 for n in n_tries),
+        "attempts": sum(n_tries),
     }
     stat = write_json(out_dir, "learning_stat.json", stats)
     finding = (
@@ -195,8 +230,10 @@ def learning_dynamics(
     finding += (
         " The plans varied between updates (λ1, λ2 or θ changed)."
         if stats["plans_vary"]
-        else " Every update used the same plan (λ1, λ2, θ constant): no meta-learner adjusted them."
+        else " Every update trained with the same λ1, λ2 and θ."
     )
+    if stats["repaired"]:
+        finding += f" {plural(stats['repaired'], 'update')} needed repairs ({stats['attempts']} attempts in all)."
     rejected = [j for j in done if j.state != "deployed" and j.message]
     if rejected:
         finding += f" First rejection: {rejected[0].message[:160]}."

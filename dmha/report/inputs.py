@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AttemptRecord",
     "JobRecord",
     "MemoryPoint",
     "ReportInputs",
@@ -103,6 +104,7 @@ class JobRecord:
         plan: the update plan used.
         version: the version it produced (deployed jobs).
         message: the rejection reasons or the error.
+        items: feedback items it learned.
     """
 
     job_id: str
@@ -113,6 +115,32 @@ class JobRecord:
     plan: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     message: str = ""
+    items: int = 1
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One update attempt as the causal meta-learner recorded it (a job has one per try).
+
+    Attributes:
+        job_id: the job.
+        attempt: 0 for the first try, 1, 2... for repairs.
+        outcome: ``deployed``, ``rejected`` or ``failed``.
+        lambda_causal: λ1 the attempt trained with (after the learner's adjustment).
+        lambda_locality: λ2 likewise.
+        learning_rate: the learning rate likewise (θ with the plan's scale).
+        reward: the learner's reward for it.
+        repair: why it was a repair ("" for a first try).
+    """
+
+    job_id: str
+    attempt: int
+    outcome: str
+    lambda_causal: float
+    lambda_locality: float
+    learning_rate: float
+    reward: float = 0.0
+    repair: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +202,7 @@ class ReportInputs:
         scores: monitor verdicts on the user's replies, oldest first.
         threshold: the monitor's firing threshold.
         turns: the user's working-memory turns, by session, oldest first.
+        attempts: the meta-learner's record of every update attempt.
         notes: what could not be read, per section key (shown in place of a figure).
     """
 
@@ -187,4 +216,5 @@ class ReportInputs:
     scores: list[ScoreRecord] = field(default_factory=list)
     threshold: float = 0.5
     turns: list[TurnRecord] = field(default_factory=list)
+    attempts: list[AttemptRecord] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)

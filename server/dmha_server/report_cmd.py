@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dmha_client.errors import PermissionDenied
+
 if TYPE_CHECKING:  # the runtime loads the model stack: imported only when the command runs
     from dmha.runtime import DMHAConfig
     from dmha_client import DMHAClient
@@ -129,6 +131,10 @@ def read_online(client: DMHAClient, user_id: str, cfg: DMHAConfig) -> Any:
     inputs.notes["dynamics"] = (
         "through the API only deployed versions are listed; rejected updates appear in an offline report."
     )
+    try:
+        inputs.attempts = rp.attempts_from(client.get_insights().get("records", []))
+    except PermissionDenied:
+        inputs.notes["dynamics"] += " The meta-learner's records need a trainer or admin token."
     events = client.monitor_events(limit=1000, include_passing=True)
     inputs.scores = [
         rp.ScoreRecord(

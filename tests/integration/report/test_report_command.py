@@ -146,11 +146,16 @@ def check_report(out: Path, *, online: bool) -> str:
     edges = rows(out / "lattice_edges.csv")
     assert any(e["status"] == "rejected" for e in edges)
     assert any(e["kind"] == "derived" and e["relation"] == "smart" for e in edges)
-    assert header(out / "flops_log.csv")[:3] == ["version", "steps", "sequences_per_step"]
+    assert header(out / "flops_log.csv")[:3] == ["update", "steps", "sequences_per_step"]
+    flops = rows(out / "flops_log.csv")
+    assert [f["update"] for f in flops] == ["v1"] and float(flops[0]["counted_flops"]) > 0
+    u = rows(out / "utility_u.csv")  # the meta-learner planned the update
+    assert {r["layer"] for r in u} == {"0", "1"} and all(0 <= float(r["u"]) <= 1 for r in u)
     norms = rows(out / "utility_map.csv")
     assert {r["version"] for r in norms} == {"v1"} and all(float(r["norm"]) > 0 for r in norms)
     dynamics = rows(out / "learning_dynamics.csv")
-    assert [r["state"] for r in dynamics] == ["deployed"]
+    assert [(r["state"], r["attempts"]) for r in dynamics] == [("deployed", "1")]
+    assert dynamics[0]["meta_reason"]  # the meta-learner said why it planned the update so
     scores = rows(out / "monitor_scores.csv")  # every reply, passing or not (the score log)
     assert len(scores) == len(MESSAGES) and len({s["turn_id"] for s in scores}) == len(MESSAGES)
     summary = (out / "summary.md").read_text()

@@ -82,3 +82,23 @@ def test_monitor_that_never_fired_and_no_scores(tmp_path):
     calm = consistency_section([ScoreRecord("t1", "s", 1.0, 0.2)], 0.5, tmp_path)
     assert "never fired" in calm.finding
     assert consistency_section([], 0.5, tmp_path).empty_reason
+
+
+def test_the_meta_learners_records_give_what_each_job_trained_with(tmp_path):
+    from dmha.report import AttemptRecord, attempts_from
+
+    records = [  # as the meta store writes them: a rejected first try repaired once, then deployed
+        {"job_id": "j1", "attempt": 0, "outcome": "rejected", "reward": -1.0, "repair": "",
+         "figures": {"lambda_causal": 0.5, "lambda_locality": 1.0, "learning_rate": 0.01}},
+        {"job_id": "j1", "attempt": 1, "outcome": "deployed", "reward": 0.5, "repair": "rejected",
+         "figures": {"lambda_causal": 0.25, "lambda_locality": 2.0, "learning_rate": 0.005}},
+    ]  # fmt: skip
+    attempts = attempts_from(records)
+    assert attempts[1] == AttemptRecord("j1", 1, "deployed", 0.25, 2.0, 0.005, 0.5, "rejected")
+    section = learning_dynamics(jobs()[:2], tmp_path, attempts=attempts)
+    table = rows(tmp_path / "learning_dynamics.csv")
+    assert [(r["lambda_causal"], r["lambda_locality"], r["theta"], r["attempts"]) for r in table] == [
+        ("0.25", "2", "0.005", "2"),  # the repaired attempt's values, not the starting plan's
+        ("0.5", "1", "0.01", "1"),  # no record: the job's own plan
+    ]
+    assert "1 update needed repairs (3 attempts in all)" in section.finding
