@@ -18,6 +18,7 @@ answer becomes a learning candidate. Every firing is recorded as an event.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from dmha.config import MetacognitionConfig
-from dmha.errors import InvalidArgument
+from dmha.errors import InvalidArgument, RedisUnavailable
 from dmha.executor import run_in_background
 from dmha.ids import check_id, redis_key
 from dmha.llm.base import GenerationResult
@@ -35,6 +36,8 @@ from dmha.redis_connection import RedisConnection
 from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, Turn, TurnState
 
 __all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "ScoreEntry", "score_signals"]
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_LIMIT = 50
 _WORD = re.compile(r"[a-z0-9]+")
@@ -382,7 +385,12 @@ class MonitorHook:
             rec = RecordedEvent(event, user, session, turn_id, now, original, final)
 
         def follow_up() -> None:
-            self._events.add_score(user, entry)
+            try:
+                self._events.add_score(user, entry)
+            except RedisUnavailable:
+                # The score log is a record of the monitor, not the user's data: a lost
+                # entry is logged, and the firing (if any) is still recorded below.
+                log.warning("score of turn %s not logged: Redis is unavailable", turn_id)
             if rec is None:
                 return
             self._events.add(rec)
