@@ -60,8 +60,9 @@ def build_lattice(statements: Sequence[StatementRow]) -> tuple[nx.MultiDiGraph, 
     Returns:
         ``(graph, stats)``. Node attribute ``type`` is one of entity/value/attribute/
         rule; edge attributes are ``relation`` (the attribute or ``body``/``head``),
-        ``kind`` (stated, denied, derived, body, head) and ``status`` (accepted or
-        rejected). ``stats`` counts statements, derivations, conflicts and
+        ``kind`` (stated, denied, derived, concludes, body, head), ``status``
+        (accepted or rejected) and ``in_conflict`` (rejected, or a statement a
+        rejected one lost to). ``stats`` counts statements, derivations, conflicts and
         unparseable lines; ``stats["derivations"]`` lists each derived literal with
         the rule that concluded it.
     """
@@ -128,6 +129,11 @@ def build_lattice(statements: Sequence[StatementRow]) -> tuple[nx.MultiDiGraph, 
             text = f"{'' if positive else 'not '}{entity}.{attribute} = {value}"
             derivations.append({"literal": text, "rule": label, "rule_id": sid})
     rejected = [r for r in statements if r.status == "rejected"]
+    # The statements a rejected one lost to: their edges get a red halo.
+    by_text = {r.text: r.id for r in statements}
+    winners = {by_text[t] for r in rejected for t in r.conflicts_with if t in by_text}
+    for _u, _v, d in g.edges(data=True):
+        d["in_conflict"] = d["status"] == "rejected" or d["statement"] in winners
     stats: dict[str, Any] = {
         "statements": len(statements),
         "by_status_kind": dict(sorted(counts.items())),
@@ -167,6 +173,11 @@ def _draw_graph(g: nx.MultiDiGraph, stats: dict[str, Any], out_dir: Path, seed: 
         "body": "solid",
         "head": "solid",
     }
+    halo = [(u, v) for u, v, d in shown.edges(data=True) if d["in_conflict"] and d["status"] == "accepted"]
+    if halo:
+        nx.draw_networkx_edges(
+            shown, pos, edgelist=halo, ax=ax, edge_color=RED, width=6.0, alpha=0.3, arrows=False, node_size=300
+        )
     for kind, style in styles.items():
         for status in ("accepted", "rejected"):
             edges = [(u, v) for u, v, d in shown.edges(data=True) if d["kind"] == kind and d["status"] == status]
@@ -201,7 +212,18 @@ def _draw_graph(g: nx.MultiDiGraph, stats: dict[str, Any], out_dir: Path, seed: 
             edgecolors=edge_colours,
             linewidths=1.0,
         )
-    nx.draw_networkx_labels(shown, pos, {n: d["label"] for n, d in shown.nodes(data=True)}, ax=ax, font_size=7)
+    # Labels just under their nodes, on a white ground, so neither hides the other.
+    ys = [p[1] for p in pos.values()]
+    drop = 0.045 * (max(ys) - min(ys) or 1.0)
+    under = {n: (p[0], p[1] - drop) for n, p in pos.items()}
+    nx.draw_networkx_labels(
+        shown,
+        under,
+        {n: d["label"] for n, d in shown.nodes(data=True)},
+        ax=ax,
+        font_size=7,
+        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+    )
     if shown.number_of_edges() <= 60:
         # Value nodes carry their attribute in their label; relations between entities need one.
         labels = {
@@ -221,6 +243,7 @@ def _draw_graph(g: nx.MultiDiGraph, stats: dict[str, Any], out_dir: Path, seed: 
         Line2D([], [], color=colour(2), ls="dotted", lw=1, label="rule -> what it concluded"),
         Line2D([], [], color=colour(2), ls="dotted", lw=2, label="literal derived by a rule"),
         Line2D([], [], color=RED, lw=2.2, label="rejected (lost a conflict)"),
+        Line2D([], [], color=RED, lw=6, alpha=0.3, label="accepted, won a conflict"),
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     note = "" if shown is g else f" (the {DRAWN_NODES} most connected of {g.number_of_nodes()} nodes)"
@@ -262,7 +285,7 @@ def knowledge_lattice(statements: Sequence[StatementRow], out_dir: Path, seed: i
 
     Writes ``lattice_graph.png``, ``degree_dist.png``, ``lattice_nodes.csv``
     (``node, type, label, degree``), ``lattice_edges.csv`` (``source, target,
-    relation, kind, status, statement_id``) and ``lattice_stat.json``.
+    relation, kind, status, in_conflict, statement_id``) and ``lattice_stat.json``.
 
     Args:
         statements: the user's statements.
@@ -287,8 +310,11 @@ def knowledge_lattice(statements: Sequence[StatementRow], out_dir: Path, seed: i
     edges = write_csv(
         out_dir,
         "lattice_edges.csv",
-        ("source", "target", "relation", "kind", "status", "statement_id"),
-        sorted((u, v, d["relation"], d["kind"], d["status"], d["statement"]) for u, v, d in g.edges(data=True)),
+        ("source", "target", "relation", "kind", "status", "in_conflict", "statement_id"),
+        sorted(
+            (u, v, d["relation"], d["kind"], d["status"], int(d["in_conflict"]), d["statement"])
+            for u, v, d in g.edges(data=True)
+        ),
     )
     degrees = [g.degree(n) for n in g.nodes]
     hub = max(g.nodes, key=lambda n: (g.degree(n), n))

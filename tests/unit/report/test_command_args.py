@@ -29,3 +29,12 @@ def test_the_reported_user_is_the_tokens_subject():
     assert _subject(jwt) == "alice"
     with pytest.raises(SystemExit, match="JWT"):
         _subject("not-a-jwt")
+
+
+def test_reproduce_defaults_to_five_seeds_when_given_without_a_number():
+    from dmha_cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["report", "--out", "r"]).reproduce == 0
+    assert parser.parse_args(["report", "--out", "r", "--reproduce"]).reproduce == 5
+    assert parser.parse_args(["report", "--out", "r", "--reproduce", "2", "--facts", "3"]).facts == 3

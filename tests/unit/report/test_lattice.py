@@ -50,7 +50,17 @@ def test_files_and_degrees(tmp_path):
     assert png_size(tmp_path / "degree_dist.png") == (770, 462)
     nodes = rows(tmp_path / "lattice_nodes.csv")
     edges = rows(tmp_path / "lattice_edges.csv")
-    assert header(tmp_path / "lattice_edges.csv") == ["source", "target", "relation", "kind", "status", "statement_id"]
+    assert header(tmp_path / "lattice_edges.csv") == [
+        "source",
+        "target",
+        "relation",
+        "kind",
+        "status",
+        "in_conflict",
+        "statement_id",
+    ]
+    conflict = {(e["target"], e["status"]) for e in edges if e["in_conflict"] == "1"}
+    assert conflict == {("v:alice.age=31", "rejected"), ("v:alice.age=30", "accepted")}  # the loser and the winner
     degree = {n["node"]: int(n["degree"]) for n in nodes}
     for node, d in degree.items():  # the degrees written are the edges' endpoints
         assert d == sum(e["source"] == node for e in edges) + sum(e["target"] == node for e in edges)
