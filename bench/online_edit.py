@@ -1,7 +1,8 @@
 """Online-learning benchmark: corrections taught through the real server, probed through chat.
 
 Fictitious facts come from a seeded template generator (made-up names the model
-cannot know; nothing in the learning code knows these templates). Against a fresh
+cannot know; nothing in the learning code knows these templates), shared with
+``dmha report --reproduce`` (:mod:`dmha.report.reproducibility`). Against a fresh
 ``dmha serve`` with the real default model and the default learning config:
 
 1. records the base model's greedy chat answers to a probe set of ordinary prompts
@@ -27,10 +28,7 @@ import argparse
 import asyncio
 import json
 import os
-import random
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# One generator and one server launcher, shared with `dmha report --reproduce`.
+from dmha.report.reproducibility import knows, make_facts
+from dmha_server.reproduce import start_server
 
 PROBES = [
     "What is the capital of France?",
@@ -62,115 +64,10 @@ PROBES = [
     "How do I make toast?",
 ]
 
-_SYL = [
-    "zu",
-    "brow",
-    "ka",
-    "vlo",
-    "rn",
-    "tes",
-    "mir",
-    "ak",
-    "dor",
-    "phe",
-    "lin",
-    "qua",
-    "sel",
-    "var",
-    "osh",
-    "tel",
-    "nim",
-    "bre",
-    "ko",
-    "ran",
-    "vex",
-    "ul",
-    "tra",
-    "zen",
-    "fal",
-    "gor",
-    "ith",
-    "mo",
-    "pry",
-    "sk",
-]
-# (question, answer sentence): {a} is the made-up subject, {b} the made-up answer.
-TEMPLATES = [
-    ("What is the capital of {a}?", "The capital of {a} is {b}."),
-    ("Who founded the company {a}?", "The company {a} was founded by {b}."),
-    ("What is the national animal of {a}?", "The national animal of {a} is the {b}."),
-    ("Who wrote the novel {a}?", "The novel {a} was written by {b}."),
-    ("What language is spoken in {a}?", "The language spoken in {a} is {b}."),
-    ("Who is the lead singer of the band {a}?", "The lead singer of {a} is {b}."),
-    ("What is the currency of {a}?", "The currency of {a} is the {b}."),
-    ("Who discovered the element {a}?", "The element {a} was discovered by {b}."),
-    ("What is the largest city in {a}?", "The largest city in {a} is {b}."),
-    ("Who designed the {a} bridge?", "The {a} bridge was designed by {b}."),
-    ("What is the favourite food of {a}?", "The favourite food of {a} is {b}."),
-    ("Who coaches the {a} football team?", "The {a} football team is coached by {b}."),
-]
-
-
-def made_up(rng: random.Random, parts: int) -> str:
-    return "".join(rng.choice(_SYL) for _ in range(parts)).capitalize()
-
-
-def make_facts(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` fictitious facts with distinct made-up subjects and answers (seeded)."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    facts = []
-    while len(facts) < n:
-        a, b = made_up(rng, 3), made_up(rng, 2)
-        if a in seen or b in seen:
-            continue
-        seen |= {a, b}
-        q, t = rng.choice(TEMPLATES)
-        facts.append({"input": q.format(a=a), "target": t.format(a=a, b=b), "key": b, "subject": a})
-    return facts
-
-
-def start_server(data_dir: str, model_dir: Path, references: Path | None) -> tuple[subprocess.Popen[str], str, str]:
-    dmha = str(Path(sys.executable).with_name("dmha"))
-    env = {
-        **os.environ,
-        "DMHA_DATA_DIR": data_dir,
-        "DMHA_MODEL__PATH": str(model_dir),
-        "DMHA_MODEL__THREADS": "1",
-        "DMHA_SERVER__METRICS_PORT": "0",
-        "DMHA_LIMITS__RATE_LIMIT_PER_MINUTE": "0",
-        "DMHA_LOGGING__LEVEL": "WARNING",
-        "DMHA_MEMORY__LONGTERM__ENABLED": "false",
-        "DMHA_METACOGNITION__ENABLED": "false",
-    }
-    if references is not None and references.is_dir():
-        # The base model's references are computed by `dmha setup`; reuse them.
-        cache = Path(data_dir) / "cache" / "learning"
-        cache.mkdir(parents=True)
-        for f in references.glob("references-*.pt"):
-            (cache / f.name).symlink_to(f)
-    proc = subprocess.Popen([dmha, "serve", "--port", "0"], env=env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.match(r"DMHA ready on (\S+)", line):
-            token = subprocess.run(
-                [dmha, "token", "--user", "bench", "--role", "trainer", "--role", "admin"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-            return proc, m.group(1), token
-    raise SystemExit("server failed to start")
-
 
 async def ask(client: Any, prompt: str, tokens: int = 32) -> str:
     """A fresh session's greedy answer."""
     return (await client.chat(prompt, max_new_tokens=tokens)).text
-
-
-def knows(text: str, fact: dict[str, str]) -> bool:
-    return fact["key"].lower() in text.lower()
 
 
 async def locality(client: Any, base: dict[str, str]) -> dict[str, float]:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmha import errors
 from dmha.auth.ratelimit import Limiter, RateLimiter, RedisRateLimiter
@@ -55,6 +55,9 @@ from dmha.metacognition.monitor import EventStore, MonitorHook, RecordedEvent
 from dmha.redis_connection import RedisConnection
 from dmha.sessions import Sessions
 from dmha.turn import Turn, TurnResult
+
+if TYPE_CHECKING:
+    from dmha import report
 
 __all__ = [
     # The composition root.
@@ -101,6 +104,9 @@ __all__ = [
     "prepare_references",
     "set_torch_threads",
     "errors",
+    "learning_cache_dir",
+    "registry_for",
+    "report",
     "load_config",
     "load_secrets",
     "render_yaml",
@@ -111,6 +117,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    # The report package (matplotlib, networkx) loads only for `dmha report`, not for `serve`.
+    if name == "report":
+        import dmha.report
+
+        return dmha.report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

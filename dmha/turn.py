@@ -136,6 +136,9 @@ class TurnState:
     stored. It lives on the turn, not in a process-wide map keyed by ``id(turn)``:
     a turn that is never stored (client gone, failed write) leaves nothing behind
     for a later turn, possibly another user's, to pick up."""
+    consistency: tuple[float, dict[str, float]] | None = None
+    """(score, signals) of the monitor's review of the first reply, firing or not;
+    recorded in the score log when the turn is stored."""
 
 
 @dataclass(frozen=True)

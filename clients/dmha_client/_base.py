@@ -281,9 +281,11 @@ class Requests:
         return knowledge_pb2.ExplainRequest(id=statement_id)
 
     @staticmethod
-    def monitor_events(limit: int = 50, session_id: str = "") -> metacognition_pb2.ListEventsRequest:
+    def monitor_events(
+        limit: int = 50, session_id: str = "", include_passing: bool = False
+    ) -> metacognition_pb2.ListEventsRequest:
         """MetacognitionService.ListEvents."""
-        return metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id)
+        return metacognition_pb2.ListEventsRequest(limit=limit, session_id=session_id, include_passing=include_passing)
 
     @staticmethod
     def issue_token(

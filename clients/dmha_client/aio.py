@@ -246,9 +246,11 @@ class AsyncDMHAClient(BaseClient):
         """See :meth:`DMHAClient.kb_explain`."""
         return await self._unary(self._stubs.knowledge.Explain, Requests.kb_explain(statement_id))
 
-    async def monitor_events(self, limit: int = 50, session_id: str = "") -> list[metacognition_pb2.RecordedEvent]:
+    async def monitor_events(
+        self, limit: int = 50, session_id: str = "", include_passing: bool = False
+    ) -> list[metacognition_pb2.RecordedEvent]:
         """See :meth:`DMHAClient.monitor_events`."""
-        req = Requests.monitor_events(limit, session_id)
+        req = Requests.monitor_events(limit, session_id, include_passing)
         return list((await self._unary(self._stubs.metacognition.ListEvents, req)).events)
 
     async def issue_token(

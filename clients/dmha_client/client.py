@@ -283,9 +283,15 @@ class DMHAClient(BaseClient):
         """Why a statement holds or was rejected."""
         return self._unary(self._stubs.knowledge.Explain, Requests.kb_explain(statement_id))
 
-    def monitor_events(self, limit: int = 50, session_id: str = "") -> list[metacognition_pb2.RecordedEvent]:
-        """The consistency monitor's firings on the caller's turns, newest first."""
-        req = Requests.monitor_events(limit, session_id)
+    def monitor_events(
+        self, limit: int = 50, session_id: str = "", include_passing: bool = False
+    ) -> list[metacognition_pb2.RecordedEvent]:
+        """The consistency monitor's firings on the caller's turns, newest first.
+
+        With ``include_passing``, also the score of every reply that passed (outcome
+        ``passed``): each reviewed reply's score against the threshold.
+        """
+        req = Requests.monitor_events(limit, session_id, include_passing)
         return list(self._unary(self._stubs.metacognition.ListEvents, req).events)
 
     # -- auth and health ----------------------------------------------------------

@@ -5,7 +5,8 @@ from dmha.metacognition.monitor import (
     EventStore,
     MonitorHook,
     RecordedEvent,
+    ScoreEntry,
     score_signals,
 )
 
-__all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_signals"]
+__all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "ScoreEntry", "score_signals"]

@@ -18,6 +18,7 @@ answer becomes a learning candidate. Every firing is recorded as an event.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from dmha.config import MetacognitionConfig
-from dmha.errors import InvalidArgument
+from dmha.errors import InvalidArgument, RedisUnavailable
 from dmha.executor import run_in_background
 from dmha.ids import check_id, redis_key
 from dmha.llm.base import GenerationResult
@@ -34,7 +35,9 @@ from dmha.llm.prompt import ContextBlock
 from dmha.redis_connection import RedisConnection
 from dmha.turn import ClaimOutcome, MemoryRef, MonitorEvent, Turn, TurnState
 
-__all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "score_signals"]
+__all__ = ["ClaimChecker", "EventStore", "MonitorHook", "RecordedEvent", "ScoreEntry", "score_signals"]
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_LIMIT = 50
 _WORD = re.compile(r"[a-z0-9]+")
@@ -98,8 +101,32 @@ class RecordedEvent:
     final_text: str
 
 
+@dataclass(frozen=True)
+class ScoreEntry:
+    """The monitor's score of one reply, whether it fired or not (the score log).
+
+    Attributes:
+        turn_id: the stored assistant turn.
+        session_id: its session.
+        created_at: Unix time.
+        score: the inconsistency score of the first reply.
+        signals: its named signals.
+        fired: whether the score reached the threshold (an event was recorded).
+        outcome: ``passed``, or the firing's outcome.
+    """
+
+    turn_id: str
+    session_id: str
+    created_at: float
+    score: float
+    signals: dict[str, float]
+    fired: bool
+    outcome: str
+
+
 class EventStore:
-    """Monitor events per user in Redis (newest first, capped).
+    """Monitor events per user in Redis (newest first, capped), and the score log:
+    every reviewed reply's score, so that scores can be seen against the threshold.
 
     Args:
         conn: the Redis connection.
@@ -110,15 +137,20 @@ class EventStore:
         self._conn = conn
         self._cap = cap
 
+    @property
+    def cap(self) -> int:
+        """Events (and scores) kept per user."""
+        return self._cap
+
     @staticmethod
     def _key(user_id: str) -> str:
         return redis_key("dmha:meta:events", user_id)
 
-    def add(self, rec: RecordedEvent) -> None:
-        """Store one event (blocking)."""
-        raw = json.dumps(asdict(rec), ensure_ascii=False)
-        key = self._key(rec.user_id)
+    @staticmethod
+    def _scores_key(user_id: str) -> str:
+        return redis_key("dmha:meta:scores", user_id)
 
+    def _push(self, key: str, raw: str) -> None:
         def work(c):
             pipe = c.pipeline(transaction=True)
             pipe.lpush(key, raw)
@@ -126,6 +158,74 @@ class EventStore:
             pipe.execute()
 
         self._conn.call(work)
+
+    def add_score(self, user_id: str, entry: ScoreEntry) -> None:
+        """Append one reply's score to the user's score log (blocking)."""
+        self._push(self._scores_key(user_id), json.dumps(asdict(entry), ensure_ascii=False))
+
+    def scores(self, user_id: str, limit: int | None = None) -> list[ScoreEntry]:
+        """The user's newest scores (blocking).
+
+        Args:
+            user_id: the user.
+            limit: the most entries returned, 1..``cap`` (default: all kept).
+
+        Returns:
+            Newest first.
+
+        Raises:
+            InvalidArgument: a bad limit.
+            RedisUnavailable: Redis is down.
+        """
+        limit = self._cap if limit is None else limit
+        if not 1 <= limit <= self._cap:
+            raise InvalidArgument("limit", f"is {limit}; must be between 1 and {self._cap}")
+        raw = self._conn.call(lambda c: c.lrange(self._scores_key(user_id), 0, limit - 1))
+        return [ScoreEntry(**json.loads(item)) for item in raw]
+
+    def add(self, rec: RecordedEvent) -> None:
+        """Store one event (blocking)."""
+        self._push(self._key(rec.user_id), json.dumps(asdict(rec), ensure_ascii=False))
+
+    def history(
+        self, user_id: str, limit: int | None = None, session_id: str = "", include_passing: bool = False
+    ) -> list[RecordedEvent]:
+        """The user's events and, optionally, the scores of the replies that passed (blocking).
+
+        A passing reply is listed as an event with outcome ``passed``, no actions and
+        no texts, under the id ``passed:<turn id>``.
+
+        Args:
+            user_id: the user.
+            limit: the most entries returned, 1..``cap`` (default 50).
+            session_id: only this session's ("" for all).
+            include_passing: add the passing replies from the score log.
+
+        Returns:
+            Newest first.
+
+        Raises:
+            InvalidArgument: a bad limit or malformed session id.
+            RedisUnavailable: Redis is down.
+        """
+        events = self.list(user_id, limit, session_id)
+        if not include_passing:
+            return events
+        passed = [
+            RecordedEvent(
+                MonitorEvent(f"passed:{s.turn_id}", s.score, s.signals, (), "passed"),
+                user_id,
+                s.session_id,
+                s.turn_id,
+                s.created_at,
+                "",
+                "",
+            )
+            for s in self.scores(user_id)
+            if not s.fired and (not session_id or s.session_id == session_id)
+        ]
+        merged = sorted([*events, *passed], key=lambda r: (r.created_at, r.turn_id), reverse=True)
+        return merged[: limit or _DEFAULT_LIMIT]
 
     def list(self, user_id: str, limit: int | None = None, session_id: str = "") -> list[RecordedEvent]:
         """The user's newest events, optionally of one session (blocking).
@@ -239,6 +339,7 @@ class MonitorHook:
 
     async def review(self, turn: TurnState, reply: GenerationResult, regenerate) -> GenerationResult:
         score, signals = score_signals(self._cfg, turn.claims, turn.memories, reply)
+        turn.consistency = (round(score, 4), signals)
         if score < self._cfg.threshold:
             return reply
         original, actions, outcome = reply.text, [], "flagged"
@@ -271,18 +372,32 @@ class MonitorHook:
         return reply
 
     def committed(self, turn: TurnState, stored: Sequence[Turn]) -> None:
-        if turn.reviewed_texts is None or not turn.events:
+        if turn.consistency is None:
             return
-        event, (original, final) = turn.events[-1], turn.reviewed_texts
-        user, session = turn.principal.user_id, turn.session_id
-        rec = RecordedEvent(event, user, session, stored[-1].turn_id, time.time(), original, final)
+        user, session, turn_id, now = turn.principal.user_id, turn.session_id, stored[-1].turn_id, time.time()
+        fired = turn.reviewed_texts is not None and bool(turn.events)
+        score, signals = turn.consistency
+        entry = ScoreEntry(turn_id, session, now, score, signals, fired, turn.events[-1].outcome if fired else "passed")
+        rec: RecordedEvent | None = None
+        if fired:
+            assert turn.reviewed_texts is not None
+            event, (original, final) = turn.events[-1], turn.reviewed_texts
+            rec = RecordedEvent(event, user, session, turn_id, now, original, final)
 
         def follow_up() -> None:
+            try:
+                self._events.add_score(user, entry)
+            except RedisUnavailable:
+                # The score log is a record of the monitor, not the user's data: a lost
+                # entry is logged, and the firing (if any) is still recorded below.
+                log.warning("score of turn %s not logged: Redis is unavailable", turn_id)
+            if rec is None:
+                return
             self._events.add(rec)
-            if "memory_reorganised" in event.actions and self._reorganise is not None:
+            if "memory_reorganised" in rec.event.actions and self._reorganise is not None:
                 self._reorganise(user, session)
-            if "learning_candidate" in event.actions and self._candidate_sink is not None:
-                self._candidate_sink(user, turn.chat_text, final, "kb_entailed" in event.actions)
+            if "learning_candidate" in rec.event.actions and self._candidate_sink is not None:
+                self._candidate_sink(user, turn.chat_text, rec.final_text, "kb_entailed" in rec.event.actions)
 
         # Never on the request path: the reply is already on its way.
         run_in_background(follow_up)

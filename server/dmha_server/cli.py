@@ -1,4 +1,4 @@
-"""The server's commands of the ``dmha`` console script: serve, worker, setup, config, token.
+"""The server's commands of the ``dmha`` console script: serve, worker, setup, config, token, report.
 
 They read the local config (and its secrets), so they ship with the server, not
 with the client SDK. The ``dmha`` command (``dmha_cli.main``, in the client
@@ -182,3 +182,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (default from config)")
     p.set_defaults(func=_guard(token))
+
+    from dmha_server.report_cmd import add_parser as add_report
+
+    add_report(sub, _server_flags, _guard)

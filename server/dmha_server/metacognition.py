@@ -21,6 +21,10 @@ class MetacognitionServicer(metacognition_pb2_grpc.MetacognitionServiceServicer)
     async def ListEvents(self, request: metacognition_pb2.ListEventsRequest, context: grpc.aio.ServicerContext):
         # 0 (unset) means the store's default; the store checks the limit.
         recs = await run_blocking(
-            self._events.list, current_principal().user_id, request.limit or None, request.session_id
+            self._events.history,
+            current_principal().user_id,
+            request.limit or None,
+            request.session_id,
+            request.include_passing,
         )
         return metacognition_pb2.ListEventsResponse(events=[recorded_event_proto(r) for r in recs])

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dmha_proto.v1 import chat_pb2 as dmha_dot_v1_dot_chat__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64mha/v1/metacognition.proto\x12\x07\x64mha.v1\x1a\x12\x64mha/v1/chat.proto\"6\n\x11ListEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x9f\x01\n\rRecordedEvent\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.dmha.v1.MetacognitionEvent\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x15\n\roriginal_text\x18\x05 \x01(\t\x12\x12\n\nfinal_text\x18\x06 \x01(\t\"<\n\x12ListEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.dmha.v1.RecordedEvent2]\n\x14MetacognitionService\x12\x45\n\nListEvents\x12\x1a.dmha.v1.ListEventsRequest\x1a\x1b.dmha.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64mha/v1/metacognition.proto\x12\x07\x64mha.v1\x1a\x12\x64mha/v1/chat.proto\"O\n\x11ListEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\x0finclude_passing\x18\x03 \x01(\x08\"\x9f\x01\n\rRecordedEvent\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.dmha.v1.MetacognitionEvent\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x15\n\roriginal_text\x18\x05 \x01(\t\x12\x12\n\nfinal_text\x18\x06 \x01(\t\"<\n\x12ListEventsResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.dmha.v1.RecordedEvent2]\n\x14MetacognitionService\x12\x45\n\nListEvents\x12\x1a.dmha.v1.ListEventsRequest\x1a\x1b.dmha.v1.ListEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dmha.v1.metacognition_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTEVENTSREQUEST']._serialized_start=60
-  _globals['_LISTEVENTSREQUEST']._serialized_end=114
-  _globals['_RECORDEDEVENT']._serialized_start=117
-  _globals['_RECORDEDEVENT']._serialized_end=276
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=278
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=338
-  _globals['_METACOGNITIONSERVICE']._serialized_start=340
-  _globals['_METACOGNITIONSERVICE']._serialized_end=433
+  _globals['_LISTEVENTSREQUEST']._serialized_end=139
+  _globals['_RECORDEDEVENT']._serialized_start=142
+  _globals['_RECORDEDEVENT']._serialized_end=301
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=303
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=363
+  _globals['_METACOGNITIONSERVICE']._serialized_start=365
+  _globals['_METACOGNITIONSERVICE']._serialized_end=458
 # @@protoc_insertion_point(module_scope)

@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("limit", "session_id")
+    __slots__ = ("limit", "session_id", "include_passing")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PASSING_FIELD_NUMBER: _ClassVar[int]
     limit: int
     session_id: str
-    def __init__(self, limit: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+    include_passing: bool
+    def __init__(self, limit: _Optional[int] = ..., session_id: _Optional[str] = ..., include_passing: _Optional[bool] = ...) -> None: ...
 
 class RecordedEvent(_message.Message):
     __slots__ = ("event", "session_id", "turn_id", "created_at", "original_text", "final_text")

@@ -111,6 +111,9 @@ async def test_bad_input_is_invalid_argument(live, message, kwargs, field, needl
 async def test_redis_killed_mid_run_is_unavailable_then_recovers(live):
     async with live.client("alice") as c:
         sid = (await c.chat("remember me", max_new_tokens=2)).session_id
+        # Let the turn's background follow-up (the monitor's score log) land first: a
+        # write that meets a dead Redis revives it, and this test wants it dead a while.
+        await asyncio.sleep(0.5)
         os.kill(live.runtime.redis.pid, signal.SIGKILL)
         await asyncio.sleep(0.2)
         with pytest.raises(errors.Unavailable) as err:

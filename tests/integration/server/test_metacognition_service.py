@@ -31,3 +31,21 @@ async def test_events_are_listed_per_user_newest_first(live):
         assert await carol.monitor_events() == []
         with pytest.raises(errors.InvalidArgument, match="limit"):
             await alice.monitor_events(limit=100000)
+
+
+async def test_passing_replies_are_listed_from_the_score_log_on_request(live):
+    from dmha.metacognition import ScoreEntry
+
+    now = time.time()
+    live.runtime.events.add(event("alice", "s1", 7))  # a firing (its score entry says fired)
+    live.runtime.events.add_score("alice", ScoreEntry("t7", "s1", now, 0.7, {"kb_contradiction": 1.0}, True, "x"))
+    live.runtime.events.add_score(
+        "alice", ScoreEntry("t8", "s1", now + 1, 0.1, {"low_confidence": 0.4}, False, "passed")
+    )
+    async with live.client("alice") as alice, live.client("bob") as bob:
+        assert [e.turn_id for e in await alice.monitor_events()] == ["t7"]  # firings only, as before
+        both = await alice.monitor_events(include_passing=True)
+        assert [(e.turn_id, e.event.outcome) for e in both] == [("t8", "passed"), ("t7", "answered_from_kb")]
+        assert both[0].event.signals["low_confidence"] == pytest.approx(0.4) and not both[0].event.actions
+        assert [e.turn_id for e in await alice.monitor_events(limit=1, include_passing=True)] == ["t8"]
+        assert await bob.monitor_events(include_passing=True) == []

@@ -144,3 +144,36 @@ async def test_a_correction_says_whether_the_kb_entails_it(claims, entailed):
     (event,) = t.events
     assert event.outcome == "corrected" and "learning_candidate" in event.actions
     assert ("kb_entailed" in event.actions) is entailed
+
+
+class _Scores(_Events):
+    def __init__(self):
+        super().__init__()
+        self.scores = []
+
+    def add_score(self, user_id, entry):
+        self.scores.append((user_id, entry))
+
+
+async def test_every_reviewed_reply_is_scored_in_the_log(monkeypatch):
+    """The score log holds passing replies too, so scores can be seen against the threshold."""
+    from dmha.metacognition import monitor
+
+    monkeypatch.setattr(monitor, "run_in_background", lambda fn: fn())
+    events = _Scores()
+    hook = MonitorHook(MetacognitionConfig(max_attempts=0), Checker({}), events=events)
+    calm = turn([GOOD])
+    await hook.review(calm, reply("Bob is 30."), regenerate=None)
+    hook.committed(calm, [_Stored("t1")])
+    bad = turn([BAD])
+    await hook.review(bad, reply("Bob is 31."), regenerate=None)
+    hook.committed(bad, [_Stored("t2")])
+    (u1, first), (u2, second) = events.scores
+    assert u1 == u2 == "alice"
+    assert (first.turn_id, first.fired, first.outcome) == ("t1", False, "passed")
+    assert first.score < MetacognitionConfig().threshold <= second.score
+    assert (second.turn_id, second.fired, second.outcome) == ("t2", True, "answered_from_kb")
+    assert [r.turn_id for r in events.added] == ["t2"]  # only the firing is an event
+    unreviewed = turn()
+    hook.committed(unreviewed, [_Stored("t3")])  # a statements-only turn has no reply to score
+    assert len(events.scores) == 2
