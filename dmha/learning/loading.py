@@ -78,8 +78,8 @@ def load_version(
 ) -> LoadedVersion:
     """Load a version (default: the live one), falling back to intact ancestors.
 
-    The frozen module comes from the registry's cache; when it is missing or
-    unreadable it is rebuilt from the weights and cached again.
+    The frozen module comes from the registry's cache; when it is missing, unreadable
+    or from an older format it is rebuilt from the weights and cached again.
 
     Args:
         registry: the registry.
@@ -107,12 +107,18 @@ def load_version(
     model.eval()
     if use_frozen and version.version_id != BASE_VERSION:
         cache = registry.frozen_cache(version.version_id)
+        step: StepModel | None = None
+        if cache.is_file():
+            try:
+                step = FrozenStepModel.load(cache, device)
+            except FreezeError as exc:
+                # Unreadable, or written before frozen modules batched: rebuilt below.
+                log.warning("version %s: cached frozen module unusable (%s); re-freezing", version.version_id, exc)
+                cache.unlink(missing_ok=True)
         try:
-            if cache.is_file():
-                step: StepModel = FrozenStepModel.load(cache, device)
-            else:
+            if step is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                log.info("version %s: freezing (no cached frozen module)", version.version_id)
+                log.info("version %s: freezing (no usable cached frozen module)", version.version_id)
                 step = freeze(model, cache, device, freeze_tolerance)
             return LoadedVersion(version, model, delta, step, "frozen")
         except (FreezeError, OSError):
