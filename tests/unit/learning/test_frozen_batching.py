@@ -44,6 +44,21 @@ def _left_padded(rows: list[torch.Tensor], pad_gen: torch.Generator) -> tuple[to
     return ids, mask
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_served_graphs_read_packed_weights(frozen_pair) -> None:
+    frozen, _ = frozen_pair
+    for name, fn in frozen._fn.items():
+        tensors = [
+            n.t("value")
+            for n in fn.graph.nodes()
+            if n.kind() == "prim::Constant" and n.hasAttribute("value") and n.kindOf("value") == "t"
+        ]
+        packed = [t for t in tensors if t.layout == torch._mkldnn]
+        # 2 layers x 7 projections + the head; only the embedding stays plain.
+        assert len(packed) == 15, name
+        assert [tuple(t.shape) for t in tensors if t.layout != torch._mkldnn and t.dim() == 2] == [(VOCAB, 32)]
+
+
 @pytest.mark.parametrize("kind", ["frozen", "eager"])
 def test_mixed_length_batch_matches_each_row_alone(frozen_pair, kind) -> None:
     frozen, eager = frozen_pair
@@ -165,7 +180,12 @@ async def test_the_batcher_batches_frozen_streams_like_eager_ones(frozen_pair, t
             kind=kind,
         )
 
-    solo = [(await _generate(handle(), [p], [n]))[0] for p, n in zip(PROMPTS, BUDGETS, strict=True)]
+    solo = []
+    for p, n in zip(PROMPTS, BUDGETS, strict=True):
+        alone = handle()
+        solo.append((await _generate(alone, [p], [n]))[0])
+        # A stream alone keeps the one-row path (the frozen module's unmasked graphs).
+        assert alone.step_model.calls == {"prefill": 1, "decode": n - 1}
     together = handle()
     batched = await _generate(together, PROMPTS, BUDGETS)
     assert [r.text for r in batched] == [r.text for r in solo]
@@ -210,3 +230,13 @@ def test_an_old_frozen_module_is_refused_and_rebuilt_by_loading(tiny_model, tmp_
     # The cache now holds the rebuilt module, which loads and matches the edited weights.
     again = FrozenStepModel.load(cache, "cpu")
     assert verify_step_model(again, EagerStepModel(loaded.model), VOCAB, lengths=(4,)) < 1e-4
+
+
+def test_without_onednn_the_frozen_module_uses_plain_linears(_tiny_model, monkeypatch) -> None:
+    """The path taken on CUDA, in half precision, or where torch lacks oneDNN."""
+    import dmha.learning.freezing as freezing
+
+    monkeypatch.setattr(freezing, "onednn_available", lambda device, dtype: False)
+    frozen = freeze(_tiny_model, device="cpu", tolerance=1e-4)
+    assert not any("mkldnn" in str(fn.graph) for fn in frozen._fn.values())
+    assert verify_step_model(frozen, EagerStepModel(_tiny_model), VOCAB, lengths=(4,), batch=(2, 8)) < 1e-4
