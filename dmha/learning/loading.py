@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,14 +116,19 @@ def load_version(
                 # Unreadable, or written before frozen modules batched: rebuilt below.
                 log.warning("version %s: cached frozen module unusable (%s); re-freezing", version.version_id, exc)
                 cache.unlink(missing_ok=True)
+        # Written under a private name, then renamed: replicas loading the same version
+        # never read a half-written module (a leftover is pruned like any stale cache).
+        tmp = registry.frozen_cache(f".{version.version_id}.{os.getpid()}")
         try:
             if step is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 log.info("version %s: freezing (no usable cached frozen module)", version.version_id)
-                step = freeze(model, cache, device, freeze_tolerance)
+                step = freeze(model, tmp, device, freeze_tolerance)
+                tmp.replace(cache)
             return LoadedVersion(version, model, delta, step, "frozen")
         except (FreezeError, OSError):
             log.exception("version %s: frozen module unusable; serving it eagerly", version.version_id)
+            tmp.unlink(missing_ok=True)
             cache.unlink(missing_ok=True)
     return LoadedVersion(version, model, delta, EagerStepModel(model), "eager")
 

@@ -227,7 +227,9 @@ def test_an_old_frozen_module_is_refused_and_rebuilt_by_loading(tiny_model, tmp_
 
     loaded = load_version(registry, type(tiny_model).from_pretrained(str(base_dir)), device="cpu")
     assert loaded.kind == "frozen" and isinstance(loaded.step_model, BatchStepModel)
-    # The cache now holds the rebuilt module, which loads and matches the edited weights.
+    # The cache now holds the rebuilt module (renamed into place: no temporary file left),
+    # which loads and matches the edited weights.
+    assert [p.name for p in cache.parent.iterdir()] == ["v1.pt"]
     again = FrozenStepModel.load(cache, "cpu")
     assert verify_step_model(again, EagerStepModel(loaded.model), VOCAB, lengths=(4,)) < 1e-4
 
