@@ -14,8 +14,9 @@ cannot know; nothing in the learning code knows these templates), shared with
 4. at each checkpoint (``--checkpoints``) re-asks every earlier deployed fact
    (retained efficacy) and the probe set (chat-level locality against base:
    32-token greedy identity, and token agreement);
-5. compares frozen and eager decode speed of the final version at 1 and 8 streams,
-   and reports the bytes each version stores.
+5. compares frozen and eager decode speed of the final version at 1 and 8 streams
+   through the serving batcher (``bench/frozen_decode.py``), and reports the bytes
+   each version stores.
 
 Prints a line per update and one final JSON line.
 
@@ -152,42 +153,21 @@ async def run_server_part(address: str, token: str, facts: list[dict[str, str]],
 
 
 def decode_speed(data_dir: str, model_dir: Path, tokens: int = 48, rounds: int = 3) -> dict:
-    """Frozen vs eager greedy decode of the live version at 1 and 8 streams, in this process."""
+    """Frozen vs eager decode of the live version at 1 and 8 streams through the batcher (bench/frozen_decode.py)."""
+    import dataclasses
+
     import torch
+    from frozen_decode import compare
 
     from dmha.config import ModelConfig
     from dmha.learning.freezing import freeze
     from dmha.learning.loading import load_live_handle
     from dmha.learning.online import registry_for
-    from dmha.llm.eager import EagerStepModel
 
     torch.set_num_threads(1)
     handle = load_live_handle(registry_for(Path(data_dir), model_dir), ModelConfig(device="cpu", use_frozen=False))
-    model = handle.torch_model
-    frozen = freeze(model, device="cpu")
-    eager = EagerStepModel(model)
-    prompt = handle.tokenizer("Tell me a story about the sea.")["input_ids"]
-
-    def run(step: Any, streams: int) -> float:
-        ids = torch.tensor([prompt] * streams)
-        logits, past = step.prefill(ids)
-        t0 = time.perf_counter()
-        for _ in range(tokens):
-            logits, past = step.decode(logits.argmax(-1, keepdim=True).reshape(streams, 1), past)
-        return streams * tokens / (time.perf_counter() - t0)
-
-    out: dict[str, Any] = {}
-    for streams in (1, 8):
-        res: dict[str, list[float]] = {"eager": [], "frozen": []}
-        for _ in range(rounds):  # alternate so both see the same load
-            res["eager"].append(run(eager, streams))
-            res["frozen"].append(run(frozen, streams))
-        out[f"streams_{streams}"] = {
-            "eager_tok_s": max(res["eager"]),
-            "frozen_tok_s": max(res["frozen"]),
-            "frozen_vs_eager": max(res["frozen"]) / max(res["eager"]),
-        }
-    return out
+    frozen = dataclasses.replace(handle, step_model=freeze(handle.torch_model, device="cpu"), kind="frozen")
+    return compare(handle, frozen, [1, 8], tokens, rounds, one_by_one=False)
 
 
 def stored_bytes(data_dir: str) -> dict[str, float]:

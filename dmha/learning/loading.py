@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,8 @@ def load_version(
 ) -> LoadedVersion:
     """Load a version (default: the live one), falling back to intact ancestors.
 
-    The frozen module comes from the registry's cache; when it is missing or
-    unreadable it is rebuilt from the weights and cached again.
+    The frozen module comes from the registry's cache; when it is missing, unreadable
+    or from an older format it is rebuilt from the weights and cached again.
 
     Args:
         registry: the registry.
@@ -107,16 +108,27 @@ def load_version(
     model.eval()
     if use_frozen and version.version_id != BASE_VERSION:
         cache = registry.frozen_cache(version.version_id)
+        step: StepModel | None = None
+        if cache.is_file():
+            try:
+                step = FrozenStepModel.load(cache, device)
+            except FreezeError as exc:
+                # Unreadable, or written before frozen modules batched: rebuilt below.
+                log.warning("version %s: cached frozen module unusable (%s); re-freezing", version.version_id, exc)
+                cache.unlink(missing_ok=True)
+        # Written under a private name, then renamed: replicas loading the same version
+        # never read a half-written module (a leftover is pruned like any stale cache).
+        tmp = registry.frozen_cache(f".{version.version_id}.{os.getpid()}")
         try:
-            if cache.is_file():
-                step: StepModel = FrozenStepModel.load(cache, device)
-            else:
+            if step is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                log.info("version %s: freezing (no cached frozen module)", version.version_id)
-                step = freeze(model, cache, device, freeze_tolerance)
+                log.info("version %s: freezing (no usable cached frozen module)", version.version_id)
+                step = freeze(model, tmp, device, freeze_tolerance)
+                tmp.replace(cache)
             return LoadedVersion(version, model, delta, step, "frozen")
         except (FreezeError, OSError):
             log.exception("version %s: frozen module unusable; serving it eagerly", version.version_id)
+            tmp.unlink(missing_ok=True)
             cache.unlink(missing_ok=True)
     return LoadedVersion(version, model, delta, EagerStepModel(model), "eager")
 

@@ -6,10 +6,19 @@ with an explicit, flat key/value cache and shape-generic tensor code only, which
 what ``torch.jit.trace`` needs to record a graph that works for every prompt length:
 the Hugging Face forward builds masks and cache positions with Python integers that a
 trace would freeze to the example's length.
+
+Besides the one-row ``forward`` / ``decode`` it offers ``prefill_padded`` /
+``decode_padded`` for batches of streams of different lengths: left padding, an
+attention mask and per-row positions, all carried by tensors so the trace stays
+generic in batch size, prompt length and padding.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,7 +27,7 @@ from torch import nn
 
 from dmha.llm.eager import EagerStepModel
 
-__all__ = ["EagerStepModel", "LlamaStepCore", "UnsupportedArchitecture"]
+__all__ = ["EagerStepModel", "LlamaStepCore", "UnsupportedArchitecture", "jit_quietly"]
 
 # RoPE variants whose only effect is on ``inv_freq`` / ``attention_scaling``, computed
 # once at init; "dynamic" variants change them with the sequence length and would
@@ -30,9 +39,34 @@ class UnsupportedArchitecture(ValueError):
     """The model is not a Llama-family decoder that :class:`LlamaStepCore` can express."""
 
 
+@contextlib.contextmanager
+def jit_quietly() -> Iterator[None]:
+    """Filter the known TorchScript deprecation warnings (and only those)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*TorchScript.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit.*", category=DeprecationWarning)
+        yield
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def onednn_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the batched methods can use oneDNN's linear kernel (CPU, float32)."""
+    return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+@functools.cache
+def _onednn_linear() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    # Scripted, not plain Python: the tracer cannot record the op's empty ``Scalar?[]``
+    # argument, while a scripted call is recorded whole and inlined by freezing.
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    with jit_quietly():
+        return torch.jit.script(linear)
 
 
 class LlamaStepCore(nn.Module):
@@ -40,17 +74,24 @@ class LlamaStepCore(nn.Module):
 
     It borrows (does not copy) the Hugging Face model's submodules, so tracing it
     records the model's own weights. Prefill starts from an empty cache and uses a
-    causal mask; decode feeds one position, which needs no mask at all.
+    causal mask; decode feeds one position, which needs no mask at all. The padded
+    methods take a ``[B, S]`` mask (1 = real token, 0 = left padding) covering the
+    whole sequence so far, and derive each row's positions from it.
 
     Args:
         model: a ``LlamaForCausalLM``-shaped model (``model.model.layers[i].self_attn.q_proj``
             ..., ``model.lm_head``) with a static RoPE variant.
+        onednn: compute the projections with oneDNN's linear kernel
+            (``mkldnn::_linear_pointwise``; CPU float32 only) instead of ``F.linear``.
+            Once :func:`~dmha.learning.freezing.prepack_onednn` has packed the frozen
+            weights, a batched step runs ~2x faster than the default matmul on this
+            project's CPUs (AMD EPYC) and a one-row step as fast.
 
     Raises:
         UnsupportedArchitecture: the model does not have that shape.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, onednn: bool = False) -> None:
         super().__init__()
         cfg = model.config
         try:
@@ -82,23 +123,53 @@ class LlamaStepCore(nn.Module):
         self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", rotary.inv_freq.detach().clone().float(), persistent=False)
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        mlp0 = layers[0].mlp
+        # oneDNN needs every projection as a plain (weight, bias) linear: the Llama MLP.
+        self.onednn = onednn and all(hasattr(mlp0, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        # positions: [1 or B, T] -> cos, sin: [1 or B, 1, T, head_dim]
+        freqs = positions.float()[:, :, None] * self.inv_freq[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.attention_scaling).to(dtype)[None, None, :, :]
-        sin = (emb.sin() * self.attention_scaling).to(dtype)[None, None, :, :]
+        cos = (emb.cos() * self.attention_scaling).to(dtype)[:, None, :, :]
+        sin = (emb.sin() * self.attention_scaling).to(dtype)[:, None, :, :]
         return cos, sin
 
+    def _proj(self, linear: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn:
+            return _onednn_linear()(x, linear.weight, linear.bias)
+        return linear(x)
+
+    def _mlp(self, mlp: Any, x: torch.Tensor) -> torch.Tensor:
+        if not self.onednn:
+            return mlp(x)
+        return self._proj(mlp.down_proj, mlp.act_fn(self._proj(mlp.gate_proj, x)) * self._proj(mlp.up_proj, x))
+
     def _run(
-        self, input_ids: torch.Tensor, past: tuple[torch.Tensor, ...] | None
+        self,
+        input_ids: torch.Tensor,
+        past: tuple[torch.Tensor, ...] | None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         bsz = input_ids.size(0)
         q_len = input_ids.size(1)
-        start = past[0].size(2) if past is not None else 0
+        attn_mask: torch.Tensor | None = None
         # Sizes read from tensors stay symbolic in the trace (aten::size), so the
         # graph works for any prompt length and any cache length.
-        positions = torch.arange(q_len, device=input_ids.device) + start
+        if mask is None:
+            start = past[0].size(2) if past is not None else 0
+            positions = (torch.arange(q_len, device=input_ids.device) + start)[None, :]
+        elif past is None:
+            # Left-padded prompts: each row counts positions from its first real token.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            idx = torch.arange(q_len, device=input_ids.device)
+            causal = idx[None, :] <= idx[:, None]
+            # A padding position also sees itself, so no query row is fully masked
+            # (that would give NaN, which the masked-out keys would still carry).
+            attn_mask = (causal[None, None] & mask.bool()[:, None, None, :]) | (idx[None, :] == idx[:, None])
+        else:
+            positions = mask.sum(-1, keepdim=True) - 1
+            attn_mask = mask.bool()[:, None, None, :]
         # F.embedding without padding_idx: that argument only affects gradients, and
         # its range check would turn a traced size into a Python bool.
         h = F.embedding(input_ids, self.embed.weight)
@@ -107,9 +178,9 @@ class LlamaStepCore(nn.Module):
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(bsz, q_len, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(bsz, q_len, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(bsz, q_len, self.n_kv, self.head_dim).transpose(1, 2)
+            q = self._proj(attn.q_proj, x).view(bsz, q_len, self.n_heads, self.head_dim).transpose(1, 2)
+            k = self._proj(attn.k_proj, x).view(bsz, q_len, self.n_kv, self.head_dim).transpose(1, 2)
+            v = self._proj(attn.v_proj, x).view(bsz, q_len, self.n_kv, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             if past is not None:
@@ -121,15 +192,16 @@ class LlamaStepCore(nn.Module):
                 q,
                 k,
                 v,
-                is_causal=past is None,
+                attn_mask=attn_mask,
+                is_causal=past is None and attn_mask is None,
                 scale=self.scaling,
                 enable_gqa=self.n_heads != self.n_kv,
             )
             o = o.transpose(1, 2).reshape(bsz, q_len, self.n_heads * self.head_dim)
-            h = h + attn.o_proj(o)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self._proj(attn.o_proj, o)
+            h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
         last = self.norm(h[:, -1, :])
-        return self.lm_head(last), tuple(new_past)
+        return self._proj(self.lm_head, last), tuple(new_past)
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Prefill: ``input_ids[B, T]`` -> ``(logits[B, vocab], flat cache)``."""
@@ -140,3 +212,15 @@ class LlamaStepCore(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Decode: ``token[B, 1]`` and the flat cache -> ``(logits[B, vocab], new cache)``."""
         return self._run(token, past)
+
+    def prefill_padded(
+        self, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Prefill left-padded prompts: ``input_ids[B, T]``, ``mask[B, T]`` -> ``(logits[B, vocab], cache)``."""
+        return self._run(input_ids, None, mask)
+
+    def decode_padded(
+        self, token: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Decode a padded batch: ``token[B, 1]``, ``mask[B, S + 1]`` (cache and new token), cache."""
+        return self._run(token, past, mask)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dmha.llm.base import (
     LLM,
+    BatchStepModel,
     ChatMessage,
     FinishReason,
     GenerationOptions,
@@ -23,6 +24,7 @@ from dmha.llm.prompt import BuiltPrompt, ContextBlock, PromptBuilder
 
 __all__ = [
     "LLM",
+    "BatchStepModel",
     "BuiltPrompt",
     "ChatMessage",
     "ContextBlock",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "BatchStepModel",
     "ChatMessage",
     "FinishReason",
     "GenerationOptions",
@@ -100,6 +101,43 @@ class StepModel(Protocol):
 
         Returns:
             ``(logits[1, vocab], the new cache)``.
+        """
+        ...
+
+
+@runtime_checkable
+class BatchStepModel(StepModel, Protocol):
+    """A step model that also runs a batch of streams of different lengths.
+
+    Prompts are left-padded; ``attention_mask`` (1 = real token, 0 = padding) covers
+    the whole sequence so far and each row's positions are derived from it, so every
+    row computes what it would alone. The cache is a flat tuple of tensors whose first
+    dimension is the row: a caller drops finished rows with ``index_select(0, ...)``
+    on each of them. ``prefill``/``decode`` also accept ``B`` rows of one length.
+    """
+
+    def prefill_padded(self, input_ids: Any, attention_mask: Any) -> tuple[Any, Past]:
+        """Run left-padded prompts.
+
+        Args:
+            input_ids: ``LongTensor[B, T]``.
+            attention_mask: ``[B, T]``.
+
+        Returns:
+            ``(logits[B, vocab]`` of the last position, the cache).
+        """
+        ...
+
+    def decode_padded(self, tokens: Any, attention_mask: Any, past: Past) -> tuple[Any, Past]:
+        """Feed one token per row.
+
+        Args:
+            tokens: ``LongTensor[B, 1]``.
+            attention_mask: ``[B, S + 1]``: the previous mask with a 1 appended.
+            past: the cache returned by the previous call.
+
+        Returns:
+            ``(logits[B, vocab], the new cache)``.
         """
         ...
 

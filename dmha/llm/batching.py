@@ -8,9 +8,10 @@ are dropped), and cohorts that started at different times take turns, one token
 each per pass, so a newcomer's first token never waits for a long reply.
 
 On 2 CPU cores a 16-row decode step of the 135M model costs ~1.7x a 1-row step:
-batching is where aggregate throughput comes from. Models that only offer the
-one-row :class:`~dmha.llm.base.StepModel` protocol (TorchScript-frozen versions)
-get one cohort per request.
+batching is where aggregate throughput comes from. Eager and TorchScript-frozen
+versions both implement :class:`~dmha.llm.base.BatchStepModel` and are batched
+alike; a step model offering only the one-row
+:class:`~dmha.llm.base.StepModel` protocol gets one cohort per request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from dmha.llm.base import (
+    BatchStepModel,
     FinishReason,
     GenerationOptions,
     GenerationResult,
@@ -166,19 +168,26 @@ class SingleCohort:
 
 
 class BatchedCohort:
-    """Requests sharing one Hugging Face model, decoded as one left-padded batch."""
+    """Requests sharing one model version, decoded as one left-padded batch.
 
-    def __init__(self, reqs: Sequence[Request], model: Any, device: torch.device) -> None:
+    A lone request (or rows of one length) runs through the plain ``prefill``/``decode``
+    when it is a single row, which is the fastest one-row path of a frozen module;
+    several rows use the padded methods, whose mask hides the padding.
+    """
+
+    def __init__(self, reqs: Sequence[Request], step_model: BatchStepModel, device: torch.device) -> None:
         self.requests = list(reqs)
-        self._model = model
+        self._model = step_model
         self._device = device
         self._past: Any = None
         self._logits: Any = None
-        self._mask: Any = None
-        self._pos: Any = None
+        self._mask: torch.Tensor | None = None
 
-    @torch.inference_mode()
     def _prefill(self) -> None:
+        if len(self.requests) == 1:
+            ids = torch.tensor([self.requests[0].prompt_ids], dtype=torch.long, device=self._device)
+            self._logits, self._past = self._model.prefill(ids)
+            return
         width = max(len(r.prompt_ids) for r in self.requests)
         pad = self.requests[0].handle.tokenizer.pad_token_id or 0
         ids = torch.full((len(self.requests), width), pad, dtype=torch.long)
@@ -187,10 +196,8 @@ class BatchedCohort:
             ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids) :] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        self._past, self._logits, self._mask = out.past_key_values, out.logits[:, -1, :], mask
-        self._pos = mask.sum(-1, keepdim=True)
+        self._logits, self._past = self._model.prefill_padded(ids, mask)
+        self._mask = mask
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -209,39 +216,40 @@ class BatchedCohort:
             if not keep:
                 return
             index = torch.tensor(keep, device=self._device)
-            self._past.batch_select_indices(index)
-            self._mask, self._pos = self._mask[index], self._pos[index]
-        self._mask = torch.cat([self._mask, torch.ones_like(self._pos)], dim=-1)
+            self._past = tuple(t.index_select(0, index) for t in self._past)
+            if self._mask is not None:
+                self._mask = self._mask.index_select(0, index)
         tok = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(-1)
-        out = self._model(
-            input_ids=tok,
-            attention_mask=self._mask,
-            position_ids=self._pos,
-            past_key_values=self._past,
-            use_cache=True,
-        )
-        self._past, self._logits = out.past_key_values, out.logits[:, -1, :]
-        self._pos = self._pos + 1
+        if self._mask is None:
+            self._logits, self._past = self._model.decode(tok, self._past)
+            return
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(tokens), 1))], dim=-1)
+        self._logits, self._past = self._model.decode_padded(tok, self._mask, self._past)
 
 
 Cohort = SingleCohort | BatchedCohort
 
 
 def _device_of(handle: ModelHandle) -> torch.device:
+    device = getattr(handle.step_model, "device", None)
+    if device is not None:
+        return torch.device(device)
     if handle.torch_model is not None:
         return next(handle.torch_model.parameters()).device
-    return torch.device(getattr(handle.step_model, "device", "cpu"))
+    return torch.device("cpu")
 
 
 def make_cohorts(reqs: Sequence[Request]) -> list[Cohort]:
-    """Group newly admitted requests: one batch per eager model handle, else singles."""
+    """Group newly admitted requests: one batch per model handle that batches, else singles."""
     by_handle: dict[int, list[Request]] = {}
     cohorts: list[Cohort] = []
     for req in reqs:
-        if req.handle.kind == "eager" and req.handle.torch_model is not None:
+        if isinstance(req.handle.step_model, BatchStepModel):
             by_handle.setdefault(id(req.handle), []).append(req)
         else:
             cohorts.append(SingleCohort(req, _device_of(req.handle)))
     for group in by_handle.values():
-        cohorts.append(BatchedCohort(group, group[0].handle.torch_model, _device_of(group[0].handle)))
+        step_model = group[0].handle.step_model
+        assert isinstance(step_model, BatchStepModel)
+        cohorts.append(BatchedCohort(group, step_model, _device_of(group[0].handle)))
     return cohorts

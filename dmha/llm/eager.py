@@ -74,6 +74,54 @@ class EagerStepModel:
         return out.logits[:, -1, :], _cache_to_past(out.past_key_values)
 
     @torch.inference_mode()
+    def prefill_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Past]:
+        """Run left-padded prompts of different lengths as one batch.
+
+        Args:
+            input_ids: ``LongTensor[B, T]``, each prompt right-aligned.
+            attention_mask: ``[B, T]``, 1 on real tokens, 0 on the padding.
+
+        Returns:
+            ``(logits[B, vocab]`` of the last position, the flat cache).
+        """
+        mask = attention_mask.to(self.device)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask,
+            # Positions restart at each row's first real token: a row computes what it would alone.
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :], _cache_to_past(out.past_key_values)
+
+    @torch.inference_mode()
+    def decode_padded(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, past: Past
+    ) -> tuple[torch.Tensor, Past]:
+        """Feed one token per row of a padded batch.
+
+        Args:
+            tokens: ``LongTensor[B, 1]``.
+            attention_mask: ``[B, S + 1]``: the cache's mask with a 1 appended for the new token.
+            past: the cache returned by the previous call.
+
+        Returns:
+            ``(logits[B, vocab], the new cache)``.
+        """
+        mask = attention_mask.to(self.device)
+        out = self.model(
+            input_ids=tokens.to(self.device),
+            attention_mask=mask,
+            position_ids=mask.sum(-1, keepdim=True) - 1,
+            past_key_values=_past_to_cache(past),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :], _cache_to_past(out.past_key_values)
+
+    @torch.inference_mode()
     def decode(self, token: torch.Tensor, past: Past) -> tuple[torch.Tensor, Past]:
         """Feed one token.
 
