@@ -75,8 +75,9 @@ class AsyncDMHAClient(BaseClient):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close()
+        """Close the channel (not one borrowed through :meth:`for_request`)."""
+        if self._owns_channel:
+            await self._channel.close()
 
     async def _unary(self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = None) -> T:
         attempt = 0

@@ -68,8 +68,9 @@ class DMHAClient(BaseClient):
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channel (not one borrowed through :meth:`for_request`)."""
+        if self._owns_channel:
+            self._channel.close()
 
     def _unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         attempt = 0
@@ -91,7 +92,7 @@ class DMHAClient(BaseClient):
         Args:
             message: the user's message.
             session_id: continue this session ("" starts one).
-            **options: temperature, top_p, max_new_tokens, seed.
+            **options: temperature, top_p, max_new_tokens, seed, stop.
 
         Returns:
             The reply text, session id and full ChatReply.

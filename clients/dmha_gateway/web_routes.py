@@ -1,0 +1,148 @@
+"""The web page and the small JSON API it uses beside the OpenAI routes (``/dmha/v1/...``).
+
+The page chats through ``/v1/chat/completions`` like any OpenAI client; these
+routes cover what that API has no words for: listing and reading sessions,
+submitting a correction as feedback and following its training job, monitor
+events, health. Each is one SDK call; errors have the OpenAI shape too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from dmha_client import DMHAError
+from dmha_gateway.edge import caller, read_json, sse
+from dmha_gateway.errors import APIError, from_dmha_error
+
+__all__ = [
+    "STATIC_DIR",
+    "delete_session",
+    "get_job",
+    "get_session",
+    "health",
+    "index",
+    "list_events",
+    "list_sessions",
+    "submit_feedback",
+    "watch_job",
+]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+"""The page: plain HTML, CSS and JavaScript, served as they are (no build step)."""
+
+
+def _json(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+async def index(request: Request) -> Response:
+    """``GET /``: the chat page."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+
+async def health(request: Request) -> Response:
+    """``GET /healthz`` (no token): 200 when the gRPC server is SERVING, else 503."""
+    try:
+        status = await request.app.state.client.health()
+    except DMHAError as err:
+        status = f"UNREACHABLE ({err.status})"
+    ok = status == "SERVING"
+    return JSONResponse({"gateway": "ok", "server": status}, status_code=200 if ok else 503)
+
+
+async def list_sessions(request: Request) -> Response:
+    """``GET /dmha/v1/sessions``: the caller's sessions, most recently active first."""
+    try:
+        sessions = await caller(request).list_sessions()
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+    rows = sorted((_json(s) for s in sessions), key=lambda s: s["last_active"], reverse=True)
+    return JSONResponse({"sessions": rows})
+
+
+async def get_session(request: Request) -> Response:
+    """``GET /dmha/v1/sessions/{session_id}``: its turns, oldest first."""
+    try:
+        session = await caller(request).get_session(request.path_params["session_id"])
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+    return JSONResponse(_json(session))
+
+
+async def delete_session(request: Request) -> Response:
+    """``DELETE /dmha/v1/sessions/{session_id}``."""
+    try:
+        await caller(request).delete_session(request.path_params["session_id"])
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+    return Response(status_code=204)
+
+
+async def list_events(request: Request) -> Response:
+    """``GET /dmha/v1/events?session_id=&limit=``: the caller's monitor events, newest first."""
+    raw_limit = request.query_params.get("limit", "50")
+    if not raw_limit.isdigit():
+        raise APIError.invalid("limit", f"limit: must be a whole number (got {raw_limit[:20]!r})")
+    try:
+        events = await caller(request).monitor_events(int(raw_limit), request.query_params.get("session_id", ""))
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+    return JSONResponse({"events": [_json(e) for e in events]})
+
+
+async def submit_feedback(request: Request) -> Response:
+    """``POST /dmha/v1/feedback`` ``{"input_text", "target_text"}``: a training job
+    (trainers, admins) or a candidate for review (users)."""
+    client = caller(request)
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    fields = {}
+    for name in ("input_text", "target_text"):
+        value = body.get(name)
+        if not isinstance(value, str):
+            raise APIError.invalid(name, f"{name}: required, a string")
+        fields[name] = value
+    try:
+        job = await client.submit_feedback(fields["input_text"], fields["target_text"])
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+    return JSONResponse(_json(job), status_code=201)
+
+
+async def get_job(request: Request) -> Response:
+    """``GET /dmha/v1/jobs/{job_id}``."""
+    try:
+        job = await caller(request).get_job(request.path_params["job_id"])
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+    return JSONResponse(_json(job))
+
+
+async def watch_job(request: Request) -> Response:
+    """``GET /dmha/v1/jobs/{job_id}/watch``: the job as SSE events until its final state.
+
+    The page reads it with ``fetch`` (``EventSource`` cannot send a bearer token).
+    """
+    updates = aiter(caller(request).watch_job(request.path_params["job_id"]))
+    try:
+        first = await anext(updates, None)
+    except DMHAError as err:
+        raise from_dmha_error(err) from None
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield sse(_json(first))
+            async for job in updates:
+                yield sse(_json(job))
+            yield sse("[DONE]")
+        except DMHAError as err:
+            yield sse(from_dmha_error(err).body())
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
