@@ -24,9 +24,23 @@ from dmha_proto.v1 import (
     session_pb2,
 )
 
-__all__ = ["DEFAULT_ADDRESS", "FINAL_STATES", "BaseClient", "ChatResult", "Requests", "RetryPolicy"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_ADDRESS",
+    "FINAL_STATES",
+    "BaseClient",
+    "ChatResult",
+    "Requests",
+    "RetryPolicy",
+]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+"""gRPC reconnects to a server that was down within 5 s of its return (the library's
+default backoff grows to 120 s, too long for a gateway that must recover by itself)."""
 FINAL_STATES = frozenset({"deployed", "rejected", "failed", "candidate"})
 """Job states that will not change by themselves (a candidate waits for a trainer)."""
 

@@ -174,7 +174,7 @@ def plan_chat(req: ChatCompletionRequest, header_session: str | None) -> ChatPla
     warnings: list[str] = []
     if any(m.role in ("system", "developer") for m in req.messages):
         warnings.append("system messages were not applied: the server's system prompt is used")
-    if last > 0 and not (header_session or req.user):
+    if any(m.role in ("user", "assistant") for m in req.messages[:last]) and not (header_session or req.user):
         warnings.append(
             "earlier messages were not sent: DMHA keeps each conversation server-side; "
             "name it with the X-DMHA-Session header or the `user` field"
