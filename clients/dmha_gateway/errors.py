@@ -14,6 +14,7 @@ FAILED_PRECONDITION              409   invalid_request_error
 RESOURCE_EXHAUSTED               429   rate_limit_error
 DEADLINE_EXCEEDED                504   timeout_error
 UNAVAILABLE, CANCELLED           503   server_error   (retry later)
+UNIMPLEMENTED                    501   server_error   (a service the server runs without)
 anything else (a server bug)     500   server_error   (the server's message, no internals)
 """
 
@@ -39,6 +40,8 @@ HTTP_FOR_STATUS: dict[str, tuple[int, str]] = {
     # CANCELLED reaches a client only when the server shuts down under a call.
     "CANCELLED": (503, "server_error"),
     "UNAVAILABLE": (503, "server_error"),
+    # A service the server was started without (e.g. long-term memory disabled).
+    "UNIMPLEMENTED": (501, "server_error"),
 }
 """gRPC status name -> (HTTP status, OpenAI error type)."""
 

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from dmha_client import DMHAError
+from dmha_client import AsyncDMHAClient, DMHAError
 from dmha_gateway.edge import caller, read_json, sse
 from dmha_gateway.errors import APIError, from_dmha_error
 
@@ -67,13 +67,56 @@ async def list_sessions(request: Request) -> Response:
     return JSONResponse({"sessions": rows})
 
 
+# Archived turns read back for one session's history (a page is at most 500).
+_ARCHIVE_PAGES = 4
+_ARCHIVE_PAGE_SIZE = 500
+
+
 async def get_session(request: Request) -> Response:
-    """``GET /dmha/v1/sessions/{session_id}``: its turns, oldest first."""
+    """``GET /dmha/v1/sessions/{session_id}``: its whole history, oldest first.
+
+    Working memory holds a session's recent turns; older ones were archived to
+    long-term memory. Both are listed (``archived`` tells which), so a long
+    conversation reads back complete. When long-term memory cannot be read, the
+    recent turns come alone, with a ``warnings`` entry saying so.
+    """
+    client = caller(request)
+    session_id = request.path_params["session_id"]
     try:
-        session = await caller(request).get_session(request.path_params["session_id"])
+        session = await client.get_session(session_id)
     except DMHAError as err:
         raise from_dmha_error(err) from None
-    return JSONResponse(_json(session))
+    turns = [{**_json(t), "archived": False} for t in session.turns]
+    warnings: list[str] = []
+    known = {t.turn_id for t in session.turns}
+    try:
+        turns += await _archived_turns(client, session_id, known)
+    except DMHAError as err:
+        # UNIMPLEMENTED: the server runs without long-term memory, so nothing was archived.
+        if err.status != "UNIMPLEMENTED":
+            warnings.append(f"older turns could not be read from long-term memory ({err.status}: {err})")
+    # Both turns of an exchange share a timestamp; turn ids grow with time within it.
+    turns.sort(key=lambda t: (t["created_at"], t["turn_id"]))
+    return JSONResponse({"session_id": session_id, "turns": turns, "warnings": warnings})
+
+
+async def _archived_turns(client: AsyncDMHAClient, session_id: str, known: set[str]) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    token = ""
+    for _ in range(_ARCHIVE_PAGES):
+        page = await client.memory_list(_ARCHIVE_PAGE_SIZE, token, "turn", session_id)
+        for m in page.memories:
+            turn_id = m.source_ids[0] if m.source_ids else m.id
+            # A turn is briefly in both stores while it is being archived.
+            if turn_id not in known:
+                known.add(turn_id)
+                turns.append(
+                    {"turn_id": turn_id, "role": m.role, "text": m.text, "created_at": m.created_at, "archived": True}
+                )
+        token = page.next_page_token
+        if not token:
+            break
+    return turns
 
 
 async def delete_session(request: Request) -> Response:

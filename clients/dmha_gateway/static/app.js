@@ -221,6 +221,7 @@ async function openSession(id) {
   list.replaceChildren();
   showDetails(null);
   let question = "";
+  for (const warning of session.warnings) list.append(el("li", { class: "meta" }, warning));
   for (const turn of session.turns) {
     if (turn.role === "user") {
       question = turn.text;
@@ -510,6 +511,16 @@ function wire() {
     }
   });
   $("stop").addEventListener("click", () => state.busy && state.busy.abort());
+  for (const button of document.querySelectorAll(".close-panel")) {
+    button.addEventListener("click", () => {
+      togglePanel(button.dataset.panel, false);
+      $(button.dataset.panel === "sessions" ? "toggle-sessions" : "toggle-details").focus();
+    });
+  }
+  // On a narrow screen the side panels slide in below the header, whose height wraps.
+  const header = document.querySelector(".top");
+  const placePanels = () => document.documentElement.style.setProperty("--header-height", `${header.offsetHeight}px`);
+  new ResizeObserver(placePanels).observe(header);
   $("toggle-sessions").addEventListener("click", () => togglePanel("sessions"));
   $("toggle-details").addEventListener("click", () => togglePanel("details"));
   document.addEventListener("keydown", (event) => {
