@@ -16,6 +16,7 @@ TORCH_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+SERVE_PORT ?= 50051
 GATEWAY_PORT ?= 8080
 # The browser tests drive Debian's chromium through Playwright (no browser download).
 CHROMIUM ?= /usr/bin/chromium
@@ -25,7 +26,7 @@ export OMP_NUM_THREADS ?= 1
 .PHONY: install serve setup browser lint test test-fast bench protos config clean help
 
 help:
-	@echo "make serve   - install, prepare the model, run the server on 127.0.0.1:50051 and the"
+	@echo "make serve   - install, prepare the model, run the server on 127.0.0.1:$(SERVE_PORT) and the"
 	@echo "               gateway on http://127.0.0.1:$(GATEWAY_PORT)/ (web chat page, OpenAI-compatible API)"
 	@echo "make browser - install Debian's chromium for the browser tests (no-op when present)"
 	@echo "make test    - install, prepare the model, lint, run unit + integration + slow tests"
@@ -55,9 +56,9 @@ setup: install
 # The gateway runs beside the server and stops with it (Ctrl-C stops both); it answers
 # 503 until the server is up, so the two may start in any order.
 serve: setup
-	@$(BIN)/dmha gateway --port $(GATEWAY_PORT) --address 127.0.0.1:50051 --log-level warning & gateway=$$!; \
+	@$(BIN)/dmha gateway --port $(GATEWAY_PORT) --address 127.0.0.1:$(SERVE_PORT) --log-level warning & gateway=$$!; \
 	trap 'kill $$gateway 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/dmha serve --config configs/default.yaml
+	$(BIN)/dmha serve --config configs/default.yaml --port $(SERVE_PORT)
 
 # Debian's chromium for the Playwright browser tests; nothing happens when it is there.
 browser:

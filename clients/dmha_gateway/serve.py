@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from collections.abc import Callable
 
@@ -53,5 +54,12 @@ def run_gateway(
             if self.started and on_ready is not None:
                 on_ready(url)
 
-    config = uvicorn.Config(create_app(settings), log_level=log_level, access_log=False, lifespan="on")
-    Server(config).run(sockets=[sock])
+    # log_config=None: uvicorn logs through the format configured above, not its own.
+    config = uvicorn.Config(create_app(settings), log_level=log_level, log_config=None, access_log=False, lifespan="on")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the
+    # handler it found: with this one the process then exits 0, like `dmha serve`.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
