@@ -92,8 +92,9 @@ class _Edge:
                 if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
                     headers.append((b"content-security-policy", _PAGE_POLICY.encode()))
                 message = {**message, "headers": headers}
+                # The endpoint's name, never the raw path: label values must stay few.
                 endpoint = scope.get("endpoint")
-                route = getattr(endpoint, "__name__", "unmatched")
+                route = "unmatched" if endpoint is None else getattr(endpoint, "__name__", "static")
                 elapsed = time.perf_counter() - start
                 metrics.observe_request(route, status, elapsed)
                 log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -126,15 +127,13 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
+@dataclass(frozen=True, slots=True)
 class _Ids:
     """What every chunk of one completion repeats."""
 
-    __slots__ = ("completion_id", "created", "model")
-
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
-        self.completion_id = completion_id
-        self.created = created
-        self.model = model
+    completion_id: str
+    created: int
+    model: str
 
 
 async def _events(

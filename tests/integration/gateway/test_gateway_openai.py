@@ -22,7 +22,7 @@ def oa(gateway, token: str) -> AsyncOpenAI:
 async def test_completion_matches_a_direct_grpc_turn_and_carries_usage_and_extras(gateway):
     async with oa(gateway, gateway.token("alice")) as client:
         raw = await client.chat.completions.with_raw_response.create(
-            model="dmha", messages=HELLO, max_tokens=8, temperature=0, seed=3
+            model="dmha", messages=HELLO, max_tokens=8, temperature=0, seed=3, extra_headers={"X-Request-Id": "trace-7"}
         )
         completion = raw.parse()
         text = completion.choices[0].message.content
@@ -38,7 +38,9 @@ async def test_completion_matches_a_direct_grpc_turn_and_carries_usage_and_extra
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0
         dmha = completion.model_extra["dmha"]
         assert raw.headers["x-dmha-session"] == dmha["session_id"]
-        assert dmha["model_version"] == "base" and dmha["assistant_turn_id"] and dmha["request_id"]
+        assert dmha["model_version"] == "base" and dmha["assistant_turn_id"]
+        # The caller's request id reaches the server (its logs) and comes back.
+        assert dmha["request_id"] == "trace-7" == raw.headers["x-request-id"]
         assert {"memories", "statements", "claims", "monitor_events", "warnings", "notice"} <= dmha.keys()
 
 
