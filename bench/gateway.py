@@ -151,10 +151,16 @@ async def measure(address: str, url: str, token: str, streams: list[int], tokens
                     else:
                         result = await concurrent(lambda: via_gateway(url, token, tokens), n)
                     runs[path].setdefault(n, []).append(result)
-    return {
-        path: {n: {k: statistics.median(r[k] for r in reps) for k in reps[0]} for n, reps in by_n.items()}
-        for path, by_n in runs.items()
-    }
+    return {path: {n: summarise(reps) for n, reps in by_n.items()} for path, by_n in runs.items()}
+
+
+def summarise(reps: list[dict[str, float]]) -> dict[str, float]:
+    """Medians over repeats, and each figure's spread ((max - min) / median): the run's noise."""
+    out = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    for k in list(out):
+        values = [r[k] for r in reps]
+        out[f"{k}_spread"] = (max(values) - min(values)) / out[k] if out[k] else 0.0
+    return out
 
 
 def main() -> None:
@@ -181,14 +187,15 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    print(f"{'streams':>8} {'path':>8} {'TTFT p50':>10} {'tok/s/stream':>13} {'aggregate':>10}")
+    print(f"{'streams':>8} {'path':>8} {'TTFT p50':>10} {'tok/s/stream':>13} {'aggregate':>10}   spread over repeats")
     overhead = {}
     for n in args.streams:
         for path in ("grpc", "gateway"):
             r = figures[path][n]
             print(
                 f"{n:>8} {path:>8} {r['ttft_p50_s'] * 1000:>8.0f}ms {r['per_stream_tok_s']:>13.2f} "
-                f"{r['aggregate_tok_s']:>10.2f}"
+                f"{r['aggregate_tok_s']:>10.2f}   TTFT {r['ttft_p50_s_spread'] * 100:.0f} %, "
+                f"tok/s {r['per_stream_tok_s_spread'] * 100:.0f} %"
             )
         g, d = figures["gateway"][n], figures["grpc"][n]
         overhead[str(n)] = {
