@@ -9,6 +9,9 @@ parsing costs as little as the SDK's protobuf parsing) in ABBA order, so both se
 same machine load. Prints a table and one final JSON line.
 
     python bench/gateway.py [--streams 1 8] [--tokens 64] [--repeats 4]
+
+It also reports the CPU time the gateway process uses per streamed token next to the
+server's: a figure the machine's load hardly moves, unlike wall-clock ratios.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ async def concurrent(make, streams: int) -> dict[str, float]:
     results = await asyncio.gather(*(make() for _ in range(streams)))
     wall = max(r["end"] for r in results) - t0
     return {
+        "tokens": sum(r["tokens"] for r in results),
         "ttft_p50_s": statistics.median(r["ttft_s"] for r in results),
         "per_stream_tok_s": statistics.median(r["tok_s"] for r in results),
         "aggregate_tok_s": sum(r["tokens"] for r in results) / wall,
@@ -133,10 +137,25 @@ def start_gateway(address: str) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("gateway failed to start")
 
 
-async def measure(address: str, url: str, token: str, streams: list[int], tokens: int, repeats: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    address: str, url: str, token: str, streams: list[int], tokens: int, repeats: int, pids: dict[str, int]
+) -> tuple[dict, dict[str, float]]:
+    """Figures per path and stream count, and CPU seconds used per streamed token.
+
+    CPU time is what the gateway costs on a loaded machine, whatever the load: on
+    2 cores every CPU second it uses is one the model does not get.
+    """
     from dmha_client import AsyncDMHAClient
 
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"grpc": {}, "gateway": {}}
+    cpu = {"gateway_during_gateway": 0.0, "server_during_grpc": 0.0, "server_during_gateway": 0.0}
+    streamed = {"grpc": 0, "gateway": 0}
     async with AsyncDMHAClient(address, token, timeout=600) as client:
         await client.health()  # the channel is warm before the first measurement
         await via_grpc(client, 4)
@@ -146,12 +165,24 @@ async def measure(address: str, url: str, token: str, streams: list[int], tokens
             order = ("grpc", "gateway") if rep % 2 == 0 else ("gateway", "grpc")
             for n in streams:
                 for path in order:
+                    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     if path == "grpc":
                         result = await concurrent(lambda: via_grpc(client, tokens), n)
                     else:
                         result = await concurrent(lambda: via_gateway(url, token, tokens), n)
+                    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+                    streamed[path] += int(result["tokens"])
+                    cpu[f"server_during_{path}"] += used["server"]
+                    if path == "gateway":
+                        cpu["gateway_during_gateway"] += used["gateway"]
                     runs[path].setdefault(n, []).append(result)
-    return {path: {n: summarise(reps) for n, reps in by_n.items()} for path, by_n in runs.items()}
+    per_token = {
+        "gateway_cpu_ms_per_token": 1000 * cpu["gateway_during_gateway"] / max(streamed["gateway"], 1),
+        "server_cpu_ms_per_token_grpc": 1000 * cpu["server_during_grpc"] / max(streamed["grpc"], 1),
+        "server_cpu_ms_per_token_gateway": 1000 * cpu["server_during_gateway"] / max(streamed["gateway"], 1),
+    }
+    figures = {path: {n: summarise(reps) for n, reps in by_n.items()} for path, by_n in runs.items()}
+    return figures, per_token
 
 
 def summarise(reps: list[dict[str, float]]) -> dict[str, float]:
@@ -178,7 +209,10 @@ def main() -> None:
         server, address, token = start_server(data_dir, model_dir)
         gateway, url = start_gateway(address)
         try:
-            figures = asyncio.run(measure(address, url, token, args.streams, args.tokens, args.repeats))
+            pids = {"server": server.pid, "gateway": gateway.pid}
+            figures, per_token = asyncio.run(
+                measure(address, url, token, args.streams, args.tokens, args.repeats, pids)
+            )
         finally:
             for proc in (gateway, server):
                 proc.terminate()
@@ -208,6 +242,12 @@ def main() -> None:
             f"overhead at {n} stream(s): TTFT {o['ttft'] * 100:+.1f} %, tok/s/stream {o['tok_s'] * 100:+.1f} %, "
             f"aggregate {o['aggregate_tok_s'] * 100:+.1f} %"
         )
+    share = per_token["gateway_cpu_ms_per_token"] / per_token["server_cpu_ms_per_token_grpc"]
+    print(
+        f"CPU per streamed token: gateway {per_token['gateway_cpu_ms_per_token']:.2f} ms, server "
+        f"{per_token['server_cpu_ms_per_token_grpc']:.2f} ms (direct) / "
+        f"{per_token['server_cpu_ms_per_token_gateway']:.2f} ms (via gateway); gateway/server {share * 100:.1f} %"
+    )
     print(
         json.dumps(
             {
@@ -217,6 +257,8 @@ def main() -> None:
                 "repeats": args.repeats,
                 "figures": {p: {str(n): r for n, r in by_n.items()} for p, by_n in figures.items()},
                 "overhead": overhead,
+                "cpu_per_token": per_token,
+                "gateway_cpu_share": share,
             }
         )
     )
