@@ -30,6 +30,7 @@ RUN dmha setup --config configs/default.yaml
 RUN useradd --system --create-home dmha && mkdir -p /data && chown -R dmha /data
 USER dmha
 VOLUME ["/data"]
-EXPOSE 50051 9464
+# 50051 gRPC, 9464 metrics, 8080 for `dmha gateway --host 0.0.0.0` (the web page; run it as a second container).
+EXPOSE 50051 9464 8080
 HEALTHCHECK --interval=30s --timeout=5s CMD ["dmha", "health"]
 CMD ["dmha", "serve", "--config", "configs/default.yaml", "--host", "0.0.0.0"]

@@ -1,5 +1,6 @@
 # DMHA developer entry points. Two commands matter:
-#   make serve   install everything, prepare the default model, run the server
+#   make serve   install everything, prepare the default model, run the server and the
+#                HTTP gateway (web chat page at http://127.0.0.1:8080/)
 #   make test    install everything, prepare the default model, lint, run the test suite
 # Re-running either is fast: the install is skipped while pyproject.toml is unchanged,
 # and the model is converted once into $(DATA_DIR).
@@ -15,12 +16,19 @@ TORCH_VERSION := 2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+SERVE_PORT ?= 50051
+GATEWAY_PORT ?= 8080
+# The browser tests drive Debian's chromium through Playwright (no browser download).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install serve setup lint test test-fast bench protos config clean help
+.PHONY: install serve setup browser lint test test-fast bench protos config clean help
 
 help:
-	@echo "make serve   - install, prepare the model, run the server on 127.0.0.1:50051"
+	@echo "make serve   - install, prepare the model, run the server on 127.0.0.1:$(SERVE_PORT) and the"
+	@echo "               gateway on http://127.0.0.1:$(GATEWAY_PORT)/ (web chat page, OpenAI-compatible API)"
+	@echo "make browser - install Debian's chromium for the browser tests (no-op when present)"
 	@echo "make test    - install, prepare the model, lint, run unit + integration + slow tests"
 	@echo "make lint    - ruff (lint + format check), mypy and import-linter (config in pyproject.toml)"
 	@echo "make bench   - run every benchmark (figures for BENCHMARKS.md)"
@@ -45,8 +53,17 @@ endif
 setup: install
 	$(BIN)/dmha setup --config configs/default.yaml
 
+# The gateway runs beside the server and stops with it (Ctrl-C stops both); it answers
+# 503 until the server is up, so the two may start in any order.
 serve: setup
-	$(BIN)/dmha serve --config configs/default.yaml
+	@$(BIN)/dmha gateway --port $(GATEWAY_PORT) --address 127.0.0.1:$(SERVE_PORT) --log-level warning & gateway=$$!; \
+	trap 'kill $$gateway 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/dmha serve --config configs/default.yaml --port $(SERVE_PORT)
+
+# Debian's chromium for the Playwright browser tests; nothing happens when it is there.
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
 
 # The same checks as .pre-commit-config.yaml; their config lives in pyproject.toml.
 lint: install
@@ -55,10 +72,10 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
@@ -68,6 +85,7 @@ bench: setup
 	$(BIN)/python bench/online_edit.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/fuzz.py
+	$(BIN)/python bench/gateway.py
 
 protos: install
 	$(BIN)/python protos/generate.py

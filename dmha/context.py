@@ -32,6 +32,8 @@ from dmha.turn import Turn, TurnResult, TurnState, new_turn_id
 
 __all__ = [
     "MAX_SEED",
+    "MAX_STOP_CHARS",
+    "MAX_STOP_SEQUENCES",
     "MAX_TEMPERATURE",
     "MIN_TEMPERATURE",
     "ChatPipeline",
@@ -47,6 +49,10 @@ MAX_TEMPERATURE = 2.0
 """Largest temperature (beyond it replies are noise)."""
 MAX_SEED = 2**63 - 1
 """torch.Generator.manual_seed takes a signed 64-bit seed."""
+MAX_STOP_SEQUENCES = 4
+"""Stop sequences per request (the OpenAI API's limit, which the gateway mirrors)."""
+MAX_STOP_CHARS = 100
+"""Longest stop sequence: each decoded token is searched for every sequence."""
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ def resolve_options(
     top_p: float | None = None,
     max_new_tokens: int | None = None,
     seed: int | None = None,
+    stop: Sequence[str] = (),
     timeout: float | None = None,
 ) -> GenerationOptions:
     """Turn request fields into validated options, applying defaults and limits.
@@ -91,6 +98,8 @@ def resolve_options(
         top_p: in (0, 1]; default 1.
         max_new_tokens: 1 to ``limits.max_new_tokens``.
         seed: sampling seed, 0 to ``MAX_SEED``.
+        stop: up to ``MAX_STOP_SEQUENCES`` non-empty stop sequences of at most
+            ``MAX_STOP_CHARS`` characters.
         timeout: seconds left before the client's deadline.
 
     Returns:
@@ -115,8 +124,14 @@ def resolve_options(
         raise InvalidArgument("options.max_new_tokens", f"is {n}; must be 1 to the limit {limits.max_new_tokens}")
     if seed is not None and not 0 <= int(seed) <= MAX_SEED:
         raise InvalidArgument("options.seed", f"is {seed}; must be between 0 and {MAX_SEED}")
+    stops = tuple(stop)
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument("options.stop", f"has {len(stops)} sequences; at most {MAX_STOP_SEQUENCES}")
+    for s in stops:
+        if not 1 <= len(s) <= MAX_STOP_CHARS:
+            raise InvalidArgument("options.stop", f"a sequence is {len(s)} characters; must be 1 to {MAX_STOP_CHARS}")
     deadline = time.monotonic() + timeout if timeout is not None else None
-    return GenerationOptions(max_new_tokens=n, temperature=t, top_p=p, seed=seed, deadline=deadline)
+    return GenerationOptions(max_new_tokens=n, temperature=t, top_p=p, seed=seed, deadline=deadline, stop=stops)
 
 
 class ChatPipeline:

@@ -24,6 +24,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "top_p": args.top_p,
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
+        "stop": args.stop,
     }
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from dmha_cli import chat_cmd, kb_cmd, learning_cmd, memory_cmd
+from dmha_cli import chat_cmd, gateway_cmd, kb_cmd, learning_cmd, memory_cmd
 from dmha_client.errors import DMHAError
 
 __all__ = ["PLUGIN_GROUP", "build_parser", "main"]
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="DMHA: a conversational agent with working memory, long-term memory, "
         "a Z3 knowledge base and online learning, served over gRPC.",
         epilog="Quick start (with the server installed): `dmha serve` in one terminal; then "
-        "`export DMHA_TOKEN=$(dmha token --user alice)` and `dmha chat` in another.",
+        "`export DMHA_TOKEN=$(dmha token --user alice)` and `dmha chat` in another "
+        "(or `dmha gateway` and a browser at http://127.0.0.1:8080/).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="nucleus sampling mass (default 1)")
     p.add_argument("--max-new-tokens", type=int, help="reply length cap")
     p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="end the reply before TEXT (repeat: up to 4)")
     p.add_argument("-m", "--message", help="send one message, print the reply, exit")
     p.set_defaults(func=chat_cmd.chat)
 
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     kb_cmd.add_parser(sub, _client_flags)
     memory_cmd.add_parser(sub, _client_flags)
     learning_cmd.add_parsers(sub, _client_flags)
+    gateway_cmd.add_parser(sub)
     return parser
 
 

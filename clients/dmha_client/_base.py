@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from grpc_health.v1 import health_pb2
 
@@ -24,6 +25,7 @@ from dmha_proto.v1 import (
 )
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "DEFAULT_ADDRESS",
     "FINAL_STATES",
     "HEALTH_PARTS",
@@ -34,6 +36,12 @@ __all__ = [
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+"""gRPC reconnects to a server that was down within 5 s of its return (the library's
+default backoff grows to 120 s, too long for a gateway that must recover by itself)."""
 FINAL_STATES = frozenset({"deployed", "rejected", "failed", "candidate"})
 """Job states that will not change by themselves (a candidate waits for a trainer)."""
 HEALTH_PARTS = ("redis", "milvus", "executor", "generation", "disk")
@@ -85,9 +93,38 @@ class BaseClient:
         self.token = token if token is not None else os.environ.get("DMHA_TOKEN", "")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.request_id = ""
+        # A client made by for_request() borrows its parent's channel and never closes it.
+        self._owns_channel = True
+
+    def for_request(self, token: str, request_id: str = "") -> Self:
+        """A client for one caller over this client's channel (a gateway serving many users).
+
+        Opening a channel per HTTP request would cost a connection each time; the
+        copy shares the channel and differs only in the metadata it sends.
+        Closing the copy leaves the channel open.
+
+        Args:
+            token: the caller's bearer JWT.
+            request_id: sent as ``x-request-id`` so the server logs the caller's id
+                (at most 64 characters; "" lets the server pick one).
+
+        Returns:
+            The client.
+        """
+        other = copy.copy(self)
+        other.token = token
+        other.request_id = request_id
+        other._owns_channel = False
+        return other
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        metadata: list[tuple[str, str]] = []
+        if self.token:
+            metadata.append(("authorization", f"Bearer {self.token}"))
+        if self.request_id:
+            metadata.append(("x-request-id", self.request_id))
+        return tuple(metadata)
 
 
 class Requests:
@@ -106,8 +143,12 @@ class Requests:
         top_p: float | None = None,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        stop: Sequence[str] | None = None,
     ) -> chat_pb2.ChatRequest:
-        """Chat / Contextualize; unset options stay unset (the server's defaults apply)."""
+        """Chat / Contextualize; unset options stay unset (the server's defaults apply).
+
+        ``stop``: up to 4 stop sequences; the reply ends before the first one it would contain.
+        """
         options = common_pb2.GenerationOptions()
         if temperature is not None:
             options.temperature = temperature
@@ -117,6 +158,8 @@ class Requests:
             options.max_new_tokens = max_new_tokens
         if seed is not None:
             options.seed = seed
+        if stop:
+            options.stop.extend(stop)
         return chat_pb2.ChatRequest(session_id=session_id, message=message, options=options)
 
     @staticmethod

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
+from dmha_client._base import CHANNEL_OPTIONS, FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
 from dmha_client.errors import DeadlineExceeded, NotFound, from_rpc_error, is_retryable
 from dmha_proto.v1 import (
@@ -58,7 +58,7 @@ class DMHAClient(BaseClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stubs = Stubs(self._channel)
 
     def __enter__(self) -> DMHAClient:
@@ -68,8 +68,9 @@ class DMHAClient(BaseClient):
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channel (not one borrowed through :meth:`for_request`)."""
+        if self._owns_channel:
+            self._channel.close()
 
     def _unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         attempt = 0
@@ -91,7 +92,7 @@ class DMHAClient(BaseClient):
         Args:
             message: the user's message.
             session_id: continue this session ("" starts one).
-            **options: temperature, top_p, max_new_tokens, seed.
+            **options: temperature, top_p, max_new_tokens, seed, stop.
 
         Returns:
             The reply text, session id and full ChatReply.

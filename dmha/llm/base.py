@@ -52,6 +52,9 @@ class GenerationOptions:
     seed: int | None = None
     deadline: float | None = None
     """Absolute ``time.monotonic()`` after which generation stops with ``deadline``."""
+    stop: tuple[str, ...] = ()
+    """Stop sequences: the reply ends (``stop``) before the first one it would contain;
+    the sequence itself is neither streamed nor stored."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from dmha.llm.base import (
     TokenDelta,
 )
 
-__all__ = ["BatchedCohort", "Request", "SingleCohort", "make_cohorts", "sample"]
+__all__ = ["BatchedCohort", "Request", "SingleCohort", "make_cohorts", "sample", "visible_prefix"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,33 @@ def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generato
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+def visible_prefix(text: str, stops: Sequence[str]) -> tuple[int, bool]:
+    """How much of a growing reply may be shown, given stop sequences.
+
+    Args:
+        text: the reply decoded so far.
+        stops: the request's stop sequences (may be empty).
+
+    Returns:
+        ``(length, stopped)``: cut before the earliest stop sequence (``stopped``), or
+        the text less its longest tail that could still grow into one (held back until
+        the next token decides; otherwise a client would see the start of a stop
+        sequence that is then cut from the stored reply).
+    """
+    if not stops:
+        return len(text), False
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if found:
+        return min(found), True
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return len(text) - hold, False
+
+
 @dataclass
 class Request:
     """One generation request, owned by the scheduler thread once queued."""
@@ -82,6 +109,9 @@ class Request:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     emitted: str = ""
+    """Text streamed so far (the reply, once finished)."""
+    decoded: str = ""
+    """Text decoded so far; ahead of ``emitted`` by a held-back stop-sequence prefix."""
 
     def send(self, item: TokenDelta | GenerationResult | BaseException) -> None:
         """Hand an item to the waiting coroutine (thread-safe)."""
@@ -91,8 +121,16 @@ class Request:
             # The caller's event loop is gone (shutdown): nobody is listening any more.
             self.cancelled.set()
 
-    def finish(self, reason: FinishReason) -> None:
-        """Send the final result."""
+    def finish(self, reason: FinishReason, *, flush: bool = True) -> None:
+        """Send the final result.
+
+        Args:
+            reason: why generation ended.
+            flush: stream the held-back tail first (False when a stop sequence cut it).
+        """
+        if flush and len(self.decoded) > len(self.emitted):
+            self.send(TokenDelta(text=self.decoded[len(self.emitted) :]))
+            self.emitted = self.decoded
         mean = sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
         self.send(
             GenerationResult(
@@ -133,9 +171,16 @@ class Request:
         self.logprobs.append(logprob if math.isfinite(logprob) else -100.0)
         text = self.handle.tokenizer.decode(self.ids, skip_special_tokens=True)
         # A multi-byte character split across tokens decodes to U+FFFD: wait for the rest.
-        if not text.endswith("\ufffd") and len(text) > len(self.emitted):
-            self.send(TokenDelta(text=text[len(self.emitted) :], token_ids=(token,), logprob=logprob))
-            self.emitted = text
+        if not text.endswith("\ufffd"):
+            self.decoded = text
+            shown, stopped = visible_prefix(text, opts.stop)
+            if shown > len(self.emitted):
+                self.send(TokenDelta(text=text[len(self.emitted) : shown], token_ids=(token,), logprob=logprob))
+                self.emitted = text[:shown]
+            if stopped:
+                self.emitted = text[:shown]
+                self.finish("stop", flush=False)
+                return None
         total = len(self.prompt_ids) + len(self.ids)
         if len(self.ids) >= opts.max_new_tokens or total >= self.handle.max_positions:
             self.finish("length")

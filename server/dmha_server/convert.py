@@ -46,6 +46,7 @@ class OptionFields(TypedDict):
     top_p: float | None
     max_new_tokens: int | None
     seed: int | None
+    stop: tuple[str, ...]
 
 
 def option_fields(options: common_pb2.GenerationOptions) -> OptionFields:
@@ -59,6 +60,7 @@ def option_fields(options: common_pb2.GenerationOptions) -> OptionFields:
         top_p=field("top_p"),
         max_new_tokens=field("max_new_tokens"),
         seed=field("seed"),
+        stop=tuple(options.stop),
     )
 
 

@@ -77,3 +77,37 @@ def test_capital_of_france_through_sdk_and_cli(served):
         timeout=60,
     )
     assert bad.returncode != 0 and bad.stderr.startswith("UNAUTHENTICATED")
+
+
+def test_capital_of_france_through_the_gateway_command(served):
+    """`dmha gateway` in front of `dmha serve`, called by the official OpenAI client."""
+    from openai import OpenAI
+
+    address, token, env = served
+    proc = subprocess.Popen(
+        [DMHA, "gateway", "--port", "0", "--address", address, "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        m = re.match(r"DMHA gateway on (\S+)", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+        with OpenAI(base_url=f"{m.group(1)}v1", api_key=token, max_retries=0, timeout=120) as client:
+            reply = client.chat.completions.create(
+                model="dmha", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24
+            )
+            assert "Paris" in reply.choices[0].message.content
+            stream = client.chat.completions.create(
+                model="dmha",
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                max_tokens=24,
+                stream=True,
+            )
+            assert "Paris" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]  # SIGTERM is a clean shutdown

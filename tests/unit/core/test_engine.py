@@ -8,7 +8,7 @@ from dmha.config import LimitsConfig, ModelConfig
 from dmha.context import resolve_options
 from dmha.errors import InvalidArgument, ResourceExhausted
 from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, TokenDelta
-from dmha.llm.batching import sample
+from dmha.llm.batching import sample, visible_prefix
 from dmha.llm.engine import HFEngine, load_eager_handle
 
 MSGS = [ChatMessage("system", "You are terse."), ChatMessage("user", "Say something.")]
@@ -118,6 +118,9 @@ def test_sample_greedy_and_top_p():
         ({"temperature": 3.0}, "options.temperature"),
         ({"top_p": 0.0}, "options.top_p"),
         ({"max_new_tokens": 10_000}, "options.max_new_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "options.stop"),
+        ({"stop": [""]}, "options.stop"),
+        ({"stop": ["x" * 101]}, "options.stop"),
     ],
 )
 def test_options_out_of_range(kwargs, field):
@@ -184,3 +187,31 @@ def test_health_probe_sees_a_stopped_scheduler(engine):
     engine.close()
     with pytest.raises(Unavailable, match="stopped"):
         engine.probe(stall_seconds=10)
+
+
+def test_visible_prefix_cuts_at_the_earliest_stop_and_holds_back_partial_ones():
+    assert visible_prefix("hello world", ()) == (11, False)
+    assert visible_prefix("hello world", ("wor", "lo")) == (3, True)
+    # "wo" may still become "wor": held back; "hello w" likewise keeps "w" back.
+    assert visible_prefix("hello wo", ("wor",)) == (6, False)
+    assert visible_prefix("hello w", ("wor", "xyz")) == (6, False)
+    assert visible_prefix("hello", ("wor",)) == (5, False)
+
+
+async def test_stop_sequence_ends_the_reply_before_it(engine):
+    options = GenerationOptions(max_new_tokens=16)
+    full = (await engine.complete(MSGS, options)).text
+    assert len(full) > 6, full
+    stop = full[3:6]
+    deltas, result = await collect(engine, GenerationOptions(max_new_tokens=16, stop=(stop,)))
+    assert result.text == full[: full.find(stop)]
+    assert "".join(deltas) == result.text
+    assert result.finish_reason == "stop"
+
+
+async def test_a_stop_sequence_that_never_completes_is_streamed_in_full(engine):
+    full = (await engine.complete(MSGS, GenerationOptions(max_new_tokens=10))).text
+    # The reply's own last character followed by an impossible one: held back, then flushed.
+    stop = full[-1] + "\u2603\u2603"
+    deltas, result = await collect(engine, GenerationOptions(max_new_tokens=10, stop=(stop,)))
+    assert result.text == full and "".join(deltas) == full
