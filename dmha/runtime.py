@@ -170,7 +170,8 @@ def build_runtime(
             summariser = LLMSummariser(llm, loop) if loop is not None and cfg.memory.longterm.summarise else None
             longterm = build_longterm(cfg.memory, cfg.data_dir, working=working, summariser=summariser)
             closers.append(longterm.close)
-            memory_hook = MemoryHook(longterm, llm, cfg.memory.retrieval.top_k, cfg.memory.retrieval.token_budget)
+            retrieval = cfg.memory.retrieval
+            memory_hook = MemoryHook(longterm, llm, retrieval.top_k, retrieval.token_budget, retrieval.prompt_kinds)
         # Order matters: the KB strips statement lines before memory retrieval reads
         # the message, and the monitor reviews last, seeing claims and memories.
         hooks: list[TurnHook] = []
