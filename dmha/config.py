@@ -169,14 +169,19 @@ class ClusteringConfig(_Section):
     their nearest cluster centroid through Faiss. 10k keeps 100k memories under ~10 s."""
 
 
+_Kind = Literal["turn", "summary", "cluster_summary", "fact"]
+
+
+def _prompt_kinds() -> list[_Kind]:
+    return ["turn", "fact"]
+
+
 class RetrievalConfig(_Section):
     top_k: int = Field(8, ge=0)
     """Memories put into the prompt per turn."""
     token_budget: int = Field(384, ge=0)
     """Prompt tokens reserved for retrieved memories."""
-    prompt_kinds: list[Literal["turn", "summary", "cluster_summary", "fact"]] = Field(
-        default_factory=lambda: ["turn", "fact"], min_length=1
-    )
+    prompt_kinds: list[_Kind] = Field(default_factory=_prompt_kinds, min_length=1)
     """Memory kinds the chat prompt draws from. Summaries are left out by default:
     under a prompt budget a summary spends tokens on paraphrase while the turns it
     stands for carry the words (strict recall at 256-1024 tokens on LoCoMo, see
