@@ -278,9 +278,12 @@ class Retriever:
         links = [index.around(rows, d) for d in range(1, len(weights) + 1)]
         need = np.unique(np.concatenate([rows, *[x for pair in links for x in pair]]))
         need = need[need >= 0]
-        lexical_of = dict(zip(keys.tolist(), bm25.tolist(), strict=True))
         d = index.similarity(query_vector, need.tolist()).astype(np.float64)
-        b = np.array([lexical_of.get(r, 0.0) for r in need.tolist()], dtype=np.float64)
+        b = np.zeros(len(need), dtype=np.float64)
+        if len(keys):  # keys come sorted (np.unique): look the needed rows up by bisection
+            at_key = np.minimum(np.searchsorted(keys, need), len(keys) - 1)
+            hit = keys[at_key] == need
+            b[hit] = bm25[at_key[hit]]
         # z-statistics over the pool only: the neighbours pulled in are not a sample
         # of what matched, and must not shift the scale.
         in_pool = np.isin(need, np.asarray(pool, dtype=np.int64))
