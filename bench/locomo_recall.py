@@ -156,6 +156,13 @@ def served_summariser() -> str:
     return "llm" if MemoryConfig().longterm.summarise else "extractive"
 
 
+def served_prompt_kinds() -> list[str]:
+    """The memory kinds the chat prompt draws from by default."""
+    from dmha.config import MemoryConfig
+
+    return list(MemoryConfig().retrieval.prompt_kinds)
+
+
 def llm_summariser() -> tuple[Any, Any]:
     """The server's LLM summariser over the default model, with its event loop thread."""
     import asyncio
@@ -235,7 +242,7 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         variant_cfg = cfg.model_copy(update={"retrieval": RetrievalConfig(**over)})
         readers.setdefault(name, LongTermMemory(variant_cfg, store, embedder))
     # What the chat prompt draws from (MemoryHook passes the same kinds).
-    prompt_kinds = cfg.retrieval.prompt_kinds
+    prompt_kinds = args.prompt_kinds or cfg.retrieval.prompt_kinds
     kinds_of = {name: RetrievalConfig(**over).prompt_kinds for name, over in variants + grid}
     ks, budgets = sorted(set(args.k)), sorted(set(args.budgets))
     kmax, max_k = max(ks), cfg.retrieval.max_k
@@ -430,6 +437,7 @@ def _recall_result(
         "questions_without_evidence": skipped,
         "questions_per_category": {c: tally.counts[c] for c in cats},
         "summariser": names[0],
+        "prompt_kinds": list(args.prompt_kinds or served_prompt_kinds()),
         "summarisers": names,
         "token_counter": counter_name,
         "recall": table,

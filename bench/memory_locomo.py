@@ -42,7 +42,8 @@ Usage (from the repository root)::
 
     python bench/memory_locomo.py --scale 0                     # recall, served summariser
     python bench/memory_locomo.py --scale 0 --ablation --loo    # + the ablation and LOO
-    python bench/memory_locomo.py --scale 0 --summariser llm extractive --only conv-30
+    python bench/memory_locomo.py --scale 0 --only conv-30 --summariser llm extractive none \\
+        --prompt-kinds turn summary cluster_summary fact     # which summaries, when returned
     python bench/memory_locomo.py --data -                      # scale test only
 
 The data set stays outside the repository (license: evaluation only).
@@ -87,6 +88,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=["served"],
         help="summaries of archived batches: served = what the default config uses; "
         "several = one ingest each, the first is the headline (none = turns only)",
+    )
+    p.add_argument(
+        "--prompt-kinds",
+        nargs="+",
+        choices=["turn", "summary", "cluster_summary", "fact"],
+        default=None,
+        help="memory kinds the headline searches draw from (default: memory.retrieval.prompt_kinds, as served)",
     )
     p.add_argument("--conversations", type=int, default=0, help="use only the first N (0 = all)")
     p.add_argument("--only", nargs="+", default=[], help="use only these sample ids (e.g. conv-30)")
