@@ -137,7 +137,7 @@ def loo_grid() -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = [("rrf (issue 3)", BEFORE)]
     for context in (False, True):
         for weights in ([], [0.5], [0.5, 0.35]):
-            for dense in (0.4, 0.5, 0.6, 0.7):
+            for dense in (0.3, 0.4, 0.5, 0.6, 0.7):
                 name = f"dense {dense}, neighbours {weights or '-'}, BM25 context {'on' if context else 'off'}"
                 over = {
                     "weight_dense": dense,

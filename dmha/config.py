@@ -203,10 +203,10 @@ class RetrievalConfig(_Section):
     ``rrf_k`` and the cluster, recency and context weights)."""
     rrf_k: int = Field(20, ge=1)
     """Reciprocal-rank-fusion constant: score = sum(weight / (rrf_k + rank))."""
-    weight_dense: float = Field(0.5, ge=0)
+    weight_dense: float = Field(0.4, ge=0)
     """Weight of dense (embedding) similarity (chosen by leave-one-conversation-out
     on the LoCoMo dev split, BENCHMARKS.md)."""
-    weight_lexical: float = Field(0.5, ge=0)
+    weight_lexical: float = Field(0.6, ge=0)
     """Weight of BM25 (names, dates and rare words MiniLM misses)."""
     lexical_context: bool = True
     """BM25 reads each turn together with the turn said just before it: a reply
