@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -151,8 +151,11 @@ class LongTermConfig(_Section):
     """Collection holding every user's memories (filtered by user_id)."""
     archive_batch: int = Field(8, ge=1)
     """Turns archived (and summarised together) at once when working memory overflows."""
-    summarise: bool = True
-    """Ask the LLM for a summary record of each archived batch (else the extractive one)."""
+    summarise: bool = False
+    """Ask the LLM for the summary record of each archived batch; off = the extractive
+    summary (quoted sentences). Off by default: the default 135M model's summaries
+    repeat themselves and quote no turn, and cost 4-10 s of CPU per batch (measured on
+    LoCoMo, BENCHMARKS.md); a larger model may be worth it."""
     timeout_seconds: float = Field(10.0, gt=0)
     """Seconds before a Milvus call is considered failed (maps to UNAVAILABLE)."""
     retry_after_seconds: float = Field(0.5, gt=0, le=60)
@@ -177,11 +180,23 @@ class ClusteringConfig(_Section):
     their nearest cluster centroid through Faiss. 10k keeps 100k memories under ~10 s."""
 
 
+_Kind = Literal["turn", "summary", "cluster_summary", "fact"]
+
+
+def _prompt_kinds() -> list[_Kind]:
+    return ["turn", "fact"]
+
+
 class RetrievalConfig(_Section):
     top_k: int = Field(8, ge=0)
     """Memories put into the prompt per turn."""
     token_budget: int = Field(384, ge=0)
     """Prompt tokens reserved for retrieved memories."""
+    prompt_kinds: list[_Kind] = Field(default_factory=_prompt_kinds, min_length=1)
+    """Memory kinds the chat prompt draws from. Summaries are left out by default:
+    under a prompt budget a summary spends tokens on paraphrase while the turns it
+    stands for carry the words (strict recall at 256-1024 tokens on LoCoMo, see
+    BENCHMARKS.md). Search through the Memory service still finds every kind."""
     hot_users: int = Field(64, ge=0)
     """Users whose Faiss index is kept in process; 0 = every search goes to Milvus
     (dense similarity and recency only)."""
@@ -191,20 +206,34 @@ class RetrievalConfig(_Section):
     """Largest query accepted by search (UTF-8 bytes)."""
     candidates: int = Field(100, ge=10)
     """Depth of each signal's ranking before fusion."""
+    fusion: Literal["score", "rrf"] = "score"
+    """How the signals combine. ``score``: dense and BM25 similarities, each
+    z-normalised over the candidates, summed with their weights, plus the best
+    neighbouring turns' scores (``neighbour_weights``). ``rrf``: weighted
+    reciprocal-rank fusion of the rankings (the method before issue 12; uses
+    ``rrf_k`` and the cluster, recency and context weights)."""
     rrf_k: int = Field(20, ge=1)
     """Reciprocal-rank-fusion constant: score = sum(weight / (rrf_k + rank))."""
-    weight_dense: float = Field(1.0, ge=0)
-    """RRF weight of dense (embedding) similarity."""
-    weight_lexical: float = Field(1.5, ge=0)
-    """RRF weight of BM25 (names, dates and rare words beat MiniLM on LoCoMo)."""
+    weight_dense: float = Field(0.4, ge=0)
+    """Weight of dense (embedding) similarity (chosen by leave-one-conversation-out
+    on the LoCoMo dev split, BENCHMARKS.md)."""
+    weight_lexical: float = Field(0.6, ge=0)
+    """Weight of BM25 (names, dates and rare words MiniLM misses)."""
+    lexical_context: bool = True
+    """BM25 reads each turn together with the turn said just before it: a reply
+    rarely repeats the words of the question it answers."""
+    neighbour_weights: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [0.5, 0.35], max_length=4)
+    """Score fusion: a turn gains ``neighbour_weights[d-1]`` times the better score
+    of its two neighbours at distance d in its session (the answer often sits
+    beside the line that matches the question); [] turns it off."""
     weight_cluster: float = Field(0.0, ge=0)
-    """RRF weight of cluster routing (candidates in the clusters nearest the query).
-    Off by default: on LoCoMo it re-ranks what dense already found and cost recall."""
+    """RRF only: weight of cluster routing (candidates in the clusters nearest the
+    query). Off by default: on LoCoMo it re-ranks what dense already found."""
     weight_recency: float = Field(0.1, ge=0)
-    """RRF weight of recency among the candidates."""
+    """RRF only: weight of recency among the candidates."""
     weight_context: float = Field(1.0, ge=0)
-    """RRF weight of context: summaries ranked by their turns' scores, and the turns
-    beside the top hits."""
+    """RRF only: weight of context (summaries ranked by their turns' scores, and the
+    turns beside the top hits)."""
     ivf_threshold: int = Field(50_000, ge=1000)
     """Above this many memories a user's hot index switches from exact IndexFlatIP
     (~10 ms/query at 100k on one core) to IVF (~1 ms, approximate)."""

@@ -225,7 +225,8 @@ def build_runtime(
                 longterm.on_change = changes.publish
                 changes.start()
                 closers.append(changes.stop)
-            memory_hook = MemoryHook(longterm, llm, cfg.memory.retrieval.top_k, cfg.memory.retrieval.token_budget)
+            retrieval = cfg.memory.retrieval
+            memory_hook = MemoryHook(longterm, llm, retrieval.top_k, retrieval.token_budget, retrieval.prompt_kinds)
         # Order matters: the KB strips statement lines before memory retrieval reads
         # the message, and the monitor reviews last, seeing claims and memories.
         hooks: list[TurnHook] = []

@@ -349,6 +349,61 @@ class BM25Index:
         uniq, inverse = np.unique(keys, return_inverse=True)
         return uniq, np.bincount(inverse, weights=scores).astype(np.float32)
 
+    def context_scores(
+        self, query_tokens: Iterable[str], successor: np.ndarray, context_lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 scores of documents read together with the document before them.
+
+        Document ``d`` is scored as if its text were its predecessor's followed by
+        its own: a term in the predecessor counts for ``d`` as well. The combined
+        documents are virtual -- built from the plain postings at query time -- so a
+        removed document stops lending its words at once.
+
+        Args:
+            query_tokens: tokens from :func:`tokenize` (repeats are ignored).
+            successor: ``successor[key]`` is the document ``key`` precedes, or -1
+                (at least as long as the highest key).
+            context_lengths: ``context_lengths[key]`` is the token count of ``key``'s
+                combined text (its own plus its predecessor's).
+
+        Returns:
+            ``(keys, scores)`` of the matching live documents, unordered.
+        """
+        n = self._live
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        m = min(len(self._alive), len(context_lengths))
+        avgdl = max(float(context_lengths[:m][self._alive[:m]].mean()), 1e-6)
+        all_keys: list[np.ndarray] = []
+        all_scores: list[np.ndarray] = []
+        for term in dict.fromkeys(query_tokens):
+            arrays = self._arrays(term)
+            if arrays is None:
+                continue
+            keys, tf = arrays
+            live = self._alive[keys]
+            keys, tf = keys[live], tf[live]
+            if len(keys) == 0:
+                continue
+            lent = successor[keys]
+            has = lent >= 0
+            keys, inverse = np.unique(np.concatenate([keys, lent[has]]), return_inverse=True)
+            tf = np.bincount(inverse, weights=np.concatenate([tf, tf[has]])).astype(np.float32)
+            idf = max(float(np.log((n - len(keys) + 0.5) / (len(keys) + 0.5) + 1.0)), 1e-3)
+            norm = self.k1 * (1.0 - self.b + self.b * context_lengths[keys] / avgdl)
+            all_keys.append(keys)
+            all_scores.append(idf * tf * (self.k1 + 1.0) / (tf + norm))
+        if not all_keys:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        keys = np.concatenate(all_keys)
+        scores = np.concatenate(all_scores)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        return uniq, np.bincount(inverse, weights=scores).astype(np.float32)
+
+    def length(self, key: int) -> int:
+        """Token count of a live document (0 when absent)."""
+        return int(self._lengths[key]) if key < len(self._alive) and self._alive[key] else 0
+
     def top(self, query_tokens: Iterable[str], k: int) -> list[tuple[int, float]]:
         """The ``k`` best documents.
 

@@ -34,13 +34,22 @@ class MemoryHook:
         llm: for token counting within the retrieval budget.
         top_k: memories retrieved per turn.
         token_budget: prompt tokens reserved for them.
+        kinds: the memory kinds the prompt draws from (None = all).
     """
 
-    def __init__(self, memory: LongTermMemory, llm: LLM, top_k: int, token_budget: int) -> None:
+    def __init__(
+        self,
+        memory: LongTermMemory,
+        llm: LLM,
+        top_k: int,
+        token_budget: int,
+        kinds: Sequence[str] | None = None,
+    ) -> None:
         self._memory = memory
         self._llm = llm
         self._top_k = top_k
         self._budget = token_budget
+        self._kinds = tuple(kinds) if kinds is not None else None
 
     async def prepare(self, turn: TurnState) -> None:
         query = turn.chat_text.strip()
@@ -53,6 +62,7 @@ class MemoryHook:
                 query,
                 self._top_k,
                 self._budget,
+                kinds=self._kinds,
                 count_tokens=self._llm.count_tokens,
             )
         except MilvusUnavailable:

@@ -71,7 +71,12 @@ class UserIndex:
         # its summary, cluster summaries): the links dedupe and context use.
         self._by_source: dict[str, set[str]] = defaultdict(set)
         self._sessions: dict[str, list[int]] = defaultdict(list)
-        self._sorted_sessions: set[str] = set()
+        # Chronological links between a session's turns (row -> row, -1 at the ends),
+        # recomputed lazily for the sessions a write touched.
+        self._pred = np.full(64, -1, dtype=np.int64)
+        self._succ = np.full(64, -1, dtype=np.int64)
+        self._context_len = np.zeros(64, dtype=np.float32)
+        self._unordered: set[str] = set()
         self._centroids = np.zeros((0, self.dim), dtype=np.float32)
         self._centroid_ids: list[int] = []
 
@@ -88,17 +93,26 @@ class UserIndex:
             grown = np.zeros((max(need, 2 * len(self._vectors)), self.dim), dtype=np.float32)
             grown[:start] = self._vectors[:start]
             self._vectors = grown
+        if len(self._vectors) > len(self._pred):
+            size = len(self._vectors)
+            self._pred = np.concatenate([self._pred, np.full(size - len(self._pred), -1, dtype=np.int64)])
+            self._succ = np.concatenate([self._succ, np.full(size - len(self._succ), -1, dtype=np.int64)])
+            self._context_len = np.concatenate(
+                [self._context_len, np.zeros(size - len(self._context_len), dtype=np.float32)]
+            )
         for offset, rec in enumerate(records):
             row = start + offset
             self._vectors[row] = np.asarray(rec.vector, dtype=np.float32)
             self._records.append(dataclasses.replace(rec, vector=None))
             self._row[rec.id] = row
-            self._bm25.add(row, tokenize(index_text(rec)))
+            tokens = tokenize(index_text(rec))
+            self._bm25.add(row, tokens)
+            self._context_len[row] = len(tokens)
             for src in rec.source_ids:
                 self._by_source[src].add(rec.id)
             if rec.kind == "turn":
                 self._sessions[rec.session_id].append(row)
-                self._sorted_sessions.discard(rec.session_id)
+                self._unordered.add(rec.session_id)
             self._pending += _is_pending(rec)
         if isinstance(self._faiss, faiss.IndexFlatIP) and need > self._ivf_threshold:
             self._rebuild_faiss()
@@ -160,8 +174,10 @@ class UserIndex:
             rows = self._sessions.get(rec.session_id)
             if rows is not None:
                 rows.remove(row)
+                self._unordered.add(rec.session_id)
                 if not rows:
                     del self._sessions[rec.session_id]
+            self._pred[row] = self._succ[row] = -1
         self._dead += 1
         return True
 
@@ -287,20 +303,86 @@ class UserIndex:
         with self.lock:
             return set(self._by_source.get(turn_id, ()))
 
-    def neighbours(self, row: int) -> list[int]:
-        """The turns just before and after a turn in its session (chronological)."""
+    def _order(self) -> None:
+        """Recompute the chronological links of the sessions written since the last call."""
+        for session in self._unordered:
+            rows = self._sessions.get(session)
+            if not rows:
+                continue
+            rows.sort(key=lambda r: (self._records[r].created_at, r))  # type: ignore[union-attr]
+            order = np.asarray(rows, dtype=np.int64)
+            self._pred[order] = np.concatenate([[-1], order[:-1]])
+            self._succ[order] = np.concatenate([order[1:], [-1]])
+            own = np.asarray([self._bm25.length(int(r)) for r in order], dtype=np.float32)
+            self._context_len[order] = own + np.concatenate([[0.0], own[:-1]])
+        self._unordered.clear()
+
+    def neighbours(self, row: int, distance: int = 1) -> list[int]:
+        """The turns ``distance`` places before and after a turn in its session.
+
+        Args:
+            row: a turn's row.
+            distance: how far (1 = the turns said just before and after).
+
+        Returns:
+            Up to two rows, the earlier first; none for a non-turn memory.
+        """
         with self.lock:
             rec = self._records[row] if 0 <= row < len(self._records) else None
             if rec is None or rec.kind != "turn":
                 return []
-            rows = self._sessions.get(rec.session_id)
-            if not rows:
-                return []
-            if rec.session_id not in self._sorted_sessions:
-                rows.sort(key=lambda r: (self._records[r].created_at, r))  # type: ignore[union-attr]
-                self._sorted_sessions.add(rec.session_id)
-            at = rows.index(row)
-            return [rows[i] for i in (at - 1, at + 1) if 0 <= i < len(rows)]
+            self._order()
+            out = []
+            for links in (self._pred, self._succ):
+                at = row
+                for _ in range(distance):
+                    at = int(links[at])
+                    if at < 0:
+                        break
+                if at >= 0:
+                    out.append(at)
+            return out
+
+    def around(self, rows: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray]:
+        """The turns ``distance`` places before and after each of some rows.
+
+        Args:
+            rows: row numbers.
+            distance: how far (>= 1).
+
+        Returns:
+            ``(before, after)``, aligned with ``rows``; -1 where there is none
+            (a session's end, or a memory that is not a turn).
+        """
+        with self.lock:
+            self._order()
+            before = np.asarray(rows, dtype=np.int64)
+            after = before.copy()
+            for _ in range(distance):
+                before = np.where(before >= 0, self._pred[np.maximum(before, 0)], -1)
+                after = np.where(after >= 0, self._succ[np.maximum(after, 0)], -1)
+            return before, after
+
+    def lexical_in_context(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 of every matching row, each turn read with the turn said before it.
+
+        A reply ("It's a mix of drama and romance!") rarely repeats the words of the
+        question it answers; read with that question it matches them.
+
+        Args:
+            query_tokens: tokens from :func:`tokenize`.
+
+        Returns:
+            ``(rows, scores)``, unordered.
+        """
+        with self.lock:
+            self._order()
+            return self._bm25.context_scores(query_tokens, self._succ, self._context_len)
+
+    def lexical_scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Plain BM25 of every matching row: ``(rows, scores)``, unordered."""
+        with self.lock:
+            return self._bm25.scores(query_tokens)
 
     def counts(self) -> dict[str, int]:
         """Live memories per kind, plus ``"_pending"`` (never clustered)."""

@@ -1,16 +1,22 @@
-"""Hybrid retrieval: several rankings fused with reciprocal-rank fusion, then packed.
+"""Hybrid retrieval: dense and lexical signals fused into one order, then packed.
 
-Signals (each a ranking of candidate memories, weights from ``memory.retrieval``):
+Two fusions (``memory.retrieval.fusion``):
 
-- ``dense``   cosine similarity of embeddings (Faiss);
-- ``lexical`` BM25 over the date-prefixed text (exact names, numbers, rare words);
-- ``cluster`` candidates inside the clusters whose centroids are nearest the query;
-- ``recency`` newer candidates first (a tie-breaker, weighted low);
-- ``context`` summaries ranked by the fused scores of their turns among the
-  candidates (parent-document retrieval), then the turns said just before and
-  after the best hits (answers often sit beside the matching line).
+- ``score`` (default): the candidates are the best ``candidates`` memories by dense
+  similarity (Faiss) and by BM25 over the date-prefixed text -- each turn read
+  together with the turn said before it (``lexical_context``) -- plus the turns
+  around them in their sessions. Each signal is z-normalised over the candidates
+  and summed with its weight; then every turn gains a share
+  (``neighbour_weights``) of the better score of its two neighbours at distance
+  1, 2, ...: the answer often sits beside the line that matches the question.
+  A memory without neighbours (a summary, a fact) counts as its own neighbour.
+  Chosen by leave-one-conversation-out on the LoCoMo dev split (BENCHMARKS.md).
+- ``rrf``: weighted reciprocal-rank fusion, ``sum(weight / (rrf_k + rank))``, of
+  the rankings ``dense``, ``lexical``, ``cluster`` (candidates in the clusters
+  nearest the query), ``recency`` and ``context`` (summaries ranked by their
+  turns' fused scores, then the turns beside the best hits).
 
-Fusion: ``score = sum(weight / (rrf_k + rank))``. Packing walks the fused order,
+Packing walks the fused order,
 skips what is already represented (a summary whose turns were all taken, a turn a
 taken summary quotes, a repeated text), and stops at ``k`` results or the token
 budget: a summary and its source turns never spend the budget twice.
@@ -187,6 +193,14 @@ def pack(
     return out
 
 
+def _z(values: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """``values`` standardised by the mean and deviation of ``values[sample]``."""
+    ref = values[sample]
+    if len(ref) == 0:
+        return np.zeros_like(values)
+    return (values - ref.mean()) / (ref.std() + 1e-6)
+
+
 class Retriever:
     """Runs the signals over one user's index and fuses them.
 
@@ -225,7 +239,80 @@ class Retriever:
         # One lock for the whole ranking: rows stay valid (no compaction, no delete)
         # between the signals that name them.
         with index.lock:
+            if self._cfg.fusion == "score":
+                return self._rank_scored(index, query_vector, query, kinds)
             return self._rank_locked(index, query_vector, query, kinds)
+
+    def _rank_scored(
+        self,
+        index: UserIndex,
+        query_vector: np.ndarray,
+        query: str,
+        kinds: frozenset[str] | None,
+    ) -> list[Candidate]:
+        depth = self._cfg.candidates
+        tokens = tokenize(query)
+
+        def allowed(row: int) -> bool:
+            rec = index.record_at(row)
+            return rec is not None and (kinds is None or rec.kind in kinds)
+
+        dense = [r for r, _ in index.dense(query_vector, depth) if allowed(r)]
+        keys, bm25 = index.lexical_in_context(tokens) if self._cfg.lexical_context else index.lexical_scores(tokens)
+        if len(keys) > depth:
+            part = np.argpartition(-bm25, depth - 1)[:depth]
+            top_keys, top_scores = keys[part], bm25[part]
+        else:
+            top_keys, top_scores = keys, bm25
+        lexical = [int(top_keys[i]) for i in np.lexsort((top_keys, -top_scores)) if allowed(int(top_keys[i]))]
+        pool = list(dict.fromkeys(dense + lexical))
+        if not pool:
+            return []
+        weights = self._cfg.neighbour_weights
+        reach = [np.asarray(pool, dtype=np.int64)]
+        for distance in range(1, len(weights) + 1):
+            reach.extend(index.around(reach[0], distance))
+        ranked = [r for r in dict.fromkeys(np.concatenate(reach).tolist()) if r >= 0 and allowed(r)]
+        # Scores are needed for the ranked rows and for their own neighbours.
+        rows = np.asarray(ranked, dtype=np.int64)
+        links = [index.around(rows, d) for d in range(1, len(weights) + 1)]
+        need = np.unique(np.concatenate([rows, *[x for pair in links for x in pair]]))
+        need = need[need >= 0]
+        d = index.similarity(query_vector, need.tolist()).astype(np.float64)
+        b = np.zeros(len(need), dtype=np.float64)
+        if len(keys):  # keys come sorted (np.unique): look the needed rows up by bisection
+            at_key = np.minimum(np.searchsorted(keys, need), len(keys) - 1)
+            hit = keys[at_key] == need
+            b[hit] = bm25[at_key[hit]]
+        # z-statistics over the pool only: the neighbours pulled in are not a sample
+        # of what matched, and must not shift the scale.
+        in_pool = np.isin(need, np.asarray(pool, dtype=np.int64))
+        fused = self._cfg.weight_dense * _z(d, in_pool) + self._cfg.weight_lexical * _z(b, in_pool)
+        at = np.searchsorted(need, rows)
+        own = fused[at]
+        total = own.copy()
+        for w, (before, after) in zip(weights, links, strict=True):
+            if w <= 0:
+                continue
+            side = [np.where(x >= 0, fused[np.searchsorted(need, np.maximum(x, 0))], own) for x in (before, after)]
+            total += w * np.maximum(side[0], side[1])
+        dense_rank = {r: i for i, r in enumerate(dense, start=1)}
+        lexical_rank = {r: i for i, r in enumerate(lexical, start=1)}
+        out: list[Candidate] = []
+        for i in np.lexsort((rows, -total)).tolist():
+            row = int(rows[i])
+            rec = index.record_at(row)
+            if rec is None:
+                continue
+            signals: dict[str, int] = {}
+            if row in dense_rank:
+                signals["dense"] = dense_rank[row]
+            if row in lexical_rank:
+                signals["lexical"] = lexical_rank[row]
+            if not signals:
+                signals["context"] = len(out) + 1
+            out.append(Candidate(rec, float(total[i]), signals))
+        return out
 
     def _rank_locked(
         self,

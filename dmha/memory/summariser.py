@@ -1,9 +1,9 @@
 """Summaries of archived turns: the ``Summariser`` contract, an LLM one and a deterministic one.
 
-The server wires :class:`LLMSummariser`; :class:`ExtractiveSummariser` needs no
-model, always gives the same output for the same turns, and is used when
-``memory.longterm.summarise`` is off, when the LLM summariser fails, for cluster
-summaries, and by the benchmark.
+:class:`ExtractiveSummariser` needs no model, always gives the same output for the
+same turns, and is the default (``memory.longterm.summarise`` off), the fallback
+when the LLM summariser fails, and the cluster summariser. The server wires
+:class:`LLMSummariser` when ``memory.longterm.summarise`` is on.
 """
 
 from __future__ import annotations
