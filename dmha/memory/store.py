@@ -31,6 +31,7 @@ from pymilvus.exceptions import MilvusException
 from dmha.config import LongTermConfig
 from dmha.errors import MilvusUnavailable, StartupError
 from dmha.failfast import FailFast
+from dmha.memory.milvus_errors import NOT_LOADED, is_backend_error, is_outage, lite_failure, quiet_lite_unimplemented
 from dmha.memory.records import MemoryRecord
 
 __all__ = ["LongTermStore", "MilvusLongTermStore"]
@@ -52,8 +53,6 @@ _SCALAR_FIELDS = [
 ]
 _MAX_SOURCES = 256
 _PAGE = 16384  # rows per query: Milvus's cap on offset + limit
-_CONNECT_FAILED = 2  # pymilvus Status.CONNECT_FAILED
-_NOT_LOADED = 101  # Milvus merr ErrCollectionNotLoaded (also Milvus Lite's)
 
 
 class LongTermStore(Protocol):
@@ -155,71 +154,6 @@ def _redact(uri: str) -> str:
     return uri
 
 
-def _is_backend_error(exc: BaseException) -> bool:
-    # pymilvus mostly wraps transport errors in MilvusException, but lets a few raw
-    # grpc.RpcError through; recognise those by module so dmha never imports grpc.
-    return isinstance(exc, MilvusException) or type(exc).__module__.split(".")[0] == "grpc"
-
-
-class _LiteUnimplementedFilter(logging.Filter):
-    """Drops the traceback Milvus Lite logs for each method it does not implement.
-
-    Milvus Lite serves pymilvus from a gRPC server in this process; pymilvus calls
-    ``AllocTimestamp`` while creating an index, Milvus Lite lacks it, grpc logs the
-    NotImplementedError with a traceback (three per start), and pymilvus ignores the
-    answer. Only that record is dropped: the exception must be NotImplementedError
-    raised in pymilvus's generated servicer base.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, NotImplementedError) or exc.__traceback__ is None:
-            return True
-        tb = exc.__traceback__
-        while tb.tb_next is not None:
-            tb = tb.tb_next
-        return "pymilvus" not in tb.tb_frame.f_code.co_filename
-
-
-def _quiet_lite_unimplemented() -> None:
-    # grpc's synchronous server logs under "grpc._server"; DMHA's own server is
-    # grpc.aio (another logger), so its errors are never touched.
-    logger = logging.getLogger("grpc._server")
-    if not any(isinstance(f, _LiteUnimplementedFilter) for f in logger.filters):
-        logger.addFilter(_LiteUnimplementedFilter())
-
-
-def _is_outage(exc: BaseException) -> bool:
-    """Milvus did not answer at all (unreachable, or no reply before the timeout)."""
-    if isinstance(exc, MilvusException):
-        return exc.code == _CONNECT_FAILED
-    return True  # a raw grpc error: the transport failed
-
-
-def _lite_failure(path: Path) -> str:
-    """Explain why a Milvus Lite database did not open (the cause is only logged upstream)."""
-    if path.exists() and not path.is_dir():
-        return (
-            f"Milvus Lite database {path} is a file, not a database directory "
-            "(corrupt, or written by an older milvus-lite); move it away or point "
-            "memory.longterm.uri elsewhere"
-        )
-    lock = path / "LOCK"
-    if lock.exists():
-        try:
-            import fcntl
-
-            with open(lock, "a+b") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    return f"Milvus Lite database {path} is locked by another process (only one process may open it)"
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-    return f"Milvus Lite database {path} cannot be opened (corrupt or unreadable)"
-
-
 class MilvusLongTermStore:
     """:class:`LongTermStore` on ``pymilvus.MilvusClient``.
 
@@ -246,13 +180,13 @@ class MilvusLongTermStore:
         where = f"Milvus Lite database {self._uri}" if self._local else f"Milvus at {_redact(self._uri)}"
         if self._local:
             Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
-            _quiet_lite_unimplemented()
+            quiet_lite_unimplemented()
         try:
             token = cfg.token.get_secret_value() if cfg.token else ""
             self._client = MilvusClient(uri=self._uri, token=token, timeout=self._timeout)
         except MilvusException as exc:
             if self._local:
-                raise StartupError(_lite_failure(Path(self._uri))) from exc
+                raise StartupError(lite_failure(Path(self._uri))) from exc
             raise StartupError(f"cannot connect to {where}: {exc}") from exc
         try:
             self._ensure_collection()
@@ -328,7 +262,7 @@ class MilvusLongTermStore:
             try:
                 result = fn()
             except MilvusException as exc:
-                if exc.code != _NOT_LOADED:
+                if exc.code != NOT_LOADED:
                     raise
                 # A restarted Milvus (Lite always) comes back with the collection
                 # released: load it again rather than fail until DMHA restarts.
@@ -336,10 +270,10 @@ class MilvusLongTermStore:
                 self._client.load_collection(self._collection, timeout=self._timeout)
                 result = fn()
         except Exception as exc:
-            if not _is_backend_error(exc):
+            if not is_backend_error(exc):
                 self._switch.answered()
                 raise
-            if _is_outage(exc):
+            if is_outage(exc):
                 self._switch.failed(exc)
             else:
                 self._switch.answered()
@@ -588,7 +522,7 @@ class MilvusLongTermStore:
                 # A restarted Milvus comes back with the collection released.
                 self._client.load_collection(self._collection, timeout=timeout)
         except Exception as exc:
-            if _is_backend_error(exc):
+            if is_backend_error(exc):
                 raise MilvusUnavailable("long-term memory (Milvus) did not answer the health probe") from exc
             raise
         self._switch.answered()
@@ -597,7 +531,7 @@ class MilvusLongTermStore:
         try:
             self._client.close()
         except Exception as exc:  # closing a dead connection must not mask the real error
-            if not _is_backend_error(exc):
+            if not is_backend_error(exc):
                 raise
         if self._local:
             # The embedded server runs in this process; stopping it releases the
