@@ -450,7 +450,9 @@ class OfflineStores:
         retrieval = self.cfg.memory.retrieval
         k = retrieval.top_k
         # Deeper than top_k: memories written after the turn are dropped below.
-        found = self.longterm.search(user_id, chat_text(user.text), min(retrieval.max_k, 4 * k + 8))
+        found = self.longterm.search(
+            user_id, chat_text(user.text), min(retrieval.max_k, 4 * k + 8), kinds=retrieval.prompt_kinds
+        )
         hits = [(m.text, m.created_at, m.source_ids) for m in found]
         return memories_before(
             hits, user.created_at, {user.turn_id, reply.turn_id}, k, retrieval.token_budget, count_tokens

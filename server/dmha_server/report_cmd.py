@@ -201,7 +201,13 @@ def report(args: argparse.Namespace) -> int:
                 if not text or k <= 0:
                     return []
                 found = client.memory_search(text, min(cfg.memory.retrieval.max_k, 4 * k + 8))
-                hits = [(s.memory.text, s.memory.created_at, tuple(s.memory.source_ids)) for s in found]
+                # The prompt draws only some kinds (retrieval.prompt_kinds); search finds all.
+                kinds = set(cfg.memory.retrieval.prompt_kinds)
+                hits = [
+                    (s.memory.text, s.memory.created_at, tuple(s.memory.source_ids))
+                    for s in found
+                    if s.memory.kind in kinds
+                ]
                 ids = {user_turn.turn_id, reply.turn_id}
                 return rp.memories_before(hits, user_turn.created_at, ids, k, cfg.memory.retrieval.token_budget, count)
 
