@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
-from tests.integration.conftest import integration_config
+from tests.integration.conftest import RELAXED_LEARNING, integration_config
 from tests.integration.gateway.conftest import LiveGateway, start_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -23,24 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 CHROMIUM = Path(os.environ.get("DMHA_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("DMHA_TEST_ARTIFACTS", Path(__file__).resolve().parents[3] / "test-artifacts"))
 
-# The tiny model cannot pass real learning thresholds: the page's plumbing is under test.
-RELAXED_LEARNING = {
-    "enabled": True,
-    "min_efficacy": 0.0,
-    "min_generalisation": 0.0,
-    "min_locality": 0.0,
-    "max_kl_mean": 1e9,
-    "max_kl_prompt": 1e9,
-    "max_perplexity_increase": 1e9,
-    "edit_layers": [0, 1],
-    "null_threshold": 0.5,
-    "min_key_share": 0.0,
-    "stop_margin": 0.0,
-    "steps": 2,
-    "paraphrases": 1,
-    "retain_per_step": 1,
-    "freeze_device": "cpu",
-}
 
 # Records each distinct text of the reply being streamed (to see it grow token by token).
 WATCH_STREAM = """() => {

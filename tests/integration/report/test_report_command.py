@@ -18,27 +18,11 @@ import pytest
 
 from dmha.runtime import render_yaml
 from dmha_cli.main import main
-from tests.integration.conftest import integration_config, start_live_server
+from tests.integration.conftest import RELAXED_LEARNING, integration_config, start_live_server
 
 pytestmark = pytest.mark.integration
 
-RELAXED = {
-    "enabled": True,
-    "min_efficacy": 0.0,
-    "min_generalisation": 0.0,
-    "min_locality": 0.0,
-    "max_kl_mean": 1e9,
-    "max_kl_prompt": 1e9,
-    "max_perplexity_increase": 1e9,
-    "edit_layers": [0, 1],
-    "null_threshold": 0.5,
-    "min_key_share": 0.0,
-    "stop_margin": 0.0,
-    "steps": 2,
-    "paraphrases": 1,
-    "retain_per_step": 1,
-    "freeze": False,
-}
+RELAXED = {**RELAXED_LEARNING, "freeze": False}
 MESSAGES = [
     "My dog Pepper loves chasing the ball in the park.",
     "Pepper the beagle barked at the mailman again today.",

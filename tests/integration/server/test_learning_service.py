@@ -7,28 +7,11 @@ import asyncio
 import pytest
 
 from dmha_client import errors
-from tests.integration.conftest import integration_config, start_live_server
+from tests.integration.conftest import RELAXED_LEARNING, integration_config, start_live_server
 
 pytestmark = pytest.mark.integration
 
-# The tiny random model cannot pass real thresholds: these tests are about the plumbing.
-RELAXED = {
-    "enabled": True,
-    "min_efficacy": 0.0,
-    "min_generalisation": 0.0,
-    "min_locality": 0.0,
-    "max_kl_mean": 1e9,
-    "max_kl_prompt": 1e9,
-    "max_perplexity_increase": 1e9,
-    "edit_layers": [0, 1],
-    "null_threshold": 0.5,
-    "min_key_share": 0.0,
-    "stop_margin": 0.0,
-    "steps": 2,
-    "paraphrases": 1,
-    "retain_per_step": 1,
-    "freeze_device": "cpu",
-}
+RELAXED = RELAXED_LEARNING
 
 
 @pytest.fixture
