@@ -97,21 +97,9 @@ class AttemptHook:
         )
 
     def final_state(self, key_share: float) -> UpdateState:
-        """The state the learner saw, or (when the edit stopped earlier) the state so far."""
+        """The state the learner saw, or (when the edit ended before it was asked) the state so far."""
         if self.state is None:
-            self.state = (
-                self._state(key_share)
-                if self.observed
-                else UpdateState.build(
-                    [StepObservation(0, 0.0, {}, {}, {})],
-                    self.plan.edit_layers,
-                    key_share,
-                    (0.5, 0.5),
-                    0,
-                    0,
-                    self.attempt,
-                )
-            )
+            self.state = self._state(key_share)
         return self.state
 
 

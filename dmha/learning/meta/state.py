@@ -110,7 +110,8 @@ class UpdateState:
         """Summarise the observed steps.
 
         Args:
-            observed: the first steps (at least one).
+            observed: the first steps (none when the update failed before its first
+                step: the step features are then 0).
             layers: the plan's edit layers.
             key_share: :attr:`EditResult.metrics` ``key_null_share``.
             similar: ``(deploy rate, step share)`` of similar past updates.
@@ -120,28 +121,24 @@ class UpdateState:
 
         Returns:
             The state; non-finite inputs become 0 (the learner never sees NaN).
-
-        Raises:
-            ValueError: nothing was observed.
         """
-        if not observed:
-            raise ValueError("a state needs at least one observed step")
         v: dict[str, float] = dict.fromkeys(FEATURES, 0.0)
         for k, layer in enumerate(layers):
             slot = min(k, MAX_SLOTS - 1)
-            outs = [o.grad_out.get(layer, 0.0) for o in observed]
-            ws = [o.grad_w.get(layer, 0.0) for o in observed]
+            outs = [o.grad_out.get(layer, 0.0) for o in observed] or [0.0]
+            ws = [o.grad_w.get(layer, 0.0) for o in observed] or [0.0]
             v[f"grad_out_l{slot}"] = math.log1p(sum(outs) / len(outs))
             v[f"grad_w_l{slot}"] = math.log1p(sum(ws) / len(ws))
-        losses = [o.loss for o in observed]
-        jumps = [b - a for a, b in zip(losses, losses[1:], strict=False)]
-        v["causal_before"] = observed[0].parts.get("causal", 0.0)
-        v["causal_now"] = observed[-1].parts.get("causal", 0.0)
-        v["locality_now"] = observed[-1].parts.get("locality", 0.0)
-        v["loss_first"] = losses[0]
-        v["loss_slope"] = sum(jumps) / len(jumps) if jumps else 0.0
-        v["loss_jump"] = max(jumps, default=0.0)
-        v["margin"] = observed[-1].parts.get("margin", 0.0)
+        if observed:
+            losses = [o.loss for o in observed]
+            jumps = [b - a for a, b in zip(losses, losses[1:], strict=False)]
+            v["causal_before"] = observed[0].parts.get("causal", 0.0)
+            v["causal_now"] = observed[-1].parts.get("causal", 0.0)
+            v["locality_now"] = observed[-1].parts.get("locality", 0.0)
+            v["loss_first"] = losses[0]
+            v["loss_slope"] = sum(jumps) / len(jumps) if jumps else 0.0
+            v["loss_jump"] = max(jumps, default=0.0)
+            v["margin"] = observed[-1].parts.get("margin", 0.0)
         v["key_share"] = key_share
         v["similar_deploy"], v["similar_steps"] = similar
         v["n_items"] = math.log1p(n_items)
