@@ -148,12 +148,7 @@ class Runtime:
 
     def close(self) -> None:
         """Stop everything, newest first; safe to call twice."""
-        while self.closers:
-            closer = self.closers.pop()
-            try:
-                closer()
-            except Exception:  # shutdown must go on; the error is logged, not hidden
-                log.exception("error while shutting down")
+        _close_all(self.closers)
 
 
 def build_runtime(
@@ -299,12 +294,7 @@ class WorkerRuntime:
 
     def close(self) -> None:
         """Stop training (a running update is abandoned), give the lease up, disconnect."""
-        while self.closers:
-            closer = self.closers.pop()
-            try:
-                closer()
-            except Exception:  # shutdown must go on; the error is logged, not hidden
-                log.exception("error while shutting down")
+        _close_all(self.closers)
 
 
 def build_worker(cfg: DMHAConfig, progress: Callable[[str], None] | None = None) -> WorkerRuntime:
@@ -372,3 +362,13 @@ def _probes(
         ("disk", lambda: check_disk(cfg.data_dir, cfg.health.min_free_disk_mb * 1024 * 1024)),
     ]
     return probes
+
+
+def _close_all(closers: list[Callable[[], Any]]) -> None:
+    """Run ``closers`` newest first, emptying the list (a second call does nothing)."""
+    while closers:
+        closer = closers.pop()
+        try:
+            closer()
+        except Exception:  # shutdown must go on; the error is logged, not hidden
+            log.exception("error while shutting down")

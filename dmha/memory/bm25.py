@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -302,6 +302,17 @@ class BM25Index:
         self._postings, self._frozen = postings, {}
         self._lengths, self._alive = lengths, alive
 
+    def _live_postings(self, query_tokens: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(keys, term frequencies)`` of each distinct query term's live documents."""
+        for term in dict.fromkeys(query_tokens):
+            arrays = self._arrays(term)
+            if arrays is None:
+                continue
+            keys, tf = arrays
+            live = self._alive[keys]
+            if live.any():
+                yield keys[live], tf[live]
+
     def _arrays(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         frozen = self._frozen.get(term)
         if frozen is None:
@@ -327,15 +338,7 @@ class BM25Index:
         avgdl = max(self._total_length / n, 1e-6)
         all_keys: list[np.ndarray] = []
         all_scores: list[np.ndarray] = []
-        for term in dict.fromkeys(query_tokens):
-            arrays = self._arrays(term)
-            if arrays is None:
-                continue
-            keys, tf = arrays
-            live = self._alive[keys]
-            keys, tf = keys[live], tf[live]
-            if len(keys) == 0:
-                continue
+        for keys, tf in self._live_postings(query_tokens):
             # BM25+-style idf floor at a small positive value: a term in most documents
             # still counts a little instead of pushing scores negative.
             idf = max(float(np.log((n - len(keys) + 0.5) / (len(keys) + 0.5) + 1.0)), 1e-3)
@@ -376,15 +379,7 @@ class BM25Index:
         avgdl = max(float(context_lengths[:m][self._alive[:m]].mean()), 1e-6)
         all_keys: list[np.ndarray] = []
         all_scores: list[np.ndarray] = []
-        for term in dict.fromkeys(query_tokens):
-            arrays = self._arrays(term)
-            if arrays is None:
-                continue
-            keys, tf = arrays
-            live = self._alive[keys]
-            keys, tf = keys[live], tf[live]
-            if len(keys) == 0:
-                continue
+        for keys, tf in self._live_postings(query_tokens):
             lent = successor[keys]
             has = lent >= 0
             keys, inverse = np.unique(np.concatenate([keys, lent[has]]), return_inverse=True)
