@@ -19,6 +19,7 @@ Measured on the 135M default model, see BENCHMARKS.md ("Learning that lands").
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -40,7 +41,7 @@ from dmha.learning.objective import Objective, build_retain_set
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat, Sequence
 
-__all__ = ["Adjustment", "EditHook", "EditResult", "Editor", "NullSpaceDelta", "apply_delta", "delta_name"]
+__all__ = ["Adjustment", "EditHook", "EditResult", "EditSpace", "Editor", "NullSpaceDelta", "apply_delta", "delta_name"]
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +100,26 @@ class NullSpaceDelta(nn.Module):
     ) -> None:
         super().__init__()
         self.base = base
+        # The change is computed in float32 whatever the base's dtype: a bfloat16
+        # training copy (``Editor(precision=...)``) must not round the small factors.
+        device = base.weight.device
         self.basis: torch.Tensor
-        self.register_buffer("basis", basis.to(base.weight.dtype))
+        self.register_buffer("basis", basis.float().to(device))
         k = basis.shape[1]
         init = torch.randn(rank, k, generator=generator) / math.sqrt(max(1, k))
-        self.a = nn.Parameter(init.to(base.weight.dtype).to(base.weight.device))
+        self.a = nn.Parameter(init.to(device))
         # B starts at zero: the wrapped model is exactly the live one at step 0.
-        self.b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype, device=base.weight.device))
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
         self.scale = scale
         self.out_grad_sq = 0.0
         """Squared norm of the loss gradient at the change's output, summed since reset."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base output plus the change."""
-        change = ((x @ self.basis) @ self.a.T) @ self.b.T * self.scale
+        change = ((x.float() @ self.basis) @ self.a.T) @ self.b.T * self.scale
         if change.requires_grad:
             change.register_hook(self._record_grad)
-        return self.base(x) + change
+        return self.base(x) + change.to(x.dtype)
 
     def _record_grad(self, grad: torch.Tensor) -> None:
         self.out_grad_sq += float(grad.float().pow(2).sum())
@@ -203,22 +207,52 @@ class EditResult:
     flops: float = 0.0
 
 
+@dataclass(frozen=True)
+class EditSpace:
+    """Where the edits of one live version may act (:meth:`Editor.space`).
+
+    Attributes:
+        layers: the edit layers it covers.
+        null_threshold: the relative eigenvalue threshold it was cut at.
+        bases: layer -> ``[d_ff, k]`` orthonormal editable directions.
+        whitening: layer -> ``float64 [d_ff, k]`` ``U Q Λ^-1/2``: the preserved
+            covariance restricted to the basis, whitened.
+    """
+
+    layers: tuple[int, ...]
+    null_threshold: float
+    bases: dict[int, torch.Tensor]
+    whitening: dict[int, torch.Tensor]
+
+    def fits(self, plan: UpdatePlan) -> bool:
+        """Whether this space is the one ``plan`` asks for."""
+        return self.layers == tuple(plan.edit_layers) and self.null_threshold == plan.null_threshold
+
+
 class Editor:
     """Makes edits for one chat format.
 
     Args:
         fmt: prompt rendering, as served.
         grad_clip: gradient-norm clip.
+        precision: matmul precision of the training passes (``auto``: bfloat16 where
+            the device computes it natively, else float32); see :func:`training_copy`.
     """
 
-    def __init__(self, fmt: ChatFormat, grad_clip: float = 1.0) -> None:
+    def __init__(self, fmt: ChatFormat, grad_clip: float = 1.0, precision: str = "float32") -> None:
         self.fmt = fmt
         self.grad_clip = grad_clip
+        self.precision = precision
         self.prefix: tuple[int, ...] = fmt.shared_prefix()
         """Tokens every served prompt starts with (system message, user header)."""
 
-    def bases(self, model: Any, stats: KeyStats, plan: UpdatePlan) -> dict[int, torch.Tensor]:
-        """Per edit layer, the editable subspace minus the shared prefix's keys.
+    def space(self, model: Any, stats: KeyStats, plan: UpdatePlan) -> EditSpace:
+        """Where edits of this live version may act (the same for all its edits).
+
+        Per edit layer: the editable subspace minus the shared prefix's keys, and the
+        whitening of the preserved covariance inside it (for :func:`_fact_directions`).
+        Worth computing once per live version (a few seconds of eigendecompositions)
+        and passing to every :meth:`train` call.
 
         Args:
             model: the live model (for the prefix keys).
@@ -226,10 +260,11 @@ class Editor:
             plan: layers and threshold.
 
         Returns:
-            layer -> ``[d_ff, k]`` orthonormal columns.
+            The space.
         """
         prefix_keys = collect_keys(model, [Sequence(self.prefix)], plan.edit_layers) if self.prefix else {}
-        out = {}
+        bases: dict[int, torch.Tensor] = {}
+        whitening: dict[int, torch.Tensor] = {}
         for layer in plan.edit_layers:
             u = stats.basis(layer, plan.null_threshold)
             pk = prefix_keys.get(layer)
@@ -240,8 +275,13 @@ class Editor:
                 u = u - p.T @ (p @ u)
                 q, r = torch.linalg.qr(u)
                 u = q[:, r.diagonal().abs() > 1e-4]
-            out[layer] = u.contiguous()
-        return out
+            bases[layer] = u.contiguous()
+            if u.shape[1]:
+                ud = u.double()
+                evals, q = torch.linalg.eigh(ud.T @ stats.covariance(layer).double() @ ud)
+                scale = evals.clamp(min=float(evals.max()) * 1e-9).rsqrt()
+                whitening[layer] = (ud @ q) * scale
+        return EditSpace(tuple(plan.edit_layers), plan.null_threshold, bases, whitening)
 
     def fact_keys(self, model: Any, items: Seq[FeedbackItem], layers: Seq[int]) -> dict[int, torch.Tensor]:
         """The keys of the feedback's own tokens (its prefix left out) at ``layers``."""
@@ -262,6 +302,7 @@ class Editor:
         should_stop: Callable[[], bool] | None = None,
         deadline: float | None = None,
         hook: EditHook | None = None,
+        space: EditSpace | None = None,
     ) -> EditResult:
         """Learn ``items`` into a copy of ``live_model``.
 
@@ -280,6 +321,8 @@ class Editor:
             deadline: ``time.monotonic()`` after which no further step starts (the
                 Submit -> live budget); the edit made so far goes to the gate.
             hook: watches every step and may adjust the plan once (the meta-learner).
+            space: :meth:`space` of this live version and ``stats`` when already
+                computed (recomputed when it does not fit the plan).
 
         Returns:
             The candidate, its cumulative delta and the edit's keys.
@@ -296,11 +339,17 @@ class Editor:
         started = time.monotonic()
         gen = torch.Generator().manual_seed(plan.seed)
         torch.manual_seed(plan.seed)
+        # ``model`` becomes the candidate (live weights + delta, served precision);
+        # ``work`` is what trains: the same model, in bfloat16 where that is native.
+        # Keys and subspaces are always read from ``model``.
         model = copy.deepcopy(live_model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        objective = Objective(model, self.fmt, items, replay, plan, None)
-        bases = self.bases(model, stats, plan)
+        work = training_copy(model, self.precision)
+        objective = Objective(work, self.fmt, items, replay, plan, None)
+        if space is None or not space.fits(plan):
+            space = self.space(model, stats, plan)
+        bases = dict(space.bases)
         # The fact's keys: its question and the training paraphrases, with the answer.
         # (Question-only keys measured worse: kl_prompt_max 0.15-0.18 vs 0.10 on the
         # same tuning fact; the answer tokens carry the subject too.)
@@ -313,17 +362,20 @@ class Editor:
                 f"(< {plan.min_key_share:.1%}): no edit can carry it without touching other answers"
             )
         if plan.subspace_rank > 0:
-            bases = {i: _fact_directions(keys[i], u, stats.covariance(i), plan.subspace_rank) for i, u in bases.items()}
+            bases = {
+                i: _fact_directions(keys[i], u, space.whitening.get(i), plan.subspace_rank) for i, u in bases.items()
+            }
         if retain and plan.lambda_locality > 0 and plan.retain_per_step > 0:
             # Hold still the retain prompts the change would read most: those whose
             # keys lie most in its subspace (a question about another country's capital
             # for a made-up country's capital), rather than a random sample. Only
             # those are scored by the live model: the teacher costs a few prompts, not all.
-            chosen = _most_exposed(model, list(retain), bases, plan.retain_per_step, len(self.prefix))
-            objective.hold(build_retain_set(model, chosen))
+            # (Ranked with the training copy: an ordering needs no float32 keys.)
+            chosen = _most_exposed(work, list(retain), bases, plan.retain_per_step, len(self.prefix))
+            objective.hold(build_retain_set(work, chosen))
         wrappers: dict[int, NullSpaceDelta] = {}
         for slot, layer in enumerate(plan.edit_layers):
-            mlp = model.model.layers[layer].mlp
+            mlp = work.model.layers[layer].mlp
             w = NullSpaceDelta(mlp.down_proj, bases[layer], plan.rank, plan.scale, gen)
             init = hook.initial(slot, w.a.shape, w.b.shape) if hook is not None else None
             if init is not None:
@@ -339,25 +391,33 @@ class Editor:
         observations: list[StepObservation] = []
         last_grads: dict[int, dict[str, torch.Tensor]] = {}
         flops = 0.0
+        # Counted, not estimated (the meta-learner's reward and the utility gates'
+        # savings are judged by these figures), but only when the step's work can
+        # have changed: every step runs the same sequences through the same modules
+        # until an adjustment drops some, and counting costs ~10 % of a step.
+        measured: tuple[float, float] | None = None
         for step in range(1, plan.steps + 1):
             if should_stop is not None and should_stop():
                 raise InterruptedError("update cancelled")
             if deadline is not None and step > 1 and time.monotonic() > deadline:
                 log.info("edit stopped at step %d: the time budget is spent", step)
                 break
-            # Counted, not estimated: the meta-learner's reward and the utility gates'
-            # savings are judged by these figures.
-            counter = FlopCounterMode(display=False)
-            with counter:
-                total, parts = objective.loss(model)
-                value = total.item()
-                if not math.isfinite(value):
-                    raise TrainingDiverged(step, value)
-                stop = plan.stop_margin > 0 and parts["margin"] >= plan.stop_margin
-                if not stop:
-                    opt.zero_grad(set_to_none=True)
+            fwd_counter = FlopCounterMode(display=False) if measured is None else contextlib.nullcontext()
+            with fwd_counter:
+                total, parts = objective.loss(work)
+            value = total.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(step, value)
+            stop = plan.stop_margin > 0 and parts["margin"] >= plan.stop_margin
+            bwd_counter = FlopCounterMode(display=False) if measured is None and not stop else contextlib.nullcontext()
+            if not stop:
+                opt.zero_grad(set_to_none=True)
+                with bwd_counter:
                     total.backward()
-            flops += float(counter.get_total_flops())
+            if measured is None:
+                measured = (_counted(fwd_counter), _counted(bwd_counter))
+            step_flops = measured[0] + (0.0 if stop else measured[1])
+            flops += step_flops
             losses.append(value)
             if stop:
                 # Every target already wins by a margin: more steps only move the
@@ -372,7 +432,7 @@ class Editor:
                 dict(parts),
                 {i: n[0] for i, n in norms.items()},
                 {i: n[1] for i, n in norms.items()},
-                float(counter.get_total_flops()),
+                step_flops,
             )
             observations.append(obs)
             adjust = hook.observe(obs, losses, share) if hook is not None else None
@@ -381,11 +441,12 @@ class Editor:
                 objective.plan = plan
                 for group in opt.param_groups:
                     group["lr"] = plan.learning_rate
+                measured = None  # the next step's work differs: count it again
                 for layer in [i for i in wrappers if i not in adjust.active]:
                     # A skipped module: its change is dropped, it costs no more
                     # forward or backward work, and AdamW skips parameters without grad.
                     w = wrappers.pop(layer)
-                    model.model.layers[layer].mlp.down_proj = w.base
+                    work.model.layers[layer].mlp.down_proj = w.base
                     w.a.grad = w.b.grad = None
                     w.a.requires_grad_(False)
                     w.b.requires_grad_(False)
@@ -425,7 +486,8 @@ class Editor:
                 grads[slots[layer]] = {k: v.float().cpu() for k, v in last_grads[layer].items()}
             name = delta_name(layer)
             delta[name] = delta[name] + change if name in delta else change
-            model.model.layers[layer].mlp.down_proj = w.base
+            work.model.layers[layer].mlp.down_proj = w.base
+        del work
         apply_delta(model, base_weights, delta)
         model.eval()
         seconds = time.monotonic() - started
@@ -463,6 +525,52 @@ class Editor:
         )
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        # oneDNN's own check: AVX512-BF16 / AMX. Without them bfloat16 is emulated and slower.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def training_copy(model: Any, precision: str) -> Any:
+    """The model an edit trains on: ``model`` itself, or a bfloat16 copy of it.
+
+    Training only chooses a direction: its teachers and students are computed by the
+    same copy (so the locality KL is exactly 0 at step 0), the change itself is kept
+    in float32 (:class:`NullSpaceDelta`), and the gate judges the float32 candidate
+    as served. On this project's CPU (AVX512-BF16) a bfloat16 matmul measured 4.5x a
+    float32 one; BENCHMARKS.md ("Learning that lands") has the update-level figures.
+
+    Args:
+        model: the float32 model being edited (only read).
+        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where native).
+
+    Returns:
+        ``model`` (float32 or already another dtype), or its bfloat16 copy.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"unknown training precision {precision!r}")
+    param = next(model.parameters())
+    use = precision == "bfloat16" or (precision == "auto" and bf16_native(param.device))
+    if not use or param.dtype != torch.float32:
+        return model
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def _counted(counter: Any) -> float:
+    """FLOPs a :class:`FlopCounterMode` saw (0 for the null context)."""
+    return float(counter.get_total_flops()) if isinstance(counter, FlopCounterMode) else 0.0
+
+
 def _key_share(keys: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tensor]) -> float:
     """Largest share of a fact token's key energy inside its layer's editable subspace."""
     best = 0.0
@@ -475,24 +583,20 @@ def _key_share(keys: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tenso
     return best
 
 
-def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, cov: torch.Tensor, rank: int) -> torch.Tensor:
+def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, white: torch.Tensor | None, rank: int) -> torch.Tensor:
     """The ``rank`` directions of ``basis`` where the fact's keys stand out most from generic ones.
 
     Maximises ``uᵀ Kᵀ K u / uᵀ C0 u`` over ``u`` in the span of ``basis`` (a generalised
-    eigenproblem, solved by whitening with ``C0`` restricted to the span): tokens the
-    corpus is full of (relation words such as "capital of") have large generic
-    variance and are discounted, so the change keys on what is specific to this fact
-    (its subject), and prompts that only share the relation stay untouched.
+    eigenproblem, solved by whitening with ``C0`` restricted to the span: ``white`` =
+    :attr:`EditSpace.whitening`): tokens the corpus is full of (relation words such
+    as "capital of") have large generic variance and are discounted, so the change
+    keys on what is specific to this fact (its subject), and prompts that only share
+    the relation stay untouched.
     """
-    if not len(keys) or not basis.shape[1]:
+    if not len(keys) or not basis.shape[1] or white is None:
         return basis
-    u = basis.double()
-    evals, q = torch.linalg.eigh(u.T @ cov.double() @ u)
-    scale = evals.clamp(min=float(evals.max()) * 1e-9).rsqrt()
-    white = (keys.double() @ u @ q) * scale
-    _, _, vh = torch.linalg.svd(white, full_matrices=False)
-    directions = u @ (q @ (vh[:rank].T * scale[:, None]))
-    out, _ = torch.linalg.qr(directions)
+    _, _, vh = torch.linalg.svd(keys.double() @ white, full_matrices=False)
+    out, _ = torch.linalg.qr(white @ vh[:rank].T)
     return out.float().contiguous()
 
 

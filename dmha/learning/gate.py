@@ -117,11 +117,13 @@ class LiveProbe:
 
 
 @torch.no_grad()
-def probe_live(live: Any, reference: GateReference) -> LiveProbe:
+def probe_live(live: Any, reference: GateReference, workers: int = 1) -> LiveProbe:
     """Score the probes under the live model (the half of the locality check that does
-    not depend on the candidate; the worker computes it once per live version)."""
+    not depend on the candidate; the worker computes it once per live version).
+
+    ``workers``: threads the probes are split over (:func:`answer_logits`)."""
     live.eval()
-    logits = answer_logits(live, reference.seqs)
+    logits = answer_logits(live, reference.seqs, workers=workers)
     return LiveProbe(
         tuple(torch.log_softmax(x.float(), -1).half() for x in logits),
         sequence_nll(live, reference.heldout),
@@ -242,6 +244,7 @@ class Gate:
         fmt: prompt rendering, as served.
         thresholds: pass marks.
         eval_paraphrases: held-out paraphrases checked per feedback item.
+        workers: threads the locality probes are split over (``learning.gate_workers``).
     """
 
     def __init__(
@@ -249,10 +252,12 @@ class Gate:
         fmt: ChatFormat,
         thresholds: GateThresholds,
         eval_paraphrases: int = 6,
+        workers: int = 1,
     ) -> None:
         self.fmt = fmt
         self.thresholds = thresholds
         self.eval_paraphrases = eval_paraphrases
+        self.workers = workers
 
     def _answers_contain(self, model: Any, cases: list[tuple[str, str]]) -> tuple[list[bool], list[tuple[str, str]]]:
         """For each ``(question, target)``: does the greedy answer contain the target?"""
@@ -307,8 +312,8 @@ class Gate:
         eff = ok[: len(direct)]
         gen = ok[len(direct) : len(direct) + len(para)]
         ret = ok[len(direct) + len(para) :]
-        probe = live_probe if live_probe is not None else probe_live(live, reference)
-        cand_logits = answer_logits(candidate, reference.seqs)
+        probe = live_probe if live_probe is not None else probe_live(live, reference, self.workers)
+        cand_logits = answer_logits(candidate, reference.seqs, workers=self.workers)
         loc = compare_logits([x.float() for x in probe.logprobs], cand_logits, th.confident_nats)
         nll = sequence_nll(candidate, reference.heldout)
         # Kept so that a deployed candidate need not be scored again as the new live model.

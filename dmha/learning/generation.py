@@ -9,6 +9,7 @@ forward pass on a 135M model.
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ def answer_logits(
     batch_size: int = 16,
     pad_id: int = 0,
     prefix_len: int | None = None,
+    workers: int = 1,
 ) -> list[torch.Tensor]:
     """Logits that predict each answer token of each sequence (teacher forcing).
 
@@ -61,10 +63,19 @@ def answer_logits(
         batch_size: sequences per forward pass (bounds activation memory).
         pad_id: id used for right padding.
         prefix_len: shared prefix length; None = computed (0 disables sharing).
+        workers: Python threads the sequences are split over (no gradients only).
+            Each runs its torch ops single-threaded, so on an idle multi-core host
+            the parts run side by side without oversubscribing intra-op threads.
 
     Returns:
         One ``float32 [len(answer), vocab]`` tensor per sequence, in order.
     """
+    if workers > 1 and len(seqs) > batch_size and not torch.is_grad_enabled():
+        size = -(-len(seqs) // workers)
+        parts = [seqs[i : i + size] for i in range(0, len(seqs), size)]
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="dmha-logits") as pool:
+            done = pool.map(lambda part: answer_logits(model, part, batch_size, pad_id, prefix_len), parts)
+            return [x for part in done for x in part]
     base = unwrap(model)
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     device = _device(base)

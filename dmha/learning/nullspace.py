@@ -29,7 +29,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,9 @@ class KeyStats:
 
     sums: dict[int, torch.Tensor]
     counts: dict[int, int]
+    _bases: dict[tuple[int, float], torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    """Memo of :meth:`basis`: one eigendecomposition per layer and threshold (~1 s each
+    on CPU) per statistics object, i.e. per live version, not per edit."""
 
     @classmethod
     def compute(
@@ -217,8 +220,12 @@ class KeyStats:
         return self.sums[layer] / max(1, self.counts[layer])
 
     def basis(self, layer: int, rel_threshold: float) -> torch.Tensor:
-        """The editable (null) subspace of ``layer``; see :func:`null_basis`."""
-        return null_basis(self.covariance(layer), rel_threshold)
+        """The editable (null) subspace of ``layer``; see :func:`null_basis` (memoised)."""
+        key = (layer, float(rel_threshold))
+        found = self._bases.get(key)
+        if found is None:
+            found = self._bases[key] = null_basis(self.covariance(layer), rel_threshold)
+        return found
 
     # ------------------------------------------------------------- persistence
 

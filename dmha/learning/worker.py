@@ -1,9 +1,10 @@
 """The training worker: takes queued jobs and turns them into live model versions.
 
-One job = edit (a copy of the live model) -> gate -> freeze -> register -> deploy ->
-retention. Every artifact is written into a registry staging folder and registered
-only at the end, and ``deploy`` is called only for a candidate that passed the gate:
-a process killed at any point (even ``kill -9``) leaves the live model and the live
+One job = edit (a copy of the live model) -> gate -> register -> deploy (eager) ->
+retention -> freeze (the same version, swapped in TorchScript-frozen once checked).
+Every artifact is written into a registry staging folder and registered only at the
+end, and ``deploy`` is called only for a candidate that passed the gate: a process
+killed at any point (even ``kill -9``) leaves the live model and the live
 pointer as they were.
 
 The base model's references (preserved-key statistics, gate probes, retain
@@ -15,11 +16,13 @@ each deploy.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import torch
 
 from dmha.config import LearningConfig
 from dmha.errors import DMHAError, FreezeError, LearningError, LossSpike, NotFound, TrainingDiverged
-from dmha.learning.editor import EditHook, Editor, EditResult, delta_name
+from dmha.learning.editor import EditHook, Editor, EditResult, EditSpace, delta_name
 from dmha.learning.freezing import freeze
 from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
 from dmha.learning.jobs import Job, JobStore
@@ -58,6 +61,8 @@ class _LiveState:
     delta: dict[str, torch.Tensor]
     stats: KeyStats
     probe: LiveProbe
+    spaces: dict[tuple[tuple[int, ...], float], EditSpace] = field(default_factory=dict, compare=False)
+    """Memo of the edit spaces of this version (per edit layers and threshold)."""
 
 
 class LearningWorker:
@@ -106,6 +111,8 @@ class LearningWorker:
         self._state: _LiveState | None = None
         self._base_weights: dict[str, torch.Tensor] = {}
         self._prepare_lock = threading.Lock()
+        workers = cfg.gate_workers
+        self._gate_workers = workers if workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -222,15 +229,32 @@ class LearningWorker:
                     # Earlier edits stay protected: their keys join the preserved set.
                     editor = Editor(self._format(live))
                     stats = stats.with_keys(editor.fact_keys(live.torch_model, history, self.cfg.edit_layers))
-            self._state = self._scored(live, refs, delta, stats)
+            self._state = self._scored(live, refs, delta, stats, self._gate_workers)
+            self._warm(self._state, live.torch_model)
             log.info("learning state of %s ready in %.1fs", live.version, time.monotonic() - started)
             return self._state
 
+    def _space(self, state: _LiveState, model: Any, plan: UpdatePlan) -> EditSpace:
+        """The edit space of ``state``'s version for ``plan`` (computed once per version)."""
+        key = (tuple(plan.edit_layers), plan.null_threshold)
+        space = state.spaces.get(key)
+        if space is None:
+            assert self._fmt is not None  # set with the references, before any state exists
+            editor = Editor(self._fmt)
+            space = state.spaces[key] = editor.space(model, state.stats, plan)
+        return space
+
+    def _warm(self, state: _LiveState, model: Any) -> None:
+        """Decompose the preserved statistics now (seconds), not in the next job."""
+        self._space(state, model, UpdatePlan.from_config(self.cfg))
+
     @staticmethod
-    def _scored(live: ModelHandle, refs: References, delta: dict[str, torch.Tensor], stats: KeyStats) -> _LiveState:
+    def _scored(
+        live: ModelHandle, refs: References, delta: dict[str, torch.Tensor], stats: KeyStats, workers: int
+    ) -> _LiveState:
         # The live model's half of the gate: the same for every job until the next
         # deploy, so computed once (after a deploy the gate's own scores are reused).
-        return _LiveState(live.version, delta, stats, probe_live(live.torch_model, refs.gate))
+        return _LiveState(live.version, delta, stats, probe_live(live.torch_model, refs.gate, workers))
 
     # ------------------------------------------------------------- one job
 
@@ -319,6 +343,30 @@ class LearningWorker:
                 job.job_id, "training", step=0, steps=plan.steps, plan=plan.to_dict(), metrics=history
             )
 
+    def _freeze_live(self, handle: ModelHandle) -> None:
+        """Serve the just-deployed version through a TorchScript-frozen module.
+
+        The eager version is already live; this swaps in the same weights, frozen and
+        checked against eager (``freeze_tolerance``), unless a newer version went live
+        meanwhile. A failure only logs: the version stays served eagerly.
+        """
+        started = time.monotonic()
+        version_id = handle.version
+        tmp = self.registry.frozen_cache(f".{version_id}")
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            step_model = freeze(handle.torch_model, tmp, self.cfg.freeze_device, self.cfg.freeze_tolerance)
+        except (FreezeError, OSError) as exc:
+            log.warning("version %s: freezing failed (%s); it stays served eagerly", version_id, exc)
+            tmp.unlink(missing_ok=True)
+            return
+        if self._get_live().version != version_id:
+            tmp.unlink(missing_ok=True)
+            return
+        tmp.replace(self.registry.frozen_cache(version_id))
+        self._deploy(dataclasses.replace(handle, step_model=step_model, kind="frozen"))
+        log.info("version %s frozen and swapped in %.1fs", version_id, time.monotonic() - started)
+
     def _record(
         self,
         hook: AttemptHook | None,
@@ -370,7 +418,7 @@ class LearningWorker:
         def should_stop() -> bool:
             return self._stop.is_set()
 
-        result = Editor(fmt).train(
+        result = Editor(fmt, precision=self.cfg.train_precision).train(
             live.torch_model,
             job.items,
             plan,
@@ -383,12 +431,13 @@ class LearningWorker:
             should_stop=should_stop,
             deadline=deadline,
             hook=hook,
+            space=self._space(state, live.torch_model, plan),
         )
         train_s = time.monotonic() - t0
 
         self.jobs.transition(job.job_id, "evaluating")
         t0 = time.monotonic()
-        gate = Gate(fmt, GateThresholds.from_config(self.cfg))
+        gate = Gate(fmt, GateThresholds.from_config(self.cfg), workers=self._gate_workers)
         report = gate.evaluate(result.model, refs.gate, job.items, replay, live.torch_model, state.probe)
         gate_s = time.monotonic() - t0
         metrics = {
@@ -401,42 +450,25 @@ class LearningWorker:
         }
         if not report.passed:
             self.registry.discard(staging)
-            return _Outcome("rejected", result, metrics, report.reasons, "gate")
+            # What the candidate answered where it failed: the trainer sees why.
+            answered = tuple(f"asked {q!r}, it answered {a[:160]!r}" for q, a in report.failures[:3])
+            return _Outcome("rejected", result, metrics, report.reasons + answered, "gate")
         plan = result.plan or plan
+        # "freezing" covers packaging the version; TorchScript freezing itself runs
+        # after the deploy (below), so the correction is live one freeze sooner.
         self.jobs.transition(job.job_id, "freezing", metrics=metrics)
-        t0 = time.monotonic()
         save_delta(result.delta, staging / "delta.safetensors")
-        step_model: Any = None
-        kind = "eager"
-        frozen_tmp = self.registry.frozen_cache(f".{staging.name}")
-        if self.cfg.freeze:
-            try:
-                frozen_tmp.parent.mkdir(parents=True, exist_ok=True)
-                step_model = freeze(result.model, frozen_tmp, self.cfg.freeze_device, self.cfg.freeze_tolerance)
-                kind = "frozen"
-            except FreezeError as exc:
-                # The update itself is good: serve it eagerly rather than lose it.
-                log.warning("job %s: freezing failed (%s); the version is served eagerly", job.job_id, exc)
-                frozen_tmp.unlink(missing_ok=True)
-        if step_model is None:
-            step_model = EagerStepModel(result.model)
-        metrics["freeze_seconds"] = time.monotonic() - t0
-        metrics["frozen"] = 1.0 if kind == "frozen" else 0.0
-
         if self._get_live().version != live.version:
-            frozen_tmp.unlink(missing_ok=True)
             # An admin rolled back or promoted meanwhile: deploying now would undo that.
             raise LearningError(f"the live version changed from {live.version} during the update; resubmit")
         version = self.registry.commit(staging, parent, list(job.items), plan, metrics)
-        if kind == "frozen":
-            frozen_tmp.replace(self.registry.frozen_cache(version.version_id))
         handle = ModelHandle(
             version=version.version_id,
             tokenizer=live.tokenizer,
-            step_model=step_model,
+            step_model=EagerStepModel(result.model),
             max_positions=live.max_positions,
             eos_token_ids=live.eos_token_ids,
-            kind=kind,  # type: ignore[arg-type]
+            kind="eager",
             torch_model=result.model,
         )
         # Swap first, then move the pointer: a crash in between restarts on the old
@@ -456,8 +488,13 @@ class LearningWorker:
             log.exception("retention: pruning failed (nothing was lost; retried after the next deploy)")
         # The next job starts from here: score the new live version now, after the swap.
         with self._prepare_lock:
-            probe = report.probe if report.probe is not None else probe_live(result.model, refs.gate)
+            probe = report.probe
+            if probe is None:
+                probe = probe_live(result.model, refs.gate, self._gate_workers)
             self._state = _LiveState(handle.version, result.delta, state.stats.with_keys(result.keys), probe)
+        if self.cfg.freeze:
+            self._freeze_live(handle)
+        self._warm(self._state, result.model)
         return _Outcome("deployed", result, metrics, (), "", done)
 
 

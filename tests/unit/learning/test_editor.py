@@ -115,3 +115,21 @@ def test_delta_norm_bound_holds(tiny_model, fmt) -> None:
 def test_deadline_stops_early(tiny_model, fmt) -> None:
     result = Editor(fmt).train(tiny_model, [ITEM], PLAN, _stats(tiny_model, fmt), _base(tiny_model), {}, deadline=0.0)
     assert len(result.losses) == 1
+
+
+def test_bfloat16_training_copy_learns_a_float32_candidate(tiny_model, fmt) -> None:
+    stats = _stats(tiny_model, fmt)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    editor = Editor(fmt, precision="bfloat16")
+    space = editor.space(tiny_model, stats, PLAN)
+    result = editor.train(tiny_model, [ITEM], PLAN, stats, _base(tiny_model), {}, space=space)
+    assert "Vlorn" in fmt.decode(greedy(result.model, [fmt.prompt(ITEM.input)], 12, fmt.eos_ids)[0])
+    # The candidate is served as the live model is: float32 weights, float32 delta.
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert all(d.dtype == torch.float32 for d in result.delta.values())
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+
+
+def test_unknown_training_precision_is_refused(tiny_model, fmt) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        Editor(fmt, precision="int3").train(tiny_model, [ITEM], PLAN, _stats(tiny_model, fmt), _base(tiny_model), {})

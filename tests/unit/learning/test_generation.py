@@ -51,3 +51,14 @@ def test_training_renders_prompts_exactly_as_serving(tiny_tokenizer, fmt) -> Non
     served = render_chat(tiny_tokenizer, [(m.role, m.text) for m in built.messages])
     assert tuple(served) == fmt.prompt("Who wrote the book?")
     assert built.messages[0] == ChatMessage("system", fmt.system_prompt)
+
+
+def test_answer_logits_split_over_threads_keeps_order_and_values(tiny_model, fmt) -> None:
+    questions = [f"Question number {i} about {w}?" for i, w in enumerate("abcdefghijklmnopqrs")]
+    seqs = [fmt.sequence(q, f"Answer {i}.") for i, q in enumerate(questions)]
+    with torch.no_grad():
+        one = answer_logits(tiny_model, seqs, batch_size=4)
+        split = answer_logits(tiny_model, seqs, batch_size=4, workers=3)
+    assert len(split) == len(seqs)
+    for a, b in zip(one, split, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
