@@ -120,6 +120,12 @@ class Cluster:
         policy = RetryPolicy(attempts=retry, initial=0.3)
         return DMHAClient(self.procs[replica].address, token, timeout=60, retry=policy)
 
+    def balanced_client(self, replicas: list[str], user: str, retry: int = 4) -> DMHAClient:
+        """One client over several replicas, as an application behind no load balancer uses it."""
+        token = self.auth.issue(user, ("user",))[0]
+        addresses = [self.procs[r].address for r in replicas]
+        return DMHAClient(addresses, token, timeout=60, retry=RetryPolicy(attempts=retry, initial=0.3))
+
     def close(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
@@ -297,3 +303,18 @@ def test_kill_9_of_a_replica_mid_stream_loses_no_acknowledged_turn(cluster: Clus
         users = [t.text for t in b.get_session(sid).turns if t.role == "user"]
         assert users[:3] == ["message 0", "message 1", "message 2"]
         assert b.chat("still there?", session_id=sid, max_new_tokens=2).session_id == sid
+
+
+def test_a_client_over_several_replicas_fails_over_when_one_is_killed(cluster: Cluster) -> None:
+    up = [name for name in ("a", "b") if name in cluster.procs and cluster.procs[name].popen.poll() is None]
+    cluster.start("c", "serve", "--no-train", "--port", "0")
+    with cluster.balanced_client([up[0], "c"], "dora") as client:
+        sid = client.chat("before 0", max_new_tokens=2).session_id
+        for i in (1, 2, 3):
+            client.chat(f"before {i}", session_id=sid, max_new_tokens=2)  # spread over both
+        cluster.procs.pop("c").kill9()
+        # Every call after the kill succeeds: a call that met the dead replica is retried.
+        for i in range(4):
+            assert client.chat(f"after {i}", session_id=sid, max_new_tokens=2).session_id == sid
+        users = [t.text for t in client.get_session(sid).turns if t.role == "user"]
+        assert users == [f"before {i}" for i in range(4)] + [f"after {i}" for i in range(4)]
