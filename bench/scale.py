@@ -7,7 +7,8 @@ learning off in the replicas, nothing trains). Then:
 
 1. **Throughput**: ``--clients`` clients (distinct users) each stream ``--rounds``
    replies of ``--tokens`` tokens, once over the first replica only and once over all
-   of them through the SDK's round-robin (a list of addresses); the two layouts
+   of them (``--spread even``: client i on replica i mod N; ``sdk``: every client
+   given the whole list, the SDK's round-robin); the two layouts
    alternate ``--repeats`` times so both see the same machine load. Reports the
    aggregate completion tokens per second and TTFT p50/p99 of each layout.
 2. **Swap propagation**: an admin promotes a version (and rolls back) through the
@@ -20,7 +21,8 @@ learning off in the replicas, nothing trains). Then:
    with SIGKILL; reports the failed calls (should be none: UNAVAILABLE is retried on
    another replica) and the longest gap between two answered calls around the kill.
 
-    python bench/scale.py [--replicas 2] [--clients 4] [--rounds 2] [--tokens 32] [--repeats 2] [--swaps 3]
+    python bench/scale.py [--replicas 2] [--clients 4] [--rounds 2] [--tokens 32] [--repeats 2]
+                          [--spread even|sdk] [--swaps 3] [--failover-seconds 30]
 """
 
 from __future__ import annotations
@@ -84,8 +86,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def throughput(addresses: list[str], tokens: list[str], rounds: int, n_tokens: int) -> dict[str, float]:
-    """Every client streams ``rounds`` replies at once; aggregate tokens/s and TTFT."""
+def throughput(
+    addresses: list[str], tokens: list[str], rounds: int, n_tokens: int, spread: str = "even"
+) -> dict[str, float]:
+    """Every client streams ``rounds`` replies at once; aggregate tokens/s and TTFT.
+
+    ``spread``: ``even`` gives client i replica i mod N (what a load balancer in front
+    would do); ``sdk`` gives every client the whole list (the SDK's round-robin, which
+    with few clients and few calls may put more of them on one replica).
+    """
     from dmha_client import DMHAClient
 
     ttft: list[float] = []
@@ -93,8 +102,9 @@ def throughput(addresses: list[str], tokens: list[str], rounds: int, n_tokens: i
     errors = [0]
     lock = threading.Lock()
 
-    def client(token: str) -> None:
-        with DMHAClient(addresses, token, timeout=600) as c:
+    def client(i: int, token: str) -> None:
+        target = addresses if spread == "sdk" else addresses[i % len(addresses)]
+        with DMHAClient(target, token, timeout=600) as c:
             sid = ""
             for _ in range(rounds):
                 began = time.perf_counter()
@@ -114,7 +124,7 @@ def throughput(addresses: list[str], tokens: list[str], rounds: int, n_tokens: i
                         errors[0] += 1
 
     began = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(t,)) for t in tokens]
+    threads = [threading.Thread(target=client, args=(i, t)) for i, t in enumerate(tokens)]
     for t in threads:
         t.start()
     for t in threads:
@@ -216,6 +226,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="replies per client per measurement")
     parser.add_argument("--tokens", type=int, default=32, help="max_new_tokens per reply")
     parser.add_argument("--repeats", type=int, default=2, help="alternations of 1 replica vs all")
+    parser.add_argument(
+        "--spread", choices=["even", "sdk"], default="even", help="how clients are put on replicas (see throughput)"
+    )
     parser.add_argument("--swaps", type=int, default=3, help="promote+rollback pairs timed")
     parser.add_argument("--failover-seconds", type=float, default=30.0)
     parser.add_argument("--model", type=Path, help="model folder (default: the converted default model)")
@@ -256,7 +269,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for layout in ("1", str(args.replicas)):
                 chosen = addresses[:1] if layout == "1" else addresses
-                r = throughput(chosen, users, args.rounds, args.tokens)
+                r = throughput(chosen, users, args.rounds, args.tokens, args.spread)
                 runs[layout].append(r)
                 print(
                     f"repeat {rep + 1}, {layout} replica(s): {r['tokens_per_s']:.1f} tok/s, "
@@ -276,6 +289,7 @@ def main() -> None:
             "replicas": args.replicas,
             "clients": args.clients,
             "tokens_per_reply": args.tokens,
+            "spread": args.spread,
             "throughput_1_tok_s": round(one, 2),
             f"throughput_{args.replicas}_tok_s": round(many, 2),
             "throughput_ratio": round(many / one, 2),
