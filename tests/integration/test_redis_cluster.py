@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from dmha.config import RedisConfig, WorkingMemoryConfig
+from dmha.errors import StartupError
 from dmha.knowledge import KnowledgeBank, Status, Verdict
 from dmha.memory.working import RedisWorkingMemory
 from dmha.metacognition.monitor import EventStore, ScoreEntry
@@ -53,6 +54,12 @@ def test_a_cluster_url_gives_a_cluster_client_and_a_health_probe(conn: RedisConn
     assert conn.cluster and not conn.embedded
     assert conn.tag("alice") == "{alice}"
     conn.probe(2.0)
+
+
+def test_an_unreachable_cluster_at_start_is_a_startup_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match=r"Redis Cluster at 127\.0\.0\.1:1\b") as err:
+        RedisConnection(RedisConfig(url="redis+cluster://user:secret@127.0.0.1:1", socket_timeout=0.5), tmp_path)
+    assert "secret" not in str(err.value)
 
 
 def test_each_users_keys_share_a_slot_and_users_spread_over_the_masters(
