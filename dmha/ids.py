@@ -71,17 +71,22 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
-def redis_key(prefix: str, *ids: str) -> str:
+def redis_key(prefix: str, *ids: str, tag: bool = False) -> str:
     """A Redis key: a fixed prefix followed by ``:``-separated ids.
 
     Args:
         prefix: the literal namespace, e.g. ``"dmha:wm:turns"`` (never user input).
         ids: the ids the key is about, in order; each must satisfy :func:`check_id`.
+        tag: wrap the first id in a Redis Cluster hash tag (``{alice}``), so every
+            key of that id hashes to one slot (ids never contain braces).
 
     Returns:
-        ``"<prefix>:<id>:<id>..."``.
+        ``"<prefix>:<id>:<id>..."``, or ``"<prefix>:{<id>}:<id>..."`` with ``tag``.
 
     Raises:
         InvalidArgument: an id does not have the id shape (it could forge a key).
     """
-    return ":".join((prefix, *(check_id(i) for i in ids)))
+    parts = [check_id(i) for i in ids]
+    if tag and parts:
+        parts[0] = f"{{{parts[0]}}}"
+    return ":".join((prefix, *parts))

@@ -10,6 +10,13 @@ after any call finds Redis unreachable, further calls fail at once for
 ``retry_after_seconds`` instead of each waiting out its own timeout, after which one
 call at a time tries Redis again. The health probe (:meth:`RedisConnection.probe`)
 closes the switch as soon as it sees Redis answer again.
+
+A URL of the form ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS)
+names a Redis Cluster by any one of its nodes: the client is then redis-py's
+``RedisCluster``, and :attr:`RedisConnection.cluster` is true. On a cluster every
+key name carries a hash tag (:meth:`RedisConnection.tag`) so that the keys one
+transaction, script or blocking move touches hash to one slot; on a single server
+the names stay as they always were.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
 from dmha.config import RedisConfig
@@ -31,18 +41,29 @@ from dmha.errors import RedisUnavailable, StartupError
 from dmha.failfast import FailFast
 from dmha.redis_process import EmbeddedRedis, embedded_redis_binary
 
-__all__ = ["RedisConnection", "embedded_redis_binary"]
+__all__ = ["CLUSTER_SCHEMES", "RedisConnection", "embedded_redis_binary"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Failures meaning "Redis did not answer": the switch opens on these.
-_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""URL schemes that name a Redis Cluster (by one of its nodes)."""
+
+# Failures meaning "Redis did not answer": the switch opens on these. On a cluster
+# also a cluster that is down, has a slot nobody serves, or is moving a slot
+# (ClusterError covers ClusterDownError and redis-py's "TTL exhausted").
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, SlotNotCoveredError, TryAgainError)
 
 
 def _refuses_writes(exc: redis.ResponseError) -> bool:
     """A reply saying Redis is up but cannot take writes now (full disk, replica, OOM)."""
     return isinstance(exc, redis.ReadOnlyError | redis.exceptions.OutOfMemoryError) or str(exc).startswith("MISCONF")
+
+
+def _where(url: str) -> str:
+    """``host:port`` of a URL, without the credentials it may carry."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.hostname else "the configured URL"
 
 
 class RedisConnection:
@@ -71,7 +92,12 @@ class RedisConnection:
             except BaseException:
                 self._server.stop()
                 raise
-        self.client = client if client is not None else self._client(cfg.socket_timeout, cfg.reconnect_retries)
+        self.cluster = cfg.url.startswith(CLUSTER_SCHEMES) or isinstance(client, RedisCluster)
+        """True when Redis is a Redis Cluster (key names then carry hash tags)."""
+        try:
+            self.client = client if client is not None else self._client(cfg.socket_timeout, cfg.reconnect_retries)
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise StartupError(f"cannot reach the Redis Cluster at {_where(cfg.url)}: {exc}") from exc
         # A wrapped client is probed as it is (its settings are its owner's).
         self._probe_client: redis.Redis | None = client
 
@@ -88,6 +114,21 @@ class RedisConnection:
         """
         return cls(RedisConfig(), Path(tempfile.gettempdir()), client=client)
 
+    def tag(self, name: str) -> str:
+        """``name`` as a Redis Cluster hash tag on a cluster, else unchanged.
+
+        Keys whose names contain the same ``{tag}`` hash to the same slot, so one
+        transaction or script may touch them all; on a single server the key names
+        stay as they were (data written before keeps its keys).
+
+        Args:
+            name: what the keys belong to: a user id, or a shared namespace.
+
+        Returns:
+            ``"{name}"`` on a cluster, ``name`` otherwise.
+        """
+        return f"{{{name}}}" if self.cluster else name
+
     @property
     def embedded(self) -> bool:
         """True when DMHA started and owns the server."""
@@ -103,6 +144,8 @@ class RedisConnection:
         # never a timeout: redis-py's default (10 retries with backoff) turned one hung
         # Redis call into ~26 s.
         retry = Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,))
+        if self.cluster:
+            return self._cluster_client(timeout, retry)
         if self._server is None:
             return redis.Redis.from_url(
                 self._cfg.url,
@@ -118,6 +161,20 @@ class RedisConnection:
             socket_connect_timeout=timeout,
             retry=retry,
         )
+
+    def _cluster_client(self, timeout: float, retry: Retry) -> redis.Redis:
+        # It reads the slot map at once (a single-server client connects lazily):
+        # the callers turn its failure into StartupError or RedisUnavailable.
+        client = RedisCluster.from_url(
+            self._cfg.url.replace("+cluster://", "://", 1),
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=retry,
+        )
+        # It speaks every command DMHA sends (checked in tests against a real
+        # cluster); typed as the single-server client so call sites stay one type.
+        return cast("redis.Redis", client)
 
     def _revive(self) -> None:
         """Restart a dead embedded server, at most once a second."""
@@ -183,11 +240,11 @@ class RedisConnection:
         """
         if self._server is not None and not self._server.alive:
             self._revive()
-        if self._probe_client is None:
-            self._probe_client = self._client(timeout, 0)
         try:
+            if self._probe_client is None:
+                self._probe_client = self._client(timeout, 0)
             self._probe_client.ping()
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisClusterException) as exc:
             kind = "no answer" if isinstance(exc, redis.TimeoutError) else "unreachable"
             raise RedisUnavailable(f"{kind} within {timeout:g} s") from exc
         self._switch.answered()

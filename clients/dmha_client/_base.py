@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import random
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -26,6 +28,7 @@ from dmha_proto.v1 import (
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "BALANCED_OPTIONS",
     "DEFAULT_ADDRESS",
     "FINAL_STATES",
     "HEALTH_PARTS",
@@ -42,6 +45,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 """gRPC reconnects to a server that was down within 5 s of its return (the library's
 default backoff grows to 120 s, too long for a gateway that must recover by itself)."""
+BALANCED_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.lb_policy_name", "round_robin"),)
+"""Over several replicas each call goes to the next ready one, and a replica that is
+down is skipped until it is back (its connection is retried in the background)."""
 FINAL_STATES = frozenset({"deployed", "rejected", "failed", "candidate"})
 """Job states that will not change by themselves (a candidate waits for a trainer)."""
 HEALTH_PARTS = ("redis", "milvus", "executor", "generation", "disk")
@@ -71,11 +77,68 @@ class ChatResult:
     reply: chat_pb2.ChatReply
 
 
+def _split(address: str | Sequence[str]) -> list[str]:
+    items = address.split(",") if isinstance(address, str) else list(address)
+    return [a.strip() for a in items if a.strip()]
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument("address", f"{address!r} is not host:port")
+    return host.strip("[]"), port
+
+
+def channel_target(address: str | Sequence[str]) -> tuple[str, bool]:
+    """The gRPC target for one server address, or for several replicas.
+
+    Several addresses (a sequence, or one string with commas) become one static list
+    that the channel balances over; host names among them are resolved to IPv4 once,
+    here (give a ``dns:///name:port`` target instead to follow DNS changes). A
+    ``dns:///`` target is balanced over every address the name resolves to.
+
+    Args:
+        address: ``host:port``, ``dns:///host:port``, ``"h1:p1,h2:p2"`` or a list.
+
+    Returns:
+        ``(target, balanced)``: the channel target, and whether it spans replicas.
+
+    Raises:
+        InvalidArgument: an empty list, or an entry that is not ``host:port``.
+    """
+    items = _split(address)
+    if not items:
+        raise InvalidArgument("address", "at least one host:port is required")
+    if len(items) == 1:
+        return items[0], items[0].startswith("dns:")
+    ips: list[str] = []
+    v6 = False
+    for item in items:
+        host, port = _host_port(item)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0])
+            except OSError as exc:
+                raise InvalidArgument("address", f"cannot resolve {host!r} in {item!r} ({exc})") from None
+        v6 = v6 or ip.version == 6
+        ips.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    if v6 and any(not a.startswith("[") for a in ips):
+        raise InvalidArgument("address", "give either IPv4 or IPv6 replicas, not both")
+    return ("ipv6:" if v6 else "ipv4:") + ",".join(ips), True
+
+
 class BaseClient:
     """Settings and request building shared by :class:`DMHAClient` and :class:`AsyncDMHAClient`.
 
     Args:
-        address: ``host:port``; default ``$DMHA_ADDRESS`` or 127.0.0.1:50051.
+        address: ``host:port``; or several replicas as a list or a comma-separated
+            string (``"10.0.0.1:50051,10.0.0.2:50051"``), or ``dns:///name:port``
+            for every address a name resolves to: calls are then spread round-robin
+            and a replica that is down is skipped (a call it failed with UNAVAILABLE
+            is retried on another, per ``retry``). Default ``$DMHA_ADDRESS`` (the same
+            forms) or 127.0.0.1:50051.
         token: bearer JWT; default ``$DMHA_TOKEN``.
         timeout: default per-call deadline in seconds (None = no deadline).
         retry: backoff policy for UNAVAILABLE.
@@ -83,13 +146,17 @@ class BaseClient:
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         token: str | None = None,
         *,
         timeout: float | None = 120.0,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.address = address or os.environ.get("DMHA_ADDRESS") or DEFAULT_ADDRESS
+        given = address or os.environ.get("DMHA_ADDRESS") or DEFAULT_ADDRESS
+        self.address = given if isinstance(given, str) else ",".join(given)
+        """The address(es) as given (comma-separated when several)."""
+        self._target, balanced = channel_target(given)
+        self._channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS + (BALANCED_OPTIONS if balanced else ())
         self.token = token if token is not None else os.environ.get("DMHA_TOKEN", "")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dmha_client._base import CHANNEL_OPTIONS, FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
+from dmha_client._base import FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
 from dmha_client.errors import Cancelled, DeadlineExceeded, NotFound, from_rpc_error, is_retryable
 from dmha_proto.v1 import (
@@ -65,7 +65,7 @@ class AsyncDMHAClient(BaseClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(self._target, options=self._channel_options)
         self._stubs = Stubs(self._channel)
 
     async def __aenter__(self) -> AsyncDMHAClient:

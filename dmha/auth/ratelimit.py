@@ -86,7 +86,8 @@ class RedisRateLimiter:
     Args:
         conn: the shared Redis connection.
         per_minute: sustained requests per minute per key (also the burst); 0 = no limit.
-        scope: names the limit in its keys (``dmha:rate:<scope>:<key>``).
+        scope: names the limit in its keys (``dmha:rate:<scope>:<key>``, the key
+            in braces on a Redis Cluster).
     """
 
     def __init__(self, conn: RedisConnection, per_minute: int, scope: str) -> None:
@@ -104,7 +105,7 @@ class RedisRateLimiter:
         """
         if self._burst <= 0:
             return
-        name = self._prefix + key
+        name = self._prefix + self._conn.tag(key)
         wait = float(
             self._conn.call(
                 lambda c: c.eval(_TOKEN_BUCKET, 1, name, repr(self._rate), repr(self._burst)), "the rate limit"

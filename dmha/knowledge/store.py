@@ -11,6 +11,14 @@ instead of reloading everything.
 The Redis layout per namespace is a hash of records, a hash of overrides, the
 counter and the log (a list capped at the last ``LOG_LENGTH`` commits); a commit is
 one MULTI/EXEC transaction, so a tell is all-or-nothing.
+
+On a Redis Cluster a namespace's keys carry a hash tag: the user id for ``u:`` and
+``s:`` namespaces (a user's namespaces share a slot), ``g`` for the global one. A
+commit touching the global namespace and a user's (a trainer's global statement
+told beside their own, an override of a global statement) is then one transaction
+per slot, the global one first. Were the process to die between the two, a view
+that loads or syncs re-derives the missing conflict decisions (it replays every
+statement under the same policy), so the knowledge base stays consistent.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
-from urllib.parse import quote
+from functools import partial
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from urllib.parse import quote, unquote
 
 import redis
+from redis.cluster import RedisCluster
 from redis.typing import EncodableT, FieldT
 
 from dmha.ids import check_id
@@ -358,7 +368,25 @@ class RedisStore:
 
     def _key(self, namespace: str, part: str) -> str:
         # ``namespace`` comes from namespace_for, which checked the ids it embeds.
+        if self._conn.cluster:
+            kind, _, rest = namespace.partition(":")
+            if rest:  # u:<user> or s:<user>:<session>: the user is the tag
+                user, _, session = rest.partition(":")
+                tagged = f"{kind}:{{{unquote(user)}}}" + (f":{session}" if session else "")
+                return f"{self._prefix}:{tagged}:{part}"
+            return f"{self._prefix}:{{{namespace}}}:{part}"
         return f"{self._prefix}:{namespace}:{part}"
+
+    def _slot_groups(self, namespaces: Sequence[str]) -> list[list[str]]:
+        """The namespaces one transaction may touch together: all of them on a single
+        server; on a cluster the global one apart from the users' (global first)."""
+        if not self._conn.cluster:
+            return [list(namespaces)]
+        groups: dict[str, list[str]] = {}
+        for ns in namespaces:
+            user = ns.partition(":")[2].partition(":")[0]
+            groups.setdefault(user, []).append(ns)
+        return [groups[k] for k in sorted(groups)]
 
     def _call(self, fn: Callable[[redis.Redis], T]) -> T:
         return self._conn.call(fn, "the knowledge base")
@@ -384,7 +412,11 @@ class RedisStore:
         """See :meth:`StatementStore.versions`."""
         if not namespaces:
             return ()
-        values = self._call(lambda c: c.mget([self._key(ns, "ver") for ns in namespaces]))
+        keys = [self._key(ns, "ver") for ns in namespaces]
+        if self._conn.cluster:  # the global and the user's counters live in two slots
+            values = self._call(lambda c: cast("RedisCluster", c).mget_nonatomic(keys))
+        else:
+            values = self._call(lambda c: c.mget(keys))
         return tuple(int(v or 0) for v in values)
 
     def commit(self, batch: StoreBatch) -> dict[str, int]:
@@ -396,18 +428,21 @@ class RedisStore:
         ovr_puts: dict[str, dict[FieldT, EncodableT]] = {}
         for ns, ovr in batch.put_overrides:
             ovr_puts.setdefault(ns, {})[ovr.statement_id] = _override_to_json(ovr)
-        touched = sorted(batch.namespaces())
 
-        def work(c: redis.Redis) -> list[Any]:
+        def work(c: redis.Redis, touched: list[str]) -> list[Any]:
             pipe = c.pipeline(transaction=True)
             for ns, mapping in puts.items():
-                pipe.hset(self._key(ns, "stmts"), mapping=mapping)
+                if ns in touched:
+                    pipe.hset(self._key(ns, "stmts"), mapping=mapping)
             for ns, sid in batch.delete_records:
-                pipe.hdel(self._key(ns, "stmts"), sid)
+                if ns in touched:
+                    pipe.hdel(self._key(ns, "stmts"), sid)
             for ns, mapping in ovr_puts.items():
-                pipe.hset(self._key(ns, "ovr"), mapping=mapping)
+                if ns in touched:
+                    pipe.hset(self._key(ns, "ovr"), mapping=mapping)
             for ns, sid in batch.delete_overrides:
-                pipe.hdel(self._key(ns, "ovr"), sid)
+                if ns in touched:
+                    pipe.hdel(self._key(ns, "ovr"), sid)
             for ns in touched:
                 recs, ovrs = batch.changed_ids(ns)
                 pipe.rpush(self._key(ns, "log"), json.dumps({"r": recs, "o": ovrs}))
@@ -416,8 +451,11 @@ class RedisStore:
                 pipe.incr(self._key(ns, "ver"))
             return pipe.execute()
 
-        results = self._call(work)
-        return dict(zip(touched, (int(v) for v in results[-len(touched) :]), strict=True)) if touched else {}
+        versions: dict[str, int] = {}
+        for group in self._slot_groups(sorted(batch.namespaces())):
+            results = self._call(partial(work, touched=group))
+            versions.update(zip(group, (int(v) for v in results[-len(group) :]), strict=True))
+        return versions
 
     def changes(self, namespace: str, since: int) -> Changes | None:
         """See :meth:`StatementStore.changes`."""

@@ -1,7 +1,8 @@
 """Durable training-job records in Redis, the queue the worker takes them from, and
 a per-job event stream.
 
-Keys (all under ``dmha:learn:``):
+Keys (all under ``dmha:learn:``, which is ``{dmha:learn}:`` on a Redis Cluster so
+that they share one slot):
 
 - ``job:{id}``      hash: the job record (JSON fields for lists and dicts);
 - ``jobs``          sorted set id -> created_at (listing);
@@ -40,24 +41,22 @@ import builtins
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import redis
 
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dmha.ids import check_id, redis_key
 from dmha.learning.feedback import FeedbackItem, new_id
+from dmha.learning.job_events import RUNNING_STATES, TERMINAL_STATES, JobEvent, JobState, JobWatch
 from dmha.redis_connection import RedisConnection
 
 __all__ = ["RUNNING_STATES", "TERMINAL_STATES", "Job", "JobEvent", "JobState", "JobStore", "JobWatch"]
 
 log = logging.getLogger(__name__)
 
-JobState = Literal["candidate", "queued", "training", "evaluating", "freezing", "deployed", "rejected", "failed"]
-RUNNING_STATES: frozenset[str] = frozenset({"training", "evaluating", "freezing"})
-TERMINAL_STATES: frozenset[str] = frozenset({"deployed", "rejected", "failed"})
 _ALLOWED: dict[str, frozenset[str]] = {
     "candidate": frozenset({"queued", "failed"}),
     "queued": frozenset({"training", "failed"}),
@@ -145,26 +144,6 @@ class Job:
         )
 
 
-@dataclass(frozen=True)
-class JobEvent:
-    """One entry of a job's event stream: a state change or a training step."""
-
-    job_id: str
-    state: JobState
-    step: int
-    steps: int
-    loss: float
-    at: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-    version: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        """True for the job's last event."""
-        return self.state in TERMINAL_STATES
-
-
 def _encode(fields: dict[str, Any]) -> dict[Any, Any]:
     # Text to text; typed Any because redis-py's stubs want an invariant union mapping.
     out: dict[Any, Any] = {}
@@ -195,7 +174,9 @@ class JobStore:
     ) -> None:
         self._conn = conn
         self._max_queued = max_queued
-        self._p = prefix
+        # One hash tag for every key on a Redis Cluster: the queue, the claim lists and
+        # the job records move together in transactions and scripts.
+        self._p = f"{conn.tag(prefix.rstrip(':'))}:"
         self.owner = check_id(owner) if owner else ""
         self.lease_seconds = lease_seconds
 
@@ -552,6 +533,24 @@ class JobStore:
 
     # ---------------------------------------------------------------- watching
 
+    def read_events(self, job_id: str, after: str, block_ms: int | None) -> builtins.list[tuple[str, dict[str, str]]]:
+        """Entries of the job's event stream after entry id ``after`` (at most 100).
+
+        Args:
+            job_id: the job.
+            after: the last entry id already read (``"0-0"``: from the start).
+            block_ms: wait up to this long for a new entry; None = do not wait.
+
+        Returns:
+            ``(entry_id, fields)`` pairs in order.
+
+        Raises:
+            RedisUnavailable: Redis is down.
+        """
+        key = self._events_key(job_id)
+        resp = self._call(lambda c: c.xread({key: after}, count=100, block=block_ms))
+        return [(entry_id, fields) for _stream, entries in resp or [] for entry_id, fields in entries]
+
     def watch(self, job_id: str, timeout: float | None = None, block_ms: int = 500) -> JobWatch:
         """The job's events from the first one, until its terminal event.
 
@@ -574,95 +573,3 @@ class JobStore:
         """
         self.get(job_id)
         return JobWatch(self, job_id, timeout, block_ms)
-
-
-class JobWatch:
-    """One reader of a job's event stream (see :meth:`JobStore.watch`).
-
-    Args:
-        store: the job store.
-        job_id: the job (known to exist).
-        timeout: iteration gives up after this many seconds (None: never).
-        block_ms: how long one read blocks while iterating.
-    """
-
-    def __init__(self, store: JobStore, job_id: str, timeout: float | None, block_ms: int) -> None:
-        self._store = store
-        self.job_id = job_id
-        self._key = store._events_key(job_id)
-        self._last = "0-0"
-        self._block_ms = block_ms
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._buffer: list[JobEvent] = []
-        self.done = False
-        """True once the terminal event was read (or the watch was closed)."""
-
-    def poll(self, block_ms: int | None = None) -> list[JobEvent]:
-        """Read what is there, waiting at most ``block_ms`` for something new.
-
-        Args:
-            block_ms: longest wait in Redis; None = do not wait at all.
-
-        Returns:
-            The events read, in order (empty when none arrived); the last one is
-            terminal when the job is over.
-
-        Raises:
-            NotFound: the job disappeared. RedisUnavailable: Redis is down.
-        """
-        if self.done:
-            return []
-        key, last = self._key, self._last
-        resp = self._store._call(lambda c: c.xread({key: last}, count=100, block=block_ms))
-        events: list[JobEvent] = []
-        for _stream, entries in resp or []:
-            for entry_id, f in entries:
-                self._last = entry_id
-                event = JobEvent(
-                    job_id=self.job_id,
-                    state=f["state"],
-                    step=int(f.get("step", 0)),
-                    steps=int(f.get("steps", 0)),
-                    loss=float(f.get("loss", 0.0)),
-                    at=float(f.get("at", 0.0)),
-                    metrics=json.loads(f.get("metrics", "{}")),
-                    error=f.get("error", ""),
-                    version=f.get("version", ""),
-                )
-                events.append(event)
-                if event.terminal:
-                    self.done = True
-                    return events
-        if not events and self._last == "0-0":
-            job = self._store.get(self.job_id)
-            if job.state in TERMINAL_STATES:
-                # The stream expired before anyone watched: report the final state.
-                self.done = True
-                return [
-                    JobEvent(
-                        self.job_id,
-                        job.state,
-                        job.step,
-                        job.steps,
-                        job.loss,
-                        job.updated_at,
-                        job.metrics,
-                        job.error,
-                        job.version,
-                    )
-                ]
-        return events
-
-    def close(self) -> None:
-        """Stop watching (later polls return nothing)."""
-        self.done = True
-
-    def __iter__(self) -> Iterator[JobEvent]:
-        return self
-
-    def __next__(self) -> JobEvent:
-        while not self._buffer:
-            if self.done or (self._deadline is not None and time.monotonic() > self._deadline):
-                raise StopIteration
-            self._buffer = self.poll(self._block_ms)
-        return self._buffer.pop(0)

@@ -7,8 +7,8 @@ shared registry and hot-swaps it in. Pub/sub delivers at most once, so the follo
 also re-reads the pointer every ``learning.live_poll_seconds``: a lost message (a
 reconnect, a Redis restart) delays a swap by at most that long.
 
-Keys (under ``dmha:learn:``): ``live`` (the version id) and the channel
-``live-changed`` (messages carry the version id).
+Keys (under ``dmha:learn:``, ``{dmha:learn}:`` on a Redis Cluster): ``live`` (the
+version id) and the channel ``dmha:learn:live-changed`` (messages carry the version id).
 """
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ __all__ = ["GuardedDeploy", "LiveFollower", "LivePointer", "LiveTarget", "ModelH
 log = logging.getLogger(__name__)
 
 # Set the pointer only when it still names what the caller trained from, then announce.
+# The channel is an argument, not a key: a Redis Cluster broadcasts it to every node.
 _COMPARE_AND_SET = """
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return cur end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
 return ARGV[2]
+"""
+# Set and announce together (a Redis Cluster refuses PUBLISH inside a MULTI).
+_SET_AND_ANNOUNCE = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
 """
 
 
@@ -85,7 +92,7 @@ class LivePointer:
 
     def __init__(self, conn: RedisConnection, prefix: str = "dmha:learn:") -> None:
         self._conn = conn
-        self.key = f"{prefix}live"
+        self.key = f"{conn.tag(prefix.rstrip(':'))}:live"
         self.channel = f"{prefix}live-changed"
 
     def _call(self, fn: Callable[[redis.Redis], Any]) -> Any:
@@ -115,14 +122,7 @@ class LivePointer:
         Raises:
             RedisUnavailable: Redis is down.
         """
-
-        def run(c: redis.Redis) -> None:
-            pipe = c.pipeline(transaction=True)
-            pipe.set(self.key, version_id)
-            pipe.publish(self.channel, version_id)
-            pipe.execute()
-
-        self._call(run)
+        self._call(lambda c: c.eval(_SET_AND_ANNOUNCE, 1, self.key, version_id, self.channel))
         log.info("live pointer -> %s (announced)", version_id)
 
     def compare_and_set(self, expected: str, version_id: str) -> str:
@@ -137,7 +137,7 @@ class LivePointer:
         Raises:
             RedisUnavailable: Redis is down.
         """
-        return str(self._call(lambda c: c.eval(_COMPARE_AND_SET, 2, self.key, self.channel, expected, version_id)))
+        return str(self._call(lambda c: c.eval(_COMPARE_AND_SET, 1, self.key, expected, version_id, self.channel)))
 
 
 class GuardedDeploy:

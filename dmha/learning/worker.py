@@ -44,6 +44,7 @@ from dmha.learning.references import References, ensure_references
 from dmha.learning.registry import BASE_VERSION, Registry
 from dmha.learning.steps import EagerStepModel
 from dmha.llm.base import ModelHandle
+from dmha.llm.engine import load_causal_lm
 
 __all__ = ["LearningWorker", "PlanHook"]
 
@@ -533,7 +534,5 @@ def _read_base_weights(model_dir: Path, names: list[str]) -> dict[str, torch.Ten
 
 def _load_base(model_dir: Path, like: Any) -> Any:
     """A fresh base model (for references when the live version is not base)."""
-    from transformers import AutoModelForCausalLM
-
     param = next(like.parameters())
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=param.dtype).to(param.device).eval()
+    return load_causal_lm(model_dir, param.dtype, param.device)

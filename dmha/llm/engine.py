@@ -36,7 +36,31 @@ from dmha.llm.base import (
 from dmha.llm.batching import Cohort, Request, make_cohorts
 from dmha.llm.eager import EagerStepModel
 
-__all__ = ["HFEngine", "load_eager_handle", "pick_device", "pick_dtype", "set_torch_threads"]
+__all__ = ["HFEngine", "load_causal_lm", "load_eager_handle", "pick_device", "pick_dtype", "set_torch_threads"]
+
+# transformers' from_pretrained is not thread-safe: it switches global torch state
+# (meta-device initialisation) while it runs, so two loads at once in one process (a
+# live follower swapping versions while the learner loads the base model, or two
+# in-process replicas) fail with "Cannot copy out of meta tensor". Every load takes it.
+_LOAD_LOCK = threading.Lock()
+
+
+def load_causal_lm(model_dir: Path, dtype: torch.dtype, device: str | torch.device) -> Any:
+    """Load a Hugging Face causal LM folder onto ``device``, one load at a time per process.
+
+    Args:
+        model_dir: the model folder.
+        dtype: parameter dtype.
+        device: where the weights go.
+
+    Returns:
+        The model (a ``PreTrainedModel``) in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    with _LOAD_LOCK:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +107,12 @@ def load_eager_handle(model_dir: Path, cfg: ModelConfig, version: str = "base") 
     Returns:
         The handle.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
-    model.eval()
+    model = load_causal_lm(model_dir, dtype, device)
     return ModelHandle(
         version=version,
         tokenizer=tokenizer,

@@ -2,8 +2,10 @@
 
 Layout (all keys under ``dmha:wm:``):
 
-- ``dmha:wm:turns:{user}:{session}`` a list of JSON turn records, oldest first;
-- ``dmha:wm:sessions:{user}`` a sorted set session_id -> last activity time.
+- ``dmha:wm:turns:<user>:<session>`` a list of JSON turn records, oldest first;
+- ``dmha:wm:sessions:<user>`` a sorted set session_id -> last activity time.
+
+On a Redis Cluster the user id is written ``{<user>}`` (a hash tag).
 
 Both expire ``ttl_seconds`` after the last turn. Turns beyond ``max_turns`` stay
 in the list until long-term memory has acknowledged them (:meth:`overflow` then
@@ -92,13 +94,13 @@ class RedisWorkingMemory:
         self._conn = conn
         self._cfg = cfg
 
-    @staticmethod
-    def _turns_key(user_id: str, session_id: str) -> str:
-        return redis_key("dmha:wm:turns", user_id, session_id)
+    # On a Redis Cluster the user id is the keys' hash tag: one user's turns and
+    # session index share a slot, so each transaction below stays on one node.
+    def _turns_key(self, user_id: str, session_id: str) -> str:
+        return redis_key("dmha:wm:turns", user_id, session_id, tag=self._conn.cluster)
 
-    @staticmethod
-    def _sessions_key(user_id: str) -> str:
-        return redis_key("dmha:wm:sessions", user_id)
+    def _sessions_key(self, user_id: str) -> str:
+        return redis_key("dmha:wm:sessions", user_id, tag=self._conn.cluster)
 
     def append(self, turns: Sequence[Turn]) -> None:
         if not turns:

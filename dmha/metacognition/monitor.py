@@ -142,13 +142,11 @@ class EventStore:
         """Events (and scores) kept per user."""
         return self._cap
 
-    @staticmethod
-    def _key(user_id: str) -> str:
-        return redis_key("dmha:meta:events", user_id)
+    def _key(self, user_id: str) -> str:
+        return redis_key("dmha:meta:events", user_id, tag=self._conn.cluster)
 
-    @staticmethod
-    def _scores_key(user_id: str) -> str:
-        return redis_key("dmha:meta:scores", user_id)
+    def _scores_key(self, user_id: str) -> str:
+        return redis_key("dmha:meta:scores", user_id, tag=self._conn.cluster)
 
     def _push(self, key: str, raw: str) -> None:
         def work(c):

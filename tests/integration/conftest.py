@@ -16,11 +16,13 @@ from typing import Any, Literal
 
 import pytest
 
-from dmha.config import DMHAConfig, load_config
+from dmha.config import DMHAConfig, RedisConfig, load_config
+from dmha.redis_connection import RedisConnection
 from dmha.runtime import Runtime, build_runtime
 from dmha_client import AsyncDMHAClient, DMHAClient, RetryPolicy
 from dmha_server.app import create_server, service_names
 from dmha_server.health import watch_health
+from tests.integration.redis_cluster import RedisClusterProcesses
 
 
 def integration_config(data_dir: Path, model_path: Path, **overrides) -> DMHAConfig:
@@ -159,3 +161,30 @@ RELAXED_LEARNING: dict[str, object] = {
     "retain_per_step": 1,
     "freeze_device": "cpu",
 }
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """A real three-master Redis Cluster on loopback, started once when first asked for."""
+    nodes = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def shared_redis(request, tmp_path) -> Iterator[RedisConnection]:
+    """The Redis several processes share: one redis-server, or a three-master cluster
+    (emptied first). Tests using it run once against each."""
+    if request.param == "single":
+        conn = RedisConnection(RedisConfig(), tmp_path)
+    else:
+        nodes = request.getfixturevalue("redis_cluster")
+        nodes.flush()
+        conn = RedisConnection(RedisConfig(url=nodes.url), tmp_path)
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from dmha.config import RedisConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from dmha.learning import FeedbackItem, JobStore
 from dmha.redis_connection import RedisConnection
@@ -19,12 +17,8 @@ ITEM = FeedbackItem("f1", "What is the capital of Zubrowka?", "Vlorn.")
 
 
 @pytest.fixture
-def conn(tmp_path) -> Iterator[RedisConnection]:
-    c = RedisConnection(RedisConfig(), tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+def conn(shared_redis) -> RedisConnection:
+    return shared_redis  # one redis-server, then a Redis Cluster
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ pointer and the shared rate limit (real redis-server, no model)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from dmha.auth.ratelimit import RedisRateLimiter
-from dmha.config import RedisConfig
 from dmha.errors import LearningError, ResourceExhausted
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.jobs import JobStore
@@ -24,12 +22,8 @@ ITEM = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vl
 
 
 @pytest.fixture
-def conn(tmp_path) -> Iterator[RedisConnection]:
-    c = RedisConnection(RedisConfig(), tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
+def conn(shared_redis) -> RedisConnection:
+    return shared_redis  # one redis-server, then a Redis Cluster
 
 
 def _handle(version: str) -> ModelHandle:
@@ -75,7 +69,7 @@ def test_a_stopped_workers_jobs_are_reclaimed_once(conn) -> None:
     assert replica.get(own).state == "training"
     # The requeued job goes to the next worker that asks; the dead owner is forgotten.
     assert alive.claim(timeout=0.1).job_id == second  # type: ignore[union-attr]
-    assert "dead-1" not in conn.client.smembers("dmha:learn:workers")
+    assert "dead-1" not in conn.client.smembers(f"{conn.tag('dmha:learn')}:workers")
 
 
 def test_a_lease_thread_keeps_a_long_job_claimed(conn) -> None:

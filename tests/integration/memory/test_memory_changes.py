@@ -6,15 +6,14 @@ import time
 
 import pytest
 
-from dmha.config import RedisConfig
 from dmha.memory.changes import MemoryChanges
 from dmha.redis_connection import RedisConnection
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_change_through_one_replica_invalidates_the_others_only(tmp_path) -> None:
-    conn = RedisConnection(RedisConfig(), tmp_path)
+def test_a_change_through_one_replica_invalidates_the_others_only(shared_redis: RedisConnection) -> None:
+    conn = shared_redis
     dropped: dict[str, list[str]] = {"a": [], "b": []}
     resets = {"a": 0, "b": 0}
 
@@ -39,4 +38,3 @@ def test_a_change_through_one_replica_invalidates_the_others_only(tmp_path) -> N
     finally:
         a.stop()
         b.stop()
-        conn.close()

@@ -7,6 +7,7 @@ through the SDK and through Redis, as a load balancer and an operator would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from dmha.config import load_config
 from dmha.redis_connection import embedded_redis_binary
 from dmha_client import DMHAClient, RetryPolicy, errors
 from tests.integration.conftest import RELAXED_LEARNING
+from tests.integration.redis_cluster import RedisClusterProcesses
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,6 +122,12 @@ class Cluster:
         policy = RetryPolicy(attempts=retry, initial=0.3)
         return DMHAClient(self.procs[replica].address, token, timeout=60, retry=policy)
 
+    def balanced_client(self, replicas: list[str], user: str, retry: int = 4) -> DMHAClient:
+        """One client over several replicas, as an application behind no load balancer uses it."""
+        token = self.auth.issue(user, ("user",))[0]
+        addresses = [self.procs[r].address for r in replicas]
+        return DMHAClient(addresses, token, timeout=60, retry=RetryPolicy(attempts=retry, initial=0.3))
+
     def close(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
@@ -152,11 +160,9 @@ def _start_redis(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"unix://{sock}"
 
 
-@pytest.fixture(scope="module")
-def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
-    # A short path: unix socket names are limited to ~107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="dmha-scale-"))
-    redis_proc, url = _start_redis(root)
+@contextlib.contextmanager
+def _processes(root: Path, url: str, tiny_model_dir: Path) -> Iterator[Cluster]:
+    """Replicas ``a`` and ``b`` and a worker over the Redis at ``url``."""
     data_dir = root / "data"
     cfg = {
         "redis": {"url": url},
@@ -179,6 +185,17 @@ def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
+    # A short path: unix socket names are limited to ~107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="dmha-scale-"))
+    redis_proc, url = _start_redis(root)
+    try:
+        with _processes(root, url, tiny_model_dir) as c:
+            yield c
+    finally:
         redis_proc.terminate()
         redis_proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
@@ -297,3 +314,29 @@ def test_kill_9_of_a_replica_mid_stream_loses_no_acknowledged_turn(cluster: Clus
         users = [t.text for t in b.get_session(sid).turns if t.role == "user"]
         assert users[:3] == ["message 0", "message 1", "message 2"]
         assert b.chat("still there?", session_id=sid, max_new_tokens=2).session_id == sid
+
+
+def test_a_client_over_several_replicas_fails_over_when_one_is_killed(cluster: Cluster) -> None:
+    up = [name for name in ("a", "b") if name in cluster.procs and cluster.procs[name].popen.poll() is None]
+    cluster.start("c", "serve", "--no-train", "--port", "0")
+    with cluster.balanced_client([up[0], "c"], "dora") as client:
+        sid = client.chat("before 0", max_new_tokens=2).session_id
+        for i in (1, 2, 3):
+            client.chat(f"before {i}", session_id=sid, max_new_tokens=2)  # spread over both
+        cluster.procs.pop("c").kill9()
+        # Every call after the kill succeeds: a call that met the dead replica is retried.
+        for i in range(4):
+            assert client.chat(f"after {i}", session_id=sid, max_new_tokens=2).session_id == sid
+        users = [t.text for t in client.get_session(sid).turns if t.role == "user"]
+        assert users == [f"before {i}" for i in range(4)] + [f"after {i}" for i in range(4)]
+
+
+def test_the_same_processes_over_a_redis_cluster(
+    tiny_model_dir: Path, redis_cluster: RedisClusterProcesses, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # `dmha serve --no-train` and `dmha worker` given a redis+cluster:// URL: state
+    # written through one replica is read through the other, and a deploy reaches both.
+    redis_cluster.flush()
+    with _processes(tmp_path_factory.mktemp("on-cluster"), redis_cluster.url, tiny_model_dir) as on_cluster:
+        test_state_written_through_one_replica_is_read_through_the_other(on_cluster)
+        test_a_job_trained_by_the_worker_goes_live_on_both_replicas(on_cluster)
