@@ -27,8 +27,10 @@ RUN pip install .
 # Prepare the default model at build time so containers start in seconds.
 RUN dmha setup --config configs/default.yaml
 
-RUN useradd --system --create-home dmha && mkdir -p /data && chown -R dmha /data
-USER dmha
+# A fixed uid, so Kubernetes can give it shared volumes (fsGroup, deploy/k8s/); /registry
+# is where deploy/ mounts the version registry every replica and worker shares.
+RUN useradd --system --uid 10001 --create-home dmha && mkdir -p /data /registry && chown -R dmha /data /registry
+USER 10001
 VOLUME ["/data"]
 # 50051 gRPC, 9464 metrics, 8080 for `dmha gateway --host 0.0.0.0` (the web page; run it as a second container).
 EXPOSE 50051 9464 8080

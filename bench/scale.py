@@ -8,7 +8,8 @@ learning off in the replicas, nothing trains). Then:
 1. **Throughput**: ``--clients`` clients (distinct users) each stream ``--rounds``
    replies of ``--tokens`` tokens, once over the first replica only and once over all
    of them (``--spread even``: client i on replica i mod N; ``sdk``: every client
-   given the whole list, the SDK's round-robin); the two layouts
+   given the whole list, the SDK's round-robin; ``sticky``: the whole list with
+   ``sticky=True``, each user on the replica its subject hashes to); the two layouts
    alternate ``--repeats`` times so both see the same machine load. Reports the
    aggregate completion tokens per second and TTFT p50/p99 of each layout.
 2. **Swap propagation**: an admin promotes a version (and rolls back) through the
@@ -22,7 +23,7 @@ learning off in the replicas, nothing trains). Then:
    another replica) and the longest gap between two answered calls around the kill.
 
     python bench/scale.py [--replicas 2] [--clients 4] [--rounds 2] [--tokens 32] [--repeats 2]
-                          [--spread even|sdk] [--swaps 3] [--failover-seconds 30]
+                          [--spread even|sdk|sticky] [--swaps 3] [--failover-seconds 30]
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def throughput(
 
     ``spread``: ``even`` gives client i replica i mod N (what a load balancer in front
     would do); ``sdk`` gives every client the whole list (the SDK's round-robin, which
-    with few clients and few calls may put more of them on one replica).
+    with few clients and few calls may put more of them on one replica); ``sticky``
+    gives every client the whole list with ``sticky=True`` (each user stays on the
+    replica its token's subject hashes to: with few users, the split may be uneven).
     """
     from dmha_client import DMHAClient
 
@@ -103,8 +106,8 @@ def throughput(
     lock = threading.Lock()
 
     def client(i: int, token: str) -> None:
-        target = addresses if spread == "sdk" else addresses[i % len(addresses)]
-        with DMHAClient(target, token, timeout=600) as c:
+        target = addresses if spread in ("sdk", "sticky") else addresses[i % len(addresses)]
+        with DMHAClient(target, token, timeout=600, sticky=spread == "sticky") as c:
             sid = ""
             for _ in range(rounds):
                 began = time.perf_counter()
@@ -227,7 +230,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="max_new_tokens per reply")
     parser.add_argument("--repeats", type=int, default=2, help="alternations of 1 replica vs all")
     parser.add_argument(
-        "--spread", choices=["even", "sdk"], default="even", help="how clients are put on replicas (see throughput)"
+        "--spread",
+        choices=["even", "sdk", "sticky"],
+        default="even",
+        help="how clients are put on replicas (see throughput)",
     )
     parser.add_argument("--swaps", type=int, default=3, help="promote+rollback pairs timed")
     parser.add_argument("--failover-seconds", type=float, default=30.0)

@@ -15,6 +15,7 @@ from typing import Any, Self
 from grpc_health.v1 import health_pb2
 
 from dmha_client.errors import InvalidArgument
+from dmha_client.sticky import Replicas
 from dmha_proto.v1 import (
     auth_pb2,
     chat_pb2,
@@ -129,6 +130,36 @@ def channel_target(address: str | Sequence[str]) -> tuple[str, bool]:
     return ("ipv6:" if v6 else "ipv4:") + ",".join(ips), True
 
 
+def sticky_replicas(address: str | Sequence[str], down_seconds: float = 5.0) -> Replicas | None:
+    """The replicas to route between by user, or None when there is only one.
+
+    Args:
+        address: the addresses as :class:`BaseClient` takes them.
+        down_seconds: how long a replica that answered UNAVAILABLE is passed over.
+
+    Returns:
+        The replicas (each address as given: its own channel resolves the name), or
+        None for a single ``host:port``.
+
+    Raises:
+        InvalidArgument: a ``dns:///`` target (the replicas behind a name are not
+            listed, so users cannot be assigned to them), an empty list, or an entry
+            that is not ``host:port``.
+    """
+    items = _split(address)
+    if not items:
+        raise InvalidArgument("address", "at least one host:port is required")
+    if any(item.startswith("dns:") for item in items):
+        raise InvalidArgument("address", "sticky routing needs the replicas listed as host:port, not a dns:/// target")
+    for item in items:
+        _host_port(item)
+    return Replicas(items, down_seconds) if len(items) > 1 else None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class BaseClient:
     """Settings and request building shared by :class:`DMHAClient` and :class:`AsyncDMHAClient`.
 
@@ -142,6 +173,11 @@ class BaseClient:
         token: bearer JWT; default ``$DMHA_TOKEN``.
         timeout: default per-call deadline in seconds (None = no deadline).
         retry: backoff policy for UNAVAILABLE.
+        sticky: over several listed replicas, send each user's calls to one of them
+            (rendezvous hashing of the token's subject; a unary call that meets
+            UNAVAILABLE moves at once to the user's next replica), so each replica
+            keeps hot indexes for its share of the users only. Default
+            ``$DMHA_STICKY`` (``1``/``true``), else round-robin.
     """
 
     def __init__(
@@ -151,11 +187,17 @@ class BaseClient:
         *,
         timeout: float | None = 120.0,
         retry: RetryPolicy | None = None,
+        sticky: bool | None = None,
     ) -> None:
         given = address or os.environ.get("DMHA_ADDRESS") or DEFAULT_ADDRESS
         self.address = given if isinstance(given, str) else ",".join(given)
         """The address(es) as given (comma-separated when several)."""
-        self._target, balanced = channel_target(given)
+        self._replicas = sticky_replicas(given) if (_env_flag("DMHA_STICKY") if sticky is None else sticky) else None
+        """Set when calls are routed by user (each replica then has its own channel)."""
+        if self._replicas is not None:
+            self._target, balanced = "", False
+        else:
+            self._target, balanced = channel_target(given)
         self._channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS + (BALANCED_OPTIONS if balanced else ())
         self.token = token if token is not None else os.environ.get("DMHA_TOKEN", "")
         self.timeout = timeout

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dmha_client._base import FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
 from dmha_client.errors import Cancelled, DeadlineExceeded, NotFound, from_rpc_error, is_retryable
+from dmha_client.sticky import AsyncStickyChannel
 from dmha_proto.v1 import (
     knowledge_pb2,
     learning_pb2,
@@ -65,7 +66,11 @@ class AsyncDMHAClient(BaseClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel = grpc.aio.insecure_channel(self._target, options=self._channel_options)
+        self._channel = (
+            grpc.aio.insecure_channel(self._target, options=self._channel_options)
+            if self._replicas is None
+            else AsyncStickyChannel(self._replicas, self._channel_options)
+        )
         self._stubs = Stubs(self._channel)
 
     async def __aenter__(self) -> AsyncDMHAClient:

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dmha_client._base import FINAL_STATES, HEALTH_PARTS, BaseClient, ChatResult, Requests
 from dmha_client._stubs import Stubs
 from dmha_client.errors import DeadlineExceeded, NotFound, from_rpc_error, is_retryable
+from dmha_client.sticky import StickyChannel
 from dmha_proto.v1 import (
     chat_pb2,
     knowledge_pb2,
@@ -58,7 +59,11 @@ class DMHAClient(BaseClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel = grpc.insecure_channel(self._target, options=self._channel_options)
+        self._channel = (
+            grpc.insecure_channel(self._target, options=self._channel_options)
+            if self._replicas is None
+            else StickyChannel(self._replicas, self._channel_options)
+        )
         self._stubs = Stubs(self._channel)
 
     def __enter__(self) -> DMHAClient:

@@ -244,13 +244,22 @@ class MilvusLongTermStore:
         index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
         for scalar in ("session_id", "kind"):
             index.add_index(field_name=scalar, index_type="INVERTED")
-        c.create_collection(
-            name,
-            schema=schema,
-            index_params=index,
-            consistency_level="Strong",
-            timeout=self._timeout,
-        )
+        try:
+            c.create_collection(
+                name,
+                schema=schema,
+                index_params=index,
+                consistency_level="Strong",
+                timeout=self._timeout,
+            )
+        except MilvusException:
+            # Replicas and workers starting together against a new shared Milvus race
+            # to create the collection: the loser opens the winner's.
+            if not c.has_collection(name, timeout=self._timeout):
+                raise
+            log.info("Milvus collection %s at %s was created by another process", name, self.uri)
+            self._ensure_collection()
+            return
         log.info("created Milvus collection %s at %s", name, self.uri)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:

@@ -1,5 +1,6 @@
-"""Scale-out with real processes: one redis-server, two ``dmha serve --no-train``
-replicas and ``dmha worker`` processes sharing a data dir and registry (tiny model).
+"""Scale-out with real processes: one redis-server, one Milvus Lite server, two
+``dmha serve --no-train`` replicas and ``dmha worker`` processes sharing a data dir and
+registry (tiny model).
 
 Every process is a real ``dmha`` command on 127.0.0.1; the test talks to them only
 through the SDK and through Redis, as a load balancer and an operator would.
@@ -29,6 +30,7 @@ from dmha.config import load_config
 from dmha.redis_connection import embedded_redis_binary
 from dmha_client import DMHAClient, RetryPolicy, errors
 from tests.integration.conftest import RELAXED_LEARNING
+from tests.integration.milvus_server import MilvusLiteServer, start_milvus_lite
 from tests.integration.redis_cluster import RedisClusterProcesses
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -161,15 +163,17 @@ def _start_redis(root: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 @contextlib.contextmanager
-def _processes(root: Path, url: str, tiny_model_dir: Path) -> Iterator[Cluster]:
-    """Replicas ``a`` and ``b`` and a worker over the Redis at ``url``."""
+def _processes(root: Path, url: str, tiny_model_dir: Path, milvus: str, collection: str) -> Iterator[Cluster]:
+    """Replicas ``a`` and ``b`` and a worker over the Redis at ``url`` and the Milvus at ``milvus``."""
     data_dir = root / "data"
+    # Turns move to Milvus two at a time once a session holds more than 20.
+    longterm = {"enabled": True, "uri": milvus, "collection": collection, "archive_batch": 2}
     cfg = {
         "redis": {"url": url},
         "server": {"host": "127.0.0.1", "port": 0, "metrics_port": None, "grace_seconds": 0},
         "model": {"path": str(tiny_model_dir), "device": "cpu", "threads": 1, "max_context_tokens": 1024},
         "limits": {"max_message_bytes": 2000, "default_new_tokens": 16, "rate_limit_per_minute": 600},
-        "memory": {"longterm": {"enabled": False}},
+        "memory": {"longterm": longterm},
         "learning": {**RELAXED, "registry_dir": str(root / "registry")},
     }
     config = root / "dmha.yaml"
@@ -188,12 +192,24 @@ def _processes(root: Path, url: str, tiny_model_dir: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
+def milvus_server() -> Iterator[MilvusLiteServer]:
+    """One ``milvus-lite server`` for every process of the module (as on one host)."""
+    root = Path(tempfile.mkdtemp(prefix="dmha-milvus-"))
+    server = start_milvus_lite(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir: Path, milvus_server: MilvusLiteServer) -> Iterator[Cluster]:
     # A short path: unix socket names are limited to ~107 bytes.
     root = Path(tempfile.mkdtemp(prefix="dmha-scale-"))
     redis_proc, url = _start_redis(root)
     try:
-        with _processes(root, url, tiny_model_dir) as c:
+        with _processes(root, url, tiny_model_dir, milvus_server.uri, "dmha_scale") as c:
             yield c
     finally:
         redis_proc.terminate()
@@ -228,6 +244,36 @@ def test_state_written_through_one_replica_is_read_through_the_other(cluster: Cl
         # Isolation holds across replicas too.
         with pytest.raises(errors.NotFound):
             bob.get_session(first.session_id)
+
+
+def _found(client: DMHAClient, query: str, word: str) -> bool:
+    return any(word in hit.memory.text for hit in client.memory_search(query, k=5))
+
+
+def test_a_memory_written_through_one_replica_is_found_through_the_other(cluster: Cluster) -> None:
+    # Both replicas use one Milvus (a milvus-lite server here): what A archives, B finds.
+    with cluster.client("a", "mona") as a, cluster.client("b", "mona") as b, cluster.client("b", "nils") as nils:
+        facts = ["My sister Margaret lives in Lisbon.", "I play the bassoon on Sundays."]
+        sid = a.chat(facts[0], max_new_tokens=2).session_id
+        for text in [facts[1]] + [f"filler message {i}" for i in range(9)]:
+            a.chat(text, session_id=sid, max_new_tokens=2)
+        # 11 exchanges = 22 turns > 20: A moved the first exchange to Milvus.
+        _until(lambda: _found(b, "Where does Margaret live?", "Lisbon"), 60, "A's memory found through B")
+        assert not _found(b, "Which instrument do I play?", "bassoon")  # still in working memory
+        # B now holds mona's hot index; the next memory A writes announces itself, so
+        # B drops that index instead of answering from a stale one.
+        a.chat("filler message 9", session_id=sid, max_new_tokens=2)
+        _until(lambda: _found(b, "Which instrument do I play?", "bassoon"), 30, "A's next memory found through B")
+        one = next(h.memory.id for h in b.memory_search("Where does Margaret live?", k=5) if "Lisbon" in h.memory.text)
+        assert a.memory_get(one).id == one
+        with pytest.raises(errors.NotFound):
+            nils.memory_get(one)  # another user, through either replica
+        assert not _found(nils, "Where does Margaret live?", "Lisbon")
+        # A delete through B is seen through A.
+        assert b.memory_delete(everything=True) >= 4
+        with pytest.raises(errors.NotFound):
+            a.memory_get(one)
+        assert not _found(a, "Where does Margaret live?", "Lisbon")
 
 
 def test_rate_limit_is_shared_by_the_replicas(cluster: Cluster) -> None:
@@ -332,11 +378,17 @@ def test_a_client_over_several_replicas_fails_over_when_one_is_killed(cluster: C
 
 
 def test_the_same_processes_over_a_redis_cluster(
-    tiny_model_dir: Path, redis_cluster: RedisClusterProcesses, tmp_path_factory: pytest.TempPathFactory
+    tiny_model_dir: Path,
+    redis_cluster: RedisClusterProcesses,
+    milvus_server: MilvusLiteServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     # `dmha serve --no-train` and `dmha worker` given a redis+cluster:// URL: state
-    # written through one replica is read through the other, and a deploy reaches both.
+    # written through one replica is read through the other (memory announcements
+    # included), and a deploy reaches both.
     redis_cluster.flush()
-    with _processes(tmp_path_factory.mktemp("on-cluster"), redis_cluster.url, tiny_model_dir) as on_cluster:
+    root = tmp_path_factory.mktemp("on-cluster")
+    with _processes(root, redis_cluster.url, tiny_model_dir, milvus_server.uri, "dmha_on_cluster") as on_cluster:
         test_state_written_through_one_replica_is_read_through_the_other(on_cluster)
+        test_a_memory_written_through_one_replica_is_found_through_the_other(on_cluster)
         test_a_job_trained_by_the_worker_goes_live_on_both_replicas(on_cluster)
