@@ -67,7 +67,7 @@ class EditHook(Protocol):
     """Who watches and steers an edit (the causal meta-learner)."""
 
     def initial(self, slot: int, a_shape: torch.Size, b_shape: torch.Size) -> dict[str, torch.Tensor] | None:
-        """Initial factors ``{"a", "b"}`` for the module in ``slot``, or None (default init)."""
+        """Initial factors (``"a"`` and/or ``"b"``) for the module in ``slot``, or None (default init)."""
         ...
 
     def observe(self, obs: StepObservation, losses: Seq[float], key_share: float) -> Adjustment | None:
@@ -380,8 +380,8 @@ class Editor:
             init = hook.initial(slot, w.a.shape, w.b.shape) if hook is not None else None
             if init is not None:
                 with torch.no_grad():
-                    w.a.copy_(init["a"].to(w.a.dtype))
-                    w.b.copy_(init["b"].to(w.b.dtype))
+                    for name, value in init.items():
+                        getattr(w, name).copy_(value.to(torch.float32))
             wrappers[layer] = w
             mlp.down_proj = w
         params = [p for w in wrappers.values() for p in (w.a, w.b)]

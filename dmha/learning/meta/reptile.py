@@ -7,10 +7,13 @@ After every accepted edit, with ``φ′`` its final factors:
 - first-order MAML: ``Φ <- Φ - α ∇L(φ′)`` (the gradient at the adapted factors)
 
 ``A′`` reads the edit's own subspace (its columns are ordered by how specific each
-direction is to the fact) and ``B`` writes into the residual stream, so the same
-slot means the same thing from one edit to the next. Because the subspace is
-orthogonal to the preserved keys, a non-zero ``B`` at step 0 only moves prompts
-that read that subspace: starting from ``Φ`` leaves unrelated answers where they were.
+direction is to the fact), so the same slot means the same thing from one edit to
+the next: ``A′`` starts from ``Φ``. ``B`` writes into the residual stream *what* the
+fact says — the previous facts' answers — so it starts at zero and every edit starts
+exactly at the live model. (Measured: starting ``B`` from ``Φ`` too turned the second
+tuning fact of seed 12345 from deployed at the first attempt into rejected for
+generalisation after two repairs; the paraphrases answered with other names.)
+``Φ`` keeps both factors (insights and first-order MAML use them).
 """
 
 from __future__ import annotations
@@ -43,13 +46,15 @@ class MetaInit:
         self.updates = 0
 
     def initial(self, slot: int, a_shape: torch.Size, b_shape: torch.Size) -> Factors | None:
-        """``Φ`` of ``slot`` when it exists and fits the shapes (else None: default init)."""
+        """``{"a": Φ_a}`` of ``slot`` when it exists and fits the shapes (else None: default init).
+
+        ``B`` is never initialised from ``Φ`` (see the module docstring)."""
         if self.method == "none":
             return None
         phi = self.phi.get(slot)
         if phi is None or phi["a"].shape != a_shape or phi["b"].shape != b_shape:
             return None
-        return {k: v.clone() for k, v in phi.items()}
+        return {"a": phi["a"].clone()}
 
     def update(self, adapted: dict[int, Factors], grads: dict[int, Factors] | None = None) -> None:
         """Move ``Φ`` towards an accepted edit's factors (or along its final gradient).

@@ -383,12 +383,16 @@ def test_the_same_processes_over_a_redis_cluster(
     milvus_server: MilvusLiteServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    # `dmha serve --no-train` and `dmha worker` given a redis+cluster:// URL: state
-    # written through one replica is read through the other (memory announcements
-    # included), and a deploy reaches both.
+    # The same suite with `dmha serve --no-train` and `dmha worker` given a
+    # redis+cluster:// URL (kill -9 of a replica last: it leaves one replica up).
     redis_cluster.flush()
     root = tmp_path_factory.mktemp("on-cluster")
     with _processes(root, redis_cluster.url, tiny_model_dir, milvus_server.uri, "dmha_on_cluster") as on_cluster:
         test_state_written_through_one_replica_is_read_through_the_other(on_cluster)
         test_a_memory_written_through_one_replica_is_found_through_the_other(on_cluster)
         test_a_job_trained_by_the_worker_goes_live_on_both_replicas(on_cluster)
+        test_an_admin_rollback_on_one_replica_reaches_the_other(on_cluster)
+        test_rate_limit_is_shared_by_the_replicas(on_cluster)
+        test_a_worker_killed_mid_job_has_its_job_reclaimed(on_cluster)
+        test_kill_9_of_a_replica_mid_stream_loses_no_acknowledged_turn(on_cluster)
+        test_a_client_over_several_replicas_fails_over_when_one_is_killed(on_cluster)

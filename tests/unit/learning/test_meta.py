@@ -155,7 +155,9 @@ def test_reptile_and_fomaml_updates_on_a_toy_model() -> None:
     init.update({0: {"a": 3 * torch.ones(2, 2), "b": 2 * torch.ones(3, 2)}})
     phi = init.initial(0, torch.Size([2, 2]), torch.Size([3, 2]))
     assert phi is not None
-    assert torch.allclose(phi["a"], 2 * torch.ones(2, 2)) and torch.allclose(phi["b"], torch.ones(3, 2))
+    # A′ starts from Φ; B (what earlier facts wrote) is kept in Φ but never reused.
+    assert torch.allclose(phi["a"], 2 * torch.ones(2, 2)) and set(phi) == {"a"}
+    assert torch.allclose(init.phi[0]["b"], torch.ones(3, 2))
     assert init.initial(0, torch.Size([4, 2]), torch.Size([3, 2])) is None  # other shape: default init
     fo = MetaInit("fomaml", step=0.1)
     fo.update({0: first})
