@@ -48,7 +48,7 @@ async def test_relevant_memories_of_the_caller_go_into_the_prompt():
     assert t.memories and all(m.why for m in t.memories)
     assert "Lisbon" in t.memories[0].text and not any("Oslo" in m.text for m in t.memories)
     (block,) = t.blocks
-    assert block.title == MEMORIES_TITLE and block.lines[0] == t.memories[0].text
+    assert block.title == MEMORIES_TITLE and block.lines[0].endswith(": " + t.memories[0].text)
 
 
 async def test_statements_only_and_disabled_retrieval_search_nothing():
