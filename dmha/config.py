@@ -104,12 +104,14 @@ class ModelConfig(_Section):
     # Measured: the 135M default answers "capital of France" with Paris under this
     # prompt, and with French gibberish under longer "You are DMHA, ..." prompts.
     """System message at the top of every prompt."""
-    reply_copy_ngram: int = Field(8, ge=0)
+    reply_copy_ngram: int = Field(6, ge=0)
     """A chat reply never repeats a run of this many tokens of an earlier reply in
     its working-memory window (0 = off). The small default model otherwise falls
     into copying one earlier answer for every later message (bench/chat_repeats.py:
-    9 of 17 replies in the report demo's conversation); 8 tokens leave short
-    answers such as "The capital of France is Paris." free to recur."""
+    9 of 17 replies in the report demo's conversation). At 8 tokens it still copied
+    8-word stretches of its earlier replies (5 of 17) through other token splits of
+    the same words; at 6 none. The cost: an answer repeated within the window
+    (the same question asked twice) is reworded after its fifth token."""
     max_batch_size: int = Field(16, ge=1, le=256)
     """Streams decoded concurrently (round-robin, one token each per pass); more wait in the queue."""
     use_frozen: bool = True
@@ -245,6 +247,10 @@ class RetrievalConfig(_Section):
     """Score fusion: a turn gains ``neighbour_weights[d-1]`` times the better score
     of its two neighbours at distance d in its session (the answer often sits
     beside the line that matches the question); [] turns it off."""
+    session_cap: int = Field(0, ge=0)
+    """At most this many archived turns of one session among the results (0 = no
+    cap): room for evidence from other sessions when the neighbour bonus would fill
+    the list with one passage. A candidate of leave-one-conversation-out (BENCHMARKS.md)."""
     weight_cluster: float = Field(0.0, ge=0)
     """RRF only: weight of cluster routing (candidates in the clusters nearest the
     query). Off by default: on LoCoMo it re-ranks what dense already found."""

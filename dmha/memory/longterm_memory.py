@@ -347,7 +347,8 @@ class LongTermMemory:
                 hits = [h for h in hits if h[0].kind in allowed]
             candidates = self._retriever.rank_hits(hits)
         skip = shown_or_unwanted(roles, exclude)
-        return pack(candidates, k, token_budget, count_tokens or self._count_tokens, skip)
+        cap = self._cfg.retrieval.session_cap
+        return pack(candidates, k, token_budget, count_tokens or self._count_tokens, skip, cap)
 
     def get(self, user_id: str, memory_id: str) -> MemoryRecord:
         """One memory of the user (without its vector).

@@ -126,6 +126,7 @@ def pack(
     token_budget: int | None = None,
     count_tokens: CountTokens = approx_token_count,
     skip: Callable[[MemoryRecord], bool] | None = None,
+    session_cap: int = 0,
 ) -> list[RetrievedMemory]:
     """Choose results in fused order: de-duplicated, at most ``k``, within the budget.
 
@@ -142,6 +143,7 @@ def pack(
         count_tokens: token counter for budget accounting.
         skip: memories the caller does not want (e.g. already in the prompt); they
             take neither a place nor budget.
+        session_cap: at most this many turns of one session (0 = no cap).
 
     Returns:
         The chosen memories, best first.
@@ -150,12 +152,15 @@ def pack(
     verbatim: set[str] = set()  # turn ids whose text was chosen
     quoted_by: dict[str, list[set[str]]] = {}  # turn id -> word sets of chosen summaries linking it
     texts: set[str] = set()
+    per_session: dict[str, int] = {}
     used = 0
     for cand in candidates:
         if len(out) >= k:
             break
         rec = cand.record
         if skip is not None and skip(rec):
+            continue
+        if session_cap and rec.kind == "turn" and per_session.get(rec.session_id, 0) >= session_cap:
             continue
         cov = coverage(rec)
         norm = " ".join(rec.text.lower().split())
@@ -179,6 +184,7 @@ def pack(
         texts.add(norm)
         if rec.kind == "turn":
             verbatim |= cov
+            per_session[rec.session_id] = per_session.get(rec.session_id, 0) + 1
         else:
             held = set(tokenize(rec.text))
             for tid in cov:
