@@ -137,8 +137,24 @@ def loo_grid(name: str = "fusion") -> list[tuple[str, dict[str, Any]]]:
     Args:
         name: ``fusion`` (issue 12: fusion, weights, neighbours, BM25 context) or
             ``session-cap`` (the defaults and dense 0.5, each with a per-session cap
-            of 0 / 2 / 3 / 4 turns).
+            of 0 / 2 / 3 / 4 turns), or ``depth`` (dense 0.4 / 0.5 x candidates per
+            signal 100 / 200 x neighbours up to distance 2 / 3).
     """
+    if name == "depth":
+        return [
+            (
+                f"dense {dense}, candidates {depth}, neighbours {weights}",
+                {
+                    "weight_dense": dense,
+                    "weight_lexical": round(1 - dense, 2),
+                    "candidates": depth,
+                    "neighbour_weights": weights,
+                },
+            )
+            for weights in ([0.5, 0.35], [0.5, 0.35, 0.2])
+            for depth in (100, 200)
+            for dense in (0.4, 0.5)
+        ]
     if name == "session-cap":
         return [
             (

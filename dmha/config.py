@@ -106,7 +106,7 @@ class ModelConfig(_Section):
     """System message at the top of every prompt."""
     reply_copy_ngram: int = Field(6, ge=0)
     """A chat reply never repeats a run of this many tokens of an earlier reply in
-    its working-memory window (0 = off). The small default model otherwise falls
+    its working-memory window (below 2 = off). The small default model otherwise falls
     into copying one earlier answer for every later message (bench/chat_repeats.py:
     9 of 17 replies in the report demo's conversation). At 8 tokens it still copied
     8-word stretches of its earlier replies (5 of 17) through other token splits of
