@@ -128,12 +128,42 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
 DEFAULT_ROW = ABLATION[-1][0]
 
 
-def loo_grid() -> list[tuple[str, dict[str, Any]]]:
+def loo_grid(name: str = "fusion") -> list[tuple[str, dict[str, Any]]]:
     """The configurations leave-one-out chooses among (simplest first: ties go to them).
 
     Which kinds the prompt draws from is settled by the ablation, not here (each
     extra dimension doubles the searches of a run).
+
+    Args:
+        name: ``fusion`` (issue 12: fusion, weights, neighbours, BM25 context) or
+            ``session-cap`` (the defaults and dense 0.5, each with a per-session cap
+            of 0 / 2 / 3 / 4 turns), or ``depth`` (dense 0.4 / 0.5 x candidates per
+            signal 100 / 200 x neighbours up to distance 2 / 3).
     """
+    if name == "depth":
+        return [
+            (
+                f"dense {dense}, candidates {depth}, neighbours {weights}",
+                {
+                    "weight_dense": dense,
+                    "weight_lexical": round(1 - dense, 2),
+                    "candidates": depth,
+                    "neighbour_weights": weights,
+                },
+            )
+            for weights in ([0.5, 0.35], [0.5, 0.35, 0.2])
+            for depth in (100, 200)
+            for dense in (0.4, 0.5)
+        ]
+    if name == "session-cap":
+        return [
+            (
+                f"dense {dense}, session cap {cap or '-'}",
+                {"weight_dense": dense, "weight_lexical": round(1 - dense, 2), "session_cap": cap},
+            )
+            for cap in (0, 2, 3, 4)
+            for dense in (0.4, 0.5)
+        ]
     out: list[tuple[str, dict[str, Any]]] = [("rrf (issue 3)", BEFORE)]
     for context in (False, True):
         for weights in ([], [0.5], [0.5, 0.35]):
@@ -236,13 +266,14 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for n in names
     }
     variants = list(ABLATION) if args.ablation else []
-    grid = loo_grid() if args.loo else []
+    grid = loo_grid(args.loo_grid) if args.loo else []
     readers: dict[str, LongTermMemory] = {}
     for name, over in variants + grid:
         variant_cfg = cfg.model_copy(update={"retrieval": RetrievalConfig(**over)})
         readers.setdefault(name, LongTermMemory(variant_cfg, store, embedder))
     # What the chat prompt draws from (MemoryHook passes the same kinds).
     prompt_kinds = args.prompt_kinds or cfg.retrieval.prompt_kinds
+    roles = cfg.retrieval.prompt_roles  # LoCoMo's turns are all ingested as the user's
     kinds_of = {name: RetrievalConfig(**over).prompt_kinds for name, over in variants + grid}
     ks, budgets = sorted(set(args.k)), sorted(set(args.budgets))
     kmax, max_k = max(ks), cfg.retrieval.max_k
@@ -310,7 +341,7 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     user, info = users[n]
                     dia_of, words_of = info["dia_of"], info["words_of"]
                     system = "dmha" if n == names[0] else f"dmha[{n}]"
-                    top = timed(system, writers[n].search, user, question, kmax, kinds=prompt_kinds)
+                    top = timed(system, writers[n].search, user, question, kmax, kinds=prompt_kinds, roles=roles)
                     for k in ks:
                         generous, strict = carried(top[:k], dia_of, words_of)
                         verbatim = {dia_of[s] for r in top[:k] if r.kind == "turn" for s in r.source_ids if s in dia_of}
@@ -319,7 +350,7 @@ def run_recall(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         tally.add(system + "_turn_only", cat, f"@{k}", len(verbatim & ev) / len(ev))
                         spend(system, f"@{k}", sum(count(r.text) for r in top[:k]))
                     for b in budgets:
-                        got = writers[n].search(user, question, max_k, b, kinds=prompt_kinds)
+                        got = writers[n].search(user, question, max_k, b, kinds=prompt_kinds, roles=roles)
                         generous, strict = carried(got, dia_of, words_of)
                         tally.add(system, cat, f"B{b}", len(strict & ev) / len(ev))
                         tally.add(system, cat, f"B{b}g", len(generous & ev) / len(ev))
@@ -468,6 +499,15 @@ def _recall_result(
                 _p50(search_ms[default]) / max(_p50(search_ms[before]), 1e-9), 2
             )
     if grid:
+        out["grid_figures"] = {
+            name: {
+                **{f"@{k}": round(tally.mean(name, "overall", f"@{k}"), 4) for k in ks},
+                **{str(b): round(tally.mean(name, "overall", f"B{b}"), 4) for b in budgets},
+                "multi-hop @10": round(tally.mean(name, "multi-hop", "@10"), 4) if 10 in ks else None,
+                "open-domain @10": round(tally.mean(name, "open-domain", "@10"), 4) if 10 in ks else None,
+            }
+            for name, _ in grid
+        }
         loo = leave_one_out(objective)
         loo["objective"] = f"mean strict recall over budgets {budgets} (unbudgeted order packed greedily)"
         loo["grid"] = dict(grid)
@@ -502,6 +542,10 @@ def print_recall(res: dict[str, Any]) -> None:
     if "ablation" in res:
         print("\nablation (overall strict):")
         for name, row in res["ablation"].items():
+            print(f"  {name:<55} " + " ".join(f"{k}={v}" for k, v in row.items()))
+    if "grid_figures" in res:
+        print("\nleave-one-out grid, all five (overall strict):")
+        for name, row in res["grid_figures"].items():
             print(f"  {name:<55} " + " ".join(f"{k}={v}" for k, v in row.items()))
     if "leave_one_out" in res:
         loo = res["leave_one_out"]

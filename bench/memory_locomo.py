@@ -100,6 +100,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", default=[], help="use only these sample ids (e.g. conv-30)")
     p.add_argument("--ablation", action="store_true", help="also measure the retrieval variants")
     p.add_argument("--loo", action="store_true", help="leave-one-conversation-out choice of the configuration")
+    p.add_argument(
+        "--loo-grid",
+        choices=["fusion", "session-cap", "depth"],
+        default="fusion",
+        help="the configurations --loo chooses among (fusion: issue 12's grid; session-cap: per-session caps; "
+        "depth: candidates per signal and neighbour reach)",
+    )
     p.add_argument("--scale", type=int, default=100_000, help="memories of the scale test (0 = skip)")
     p.add_argument("--queries", type=int, default=200, help="searches timed in the scale test")
     p.add_argument("--threads", type=int, default=1, help="torch / Faiss threads")

@@ -104,6 +104,14 @@ class ModelConfig(_Section):
     # Measured: the 135M default answers "capital of France" with Paris under this
     # prompt, and with French gibberish under longer "You are DMHA, ..." prompts.
     """System message at the top of every prompt."""
+    reply_copy_ngram: int = Field(6, ge=0)
+    """A chat reply never repeats a run of this many tokens of an earlier reply in
+    its working-memory window (below 2 = off). The small default model otherwise falls
+    into copying one earlier answer for every later message (bench/chat_repeats.py:
+    9 of 17 replies in the report demo's conversation). At 8 tokens it still copied
+    8-word stretches of its earlier replies (5 of 17) through other token splits of
+    the same words; at 6 none. The cost: an answer repeated within the window
+    (the same question asked twice) is reworded after its fifth token."""
     max_batch_size: int = Field(16, ge=1, le=256)
     """Streams decoded concurrently (round-robin, one token each per pass); more wait in the queue."""
     use_frozen: bool = True
@@ -189,6 +197,10 @@ def _prompt_kinds() -> list[_Kind]:
     return ["turn", "fact"]
 
 
+def _prompt_roles() -> list[Literal["user", "assistant"]]:
+    return ["user"]
+
+
 class RetrievalConfig(_Section):
     top_k: int = Field(8, ge=0)
     """Memories put into the prompt per turn."""
@@ -199,6 +211,13 @@ class RetrievalConfig(_Section):
     under a prompt budget a summary spends tokens on paraphrase while the turns it
     stands for carry the words (strict recall at 256-1024 tokens on LoCoMo, see
     BENCHMARKS.md). Search through the Memory service still finds every kind."""
+    prompt_roles: list[Literal["user", "assistant"]] = Field(default_factory=_prompt_roles, min_length=1)
+    """Whose archived turns the chat prompt draws from. The assistant's own earlier
+    replies are left out by default: they hold nothing the user said, and the small
+    default model copies a reply it finds in its prompt instead of answering (the
+    report demo answered 9 of its last 11 messages with one earlier reply; see
+    BENCHMARKS.md, bench/chat_repeats.py). Search through the Memory service still
+    finds both."""
     hot_users: int = Field(64, ge=0)
     """Users whose Faiss index is kept in process; 0 = every search goes to Milvus
     (dense similarity and recency only)."""
@@ -228,6 +247,10 @@ class RetrievalConfig(_Section):
     """Score fusion: a turn gains ``neighbour_weights[d-1]`` times the better score
     of its two neighbours at distance d in its session (the answer often sits
     beside the line that matches the question); [] turns it off."""
+    session_cap: int = Field(0, ge=0)
+    """At most this many archived turns of one session among the results (0 = no
+    cap): room for evidence from other sessions when the neighbour bonus would fill
+    the list with one passage. A candidate of leave-one-conversation-out (BENCHMARKS.md)."""
     weight_cluster: float = Field(0.0, ge=0)
     """RRF only: weight of cluster routing (candidates in the clusters nearest the
     query). Off by default: on LoCoMo it re-ranks what dense already found."""

@@ -9,6 +9,7 @@ nothing about any of them beyond that Protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -192,7 +193,10 @@ class ChatPipeline:
         session_id = check_id(session_id, "session_id") if session_id else new_session_id()
         user = principal.user_id
         history = await run_blocking(self._working.recent, user, session_id)
-        turn = TurnState(principal, session_id, message, message, options, request_id)
+        if self._model_cfg.reply_copy_ngram:
+            earlier = tuple(t.text for t in history if t.role == "assistant")
+            options = dataclasses.replace(options, avoid=earlier, avoid_ngram=self._model_cfg.reply_copy_ngram)
+        turn = TurnState(principal, session_id, message, message, options, request_id, tuple(history))
         for hook in self._hooks:
             await hook.prepare(turn)
 

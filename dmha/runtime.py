@@ -221,7 +221,9 @@ def build_runtime(
                 changes.start()
                 closers.append(changes.stop)
             retrieval = cfg.memory.retrieval
-            memory_hook = MemoryHook(longterm, llm, retrieval.top_k, retrieval.token_budget, retrieval.prompt_kinds)
+            memory_hook = MemoryHook(
+                longterm, llm, retrieval.top_k, retrieval.token_budget, retrieval.prompt_kinds, retrieval.prompt_roles
+            )
         # Order matters: the KB strips statement lines before memory retrieval reads
         # the message, and the monitor reviews last, seeing claims and memories.
         hooks: list[TurnHook] = []

@@ -124,6 +124,8 @@ class TurnState:
     """What the model sees as the user's message (statement lines removed)."""
     options: GenerationOptions
     request_id: str = ""
+    history: tuple[Turn, ...] = ()
+    """The working-memory window the prompt shows before the message, oldest first."""
     blocks: list[ContextBlock] = field(default_factory=list)
     memories: list[MemoryRef] = field(default_factory=list)
     statements: list[StatementOutcome] = field(default_factory=list)

@@ -9,6 +9,7 @@ turn for the consistency monitor, which runs after this hook.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from dmha.executor import run_blocking
@@ -21,9 +22,45 @@ from dmha.llm.base import GenerationResult
 from dmha.llm.prompt import ContextBlock
 from dmha.turn import ClaimOutcome, StatementOutcome, Turn, TurnState
 
-__all__ = ["KnowledgeHook", "claim_outcomes", "tell_outcomes"]
+__all__ = ["FACTS_TITLE", "KnowledgeHook", "claim_outcomes", "fact_sentence", "facts_block", "tell_outcomes"]
 
-FACTS_TITLE = "Known facts (from the user's knowledge base; trust them)"
+# Measured on the default 135M model (bench/chat_repeats.py, BENCHMARKS.md): under a
+# title naming "facts" and a "knowledge base" with raw ``fact: x.a = v`` lines it
+# answered a plain remark with 'The correct answer is: "<the remark>"', a quiz
+# template it then kept for the whole session; plain sentences under this title do not.
+FACTS_TITLE = "Facts the user told you"
+
+_LINE = re.compile(r"^(fact|deny):\s*([^.\s]+)\.(\S+)\s*=\s*(.+?)\s*$")
+
+
+def fact_sentence(line: str) -> str:
+    """A ``fact:``/``deny:`` line as the plain sentence the prompt shows.
+
+    ``fact: bob.age = 30`` -> "Bob's age is 30."; booleans read as adjectives
+    (``fact: bob.quiet = true`` -> "Bob is quiet.", ``deny:`` or ``false`` -> "is not").
+
+    Args:
+        line: a line of :func:`relevant_facts`.
+
+    Returns:
+        The sentence (a line in another shape is returned unchanged).
+    """
+    m = _LINE.match(line)
+    if m is None:
+        return line
+    kind, term, attribute, value = m.groups()
+    negated = kind == "deny"
+    name = term[:1].upper() + term[1:]
+    attr = attribute.replace("_", " ")
+    if value.lower() in ("true", "false"):
+        negated ^= value.lower() == "false"
+        return f"{name} is {'not ' if negated else ''}{attr}."
+    return f"{name}'s {attr} is {'not ' if negated else ''}{value}."
+
+
+def facts_block(lines: Sequence[str]) -> ContextBlock:
+    """The prompt block of the facts a turn is given (see :func:`fact_sentence`)."""
+    return ContextBlock(FACTS_TITLE, tuple(fact_sentence(line) for line in lines))
 
 
 def _role(turn: TurnState) -> str:
@@ -87,7 +124,7 @@ class KnowledgeHook:
             turn.chat_text = "\n".join(result.chat_lines).strip()
         facts = await run_blocking(relevant_facts, kb, turn.chat_text or turn.message, self._max_facts)
         if facts:
-            turn.blocks.insert(0, ContextBlock(FACTS_TITLE, tuple(facts)))
+            turn.blocks.insert(0, facts_block(facts))
 
     async def review(self, turn: TurnState, reply: GenerationResult, regenerate) -> GenerationResult:
         turn.claims = await self.check(turn, reply.text)

@@ -55,6 +55,11 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     """Stop sequences: the reply ends (``stop``) before the first one it would contain;
     the sequence itself is neither streamed nor stored."""
+    avoid: tuple[str, ...] = ()
+    """Earlier replies this one must not copy (see ``avoid_ngram``)."""
+    avoid_ngram: int = 0
+    """No run of this many tokens of an ``avoid`` text is generated again (0 = off):
+    the token that would complete such a run is excluded at each step."""
 
 
 @dataclass(frozen=True)

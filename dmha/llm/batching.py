@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,36 @@ def sample(logits: torch.Tensor, options: GenerationOptions, gen: torch.Generato
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
+CopyGuard = Mapping[tuple[int, ...], frozenset[int]]
+"""The last ``n - 1`` generated tokens -> the next tokens that would copy an n-gram."""
+
+
+def copy_guard(tokenizer: Any, texts: Sequence[str], n: int) -> CopyGuard:
+    """The n-grams of earlier replies a new reply must not generate again.
+
+    Small models copy a reply they find in their prompt (their own earlier answer)
+    instead of answering the new message; once one copy is in the history the next
+    turns copy it too. Excluding the token that would complete an ``n``-token run of
+    an earlier reply stops the copy while leaving short common phrases free.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        texts: earlier replies.
+        n: run length in tokens (< 2: no guard).
+
+    Returns:
+        The guard (empty when there is nothing to guard).
+    """
+    if n < 2:
+        return {}
+    banned: dict[tuple[int, ...], set[int]] = {}
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for i in range(len(ids) - n + 1):
+            banned.setdefault(tuple(ids[i : i + n - 1]), set()).add(ids[i + n - 1])
+    return {k: frozenset(v) for k, v in banned.items()}
+
+
 def visible_prefix(text: str, stops: Sequence[str]) -> tuple[int, bool]:
     """How much of a growing reply may be shown, given stop sequences.
 
@@ -106,6 +136,8 @@ class Request:
     out: asyncio.Queue[TokenDelta | GenerationResult | BaseException]
     cancelled: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
+    guard: CopyGuard = field(default_factory=dict)
+    """From :func:`copy_guard` over ``options.avoid``."""
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     emitted: str = ""
@@ -157,8 +189,15 @@ class Request:
         if opts.deadline is not None and time.monotonic() > opts.deadline:
             self.finish("deadline")
             return None
+        allowed = logits
+        if self.guard and len(self.ids) >= opts.avoid_ngram - 1:
+            banned = self.guard.get(tuple(self.ids[len(self.ids) - opts.avoid_ngram + 1 :]))
+            if banned:
+                allowed = logits.reshape(-1).clone()
+                allowed[list(banned)] = float("-inf")
         try:
-            token = sample(logits, opts, self.generator)
+            # The log-probability below stays the model's own, guard or not.
+            token = sample(allowed, opts, self.generator)
         except Exception as exc:  # this row fails alone, never its cohort
             log.exception("sampling failed for one request")
             self.send(exc)

@@ -33,7 +33,7 @@ from dmha.llm.base import (
     ModelHandle,
     TokenDelta,
 )
-from dmha.llm.batching import Cohort, Request, make_cohorts
+from dmha.llm.batching import Cohort, Request, copy_guard, make_cohorts
 from dmha.llm.eager import EagerStepModel
 
 __all__ = ["HFEngine", "load_causal_lm", "load_eager_handle", "pick_device", "pick_dtype", "set_torch_threads"]
@@ -236,6 +236,7 @@ class HFEngine:
             options=options,
             loop=asyncio.get_running_loop(),
             out=asyncio.Queue(),
+            guard=copy_guard(handle.tokenizer, options.avoid, options.avoid_ngram),
         )
         if options.seed is not None:
             req.generator = torch.Generator().manual_seed(options.seed)

@@ -10,6 +10,7 @@ in Redis until a later turn archives it — nothing is dropped.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from dmha.errors import MilvusUnavailable
@@ -19,11 +20,31 @@ from dmha.llm.prompt import ContextBlock
 from dmha.memory.longterm_memory import LongTermMemory
 from dmha.turn import MemoryRef, Turn, TurnState
 
-__all__ = ["MemoryHook"]
+__all__ = ["MEMORIES_TITLE", "MemoryHook", "memories_block", "memory_line"]
 
 log = logging.getLogger(__name__)
 
-MEMORIES_TITLE = "Relevant memories from earlier conversations"
+# Framed as background, apart from the chat turns: the small default model copies
+# text it reads as an earlier reply (see dmha.config.RetrievalConfig.prompt_roles).
+MEMORIES_TITLE = "Notes from earlier conversations with the user (background only, not part of this chat)"
+
+
+def memory_line(text: str, created_at: float) -> str:
+    """One retrieved memory as the prompt shows it: its date, then its text.
+
+    Args:
+        text: the memory's text.
+        created_at: when it was said (epoch seconds).
+
+    Returns:
+        ``"<day month year>: <text>"``.
+    """
+    return f"{time.strftime('%d %B %Y', time.gmtime(created_at)).lstrip('0')}: {text}"
+
+
+def memories_block(lines: Sequence[str]) -> ContextBlock:
+    """The prompt block of a turn's retrieved memories (lines from :func:`memory_line`)."""
+    return ContextBlock(MEMORIES_TITLE, tuple(lines))
 
 
 class MemoryHook:
@@ -35,6 +56,7 @@ class MemoryHook:
         top_k: memories retrieved per turn.
         token_budget: prompt tokens reserved for them.
         kinds: the memory kinds the prompt draws from (None = all).
+        roles: whose archived turns the prompt draws from (None = all).
     """
 
     def __init__(
@@ -44,12 +66,14 @@ class MemoryHook:
         top_k: int,
         token_budget: int,
         kinds: Sequence[str] | None = None,
+        roles: Sequence[str] | None = None,
     ) -> None:
         self._memory = memory
         self._llm = llm
         self._top_k = top_k
         self._budget = token_budget
         self._kinds = tuple(kinds) if kinds is not None else None
+        self._roles = tuple(roles) if roles is not None else None
 
     async def prepare(self, turn: TurnState) -> None:
         query = turn.chat_text.strip()
@@ -63,6 +87,9 @@ class MemoryHook:
                 self._top_k,
                 self._budget,
                 kinds=self._kinds,
+                roles=self._roles,
+                # What the window already shows would only be shown twice.
+                exclude=turn.history,
                 count_tokens=self._llm.count_tokens,
             )
         except MilvusUnavailable:
@@ -71,7 +98,7 @@ class MemoryHook:
             return
         turn.memories = [MemoryRef(m.id, m.kind, m.text, m.score, m.why) for m in found]
         if found:
-            turn.blocks.append(ContextBlock(MEMORIES_TITLE, tuple(m.text for m in found)))
+            turn.blocks.append(memories_block([memory_line(m.text, m.created_at) for m in found]))
 
     async def review(self, turn: TurnState, reply: GenerationResult, regenerate) -> GenerationResult:
         return reply

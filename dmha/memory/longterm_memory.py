@@ -46,10 +46,11 @@ from dmha.memory.records import (
     listing_order,
     memory_id,
 )
-from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack
+from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack, shown_or_unwanted
 from dmha.memory.store import LongTermStore, MilvusLongTermStore
 from dmha.memory.summariser import ExtractiveSummariser, Summariser
 from dmha.memory.working import WorkingMemory
+from dmha.turn import Turn
 
 __all__ = ["LongTermMemory", "build_longterm"]
 
@@ -295,6 +296,8 @@ class LongTermMemory:
         token_budget: int | None = None,
         *,
         kinds: Iterable[str] | None = None,
+        roles: Iterable[str] | None = None,
+        exclude: Sequence[Turn] = (),
         count_tokens: CountTokens | None = None,
     ) -> list[RetrievedMemory]:
         """The user's memories most relevant to a query.
@@ -305,6 +308,11 @@ class LongTermMemory:
             k: the most results (default ``retrieval.top_k``; 1..``retrieval.max_k``).
             token_budget: total tokens the results' texts may use; None = unlimited.
             kinds: restrict to these memory kinds (default: all).
+            roles: restrict archived turns to these speakers' (default: all); other
+                kinds are unaffected. Turns of other roles still lend their neighbours
+                a score; they are only left out of the results.
+            exclude: turns the caller already shows (the working-memory window): a
+                memory built only from them, or with the same text, is left out.
             count_tokens: token counter for the budget (default: the one given at construction).
 
         Returns:
@@ -338,7 +346,9 @@ class LongTermMemory:
             if allowed is not None:
                 hits = [h for h in hits if h[0].kind in allowed]
             candidates = self._retriever.rank_hits(hits)
-        return pack(candidates, k, token_budget, count_tokens or self._count_tokens)
+        skip = shown_or_unwanted(roles, exclude)
+        cap = self._cfg.retrieval.session_cap
+        return pack(candidates, k, token_budget, count_tokens or self._count_tokens, skip, cap)
 
     def get(self, user_id: str, memory_id: str) -> MemoryRecord:
         """One memory of the user (without its vector).

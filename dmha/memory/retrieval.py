@@ -25,7 +25,7 @@ budget: a summary and its source turns never spend the budget twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,7 @@ from dmha.config import RetrievalConfig
 from dmha.memory.bm25 import tokenize
 from dmha.memory.hot_index import UserIndex
 from dmha.memory.records import MemoryRecord, RetrievedMemory
+from dmha.turn import Turn
 
 __all__ = [
     "Candidate",
@@ -42,6 +43,7 @@ __all__ = [
     "coverage",
     "pack",
     "rrf_fuse",
+    "shown_or_unwanted",
 ]
 
 CountTokens = Callable[[str], int]
@@ -123,6 +125,8 @@ def pack(
     k: int,
     token_budget: int | None = None,
     count_tokens: CountTokens = approx_token_count,
+    skip: Callable[[MemoryRecord], bool] | None = None,
+    session_cap: int = 0,
 ) -> list[RetrievedMemory]:
     """Choose results in fused order: de-duplicated, at most ``k``, within the budget.
 
@@ -137,6 +141,9 @@ def pack(
         k: the most results.
         token_budget: total tokens allowed for the results' texts; None = unlimited.
         count_tokens: token counter for budget accounting.
+        skip: memories the caller does not want (e.g. already in the prompt); they
+            take neither a place nor budget.
+        session_cap: at most this many turns of one session (0 = no cap).
 
     Returns:
         The chosen memories, best first.
@@ -145,11 +152,16 @@ def pack(
     verbatim: set[str] = set()  # turn ids whose text was chosen
     quoted_by: dict[str, list[set[str]]] = {}  # turn id -> word sets of chosen summaries linking it
     texts: set[str] = set()
+    per_session: dict[str, int] = {}
     used = 0
     for cand in candidates:
         if len(out) >= k:
             break
         rec = cand.record
+        if skip is not None and skip(rec):
+            continue
+        if session_cap and rec.kind == "turn" and per_session.get(rec.session_id, 0) >= session_cap:
+            continue
         cov = coverage(rec)
         norm = " ".join(rec.text.lower().split())
         if norm in texts:
@@ -172,6 +184,7 @@ def pack(
         texts.add(norm)
         if rec.kind == "turn":
             verbatim |= cov
+            per_session[rec.session_id] = per_session.get(rec.session_id, 0) + 1
         else:
             held = set(tokenize(rec.text))
             for tid in cov:
@@ -191,6 +204,38 @@ def pack(
             )
         )
     return out
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def shown_or_unwanted(roles: Iterable[str] | None, shown: Sequence[Turn]) -> Callable[[MemoryRecord], bool] | None:
+    """The memories a prompt search leaves out, as a ``pack`` ``skip`` predicate.
+
+    Args:
+        roles: archived turns of other speakers are left out (None: keep all);
+            other kinds are unaffected.
+        shown: turns already in the prompt (the working-memory window): a memory
+            built only from them, or with the same text, would only repeat them.
+
+    Returns:
+        The predicate, or None when nothing is left out.
+    """
+    allowed = frozenset(roles) if roles is not None else None
+    if allowed is None and not shown:
+        return None
+    shown_ids = frozenset(t.turn_id for t in shown)
+    shown_texts = frozenset(_normal(t.text) for t in shown)
+
+    def skip(rec: MemoryRecord) -> bool:
+        if allowed is not None and rec.kind == "turn" and rec.role not in allowed:
+            return True
+        if rec.source_ids and shown_ids.issuperset(rec.source_ids):
+            return True
+        return _normal(rec.text) in shown_texts
+
+    return skip
 
 
 def _z(values: np.ndarray, sample: np.ndarray) -> np.ndarray:

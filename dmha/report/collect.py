@@ -25,7 +25,7 @@ from dmha.config import DMHAConfig
 from dmha.errors import DMHAError, FailedPrecondition, NotFound, StatementSyntaxError
 from dmha.knowledge.bank import KnowledgeBank
 from dmha.knowledge.claims import relevant_facts
-from dmha.knowledge.hook import FACTS_TITLE
+from dmha.knowledge.hook import facts_block
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.parser import is_statement_line, parse_statement
 from dmha.learning.jobs import JobStore
@@ -34,9 +34,8 @@ from dmha.learning.meta.store import MetaStore
 from dmha.learning.online import registry_for
 from dmha.learning.registry import Registry, Version
 from dmha.llm.base import ChatMessage
-from dmha.llm.prompt import ContextBlock
 from dmha.memory.embedding import SentenceTransformerEmbedder
-from dmha.memory.hook import MEMORIES_TITLE
+from dmha.memory.hook import memories_block, memory_line
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
 from dmha.memory.records import MemoryRecord, index_text
 from dmha.memory.working import RedisWorkingMemory
@@ -255,14 +254,14 @@ def turn_context(
         max_positions: the model's context size.
         pair: from :func:`pick_turn`.
         facts: the knowledge base's fact lines for the message.
-        memories: the retrieved memories' texts, best first.
+        memories: the retrieved memories' prompt lines, best first.
     """
     user, reply, earlier = pair
     window = earlier[-cfg.memory.working.max_turns :]
     history = [ChatMessage(t.role, t.text) for t in window if t.role in ("user", "assistant")]  # type: ignore[arg-type]
     blocks = [
-        ("knowledge-base facts", ContextBlock(FACTS_TITLE, tuple(facts))),
-        ("retrieved memories", ContextBlock(MEMORIES_TITLE, tuple(memories))),
+        ("knowledge-base facts", facts_block(facts)),
+        ("retrieved memories", memories_block(memories)),
     ]
     return rebuild_context(
         render,
@@ -443,20 +442,27 @@ class OfflineStores:
         pair: tuple[TurnRecord, TurnRecord, list[TurnRecord]],
         count_tokens: Callable[[str], int],
     ) -> list[str]:
-        """The memories retrieval returns for the turn's message, as of the turn."""
+        """The prompt lines of the memories retrieval gives the turn's message, as of the turn."""
         if self.longterm is None:
             return []
-        user, reply, _ = pair
+        user, reply, earlier = pair
         retrieval = self.cfg.memory.retrieval
         k = retrieval.top_k
+        window = earlier[-self.cfg.memory.working.max_turns :]
+        shown = {" ".join(t.text.lower().split()) for t in window}
         # Deeper than top_k: memories written after the turn are dropped below.
         found = self.longterm.search(
-            user_id, chat_text(user.text), min(retrieval.max_k, 4 * k + 8), kinds=retrieval.prompt_kinds
+            user_id,
+            chat_text(user.text),
+            min(retrieval.max_k, 4 * k + 8),
+            kinds=retrieval.prompt_kinds,
+            roles=retrieval.prompt_roles,
         )
-        hits = [(m.text, m.created_at, m.source_ids) for m in found]
-        return memories_before(
-            hits, user.created_at, {user.turn_id, reply.turn_id}, k, retrieval.token_budget, count_tokens
-        )
+        hits = [(m.text, m.created_at, m.source_ids) for m in found if " ".join(m.text.lower().split()) not in shown]
+        when = {text: created_at for text, created_at, _ in hits}
+        ids = {user.turn_id, reply.turn_id, *(t.turn_id for t in window)}
+        texts = memories_before(hits, user.created_at, ids, k, retrieval.token_budget, count_tokens)
+        return [memory_line(text, when[text]) for text in texts]
 
 
 def read_offline(stores: OfflineStores, user_id: str) -> ReportInputs:

@@ -7,8 +7,9 @@ import torch
 from dmha.config import LimitsConfig, ModelConfig
 from dmha.context import resolve_options
 from dmha.errors import InvalidArgument, ResourceExhausted
+from dmha.llm import engine as engine_module
 from dmha.llm.base import ChatMessage, GenerationOptions, GenerationResult, TokenDelta
-from dmha.llm.batching import sample, visible_prefix
+from dmha.llm.batching import Request, copy_guard, sample, visible_prefix
 from dmha.llm.engine import HFEngine, load_eager_handle
 
 MSGS = [ChatMessage("system", "You are terse."), ChatMessage("user", "Say something.")]
@@ -215,3 +216,44 @@ async def test_a_stop_sequence_that_never_completes_is_streamed_in_full(engine):
     stop = full[-1] + "\u2603\u2603"
     deltas, result = await collect(engine, GenerationOptions(max_new_tokens=10, stop=(stop,)))
     assert result.text == full and "".join(deltas) == full
+
+
+def test_copy_guard_maps_each_run_prefix_to_the_token_that_would_complete_it(engine):
+    tok = engine.handle.tokenizer
+    ids = tok("one two three four five", add_special_tokens=False)["input_ids"]
+    guard = copy_guard(tok, ["one two three four five"], 3)
+    assert guard == {tuple(ids[i : i + 2]): frozenset({ids[i + 2]}) for i in range(len(ids) - 2)}
+    assert copy_guard(tok, ["one two three"], 0) == {} and copy_guard(tok, [], 3) == {}
+
+
+async def test_the_guard_excludes_the_token_that_would_complete_a_run(engine):
+    def request(n):
+        opts = GenerationOptions(max_new_tokens=8, avoid_ngram=n)
+        guard = {(5, 6): frozenset({7})}
+        return Request(engine.handle, [1, 2], opts, asyncio.get_running_loop(), asyncio.Queue(), guard=guard)
+
+    logits = torch.zeros(100)
+    logits[7], logits[8] = 3.0, 2.0
+    req = request(3)
+    req.ids = [4, 5, 6]  # the last two generated tokens start a guarded run
+    assert req.advance(logits) == 8
+    req.ids = [5, 6, 4]  # not at the end: free
+    assert req.advance(logits) == 7
+    # The reported log-probability is the model's own, not the guarded distribution's.
+    req = request(3)
+    req.ids = [5, 6]
+    req.advance(logits)
+    assert req.logprobs[-1] == pytest.approx(float(torch.log_softmax(logits, -1)[8]))
+
+
+async def test_the_engine_guards_the_avoided_texts(engine, monkeypatch):
+    seen = []
+    real = engine_module.copy_guard
+
+    def spy(tokenizer, texts, n):
+        seen.append((tuple(texts), n))
+        return real(tokenizer, texts, n)
+
+    monkeypatch.setattr(engine_module, "copy_guard", spy)
+    await engine.complete(MSGS, GenerationOptions(max_new_tokens=2, avoid=("an earlier reply",), avoid_ngram=8))
+    assert seen == [(("an earlier reply",), 8)]

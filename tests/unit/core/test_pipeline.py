@@ -122,3 +122,22 @@ async def test_new_session_gets_a_valid_id_and_bad_ids_fail_before_any_hook():
     with pytest.raises(InvalidArgument, match="message"):
         await drain(pipe.run(ALICE, "s1", "   ", options()))
     assert log == []
+
+
+async def test_hooks_see_the_window_and_the_reply_avoids_copying_earlier_replies():
+    class Seeing(RecordingHook):
+        async def prepare(self, turn: TurnState) -> None:
+            self.history = turn.history
+            self.options = turn.options
+
+    hook = Seeing("memory", [])
+    pipe, _, _ = pipeline([hook])
+    first = await drain(pipe.run(ALICE, "", "Hi", options()))
+    assert hook.history == () and hook.options.avoid == ()
+    await drain(pipe.run(ALICE, first.session_id, "Hello again", options()))
+    assert [t.role for t in hook.history] == ["user", "assistant"]
+    assert hook.options.avoid == ("Paris is the capital.",)
+    assert hook.options.avoid_ngram == ModelConfig().reply_copy_ngram > 0
+    off = ChatPipeline(pipe._llm, pipe._working, ModelConfig(reply_copy_ngram=0), LimitsConfig(), [hook])
+    await drain(off.run(ALICE, first.session_id, "And again", options()))
+    assert hook.options.avoid == () and hook.options.avoid_ngram == 0

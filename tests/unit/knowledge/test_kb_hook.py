@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dmha.auth.tokens import Principal
 from dmha.knowledge.bank import KnowledgeBank
-from dmha.knowledge.hook import FACTS_TITLE, KnowledgeHook
+from dmha.knowledge.hook import FACTS_TITLE, KnowledgeHook, fact_sentence
 from dmha.llm.base import GenerationOptions, GenerationResult
 from dmha.turn import TurnState
 
@@ -33,7 +33,7 @@ async def test_statement_lines_are_told_and_removed_from_the_chat_text():
     assert t.notice.startswith("1 statement(s) accepted")
     assert t.chat_text == "How old is Bob?"
     (block,) = t.blocks
-    assert block.title == FACTS_TITLE and any("bob.age = 30" in line for line in block.lines)
+    assert block.title == FACTS_TITLE and block.lines == ("Bob's age is 30.",)
 
 
 async def test_statements_only_leave_no_chat_text_and_rejections_are_explained():
@@ -55,8 +55,7 @@ async def test_plain_message_tells_nothing_and_gets_only_relevant_facts():
     await hook.prepare(t)
     assert t.statements == [] and t.notice == "" and t.chat_text == "How old is Carol?"
     lines = [line for b in t.blocks for line in b.lines]
-    assert any("carol.age = 40" in line for line in lines)
-    assert not any("bob" in line for line in lines)
+    assert lines == ["Carol's age is 40."]
 
 
 async def test_review_records_contradicted_claims_and_keeps_the_reply():
@@ -82,3 +81,16 @@ async def test_session_scope_stays_in_its_session_and_users_are_isolated():
     mallory = turn("What is the mood now?", "s1", "mallory")
     await hook.prepare(mallory)
     assert mallory.blocks == []
+
+
+def test_fact_lines_read_as_plain_sentences():
+    # Raw ``fact:`` lines under a "knowledge base" title made the 135M model answer
+    # remarks with a quiz template (BENCHMARKS.md, bench/chat_repeats.py).
+    assert fact_sentence("fact: pepper.species = beagle") == "Pepper's species is beagle."
+    assert fact_sentence("deny: bob.city = rome") == "Bob's city is not rome."
+    assert fact_sentence("fact: bob.quiet = true") == "Bob is quiet."
+    assert fact_sentence("fact: bob.quiet = false") == "Bob is not quiet."
+    assert fact_sentence("deny: bob.quiet = true") == "Bob is not quiet."
+    assert fact_sentence("deny: bob.quiet = false") == "Bob is quiet."
+    assert fact_sentence('fact: bob.home_town = "New York"') == 'Bob\'s home town is "New York".'
+    assert fact_sentence("not a statement") == "not a statement"

@@ -9,7 +9,7 @@ from memory_fakes import HashEmbedder, ListWorkingMemory, MemoryStore
 from dmha.auth.tokens import Principal
 from dmha.config import LongTermConfig, MemoryConfig, RetrievalConfig, WorkingMemoryConfig
 from dmha.llm.base import GenerationOptions, GenerationResult
-from dmha.memory.hook import MEMORIES_TITLE, MemoryHook
+from dmha.memory.hook import MEMORIES_TITLE, MemoryHook, memory_line
 from dmha.memory.longterm_memory import LongTermMemory
 from dmha.memory.summariser import ExtractiveSummariser
 from dmha.turn import Turn, TurnState
@@ -22,7 +22,7 @@ class WordCounter:
         return len(text.split())
 
 
-def build(top_k: int = 3, budget: int = 200):
+def build(top_k: int = 3, budget: int = 200, kinds=None, roles=None):
     cfg = MemoryConfig(
         working=WorkingMemoryConfig(max_turns=2),
         longterm=LongTermConfig(archive_batch=2),
@@ -32,7 +32,7 @@ def build(top_k: int = 3, budget: int = 200):
     store = MemoryStore(emb.dim)
     wm = ListWorkingMemory(2)
     memory = LongTermMemory(cfg, store, emb, working=wm, summariser=ExtractiveSummariser())
-    return MemoryHook(memory, WordCounter(), top_k, budget), memory, store, wm
+    return MemoryHook(memory, WordCounter(), top_k, budget, kinds, roles), memory, store, wm
 
 
 def turn(message: str, user: str = "alice", session: str = "s1") -> TurnState:
@@ -48,7 +48,7 @@ async def test_relevant_memories_of_the_caller_go_into_the_prompt():
     assert t.memories and all(m.why for m in t.memories)
     assert "Lisbon" in t.memories[0].text and not any("Oslo" in m.text for m in t.memories)
     (block,) = t.blocks
-    assert block.title == MEMORIES_TITLE and block.lines[0] == t.memories[0].text
+    assert block.title == MEMORIES_TITLE and block.lines[0].endswith(": " + t.memories[0].text)
 
 
 async def test_statements_only_and_disabled_retrieval_search_nothing():
@@ -107,3 +107,25 @@ async def test_archival_postponed_while_milvus_is_down_keeps_every_turn():
     hook.committed(turn("x"), turns[-2:])
     await asyncio.sleep(0.2)
     assert len(wm.all_turns("alice", "s1")) == 4
+
+
+async def test_the_prompt_leaves_out_the_assistants_replies_and_what_the_window_shows():
+    hook, memory, _, wm = build(top_k=10, kinds=("turn", "fact"), roles=("user",))  # as the server builds it
+    said = [
+        ("user", "I play the cello on Sundays."),
+        ("assistant", "The cello on Sundays sounds lovely."),
+        ("user", "My cello teacher lives in Porto."),
+        ("assistant", "Porto is a fine city for a cello teacher."),
+        ("user", "I practise the cello scales every evening."),
+        ("assistant", "Cello scales every evening build skill."),
+    ]
+    wm.append([Turn(f"t{i}", "alice", "s1", role, text, float(i)) for i, (role, text) in enumerate(said)])
+    memory.archive_overflow("alice", "s1")  # the first four turns leave the 2-turn window
+    t = turn("Tell me about my cello")
+    t.history = tuple(wm.recent("alice", "s1"))
+    t.history += (Turn("t9", "alice", "s1", "user", "my CELLO teacher lives in porto.", 9.0),)
+    await hook.prepare(t)
+    texts = [m.text for m in t.memories]
+    assert texts == ["I play the cello on Sundays."]  # no reply, nothing the window shows
+    (block,) = t.blocks
+    assert block.lines == (memory_line("I play the cello on Sundays.", 0.0),)

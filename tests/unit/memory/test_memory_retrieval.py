@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dmha.memory.records import MemoryRecord
-from dmha.memory.retrieval import Candidate, approx_token_count, pack, rrf_fuse
+from dmha.memory.retrieval import Candidate, approx_token_count, pack, rrf_fuse, shown_or_unwanted
 
 
 def rec(mid: str, text: str, kind: str = "turn", sources: tuple[str, ...] | None = None) -> MemoryRecord:
@@ -105,3 +105,32 @@ def test_approx_token_count_is_positive_and_grows_with_bytes():
     assert approx_token_count("") == 1
     assert approx_token_count("abcd" * 10) == 10
     assert approx_token_count("é" * 4) == 2  # UTF-8 bytes, not characters
+
+
+def test_prompt_filter_leaves_out_other_roles_and_what_the_window_shows():
+    import dataclasses
+
+    from dmha.turn import Turn
+
+    mine = dataclasses.replace(rec("a", "I live in Lisbon."), role="user")
+    reply = dataclasses.replace(rec("b", "You live in Lisbon."), role="assistant")
+    shown = dataclasses.replace(rec("c", "I moved there in May."), role="user", source_ids=("w1",))
+    same_text = dataclasses.replace(rec("d", "i  MOVED there in may."), role="user")
+    fact = rec("f", "bob.city = paris", kind="fact")
+    window = [Turn("w1", "u", "s", "user", "I moved there in May.", 0.0)]
+    skip = shown_or_unwanted(["user"], window)
+    got = pack(cands(reply, mine, shown, same_text, fact), 10, skip=skip)
+    assert [m.id for m in got] == ["a", "f"]
+    assert shown_or_unwanted(None, []) is None
+    # Without a role filter the assistant's reply is kept; the window still is not repeated.
+    assert [m.id for m in pack(cands(reply, shown), 10, skip=shown_or_unwanted(None, window))] == ["b"]
+
+
+def test_pack_caps_turns_per_session_and_gives_the_room_to_others():
+    import dataclasses
+
+    a1, a2, a3 = (dataclasses.replace(rec(f"a{i}", f"a turn {i}"), session_id="A") for i in range(3))
+    b1 = dataclasses.replace(rec("b1", "b turn"), session_id="B")
+    fact = rec("f", "a fact", kind="fact")
+    assert [m.id for m in pack(cands(a1, a2, a3, fact, b1), 4, session_cap=2)] == ["a0", "a1", "f", "b1"]
+    assert [m.id for m in pack(cands(a1, a2, a3, fact, b1), 4)] == ["a0", "a1", "a2", "f"]
