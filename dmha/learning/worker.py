@@ -344,6 +344,18 @@ class LearningWorker:
                 job.job_id, "training", step=0, steps=plan.steps, plan=plan.to_dict(), metrics=history
             )
 
+    def _frozen(self, model: Any, name: str) -> tuple[Any, Path] | None:
+        """``model`` frozen with TorchScript and checked against eager, written to a
+        temporary cache file; None when freezing failed (logged: serve eagerly)."""
+        tmp = self.registry.frozen_cache(f".{name}")
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            return freeze(model, tmp, self.cfg.freeze_device, self.cfg.freeze_tolerance), tmp
+        except (FreezeError, OSError) as exc:
+            log.warning("%s: freezing failed (%s); the version is served eagerly", name, exc)
+            tmp.unlink(missing_ok=True)
+            return None
+
     def _freeze_live(self, handle: ModelHandle) -> None:
         """Serve the just-deployed version through a TorchScript-frozen module.
 
@@ -352,21 +364,16 @@ class LearningWorker:
         meanwhile. A failure only logs: the version stays served eagerly.
         """
         started = time.monotonic()
-        version_id = handle.version
-        tmp = self.registry.frozen_cache(f".{version_id}")
-        try:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            step_model = freeze(handle.torch_model, tmp, self.cfg.freeze_device, self.cfg.freeze_tolerance)
-        except (FreezeError, OSError) as exc:
-            log.warning("version %s: freezing failed (%s); it stays served eagerly", version_id, exc)
+        frozen = self._frozen(handle.torch_model, handle.version)
+        if frozen is None:
+            return
+        step_model, tmp = frozen
+        if self._get_live().version != handle.version:
             tmp.unlink(missing_ok=True)
             return
-        if self._get_live().version != version_id:
-            tmp.unlink(missing_ok=True)
-            return
-        tmp.replace(self.registry.frozen_cache(version_id))
+        tmp.replace(self.registry.frozen_cache(handle.version))
         self._deploy(dataclasses.replace(handle, step_model=step_model, kind="frozen"))
-        log.info("version %s frozen and swapped in %.1fs", version_id, time.monotonic() - started)
+        log.info("version %s frozen and swapped in %.1fs", handle.version, time.monotonic() - started)
 
     def _record(
         self,
@@ -455,21 +462,31 @@ class LearningWorker:
             answered = tuple(f"asked {q!r}, it answered {a[:160]!r}" for q, a in report.failures[:3])
             return _Outcome("rejected", result, metrics, report.reasons + answered, "gate")
         plan = result.plan or plan
-        # "freezing" covers packaging the version; TorchScript freezing itself runs
-        # after the deploy (below), so the correction is live one freeze sooner.
+        # In one process (role ``all``) the version goes live on its eager weights and
+        # is frozen after the deploy, so the correction is live one freeze sooner. A
+        # worker (role ``worker``) freezes first: the replicas that follow the pointer
+        # load the version from the registry and should find its frozen module there.
         self.jobs.transition(job.job_id, "freezing", metrics=metrics)
         save_delta(result.delta, staging / "delta.safetensors")
+        freeze_first = self.cfg.freeze and self.cfg.role == "worker"
+        early = self._frozen(result.model, staging.name) if freeze_first else None
         if self._get_live().version != live.version:
+            if early is not None:
+                early[1].unlink(missing_ok=True)
             # An admin rolled back or promoted meanwhile: deploying now would undo that.
             raise LearningError(f"the live version changed from {live.version} during the update; resubmit")
         version = self.registry.commit(staging, parent, list(job.items), plan, metrics)
+        step_model: Any = EagerStepModel(result.model)
+        if early is not None:
+            step_model = early[0]
+            early[1].replace(self.registry.frozen_cache(version.version_id))
         handle = ModelHandle(
             version=version.version_id,
             tokenizer=live.tokenizer,
-            step_model=EagerStepModel(result.model),
+            step_model=step_model,
             max_positions=live.max_positions,
             eos_token_ids=live.eos_token_ids,
-            kind="eager",
+            kind="frozen" if early is not None else "eager",
             torch_model=result.model,
         )
         # Swap first, then move the pointer: a crash in between restarts on the old
@@ -493,7 +510,7 @@ class LearningWorker:
             if probe is None:
                 probe = probe_live(result.model, refs.gate, self._gate_workers)
             self._state = _LiveState(handle.version, result.delta, state.stats.with_keys(result.keys), probe)
-        if self.cfg.freeze:
+        if self.cfg.freeze and not freeze_first:
             self._freeze_live(handle)
         self._warm(self._state, result.model)
         return _Outcome("deployed", result, metrics, (), "", done)

@@ -110,6 +110,35 @@ def _state(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def test_a_worker_process_deploys_a_version_already_frozen(
+    tmp_path, conn, base_dir, tiny_model, tiny_tokenizer
+) -> None:
+    # Role ``worker``: replicas load each new version from the registry, so the frozen
+    # module must be there when the pointer moves (one swap, already frozen).
+    live = Live(tiny_model, tiny_tokenizer)
+    store = JobStore(conn)
+    registry = Registry(tmp_path / "registry", base_dir)
+    cached_at_deploy: list[bool] = []
+
+    def deploy(handle: ModelHandle) -> None:
+        cached_at_deploy.append(registry.frozen_cache(handle.version).is_file())
+        live.deploy(handle)
+
+    worker = LearningWorker(
+        LearningConfig(**RELAXED, role="worker"),
+        store,
+        registry,
+        live.get,
+        deploy,
+        system_prompt="You are DMHA.",
+        cache_dir=tmp_path / "cache",
+    )
+    done = _run(worker, store, store.submit([ITEM], "alice").job_id)
+    assert done.state == "deployed", done.error
+    assert [(h.version, h.kind) for h in live.deployed] == [("v1", "frozen")]
+    assert cached_at_deploy == [True]
+
+
 def test_feedback_becomes_a_frozen_live_version(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
     live = Live(tiny_model, tiny_tokenizer)
     before = _state(tiny_model)
