@@ -9,7 +9,9 @@ as an explicit premise in its system message. Its next-token distribution over t
 answer, for the input and for paraphrases of it, is the teacher; the student sees
 the same questions without the premise. Matching the two makes the adapter encode
 the fact (what the model would believe if told T) rather than the answer string for
-one phrasing, which is what carries it to paraphrases. The locality term holds the
+one phrasing, which is what carries it to paraphrases. The trainer's answer stays the
+truth: each target token's teacher probability is raised to ``causal_floor``
+(:func:`floor_target`), so the teacher's own phrasing habits cannot fight it. The locality term holds the
 student to the pre-update model's distribution over its own greedy continuations of
 unrelated prompts. All teacher distributions are computed once, before training.
 """
@@ -30,7 +32,7 @@ from dmha.learning.paraphrase import paraphrases
 from dmha.learning.plan import UpdatePlan
 from dmha.learning.prompting import ChatFormat, Sequence
 
-__all__ = ["Objective", "RetainSet", "build_retain_set", "kl_to_teacher"]
+__all__ = ["Objective", "RetainSet", "build_retain_set", "floor_target", "kl_to_teacher"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,33 @@ def kl_to_teacher(teacher_logprobs: torch.Tensor, student_logits: torch.Tensor) 
     return (t.exp() * (t - s)).sum(-1).mean()
 
 
+def floor_target(logprobs: torch.Tensor, target: Seq[int], floor: float) -> torch.Tensor:
+    """``logprobs`` with each position's target token raised to at least ``floor``.
+
+    Where the target already has ``floor`` or more, the row is unchanged; elsewhere the
+    target gets exactly ``floor`` and every other token keeps its share of the rest
+    (the teacher's preferences among the alternatives survive).
+
+    Args:
+        logprobs: ``[n, vocab]`` log-probabilities.
+        target: the ``n`` target token ids.
+        floor: in ``[0, 1)``; 0 returns ``logprobs`` unchanged.
+
+    Returns:
+        ``[n, vocab]`` log-probabilities.
+    """
+    if floor <= 0:
+        return logprobs
+    p = logprobs.float().exp()
+    idx = torch.tensor(list(target), device=p.device)[:, None]
+    pt = p.gather(1, idx).squeeze(1)
+    low = pt < floor
+    scale = torch.where(low, (1.0 - floor) / (1.0 - pt).clamp(min=1e-12), torch.ones_like(pt))
+    q = p * scale[:, None]
+    q.scatter_(1, idx, torch.where(low, torch.full_like(pt, floor), pt)[:, None])
+    return q.clamp(min=1e-30).log().to(logprobs.dtype)
+
+
 @dataclass(frozen=True)
 class _Target:
     seq: Sequence
@@ -129,7 +158,10 @@ class Objective:
                 teachers.append(fmt.sequence(question, it.target, system=system))
         with torch.no_grad():
             logits = answer_logits(model, teachers)
-        return [_Target(s, F.log_softmax(x, -1)) for s, x in zip(students, logits, strict=True)]
+        return [
+            _Target(s, floor_target(F.log_softmax(x, -1), s.answer, self.plan.causal_floor))
+            for s, x in zip(students, logits, strict=True)
+        ]
 
     def hold(self, retain: RetainSet) -> None:
         """Use ``retain`` for the locality term (replacing any earlier set)."""

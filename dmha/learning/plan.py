@@ -40,6 +40,9 @@ class UpdatePlan:
             this share of its key energy in the editable subspace.
         subspace_rank: when > 0, the change reads only this many directions of the
             editable subspace: those along which the feedback's own keys are largest.
+        causal_floor: the causal teacher's probability of each target token is raised
+            to at least this (the rest of its distribution scaled down); 0 = the
+            teacher as it is.
     """
 
     edit_layers: tuple[int, ...] = (4, 5, 6, 7, 8)
@@ -58,6 +61,7 @@ class UpdatePlan:
     max_delta_norm: float = 0.0
     min_key_share: float = 0.05
     subspace_rank: int = 8
+    causal_floor: float = 0.9
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
     recorded with the version, never read by the editor."""
@@ -77,6 +81,8 @@ class UpdatePlan:
             raise ValueError("null_threshold must be in (0, 1)")
         if not 0 <= self.min_key_share < 1:
             raise ValueError("min_key_share must be in [0, 1)")
+        if not 0 <= self.causal_floor < 1:
+            raise ValueError("causal_floor must be in [0, 1)")
         # Lists from JSON or config become tuples so the plan stays hashable and frozen.
         object.__setattr__(self, "edit_layers", tuple(sorted({int(i) for i in self.edit_layers})))
 
@@ -111,6 +117,7 @@ class UpdatePlan:
             max_delta_norm=cfg.max_delta_norm,
             min_key_share=cfg.min_key_share,
             subspace_rank=cfg.subspace_rank,
+            causal_floor=cfg.causal_floor,
         )
         return replace(plan, **changes) if changes else plan
 

@@ -42,3 +42,17 @@ def test_weights_switch_terms_off(tiny_model, fmt) -> None:
     assert objective.causal == [] and objective.retain == []
     _, parts = objective.loss(tiny_model)
     assert parts["causal"] == 0.0 and parts["locality"] == 0.0
+
+
+def test_floor_target_raises_only_the_targets_that_need_it() -> None:
+    from dmha.learning.objective import floor_target
+
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05], [0.1, 0.3, 0.6]])
+    out = floor_target(probs.log(), [1, 1, 2], 0.8).exp()
+    torch.testing.assert_close(out.sum(-1), torch.ones(3))
+    # Row 0: the target had 0.2 -> 0.8; the others keep their 7:1 ratio in the 0.2 left.
+    torch.testing.assert_close(out[0], torch.tensor([0.175, 0.8, 0.025]))
+    # Row 1 already met the floor: unchanged.
+    torch.testing.assert_close(out[1], probs[1])
+    torch.testing.assert_close(out[2], torch.tensor([0.05, 0.15, 0.8]))
+    assert torch.equal(floor_target(probs.log(), [0, 0, 0], 0.0), probs.log())
