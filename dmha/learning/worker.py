@@ -112,6 +112,9 @@ class LearningWorker:
         self._state: _LiveState | None = None
         self._base_weights: dict[str, torch.Tensor] = {}
         self._prepare_lock = threading.Lock()
+        # Serialises swaps: the frozen module of version N must never replace version N+1.
+        self._swap_lock = threading.Lock()
+        self._post_deploy: threading.Thread | None = None
         workers = cfg.gate_workers
         self._gate_workers = workers if workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
 
@@ -143,6 +146,12 @@ class LearningWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._join_post_deploy(timeout)
+
+    def _join_post_deploy(self, timeout: float | None = None) -> None:
+        post = self._post_deploy
+        if post is not None:
+            post.join(timeout)
 
     @property
     def running(self) -> bool:
@@ -344,6 +353,25 @@ class LearningWorker:
                 job.job_id, "training", step=0, steps=plan.steps, plan=plan.to_dict(), metrics=history
             )
 
+    def _after_deploy(self, handle: ModelHandle, state: _LiveState, freeze: bool) -> None:
+        """Freeze the new live version and prepare the next edit's space, off the job's path.
+
+        Runs in a thread, so the next job (often already queued: a trainer correcting
+        several answers) starts at once, on the other core.
+        """
+        self._join_post_deploy()  # one at a time; the previous one has finished or is moot
+
+        def run() -> None:
+            try:
+                if freeze:
+                    self._freeze_live(handle)
+                self._warm(state, handle.torch_model)
+            except Exception:  # a background step must never take the worker down
+                log.exception("after deploying %s: freezing or preparing failed", handle.version)
+
+        self._post_deploy = threading.Thread(target=run, name="dmha-post-deploy", daemon=True)
+        self._post_deploy.start()
+
     def _frozen(self, model: Any, name: str) -> tuple[Any, Path] | None:
         """``model`` frozen with TorchScript and checked against eager, written to a
         temporary cache file; None when freezing failed (logged: serve eagerly)."""
@@ -368,11 +396,12 @@ class LearningWorker:
         if frozen is None:
             return
         step_model, tmp = frozen
-        if self._get_live().version != handle.version:
-            tmp.unlink(missing_ok=True)
-            return
-        tmp.replace(self.registry.frozen_cache(handle.version))
-        self._deploy(dataclasses.replace(handle, step_model=step_model, kind="frozen"))
+        with self._swap_lock:
+            if self._get_live().version != handle.version:
+                tmp.unlink(missing_ok=True)
+                return
+            tmp.replace(self.registry.frozen_cache(handle.version))
+            self._deploy(dataclasses.replace(handle, step_model=step_model, kind="frozen"))
         log.info("version %s frozen and swapped in %.1fs", handle.version, time.monotonic() - started)
 
     def _record(
@@ -491,7 +520,8 @@ class LearningWorker:
         )
         # Swap first, then move the pointer: a crash in between restarts on the old
         # version, consistent with the job being marked failed by recover().
-        self._deploy(handle)
+        with self._swap_lock:
+            self._deploy(handle)
         self.registry.promote(version.version_id)
         metrics["total_seconds"] = time.monotonic() - started
         metrics["stored_bytes"] = float(version.stored_bytes)
@@ -510,9 +540,7 @@ class LearningWorker:
             if probe is None:
                 probe = probe_live(result.model, refs.gate, self._gate_workers)
             self._state = _LiveState(handle.version, result.delta, state.stats.with_keys(result.keys), probe)
-        if self.cfg.freeze and not freeze_first:
-            self._freeze_live(handle)
-        self._warm(self._state, result.model)
+        self._after_deploy(handle, self._state, freeze=self.cfg.freeze and not freeze_first)
         return _Outcome("deployed", result, metrics, (), "", done)
 
 
