@@ -13,7 +13,6 @@ replicas on one Milvus, route a user to one replica or set ``hot_users: 0``.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
 import time
@@ -22,28 +21,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from dmha.config import MemoryConfig
 from dmha.errors import FailedPrecondition, InvalidArgument, MilvusUnavailable, NotFound
 from dmha.ids import check_id
 from dmha.memory.archival import Archiver, ArchiveResult
-from dmha.memory.clustering import Clusterer, build_cluster_summaries, stable_ids
+from dmha.memory.clustering import Clusterer
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
-from dmha.memory.hot_index import HotIndex, UserIndex
+from dmha.memory.hot_index import HotIndex
+from dmha.memory.listing import PageRequest, check_kind, count_memories
+from dmha.memory.reclustering import Reclusterer
 from dmha.memory.records import (
     CLUSTER_PENDING,
-    KINDS,
     ArchiveReport,
     ClusterReport,
     MemoryPage,
     MemoryRecord,
     MemoryStats,
     RetrievedMemory,
-    decode_page_token,
-    encode_page_token,
     index_text,
-    listing_order,
     memory_id,
 )
 from dmha.memory.retrieval import CountTokens, Retriever, approx_token_count, pack, shown_or_unwanted
@@ -56,8 +51,6 @@ __all__ = ["LongTermMemory", "build_longterm"]
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_PAGE = 50
-_MAX_PAGE = 1000
 _MAX_TEXTS = 1000
 
 
@@ -102,8 +95,9 @@ class LongTermMemory:
             cfg.retrieval.ivf_threshold,
         )
         self._retriever = Retriever(cfg.retrieval)
-        self._clusterer = Clusterer(cfg.clustering)
-        self._cluster_summariser = cluster_summariser or ExtractiveSummariser()
+        self._reclusterer = Reclusterer(
+            store, self._hot, Clusterer(cfg.clustering), cluster_summariser or ExtractiveSummariser(), embedder
+        )
         self._archiver = (
             Archiver(working, embedder, self._write, cfg.longterm.archive_batch, summariser)
             if working is not None
@@ -124,12 +118,6 @@ class LongTermMemory:
         if size > limit:
             raise InvalidArgument(field, f"is {size} bytes; limit {limit}")
         return value
-
-    @staticmethod
-    def _kind(kind: str | None) -> str | None:
-        if kind is not None and kind not in KINDS:
-            raise InvalidArgument("kind", f"is {kind!r}; expected one of {', '.join(KINDS)}")
-        return kind
 
     # -- writing ------------------------------------------------------------------------
 
@@ -336,7 +324,7 @@ class LongTermMemory:
         if kinds is not None:
             allowed = frozenset(kinds)
             for kind in allowed:
-                self._kind(kind)
+                check_kind(kind)
         vector = self._embedder.embed([query])[0]
         index = self._hot.get(user_id)
         if index is not None:
@@ -393,17 +381,7 @@ class LongTermMemory:
         """
         check_id(user_id, "user_id")
         records = self._records(user_id)
-        by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
-        for rec in records:
-            by_kind[rec.kind] = by_kind.get(rec.kind, 0) + 1
-        return MemoryStats(
-            total=len(records),
-            by_kind=by_kind,
-            sessions=len({r.session_id for r in records if r.session_id}),
-            clusters=len({r.cluster_id for r in records if r.kind == "cluster_summary"}),
-            unclustered=sum(r.cluster_id == CLUSTER_PENDING and r.kind != "cluster_summary" for r in records),
-            hot=self._hot.peek(user_id) is not None,
-        )
+        return count_memories(records, hot=self._hot.peek(user_id) is not None)
 
     # -- deleting -----------------------------------------------------------------------
 
@@ -485,47 +463,9 @@ class LongTermMemory:
                 rerun fixes them).
         """
         check_id(user_id, "user_id")
-        start = time.perf_counter()
-        index = self._hot.get(user_id)
-        if index is None:  # no hot cache: work on a throwaway index
-            index = UserIndex(user_id, self._store.dim)
-            index.add(self._store.scan(user_id, with_vectors=True))
-        ids, vectors = index.snapshot(exclude_kinds=("cluster_summary",))
-        result = self._clusterer.fit(vectors)
-        before = np.array(
-            [rec.cluster_id if (rec := index.get(mid)) is not None else CLUSTER_PENDING for mid in ids],
-            dtype=np.int64,
-        )
-        cluster_ids = stable_ids(result.labels, before)
-        after = np.array([cluster_ids[c] if c >= 0 else c for c in result.labels.tolist()], dtype=np.int64)
-        summaries = build_cluster_summaries(
-            index, ids, vectors, result, self._cluster_summariser, self._embedder, cluster_ids
-        )
-        with self._hot.user_lock(user_id):
-            # Only changed memberships are written back, and never for a memory
-            # deleted meanwhile (a partial update must not resurrect it).
-            assignments = {
-                mid: int(new)
-                for mid, old, new in zip(ids, before.tolist(), after.tolist(), strict=True)
-                if new != old and index.get(mid) is not None
-            }
-            self._store.set_clusters(user_id, assignments)
-            self._store.upsert(summaries)
-            keep = {s.id for s in summaries}
-            stale = [r.id for r in index.records() if r.kind == "cluster_summary" and r.id not in keep]
-            self._store.delete(user_id, stale)
-            index.set_clusters(assignments, result.centroids, cluster_ids)
-            index.add(summaries)
-            index.remove(stale)
+        report = self._reclusterer.run(user_id)
         self._changed(user_id)
-        noise = int(np.sum(result.labels < 0))
-        return ClusterReport(
-            memories=len(ids),
-            clusters=result.clusters,
-            noise=noise,
-            seconds=time.perf_counter() - start,
-            summaries=len(summaries),
-        )
+        return report
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -577,24 +517,8 @@ class LongTermMemory:
         check_id(user_id, "user_id")
         if session_id is not None:
             check_id(session_id, "session_id")
-        if page_size is None:
-            page_size = _DEFAULT_PAGE
-        if not 1 <= page_size <= _MAX_PAGE:
-            raise InvalidArgument("page_size", f"is {page_size}; must be between 1 and {_MAX_PAGE}")
-        self._kind(kind)
-        after = decode_page_token(page_token) if page_token else None
-        records = [
-            r
-            for r in self._records(user_id)
-            if (kind is None or r.kind == kind) and (session_id is None or r.session_id == session_id)
-        ]
-        records.sort(key=listing_order)
-        keys = [listing_order(r) for r in records]
-        start = bisect.bisect_right(keys, after) if after is not None else 0
-        page = records[start : start + page_size]
-        more = start + page_size < len(records)
-        token = encode_page_token(listing_order(page[-1])) if more and page else ""
-        return MemoryPage(items=page, next_page_token=token)
+        request = PageRequest.parse(page_size, page_token, kind, session_id)
+        return request.select(self._records(user_id))
 
 
 def build_longterm(
