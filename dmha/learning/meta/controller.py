@@ -251,8 +251,8 @@ class MetaController:
             self._history.append((hook.text, outcome == "deployed", _step_share(record.figures)))
             self._history = self._history[-self.cfg.replay_capacity :]
         if outcome == "deployed" and result is not None:
-            self.init.update(result.factors, result.grads)
-            self.init.save(self.store.init_path)
+            # Read-modify-write of the shared Φ: other workers' updates are kept.
+            self.init = self.store.update_init(self.cfg.meta_init, self.cfg.meta_step, result.factors, result.grads)
         self._learn()
         self._log(record, decision)
         return record
@@ -267,9 +267,9 @@ class MetaController:
         t0 = time.monotonic()
         info = train_learner(learner, records, self.cfg, version, seed=len(records))
         self._scalar("meta/train_seconds", time.monotonic() - t0)
-        self.store.save_learner(learner, info)
+        info = self.store.save_learner(learner, info)
         with self._lock:
-            self.learner, self.learner_version = learner, version
+            self.learner, self.learner_version = learner, info.version
         self._scalar("meta/train_loss", info.loss)
         self._scalar("meta/causal_stability", info.causal_stability)
 

@@ -79,9 +79,15 @@ class MetaInit:
                 self.phi[slot] = {k: phi[k] + self.step * (fac[k] - phi[k]) for k in phi}
         self.updates += 1
 
-    def save(self, path: Path) -> None:
-        """Write ``Φ`` atomically."""
-        tmp = path.with_suffix(".tmp")
+    def save(self, path: Path, tmp: Path | None = None) -> None:
+        """Write ``Φ`` atomically.
+
+        Args:
+            path: the file.
+            tmp: the temporary file it is written to first (default: beside it,
+                ``.tmp`` suffix); concurrent writers must each pass their own.
+        """
+        tmp = tmp or path.with_suffix(".tmp")
         torch.save({"method": self.method, "updates": self.updates, "phi": self.phi}, tmp)
         tmp.replace(path)
 

@@ -7,9 +7,18 @@ Layout under ``<registry>/meta``::
     learner/<version>.pt   the learner's weights per version
     init.pt                the meta-initialisation of the edit factors (Φ)
 
+    .lock                  the advisory lock of every read-modify-write below
+
 Everything is append-only or replaced atomically, so a crash leaves the previous
 learner in force. A damaged checkpoint means the fixed plan (logged), never a
 refusal to train.
+
+Several ``dmha worker`` processes may share one registry: appending a record,
+rewriting ``records.jsonl`` (import), adding a learner version and updating ``Φ``
+each hold an exclusive lock on ``.lock`` (``flock``), so no process loses another's
+record, version or ``Φ`` update, and two never write the same temporary file.
+Reads take no lock: every file they read is replaced atomically or appended to
+(a torn last line is skipped).
 """
 
 from __future__ import annotations
@@ -17,16 +26,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from dmha.errors import InvalidArgument
+from dmha.file_lock import FileLock
 from dmha.learning.meta.learner import DELTAS, MetaCausalLearner
+from dmha.learning.meta.reptile import Factors, MetaInit
 from dmha.learning.meta.state import MAX_SLOTS, UpdateState
 
 __all__ = ["LearnerVersion", "MetaRecord", "MetaStore", "validate_insights"]
@@ -114,7 +124,7 @@ class MetaStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         (self.root / "learner").mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = FileLock(self.root / ".lock")
 
     @property
     def records_path(self) -> Path:
@@ -126,10 +136,15 @@ class MetaStore:
         """Where Φ lives."""
         return self.root / "init.pt"
 
+    def _tmp(self, name: str) -> Path:
+        # Unique per process: a writer never shares its temporary file with another,
+        # even where the lock degrades to this process's threads.
+        return self.root / f".{name}.{os.getpid()}.tmp"
+
     def append(self, record: MetaRecord) -> None:
         """Append one record (flushed to disk before returning)."""
         line = json.dumps(asdict(record), sort_keys=True)
-        with self._lock, self.records_path.open("a", encoding="utf-8") as fh:
+        with self._lock.held(), self.records_path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -157,16 +172,28 @@ class MetaStore:
             log.warning("meta versions file unreadable (%s); treating the learner as untrained", exc)
             return []
 
-    def save_learner(self, learner: MetaCausalLearner, info: LearnerVersion) -> None:
-        """Store a new learner version (weights first, then the index)."""
-        with self._lock:
-            tmp = self.root / "learner" / f".{info.version}.tmp"
+    def save_learner(self, learner: MetaCausalLearner, info: LearnerVersion) -> LearnerVersion:
+        """Store a new learner version (weights first, then the index).
+
+        Args:
+            learner: the trained learner.
+            info: its version record; ``info.version`` is normally :meth:`next_version`.
+
+        Returns:
+            The record as stored: when another process stored ``info.version`` since
+            it was chosen, the learner gets the next free version instead.
+        """
+        with self._lock.held():
+            versions = self.versions()
+            if any(v.version == info.version for v in versions):
+                info = replace(info, version=f"m{len(versions) + 1:04d}")
+            tmp = self._tmp(f"learner-{info.version}")
             torch.save(learner.state_dict(), tmp)
             tmp.replace(self.root / "learner" / f"{info.version}.pt")
-            versions = [asdict(v) for v in self.versions()] + [asdict(info)]
-            idx = self.root / ".versions.tmp"
-            idx.write_text(json.dumps(versions, indent=1), encoding="utf-8")
+            idx = self._tmp("versions")
+            idx.write_text(json.dumps([asdict(v) for v in [*versions, info]], indent=1), encoding="utf-8")
             idx.replace(self.root / "versions.json")
+        return info
 
     def next_version(self) -> str:
         """The id the next trained learner gets."""
@@ -188,6 +215,33 @@ class MetaStore:
                 log.warning("meta-learner %s unreadable (%s); trying an older one", info.version, exc)
                 learner = MetaCausalLearner()
         return learner.eval(), None
+
+    def update_init(
+        self,
+        method: Literal["reptile", "fomaml", "none"],
+        step: float,
+        adapted: dict[int, Factors],
+        grads: dict[int, Factors] | None = None,
+    ) -> MetaInit:
+        """Move the stored ``Φ`` towards an accepted edit (read, update, write under the lock).
+
+        ``Φ`` is read from disk rather than taken from memory so that an update another
+        process stored since this one last read it is built on, not overwritten.
+
+        Args:
+            method: the meta-initialisation method (``MetaConfig.meta_init``).
+            step: its step ``α``.
+            adapted: slot -> the edit's final factors.
+            grads: slot -> the gradient at them (first-order MAML only).
+
+        Returns:
+            ``Φ`` as stored.
+        """
+        with self._lock.held():
+            init = MetaInit.load(self.init_path, method, step)
+            init.update(adapted, grads)
+            init.save(self.init_path, self._tmp("init"))
+        return init
 
     # -- insights ------------------------------------------------------------
 
@@ -244,12 +298,12 @@ class MetaStore:
         records = validate_insights(doc)
         # Imported records are older than this deployment's own: they go before them,
         # so the replay window (the most recent records) keeps the local history.
-        with self._lock:
+        with self._lock.held():
             mine = self.records()
             have = {(r.job_id, r.attempt) for r in mine}
             new = [r for r in records if (r.job_id, r.attempt) not in have]
             if new:
-                tmp = self.root / ".records.tmp"
+                tmp = self._tmp("records")
                 with tmp.open("w", encoding="utf-8") as fh:
                     for r in [*new, *mine]:
                         fh.write(json.dumps(asdict(r), sort_keys=True) + "\n")
