@@ -46,12 +46,12 @@ def main() -> None:
     from dmha.learning.editor import Editor, delta_name
     from dmha.learning.feedback import FeedbackItem
     from dmha.learning.generation import answer_logits
+    from dmha.learning.loading import read_base_weights
     from dmha.learning.online import learning_cache_dir
     from dmha.learning.plan import UpdatePlan
     from dmha.learning.precision import bf16_native
     from dmha.learning.prompting import ChatFormat
     from dmha.learning.references import ensure_references
-    from dmha.learning.worker import _read_base_weights
     from dmha.llm.engine import load_eager_handle
     from dmha.llm.model_store import ensure_model
     from dmha.report.reproducibility import make_facts
@@ -65,7 +65,7 @@ def main() -> None:
     cache = learning_cache_dir(default_data_dir())
     refs = ensure_references(model, Path(model_dir), fmt, cfg.learning.edit_layers, cache)
     plan = UpdatePlan.from_config(cfg.learning).with_changes(stop_margin=0.0)
-    base = _read_base_weights(Path(model_dir), [delta_name(i) for i in plan.edit_layers])
+    base = read_base_weights(Path(model_dir), [delta_name(i) for i in plan.edit_layers])
     space, space_wall, space_cpu = _timed(lambda: Editor(fmt).space(model, refs.stats, plan))
 
     variants = ("float32", "bfloat16")

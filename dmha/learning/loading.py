@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dmha.config import ModelConfig
-from dmha.errors import ArtifactError, FreezeError
+from dmha.errors import ArtifactError, FreezeError, LearningError
 from dmha.learning.editor import apply_delta
 from dmha.learning.freezing import FrozenStepModel, freeze
 from dmha.learning.registry import BASE_VERSION, Registry, Version
@@ -19,7 +19,7 @@ from dmha.learning.steps import EagerStepModel
 from dmha.llm.base import ModelHandle, StepModel
 from dmha.llm.engine import load_eager_handle
 
-__all__ = ["LoadedVersion", "load_delta", "load_live_handle", "load_version", "save_delta"]
+__all__ = ["LoadedVersion", "load_delta", "load_live_handle", "load_version", "read_base_weights", "save_delta"]
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +162,31 @@ def load_live_handle(registry: Registry, model_cfg: ModelConfig, version_id: str
         kind="frozen" if loaded.kind == "frozen" else "eager",
         torch_model=loaded.model,
     )
+
+
+def read_base_weights(model_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Read some weights of the base model from its safetensors files (nothing else).
+
+    Args:
+        model_dir: the converted base model folder.
+        names: state-dict names to read.
+
+    Returns:
+        name -> float32 tensor.
+
+    Raises:
+        LearningError: a name is in none of the files.
+    """
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            stored = set(fh.keys())
+            for name in names:
+                if name in stored:
+                    out[name] = fh.get_tensor(name).float()
+    missing = set(names) - set(out)
+    if missing:
+        raise LearningError(f"base model {model_dir} lacks weights {sorted(missing)}")
+    return out

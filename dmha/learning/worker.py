@@ -34,7 +34,7 @@ from dmha.learning.editor import EditHook, Editor, EditResult, EditSpace, delta_
 from dmha.learning.freezing import freeze
 from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
 from dmha.learning.jobs import Job, JobStore
-from dmha.learning.loading import load_delta, save_delta
+from dmha.learning.loading import load_delta, read_base_weights, save_delta
 from dmha.learning.meta.controller import AttemptHook, MetaController
 from dmha.learning.meta.repair import Repair
 from dmha.learning.nullspace import KeyStats
@@ -214,7 +214,7 @@ class LearningWorker:
     def _base_weight(self, names: list[str]) -> dict[str, torch.Tensor]:
         missing = [n for n in names if n not in self._base_weights]
         if missing:
-            self._base_weights.update(_read_base_weights(self.registry.base_path, missing))
+            self._base_weights.update(read_base_weights(self.registry.base_path, missing))
         return {n: self._base_weights[n] for n in names}
 
     def _live_state(self, live: ModelHandle) -> _LiveState:
@@ -558,23 +558,6 @@ class _Outcome:
 
 def _with_notes(error: str, notes: list[str]) -> str:
     return " | ".join([*notes, error]) if notes else error
-
-
-def _read_base_weights(model_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """Read some weights of the base model from its safetensors files (nothing else)."""
-    from safetensors import safe_open
-
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
-            stored = set(fh.keys())
-            for name in names:
-                if name in stored:
-                    out[name] = fh.get_tensor(name).float()
-    missing = set(names) - set(out)
-    if missing:
-        raise LearningError(f"base model {model_dir} lacks weights {sorted(missing)}")
-    return out
 
 
 def _load_base(model_dir: Path, like: Any) -> Any:

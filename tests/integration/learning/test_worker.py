@@ -30,28 +30,18 @@ from dmha.learning.meta.controller import MetaController
 from dmha.learning.meta.store import MetaStore
 from dmha.llm.base import ModelHandle
 from dmha.redis_connection import RedisConnection
+from tests.integration.conftest import RELAXED_LEARNING
 
 pytestmark = pytest.mark.integration
 
 TINY_MODELS = Path(__file__).parents[2] / "unit" / "learning" / "tiny_models.py"
 ITEM = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
 # The tiny random model cannot meet real thresholds; these tests are about plumbing.
+# (LearningConfig here, not the server's tree: no ``enabled``.)
 RELAXED = {
-    "min_efficacy": 0.0,
-    "min_generalisation": 0.0,
-    "min_locality": 0.0,
-    "max_kl_mean": 1e9,
-    "max_kl_prompt": 1e9,
-    "max_perplexity_increase": 1e9,
-    "edit_layers": [0, 1],
-    "null_threshold": 0.5,
-    "min_key_share": 0.0,
-    "stop_margin": 0.0,
+    **{k: v for k, v in RELAXED_LEARNING.items() if k != "enabled"},
     "steps": 3,
     "learning_rate": 1e-2,
-    "paraphrases": 1,
-    "retain_per_step": 1,
-    "freeze_device": "cpu",
     "freeze_tolerance": 1e-4,
 }
 
