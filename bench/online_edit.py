@@ -107,7 +107,10 @@ async def run_server_part(address: str, token: str, facts: list[dict[str, str]],
             line += (
                 f" gate: eff {m.get('efficacy', float('nan')):.2f} gen {m.get('generalisation', float('nan')):.2f}"
                 f" loc {m.get('locality', float('nan')):.4f} kl {m.get('kl_mean', float('nan')):.4f}"
-                f"/{m.get('kl_prompt_max', float('nan')):.3f} {job.message}"
+                f"/{m.get('kl_prompt_max', float('nan')):.3f}"
+                f" time: train {m.get('train_seconds', float('nan')):.1f}s"
+                f" gate {m.get('gate_seconds', float('nan')):.1f}s"
+                f" job {m.get('total_seconds', float('nan')):.1f}s {job.message}"
             )
             print(line, file=sys.stderr, flush=True)
             if i in checkpoints or i == len(facts):

@@ -16,6 +16,7 @@ each deploy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -64,6 +65,9 @@ class _LiveState:
     probe: LiveProbe
     spaces: dict[tuple[tuple[int, ...], float], EditSpace] = field(default_factory=dict, compare=False)
     """Memo of the edit spaces of this version (per edit layers and threshold)."""
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    """Held while a space is computed: a job asking for the space the post-deploy thread
+    is computing waits for it instead of computing it a second time."""
 
 
 class LearningWorker:
@@ -160,10 +164,12 @@ class LearningWorker:
 
     def _loop(self) -> None:
         try:
-            # The expensive, interruptible part only; the live version's scores
-            # (under a minute) are taken by the first job.
+            # References (interruptible), then the live version's probe scores and edit
+            # space: ready before the first correction arrives, not paid inside it.
             with self._prepare_lock:
                 self._references(self._get_live())
+            if not self._stop.is_set():
+                self.prepare()
         except InterruptedError:
             return  # stopped while preparing
         except Exception:
@@ -247,11 +253,12 @@ class LearningWorker:
     def _space(self, state: _LiveState, model: Any, plan: UpdatePlan) -> EditSpace:
         """The edit space of ``state``'s version for ``plan`` (computed once per version)."""
         key = (tuple(plan.edit_layers), plan.null_threshold)
-        space = state.spaces.get(key)
-        if space is None:
-            assert self._fmt is not None  # set with the references, before any state exists
-            editor = Editor(self._fmt)
-            space = state.spaces[key] = editor.space(model, state.stats, plan)
+        with state.lock:
+            space = state.spaces.get(key)
+            if space is None:
+                assert self._fmt is not None  # set with the references, before any state exists
+                editor = Editor(self._fmt)
+                space = state.spaces[key] = editor.space(model, state.stats, plan)
         return space
 
     def _warm(self, state: _LiveState, model: Any) -> None:
@@ -304,7 +311,7 @@ class LearningWorker:
                 self._meta.attempt(job.items[0].input, plan, fixed, attempt, len(job.items), 0) if self._meta else None
             )
             try:
-                outcome = self._run(job, live, plan, staging, started, hook, history, notes)
+                outcome = self._run(job, live, plan, staging, started, hook)
             except TrainingDiverged as exc:
                 self.registry.discard(staging)
                 trigger = "loss spike" if isinstance(exc, LossSpike) else "diverged"
@@ -327,10 +334,19 @@ class LearningWorker:
                 except DMHAError:
                     log.exception("could not mark job %s failed", job.job_id)
                 raise
-            self._record(hook, job, outcome.state, outcome.result, outcome.metrics, repair)
-            if outcome.state == "deployed":
-                assert outcome.job is not None  # a deployed outcome carries its job
-                return outcome.job
+            deployed = outcome.state == "deployed"
+            # Recorded before the job turns ``deployed``: whoever sees the new version
+            # finds its meta record (insights, mechanisms) already there.
+            self._record(hook, job, outcome.state, outcome.result, outcome.metrics, repair, learn=not deployed)
+            if deployed:
+                assert outcome.publish is not None  # a deployed outcome carries its announcement
+                done = outcome.publish(history, notes)
+                if self._meta is not None:
+                    try:
+                        self._meta.learn()
+                    except Exception:
+                        log.exception("meta-learner: training failed (the job itself is unaffected)")
+                return done
             for k, v in outcome.metrics.items():
                 history[f"attempt{attempt + 1}/{k}"] = v
             note = f"attempt {attempt + 1} {outcome.trigger}: " + "; ".join(outcome.reasons)
@@ -359,13 +375,19 @@ class LearningWorker:
         Runs in a thread, so the next job (often already queued: a trainer correcting
         several answers) starts at once, on the other core.
         """
-        self._join_post_deploy()  # one at a time; the previous one has finished or is moot
+        previous = self._post_deploy
 
         def run() -> None:
+            # One at a time, in deploy order, without making the deploying job wait.
+            if previous is not None:
+                previous.join()
+            _yield_cpu()
             try:
+                # The next edit needs the space; serving is correct without the frozen
+                # module (only slower), so the space comes first.
+                self._warm(state, handle.torch_model)
                 if freeze:
                     self._freeze_live(handle)
-                self._warm(state, handle.torch_model)
             except Exception:  # a background step must never take the worker down
                 log.exception("after deploying %s: freezing or preparing failed", handle.version)
 
@@ -412,12 +434,13 @@ class LearningWorker:
         result: EditResult | None,
         metrics: dict[str, float],
         repair: Repair | None,
+        learn: bool = True,
     ) -> None:
         """Tell the meta-learner how an attempt ended (its failure never fails the job)."""
         if hook is None or self._meta is None:
             return
         try:
-            self._meta.finish(hook, job.job_id, state, result, metrics, repair)
+            self._meta.finish(hook, job.job_id, state, result, metrics, repair, learn=learn)
         except Exception:
             log.exception("meta-learner: could not record job %s (the job itself is unaffected)", job.job_id)
 
@@ -429,8 +452,6 @@ class LearningWorker:
         staging: Path,
         started: float,
         hook: EditHook | None,
-        earlier: dict[str, float],
-        notes: list[str],
     ) -> _Outcome:
         if live.torch_model is None:
             raise LearningError("the live model has no eager torch_model to train from")
@@ -523,17 +544,7 @@ class LearningWorker:
         with self._swap_lock:
             self._deploy(handle)
         self.registry.promote(version.version_id)
-        metrics["total_seconds"] = time.monotonic() - started
         metrics["stored_bytes"] = float(version.stored_bytes)
-        # A repaired job keeps the figures and the story of its earlier attempts.
-        done = self.jobs.transition(
-            job.job_id, "deployed", metrics={**metrics, **earlier}, version=version.version_id, reasons=list(notes)
-        )
-        log.info("job %s deployed as %s in %.1fs", job.job_id, version.version_id, metrics["total_seconds"])
-        try:
-            self.registry.prune(self.cfg.keep_ancestors, self.cfg.keep_last)
-        except OSError:
-            log.exception("retention: pruning failed (nothing was lost; retried after the next deploy)")
         # The next job starts from here: score the new live version now, after the swap.
         with self._prepare_lock:
             probe = report.probe
@@ -541,7 +552,21 @@ class LearningWorker:
                 probe = probe_live(result.model, refs.gate, self._gate_workers)
             self._state = _LiveState(handle.version, result.delta, state.stats.with_keys(result.keys), probe)
         self._after_deploy(handle, self._state, freeze=self.cfg.freeze and not freeze_first)
-        return _Outcome("deployed", result, metrics, (), "", done)
+
+        def publish(earlier: dict[str, float], notes: list[str]) -> Job:
+            metrics["total_seconds"] = time.monotonic() - started
+            # A repaired job keeps the figures and the story of its earlier attempts.
+            done = self.jobs.transition(
+                job.job_id, "deployed", metrics={**metrics, **earlier}, version=version.version_id, reasons=list(notes)
+            )
+            log.info("job %s deployed as %s in %.1fs", job.job_id, version.version_id, metrics["total_seconds"])
+            try:
+                self.registry.prune(self.cfg.keep_ancestors, self.cfg.keep_last)
+            except OSError:
+                log.exception("retention: pruning failed (nothing was lost; retried after the next deploy)")
+            return done
+
+        return _Outcome("deployed", result, metrics, (), "", publish)
 
 
 @dataclass(frozen=True)
@@ -553,7 +578,17 @@ class _Outcome:
     metrics: dict[str, float]
     reasons: tuple[str, ...]
     trigger: str
-    job: Job | None = None
+    publish: Callable[[dict[str, float], list[str]], Job] | None = None
+    """For a deployed attempt: marks the job ``deployed`` (with the earlier attempts'
+    figures and notes) once the meta-learner has its record."""
+
+
+def _yield_cpu() -> None:
+    """Lower the calling thread's CPU priority (Linux: per thread), so background work
+    (freezing a deployed version) gives way to the next job and to serving."""
+    # Not Linux, or not permitted: it runs at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _with_notes(error: str, notes: list[str]) -> str:

@@ -183,6 +183,7 @@ class MetaController:
         result: EditResult | None,
         metrics: dict[str, float],
         repair: Repair | None = None,
+        learn: bool = True,
     ) -> MetaRecord:
         """Record an attempt, learn from it, and log the meta dynamics.
 
@@ -193,6 +194,9 @@ class MetaController:
             result: the edit (None when it failed before producing one).
             metrics: the job's metrics so far (gate figures when it got that far).
             repair: the repair this attempt ran under (None for a first try).
+            learn: retrain the learner now; False leaves it to a later :meth:`learn`
+                (the worker records a deployed update before announcing it, and
+                trains the learner after, off the correction's path).
 
         Returns:
             The stored record.
@@ -253,11 +257,13 @@ class MetaController:
         if outcome == "deployed" and result is not None:
             # Read-modify-write of the shared Φ: other workers' updates are kept.
             self.init = self.store.update_init(self.cfg.meta_init, self.cfg.meta_step, result.factors, result.grads)
-        self._learn()
+        if learn:
+            self.learn()
         self._log(record, decision)
         return record
 
-    def _learn(self) -> None:
+    def learn(self) -> None:
+        """Retrain the learner on the stored records (a no-op below ``min_records``)."""
         records = self.store.records(self.cfg.replay_capacity)
         if len(records) < self.cfg.min_records:
             return

@@ -370,3 +370,22 @@ def test_the_learner_trains_once_enough_updates_are_recorded(
     done = _run(worker, store, job.job_id)
     assert done.state == "deployed"
     assert "reason" in registry.get(done.version).plan.extra["meta"]
+
+
+def test_a_deployed_job_already_has_its_meta_record(tmp_path, conn, base_dir, tiny_model, tiny_tokenizer) -> None:
+    # Whoever sees the job deployed (a trainer's `--wait`, the insights RPC) must find
+    # the meta-learner's record of it: it is written before the job turns deployed.
+    live = Live(tiny_model, tiny_tokenizer)
+    cfg = LearningConfig(**{**RELAXED, "freeze": False})
+    worker, store, registry = _meta_worker(tmp_path, conn, base_dir, live, cfg)
+    job = store.submit([ITEM], "alice")
+    worker.start()
+    try:
+        for event in store.watch(job.job_id, timeout=120, block_ms=20):
+            if event.terminal:
+                records = MetaStore(registry.root / "meta").records()  # the worker is still running
+                break
+    finally:
+        worker.stop()
+    assert store.get(job.job_id).state == "deployed"
+    assert [(r.job_id, r.outcome) for r in records] == [(job.job_id, "deployed")]
