@@ -73,9 +73,16 @@ def answer_logits(
     if workers > 1 and len(seqs) > batch_size and not torch.is_grad_enabled():
         size = -(-len(seqs) // workers)
         parts = [seqs[i : i + size] for i in range(0, len(seqs), size)]
+
+        def run(part: Seq[Sequence]) -> list[torch.Tensor]:
+            # Grad mode is per thread: without this the pool's threads would record an
+            # autograd graph per batch, and every returned tensor would keep its
+            # batch's activations alive (gigabytes over the gate's probes).
+            with torch.no_grad():
+                return answer_logits(model, part, batch_size, pad_id, prefix_len)
+
         with ThreadPoolExecutor(len(parts), thread_name_prefix="dmha-logits") as pool:
-            done = pool.map(lambda part: answer_logits(model, part, batch_size, pad_id, prefix_len), parts)
-            return [x for part in done for x in part]
+            return [x for part in pool.map(run, parts) for x in part]
     base = unwrap(model)
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     device = _device(base)

@@ -46,6 +46,7 @@ from dmha.learning.registry import BASE_VERSION, Registry
 from dmha.learning.steps import EagerStepModel
 from dmha.llm.base import ModelHandle
 from dmha.llm.engine import load_causal_lm
+from dmha.process_memory import trim
 
 __all__ = ["LearningWorker", "PlanHook"]
 
@@ -284,7 +285,10 @@ class LearningWorker:
         job = self.jobs.claim(timeout)
         if job is None:
             return None
-        return self.process(job)
+        try:
+            return self.process(job)
+        finally:
+            trim()  # the job's gigabytes of tensors are free now: give them back
 
     def process(self, job: Job) -> Job:
         """Run one claimed job to ``deployed``, ``rejected`` or ``failed``.
@@ -390,6 +394,7 @@ class LearningWorker:
                     self._freeze_live(handle)
             except Exception:  # a background step must never take the worker down
                 log.exception("after deploying %s: freezing or preparing failed", handle.version)
+            trim()
 
         self._post_deploy = threading.Thread(target=run, name="dmha-post-deploy", daemon=True)
         self._post_deploy.start()

@@ -62,3 +62,6 @@ def test_answer_logits_split_over_threads_keeps_order_and_values(tiny_model, fmt
     assert len(split) == len(seqs)
     for a, b in zip(one, split, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # Grad mode is per thread: the helper threads must not record a graph either (a
+    # graph per returned tensor kept every batch's activations alive: gigabytes).
+    assert all(t.grad_fn is None and not t.requires_grad for t in split)

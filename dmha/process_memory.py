@@ -1,0 +1,43 @@
+"""Handing freed heap memory back to the operating system.
+
+A learning job allocates and frees a few gigabytes of tensors from several threads
+(the edit, the gate's probe threads, the freeze). glibc keeps freed chunks in
+per-thread arenas for reuse, so without a trim a server's resident size stays at its
+largest job's peak, and fragmentation grows it job after job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from functools import cache
+
+__all__ = ["trim"]
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        fn = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def trim() -> bool:
+    """Return free heap pages of every arena to the OS (glibc ``malloc_trim(0)``).
+
+    Returns:
+        True when memory was released; False when nothing was or the C library has
+        no ``malloc_trim``.
+    """
+    fn = _malloc_trim()
+    return bool(fn(0)) if fn is not None else False
