@@ -13,7 +13,8 @@ cannot know; nothing in the learning code knows these templates), shared with
    fresh session (chat-level one-shot efficacy and generalisation);
 4. at each checkpoint (``--checkpoints``) re-asks every earlier deployed fact
    (retained efficacy) and the probe set (chat-level locality against base:
-   32-token greedy identity, and token agreement);
+   32-token greedy identity, and token agreement), and reads the server's resident
+   memory (now and peak);
 5. compares frozen and eager decode speed of the final version at 1 and 8 streams
    through the serving batcher (``bench/frozen_decode.py``), and reports the bytes
    each version stores.
@@ -82,7 +83,19 @@ async def locality(client: Any, base: dict[str, str]) -> dict[str, float]:
     return {"strict": same / len(base), "word_agreement": agree / max(1, total)}
 
 
-async def run_server_part(address: str, token: str, facts: list[dict[str, str]], checkpoints: list[int]) -> dict:
+def server_memory(pid: int) -> dict[str, float]:
+    """The server process's resident size now and at its peak, GiB (Linux /proc)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (OSError, ValueError):
+        return {}
+    names = {"rss_gib": "VmRSS", "peak_gib": "VmHWM"}
+    return {k: int(fields[f].split()[0]) / 2**20 for k, f in names.items() if f in fields}
+
+
+async def run_server_part(
+    address: str, token: str, facts: list[dict[str, str]], checkpoints: list[int], pid: int = 0
+) -> dict:
     from dmha.learning.paraphrase import paraphrases
     from dmha_client import AsyncDMHAClient
 
@@ -119,6 +132,7 @@ async def run_server_part(address: str, token: str, facts: list[dict[str, str]],
                     "retained_efficacy": sum(kept) / max(1, len(kept)),
                     "deployed_so_far": len(kept),
                     **(await locality(client, base)),
+                    "server_memory": server_memory(pid),
                 }
                 print(f"  checkpoint {i}: {marks[i]}", file=sys.stderr, flush=True)
         versions = await client.list_versions()
@@ -200,7 +214,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         proc, address, token = start_server(data_dir, model_dir, learning_cache_dir(default_data_dir()))
         try:
-            server = asyncio.run(run_server_part(address, token, facts, checkpoints))
+            server = asyncio.run(run_server_part(address, token, facts, checkpoints, proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
