@@ -31,6 +31,7 @@ from dmha.learning.meta.store import MetaStore
 from dmha.llm.base import ModelHandle
 from dmha.redis_connection import RedisConnection
 from tests.integration.conftest import RELAXED_LEARNING
+from tests.live_model import Live
 
 pytestmark = pytest.mark.integration
 
@@ -44,28 +45,6 @@ RELAXED = {
     "learning_rate": 1e-2,
     "freeze_tolerance": 1e-4,
 }
-
-
-class Live:
-    """Stands in for the lead's LLM: holds the live handle, swaps on deploy."""
-
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.handle = ModelHandle(
-            version="base",
-            tokenizer=tokenizer,
-            step_model=EagerStepModel(model),
-            max_positions=512,
-            eos_token_ids=frozenset({tokenizer.eos_token_id}),
-            torch_model=model,
-        )
-        self.deployed: list[ModelHandle] = []
-
-    def get(self) -> ModelHandle:
-        return self.handle
-
-    def deploy(self, handle: ModelHandle) -> None:
-        self.deployed.append(handle)
-        self.handle = handle
 
 
 @pytest.fixture

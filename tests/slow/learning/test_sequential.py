@@ -12,45 +12,24 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from dmha.config import LearningConfig, ModelConfig, RedisConfig, default_data_dir
-from dmha.learning import ChatFormat, EagerStepModel, FeedbackItem, JobStore, LearningWorker, Registry
+from dmha.learning import ChatFormat, FeedbackItem, JobStore, LearningWorker, Registry
 from dmha.learning.generation import greedy
 from dmha.learning.meta.controller import MetaController
 from dmha.learning.online import learning_cache_dir
-from dmha.llm.base import ModelHandle
 from dmha.redis_connection import RedisConnection
 from dmha.report.reproducibility import knows, make_facts
+from tests.live_model import Live
 
 pytestmark = pytest.mark.slow
 
 MODEL = os.environ.get("DMHA_TEST_MODEL_PATH", "")
 SEED = 2612  # used by no tuning run
 N = 10
-
-
-class _Live:
-    """The serving side: the live handle, replaced on each deploy."""
-
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.handle = ModelHandle(
-            version="base",
-            tokenizer=tokenizer,
-            step_model=EagerStepModel(model),
-            max_positions=2048,
-            eos_token_ids=frozenset({tokenizer.eos_token_id}),
-            torch_model=model,
-        )
-
-    def get(self) -> ModelHandle:
-        return self.handle
-
-    def deploy(self, handle: ModelHandle) -> None:
-        self.handle = handle
 
 
 def test_ten_sequential_corrections_keep_every_earlier_one(tmp_path) -> None:
@@ -64,7 +43,7 @@ def test_ten_sequential_corrections_keep_every_earlier_one(tmp_path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     cfg = LearningConfig(freeze=False)
     conn = RedisConnection(RedisConfig(), tmp_path)
-    live = _Live(model, tokenizer)
+    live = Live(model, tokenizer, max_positions=2048)
     store = JobStore(conn)
     # The cached base references (``dmha setup``) are linked in, as the benchmark does.
     cache = tmp_path / "cache"
