@@ -22,6 +22,7 @@ from dmha.config.learning import LearningConfig, MetaConfig
 from dmha.config.memory import (
     ClusteringConfig,
     EmbeddingConfig,
+    HotIndexConfig,
     LongTermConfig,
     MemoryConfig,
     RedisConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "ClusteringConfig",
     "DMHAConfig",
     "EmbeddingConfig",
+    "HotIndexConfig",
     "HealthConfig",
     "KnowledgeConfig",
     "LearningConfig",

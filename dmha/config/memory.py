@@ -11,6 +11,7 @@ from dmha.config.section import Section
 __all__ = [
     "ClusteringConfig",
     "EmbeddingConfig",
+    "HotIndexConfig",
     "LongTermConfig",
     "MemoryConfig",
     "RedisConfig",
@@ -165,9 +166,24 @@ class RetrievalConfig(Section):
     (~10 ms/query at 100k on one core) to IVF (~1 ms, approximate)."""
 
 
+class HotIndexConfig(Section):
+    persist: bool = True
+    """Keep each user's hot index (vectors, Faiss, BM25 postings) on disk, stamped with
+    the store version it holds, and load it from there instead of rebuilding it from
+    Milvus (100k memories: seconds instead of a minute); a stale or damaged file is
+    rebuilt from Milvus."""
+    dir: str = ""
+    """Where the files live; empty = ``<data_dir>/hot_index``. Replicas may each have
+    their own (a per-process cache) or share one: a file is used only when its
+    version stamp equals the store's."""
+    min_memories: int = Field(2000, ge=0)
+    """Users with fewer memories are not persisted (their rebuild is quick)."""
+
+
 class MemoryConfig(Section):
     working: WorkingMemoryConfig = WorkingMemoryConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     longterm: LongTermConfig = LongTermConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    hot_index: HotIndexConfig = HotIndexConfig()

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from dmha.memory.packing import pack_strings, unpack_strings
+
 __all__ = ["BM25Index", "tokenize"]
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -394,6 +396,61 @@ class BM25Index:
         scores = np.concatenate(all_scores)
         uniq, inverse = np.unique(keys, return_inverse=True)
         return uniq, np.bincount(inverse, weights=scores).astype(np.float32)
+
+    def export(self) -> dict[str, np.ndarray]:
+        """The index as flat arrays (postings in CSR form), for :meth:`restore`."""
+        # Removed documents' postings are left out: a deleted memory's words must
+        # not survive in a persisted copy.
+        terms: list[str] = []
+        row_parts: list[np.ndarray] = []
+        tf_parts: list[np.ndarray] = []
+        for term in self._postings:
+            keys, tf = self._arrays(term)  # type: ignore[misc]
+            live = self._alive[keys]
+            if live.any():
+                terms.append(term)
+                row_parts.append(keys[live])
+                tf_parts.append(tf[live])
+        sizes = np.fromiter((len(r) for r in row_parts), dtype=np.int64, count=len(row_parts))
+        blob, ends = pack_strings(terms)
+        rows = np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int64)
+        tfs = (np.concatenate(tf_parts) if tf_parts else np.zeros(0, dtype=np.float32)).astype(np.int32)
+        return {
+            "terms": blob,
+            "term_ends": ends,
+            "posting_ends": np.cumsum(sizes),
+            "rows": rows,
+            "tfs": tfs,
+            "lengths": self._lengths.copy(),
+            "alive": self._alive.copy(),
+            "params": np.array([self.k1, self.b, self._live, self._total_length], dtype=np.float64),
+        }
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray]) -> BM25Index:
+        """An index from :meth:`export`'s arrays.
+
+        Raises:
+            ValueError: the arrays are inconsistent (a damaged copy).
+        """
+        k1, b, live, total = arrays["params"].tolist()
+        index = cls(k1, b)
+        terms = unpack_strings(arrays["terms"], arrays["term_ends"])
+        ends = arrays["posting_ends"]
+        rows, tfs = arrays["rows"], arrays["tfs"]
+        if len(ends) != len(terms) or (len(ends) and int(ends[-1]) != len(rows)) or len(rows) != len(tfs):
+            raise ValueError("BM25 postings do not match their terms")
+        index._lengths, index._alive = arrays["lengths"].copy(), arrays["alive"].astype(bool)
+        if len(index._lengths) != len(index._alive) or (len(rows) and int(rows.max()) >= len(index._alive)):
+            raise ValueError("BM25 postings point outside the index")
+        index._live, index._total_length = int(live), float(total)
+        tf32 = tfs.astype(np.float32)
+        starts = [0, *ends.tolist()[:-1]] if len(ends) else []
+        rows_list, tfs_list = rows.tolist(), tfs.tolist()
+        for term, a, z in zip(terms, starts, ends.tolist(), strict=True):
+            index._postings[term] = (rows_list[a:z], tfs_list[a:z])
+            index._frozen[term] = (rows[a:z], tf32[a:z])  # query-ready until the term grows
+        return index
 
     def length(self, key: int) -> int:
         """Token count of a live document (0 when absent)."""

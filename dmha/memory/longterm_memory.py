@@ -6,9 +6,12 @@ takes the user it acts for, and validates its input.
 
 Writes go to Milvus first and are mirrored into the user's hot index only after
 Milvus acknowledged, under the user's lock, so the hot index never holds a memory
-Milvus lost and a concurrent reload never misses a write. The hot index assumes
-this process is the only writer of a user's memories; with several server
-replicas on one Milvus, route a user to one replica or set ``hot_users: 0``.
+Milvus lost and a concurrent reload never misses a write. Each write is recorded
+in the store's per-user versions (:mod:`dmha.memory.versions`); hot indexes are
+persisted stamped with the version they hold (:mod:`dmha.memory.hot_index_store`)
+and loaded from disk only when that stamp is the store's current one. With several
+replicas on one Milvus, a replica's write reaches the others' loaded indexes
+through ``on_change`` (they drop and reload them).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dmha.memory.archival import Archiver, ArchiveResult
 from dmha.memory.clustering import Clusterer
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hot_index import HotIndex
+from dmha.memory.hot_index_store import HotIndexStore
 from dmha.memory.listing import PageRequest, check_kind, count_memories
 from dmha.memory.reclustering import Reclusterer
 from dmha.memory.records import (
@@ -69,6 +73,7 @@ class LongTermMemory:
         count_tokens: default token counter for budgets (default ~4 bytes per token).
         on_change: told each user id whose memories changed, after the store
             acknowledged (how other replicas' hot indexes are invalidated).
+        persisted: where hot indexes are persisted; None = never.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class LongTermMemory:
         cluster_summariser: Summariser | None = None,
         count_tokens: CountTokens = approx_token_count,
         on_change: Callable[[str], None] | None = None,
+        persisted: HotIndexStore | None = None,
     ) -> None:
         self._cfg = cfg
         self.on_change = on_change
@@ -93,6 +99,8 @@ class LongTermMemory:
             store.dim,
             cfg.retrieval.hot_users,
             cfg.retrieval.ivf_threshold,
+            versions=store,
+            persisted=persisted,
         )
         self._retriever = Retriever(cfg.retrieval)
         self._reclusterer = Reclusterer(
@@ -103,6 +111,11 @@ class LongTermMemory:
             if working is not None
             else None
         )
+
+    @property
+    def hot_index_loads(self) -> dict[str, int]:
+        """How users' hot indexes were loaded since start: ``persisted`` / ``rebuilt``."""
+        return dict(self._hot.loads)
 
     @property
     def store(self) -> LongTermStore:
@@ -126,9 +139,8 @@ class LongTermMemory:
         for rec in records:
             by_user[rec.user_id].append(rec)
         for user, recs in by_user.items():
-            with self._hot.user_lock(user):
+            with self._hot.writing(user) as index:
                 self._store.upsert(recs)
-                index = self._hot.peek(user)
                 if index is not None:
                     index.add(recs)
             self._changed(user)
@@ -389,6 +401,10 @@ class LongTermMemory:
         index = self._hot.peek(user_id)
         if index is not None and ids:
             index.remove(ids)
+        if ids:
+            # No copy of deleted words may survive: the file goes now; the index is
+            # persisted again (without them) when it is evicted or at shutdown.
+            self._hot.discard_persisted(user_id)
 
     def delete(self, user_id: str, memory_id: str) -> list[str]:
         """Delete a memory. Deleting a turn also deletes the summaries built from it,
@@ -402,7 +418,7 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed.
         """
         rec = self.get(user_id, memory_id)
-        with self._hot.user_lock(user_id):
+        with self._hot.writing(user_id):
             deleted = self._store.delete(user_id, [rec.id])
             if rec.kind == "turn" and rec.source_ids:
                 deleted += [i for i in self._store.delete_where(user_id, source_id=rec.source_ids[0]) if i != rec.id]
@@ -424,7 +440,7 @@ class LongTermMemory:
         """
         check_id(user_id, "user_id")
         check_id(session_id, "session_id")
-        with self._hot.user_lock(user_id):
+        with self._hot.writing(user_id):
             ids = self._store.delete_where(user_id, session_id=session_id)
             quoted = self._store.delete_where(user_id, kind="cluster_summary") if ids else []
             self._forget(user_id, ids + quoted)
@@ -441,9 +457,9 @@ class LongTermMemory:
             MilvusUnavailable: Milvus failed.
         """
         check_id(user_id, "user_id")
-        with self._hot.user_lock(user_id):
+        with self._hot.writing(user_id):
             ids = self._store.delete_where(user_id)
-            self._hot.drop(user_id)
+            self._hot.discard(user_id)
         self._changed(user_id)
         return len(ids)
 
@@ -478,6 +494,22 @@ class LongTermMemory:
         for user in user_ids:
             self._hot.get(check_id(user, "user_id"))
 
+    def put_records(self, records: Sequence[MemoryRecord]) -> None:
+        """Store memories that already carry their vectors (imports, benchmarks).
+
+        Args:
+            records: records with vectors of the store's dimension; may mix users.
+
+        Raises:
+            InvalidArgument: a bad user id, or a record without a fitting vector.
+            MilvusUnavailable: Milvus did not acknowledge.
+        """
+        for rec in records:
+            check_id(rec.user_id, "user_id")
+            if rec.vector is None or len(rec.vector) != self._store.dim:
+                raise InvalidArgument("vector", f"of memory {rec.id} must have {self._store.dim} dimensions")
+        self._write(records)
+
     def probe(self, timeout: float) -> None:
         """The health probe: the store answers within ``timeout`` seconds.
 
@@ -487,8 +519,12 @@ class LongTermMemory:
         self._store.probe(timeout)
 
     def close(self) -> None:
-        """Release the store (and an embedded Milvus Lite database)."""
-        self._store.close()
+        """Persist the loaded hot indexes, then release the store (and an embedded
+        Milvus Lite database)."""
+        try:
+            self._hot.persist_all()
+        finally:
+            self._store.close()
 
     def list(
         self,
@@ -554,4 +590,12 @@ def build_longterm(
     chosen: Summariser | None = None
     if summaries:
         chosen = summariser if (cfg.longterm.summarise and summariser is not None) else ExtractiveSummariser()
-    return LongTermMemory(cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens)
+    hot = cfg.hot_index
+    persisted = (
+        HotIndexStore(Path(hot.dir) if hot.dir else Path(data_dir) / "hot_index", hot.min_memories)
+        if hot.persist
+        else None
+    )
+    return LongTermMemory(
+        cfg, store, embedder, working=working, summariser=chosen, count_tokens=count_tokens, persisted=persisted
+    )

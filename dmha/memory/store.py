@@ -33,6 +33,7 @@ from dmha.errors import MilvusUnavailable, StartupError
 from dmha.failfast import FailFast
 from dmha.memory.milvus_errors import NOT_LOADED, is_backend_error, is_outage, lite_failure, quiet_lite_unimplemented
 from dmha.memory.records import MemoryRecord
+from dmha.memory.versions import MilvusVersionLog, StoreVersion, VersionRow
 
 __all__ = ["LongTermStore", "MilvusLongTermStore"]
 
@@ -53,6 +54,7 @@ _SCALAR_FIELDS = [
 ]
 _MAX_SOURCES = 256
 _PAGE = 16384  # rows per query: Milvus's cap on offset + limit
+_WRITE_WINDOW = 3600.0  # seconds a pending write may still land (see dmha.memory.versions)
 
 
 class LongTermStore(Protocol):
@@ -134,6 +136,34 @@ class LongTermStore(Protocol):
         """Check that the backend answers within ``timeout`` seconds (the health probe)."""
         ...
 
+    def begin_write(self, user_id: str) -> VersionRow:
+        """Record that a write of the user's memories starts (see :mod:`dmha.memory.versions`).
+
+        Returns:
+            The pending version row to pass to :meth:`end_write`.
+        """
+        ...
+
+    def end_write(self, user_id: str, row: VersionRow) -> VersionRow:
+        """Record that the write begun with ``row`` was acknowledged.
+
+        Returns:
+            The done row.
+        """
+        ...
+
+    def version(self, user_id: str) -> StoreVersion:
+        """The user's write version (equal versions: no write in between)."""
+        ...
+
+    def compact_versions(self, user_id: str, seen: StoreVersion) -> StoreVersion | None:
+        """Fold the user's settled version rows into one.
+
+        Returns:
+            The new version when nothing else changed meanwhile, else None.
+        """
+        ...
+
     def close(self) -> None:
         """Release the client (and an embedded database)."""
         ...
@@ -188,8 +218,12 @@ class MilvusLongTermStore:
             if self._local:
                 raise StartupError(lite_failure(Path(self._uri))) from exc
             raise StartupError(f"cannot connect to {where}: {exc}") from exc
+        self._versions = MilvusVersionLog(
+            self._client, f"{self._collection}_versions", self._call, self._timeout, _WRITE_WINDOW
+        )
         try:
             self._ensure_collection()
+            self._versions.ensure()
         except MilvusException as exc:
             self.close()
             raise StartupError(f"cannot open collection {self._collection!r} in {where}: {exc}") from exc
@@ -276,7 +310,8 @@ class MilvusLongTermStore:
                 # A restarted Milvus (Lite always) comes back with the collection
                 # released: load it again rather than fail until DMHA restarts.
                 log.warning("Milvus collection %s was released; loading it again", self._collection)
-                self._client.load_collection(self._collection, timeout=self._timeout)
+                for name in (self._collection, self._versions.collection):
+                    self._client.load_collection(name, timeout=self._timeout)
                 result = fn()
         except Exception as exc:
             if not is_backend_error(exc):
@@ -522,6 +557,18 @@ class MilvusLongTermStore:
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def begin_write(self, user_id: str) -> VersionRow:
+        return self._versions.begin(user_id)
+
+    def end_write(self, user_id: str, row: VersionRow) -> VersionRow:
+        return self._versions.end(user_id, row)
+
+    def version(self, user_id: str) -> StoreVersion:
+        return self._versions.read(user_id)
+
+    def compact_versions(self, user_id: str, seen: StoreVersion) -> StoreVersion | None:
+        return self._versions.compact(user_id, seen)
+
     def probe(self, timeout: float) -> None:
         # Not through _call: the probe must reach Milvus while calls fail fast, and a
         # slow probe (its timeout is short) must not make calls fail.
@@ -529,7 +576,8 @@ class MilvusLongTermStore:
             state = self._client.get_load_state(self._collection, timeout=timeout).get("state")
             if state != LoadState.Loaded:
                 # A restarted Milvus comes back with the collection released.
-                self._client.load_collection(self._collection, timeout=timeout)
+                for name in (self._collection, self._versions.collection):
+                    self._client.load_collection(name, timeout=timeout)
         except Exception as exc:
             if is_backend_error(exc):
                 raise MilvusUnavailable("long-term memory (Milvus) did not answer the health probe") from exc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 from dmha.errors import MilvusUnavailable
 from dmha.memory.bm25 import tokenize
 from dmha.memory.records import MemoryRecord
+from dmha.memory.versions import StoreVersion, VersionRow
 from dmha.memory.working import SessionInfo
 from dmha.turn import Turn
 
@@ -49,6 +52,7 @@ class MemoryStore:
         self.rows: dict[str, MemoryRecord] = {}
         self.fail = False
         self.upserts = 0
+        self.versions: dict[str, dict[str, VersionRow]] = {}
 
     @property
     def dim(self) -> int:
@@ -120,6 +124,32 @@ class MemoryStore:
     def count(self, user_id: str, *, cluster_id: int | None = None) -> int:
         self._check()
         return sum(r.user_id == user_id and cluster_id in (None, r.cluster_id) for r in self.rows.values())
+
+    def begin_write(self, user_id: str) -> VersionRow:
+        self._check()
+        row = VersionRow(uuid.uuid4().hex, "pending", time.time() + 3600)
+        self.versions.setdefault(user_id, {})[row.token] = row
+        return row
+
+    def end_write(self, user_id: str, row: VersionRow) -> VersionRow:
+        self._check()
+        done = VersionRow(row.token, "done", row.deadline)
+        self.versions.setdefault(user_id, {})[row.token] = done
+        return done
+
+    def version(self, user_id: str) -> StoreVersion:
+        self._check()
+        return StoreVersion.of(self.versions.get(user_id, {}).values())
+
+    def compact_versions(self, user_id: str, seen: StoreVersion) -> StoreVersion | None:
+        self._check()
+        rows = self.versions.setdefault(user_id, {})
+        base = VersionRow(uuid.uuid4().hex, "done", time.time())
+        rows[base.token] = base
+        for r in seen.rows:
+            if r.state == "done":
+                rows.pop(r.token, None)
+        return self.version(user_id)
 
     def close(self) -> None:
         pass
