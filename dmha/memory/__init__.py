@@ -14,6 +14,7 @@ from dmha.memory.clustering import Clusterer, Clustering
 from dmha.memory.embedding import Embedder, SentenceTransformerEmbedder
 from dmha.memory.hook import MemoryHook
 from dmha.memory.hot_index import HotIndex, UserIndex
+from dmha.memory.hot_index_store import HotIndexStore
 from dmha.memory.longterm_memory import LongTermMemory, build_longterm
 from dmha.memory.records import (
     ArchiveReport,
@@ -40,6 +41,7 @@ __all__ = [
     "Embedder",
     "ExtractiveSummariser",
     "HotIndex",
+    "HotIndexStore",
     "LLMSummariser",
     "LongTermMemory",
     "LongTermStore",

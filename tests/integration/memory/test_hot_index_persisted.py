@@ -91,3 +91,19 @@ def test_a_damaged_file_is_rebuilt_with_a_warning(make_memory, tmp_path, caplog)
     assert any("Lisbon" in t for t in texts(again, "Where does my sister live?"))
     assert again.hot_index_loads == {"persisted": 0, "rebuilt": 1}
     assert "unreadable" in caplog.text
+
+
+def test_milvus_versions_record_writes_and_compact(make_memory):
+    ltm, _ = make_memory(cfg())
+    store = ltm.store
+    assert len(store.version("bob")) == 0
+    rows = [store.begin_write("bob") for _ in range(5)]
+    pending = store.version("bob")
+    assert len(pending) == 5 and not pending.settled(0.0)
+    for row in rows:
+        store.end_write("bob", row)
+    done = store.version("bob")
+    assert done != pending and done.settled(0.0) and store.version("alice") != done
+    compacted = store.compact_versions("bob", done)
+    assert compacted is not None and len(compacted) == 1 and compacted == store.version("bob")
+    assert compacted.digest not in (done.digest, pending.digest)
