@@ -77,7 +77,7 @@ class Reclusterer:
         cluster_ids = stable_ids(result.labels, before)
         after = np.array([cluster_ids[c] if c >= 0 else c for c in result.labels.tolist()], dtype=np.int64)
         summaries = build_cluster_summaries(index, ids, vectors, result, self._summariser, self._embedder, cluster_ids)
-        with self._hot.writing(user_id):
+        with self._hot.writing(user_id) as loaded:
             # Only changed memberships are written back, and never for a memory
             # deleted meanwhile (a partial update must not resurrect it).
             assignments = {
@@ -90,9 +90,13 @@ class Reclusterer:
             keep = {s.id for s in summaries}
             stale = [r.id for r in index.records() if r.kind == "cluster_summary" and r.id not in keep]
             self._store.delete(user_id, stale)
-            index.set_clusters(assignments, result.centroids, cluster_ids)
-            index.add(summaries)
-            index.remove(stale)
+            # The index loaded now may be another one than the run started from (an
+            # eviction and reload meanwhile): it gets the same changes, or it would
+            # claim a version without them.
+            for target in {id(i): i for i in (index, loaded) if i is not None}.values():
+                target.set_clusters(assignments, result.centroids, cluster_ids)
+                target.add(summaries)
+                target.remove(stale)
         return ClusterReport(
             memories=len(ids),
             clusters=result.clusters,
@@ -106,8 +110,8 @@ def _worth_storing(assignments: dict[str, int], before: np.ndarray, ids: list[st
     """The changed memberships to write to the store: all but first-seen noise.
 
     Writing a cluster id costs Milvus Lite a read and a rewrite of the whole row
-    (~0.2 ms each, whatever the batch size), and a user's first run changes every
-    memory: writing 100k ids was ~21 of the 37 s of a first 100k run. A memory seen
+    (0.2-0.35 ms each, whatever the batch size), and a user's first run changes
+    every memory: writing 100k ids was most of a first 100k run (BENCHMARKS.md). A memory seen
     for the first time and left as noise gains nothing from a stored id: it stays
     ``CLUSTER_PENDING`` in the store while the hot index (and its persisted copy)
     marks it noise. After a rebuild from the store alone such memories count as

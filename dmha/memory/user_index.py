@@ -540,8 +540,10 @@ class UserIndex:
         if "faiss_ivf" in arrays:
             ivf = faiss.deserialize_index(arrays["faiss_ivf"])
             lists = np.ascontiguousarray(arrays["faiss_lists"], dtype=np.int64)
-            if not isinstance(ivf, faiss.IndexIVF) or ivf.d != dim or not ivf.is_trained or len(lists) != n or not np.all((lists >= 0) & (lists < ivf.nlist)):
+            if not isinstance(ivf, faiss.IndexIVF) or ivf.d != dim or not ivf.is_trained:
                 raise ValueError("persisted hot index: Faiss quantizer does not match")
+            if len(lists) != n or not np.all((lists >= 0) & (lists < ivf.nlist)):
+                raise ValueError("persisted hot index: inverted lists do not match the rows")
             ivf.nprobe = _NPROBE
             ivf.add_core(n, faiss.swig_ptr(index._vectors), None, faiss.swig_ptr(lists))
             index._faiss = ivf
