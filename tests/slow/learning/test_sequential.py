@@ -25,7 +25,8 @@ from dmha.redis_connection import RedisConnection
 from dmha.report.reproducibility import knows, make_facts
 from tests.live_model import Live
 
-pytestmark = pytest.mark.slow
+# Ten real edits: ~7 min on an idle 2-core machine, more when it is shared.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 MODEL = os.environ.get("DMHA_TEST_MODEL_PATH", "")
 SEED = 2612  # used by no tuning run
@@ -71,6 +72,7 @@ def test_ten_sequential_corrections_keep_every_earlier_one(tmp_path) -> None:
                 assert time.monotonic() < deadline, f"job still {job.state}"
                 time.sleep(0.5)
             states.append(job.state)
+            print(f"correction {len(states)}/{N}: {job.state} ({job.metrics.get('total_seconds', 0):.0f}s)")
     finally:
         worker.stop()
         conn.close()
