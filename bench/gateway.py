@@ -6,9 +6,11 @@ time to first token (TTFT) and decode tokens/s per stream, alternating direct gR
 (the asyncio SDK over one warm channel) and the gateway (``POST /v1/chat/completions``
 with ``stream: true``, read by a minimal HTTP/1.1 SSE reader so that client-side JSON
 parsing costs as little as the SDK's protobuf parsing) in ABBA order, so both see the
-same machine load. Prints a table and one final JSON line.
+same machine load. The HTTP connections are kept alive between requests, as the
+OpenAI clients keep theirs (``--new-connections``: one per request, handshake
+included). Prints a table and one final JSON line.
 
-    python bench/gateway.py [--streams 1 8] [--tokens 64] [--repeats 4]
+    python bench/gateway.py [--streams 1 8] [--tokens 64] [--repeats 4] [--new-connections]
 
 It also reports the CPU time the gateway process uses per streamed token next to the
 server's: a figure the machine's load hardly moves, unlike wall-clock ratios.
@@ -35,17 +37,53 @@ from serve import PROMPT, start_server
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-async def sse_events(url: str, token: str, body: dict) -> AsyncIterator[dict]:
-    """POST ``body`` and yield the SSE ``data`` objects (HTTP/1.1, chunked, one connection)."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+class ConnectionPool:
+    """Kept-alive HTTP/1.1 connections to the gateway, as an OpenAI client (httpx) keeps them.
+
+    ``fresh=True`` opens a new connection per request and closes it after (``Connection:
+    close``): the cost of a client that keeps none, TCP handshake included.
+    """
+
+    def __init__(self, url: str, fresh: bool = False) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.netloc = parts.hostname, parts.port, parts.netloc
+        self.fresh = fresh
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle and not self.fresh:
+            reader, writer = self.idle.pop()
+            # The gateway closes a connection idle for 5 s (uvicorn's keep-alive timeout,
+            # also httpx's expiry): like httpx, open a new one then.
+            if not (reader.at_eof() or writer.is_closing()):
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
+
+    def give_back(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], reusable: bool) -> None:
+        if reusable and not self.fresh:
+            self.idle.append(conn)
+        else:
+            conn[1].close()
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+async def sse_events(pool: ConnectionPool, path: str, token: str, body: dict) -> AsyncIterator[dict]:
+    """POST ``body`` and yield the SSE ``data`` objects (HTTP/1.1, chunked, a pooled connection)."""
+    reader, writer = conn = await pool.take()
     payload = json.dumps(body).encode()
     head = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {pool.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        f"{'Connection: close' if pool.fresh else 'Connection: keep-alive'}\r\n\r\n"
     )
     writer.write(head.encode() + payload)
     await writer.drain()
+    complete = False
     try:
         status = int((await reader.readline()).split()[1])
         headers = {}
@@ -53,31 +91,26 @@ async def sse_events(url: str, token: str, body: dict) -> AsyncIterator[dict]:
             key, _, value = line.decode("latin-1").partition(":")
             headers[key.strip().lower()] = value.strip()
         if status != 200:
-            raise SystemExit(f"gateway answered {status}: {(await reader.read())[:500]!r}")
+            raise SystemExit(f"gateway answered {status}: {(await reader.read(4096))[:500]!r}")
+        if headers.get("transfer-encoding") != "chunked":
+            raise SystemExit(f"expected a chunked SSE response, got headers {headers}")
         buffer = b""
-        while True:
-            if headers.get("transfer-encoding") == "chunked":
-                size = int((await reader.readline()).strip(), 16)
-                if size == 0:
-                    return
-                data = await reader.readexactly(size)
-                await reader.readexactly(2)
-            else:
-                data = await reader.read(65536)
-                if not data:
-                    return
-            buffer += data
+        # Read to the last chunk, so that the connection is clean for the next request.
+        while size := int((await reader.readline()).strip(), 16):
+            buffer += await reader.readexactly(size)
+            await reader.readexactly(2)
             while b"\n\n" in buffer:
                 event, buffer = buffer.split(b"\n\n", 1)
                 text = event.removeprefix(b"data: ")
-                if text == b"[DONE]":
-                    return
-                yield json.loads(text)
+                if text != b"[DONE]":
+                    yield json.loads(text)
+        await reader.readexactly(2)
+        complete = headers.get("connection", "").lower() != "close"
     finally:
-        writer.close()
+        pool.give_back(conn, complete)
 
 
-async def via_gateway(url: str, token: str, tokens: int) -> dict[str, float]:
+async def via_gateway(pool: ConnectionPool, token: str, tokens: int) -> dict[str, float]:
     body = {
         "model": "dmha",
         "messages": [{"role": "user", "content": PROMPT}],
@@ -88,7 +121,7 @@ async def via_gateway(url: str, token: str, tokens: int) -> dict[str, float]:
     start = time.perf_counter()
     first = None
     n = 0
-    async for chunk in sse_events(f"{url}v1/chat/completions", token, body):
+    async for chunk in sse_events(pool, "/v1/chat/completions", token, body):
         if chunk.get("usage"):
             n = chunk["usage"]["completion_tokens"]
         elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
@@ -144,7 +177,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(
-    address: str, url: str, token: str, streams: list[int], tokens: int, repeats: int, pids: dict[str, int]
+    address: str,
+    pool: ConnectionPool,
+    token: str,
+    streams: list[int],
+    tokens: int,
+    repeats: int,
+    pids: dict[str, int],
 ) -> tuple[dict, dict[str, float]]:
     """Figures per path and stream count, and CPU seconds used per streamed token.
 
@@ -159,7 +198,8 @@ async def measure(
     async with AsyncDMHAClient(address, token, timeout=600) as client:
         await client.health()  # the channel is warm before the first measurement
         await via_grpc(client, 4)
-        await via_gateway(url, token, 4)
+        # As warm as the channel: one kept-alive connection per concurrent stream.
+        await asyncio.gather(*(via_gateway(pool, token, 4) for _ in range(max(streams))))
         for rep in range(repeats):
             # ABBA: the path measured first alternates between repeats.
             order = ("grpc", "gateway") if rep % 2 == 0 else ("gateway", "grpc")
@@ -169,13 +209,14 @@ async def measure(
                     if path == "grpc":
                         result = await concurrent(lambda: via_grpc(client, tokens), n)
                     else:
-                        result = await concurrent(lambda: via_gateway(url, token, tokens), n)
+                        result = await concurrent(lambda: via_gateway(pool, token, tokens), n)
                     used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
                     streamed[path] += int(result["tokens"])
                     cpu[f"server_during_{path}"] += used["server"]
                     if path == "gateway":
                         cpu["gateway_during_gateway"] += used["gateway"]
                     runs[path].setdefault(n, []).append(result)
+    pool.close()
     per_token = {
         "gateway_cpu_ms_per_token": 1000 * cpu["gateway_during_gateway"] / max(streamed["gateway"], 1),
         "server_cpu_ms_per_token_grpc": 1000 * cpu["server_during_grpc"] / max(streamed["grpc"], 1),
@@ -199,6 +240,11 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens per reply")
     parser.add_argument("--repeats", type=int, default=4, help="ABBA repeats per stream count (medians reported)")
+    parser.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="a new HTTP connection per gateway request (default: kept-alive connections, as OpenAI clients keep)",
+    )
     args = parser.parse_args()
 
     from dmha.config import default_data_dir
@@ -210,8 +256,9 @@ def main() -> None:
         gateway, url = start_gateway(address)
         try:
             pids = {"server": server.pid, "gateway": gateway.pid}
+            pool = ConnectionPool(url, fresh=args.new_connections)
             figures, per_token = asyncio.run(
-                measure(address, url, token, args.streams, args.tokens, args.repeats, pids)
+                measure(address, pool, token, args.streams, args.tokens, args.repeats, pids)
             )
         finally:
             for proc in (gateway, server):
@@ -255,6 +302,7 @@ def main() -> None:
                 "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",
                 "tokens": args.tokens,
                 "repeats": args.repeats,
+                "http_connections": "new per request" if args.new_connections else "kept alive",
                 "figures": {p: {str(n): r for n, r in by_n.items()} for p, by_n in figures.items()},
                 "overhead": overhead,
                 "cpu_per_token": per_token,

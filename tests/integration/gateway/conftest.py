@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -18,7 +17,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from dmha_gateway import GatewaySettings, create_app
+from dmha_gateway import GatewaySettings
+from dmha_gateway.serve import listening_socket, uvicorn_config
 from tests.integration.conftest import LiveServer, integration_config, start_live_server
 
 
@@ -34,11 +34,10 @@ class LiveGateway:
 
 
 async def start_gateway(settings: GatewaySettings) -> AsyncIterator[str]:
-    """Serve the gateway app with uvicorn on a free port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    """Serve the gateway app with uvicorn on a free port, as ``dmha gateway`` does; yields its base URL."""
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(settings, "warning"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(500):
         if server.started or task.done():
