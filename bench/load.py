@@ -6,12 +6,14 @@ default limits; ``--rate-limit 0`` lifts the per-user rate limit, so the hostile
 client is held back only by the other defences; learning off, so no training
 competes for the cores). A warm-up round (not measured) loads the embedder and
 the caches first.
-For each N, N clients (distinct users) each stream ``--rounds`` chat replies of
-``--tokens`` tokens, once alone and once beside the hostile client; the runs
-alternate so both see the same machine load. Reports TTFT p50/p99 and error rate of
-the well-behaved clients, the hostile client's statuses, and the server's RSS.
+For each N, N clients (distinct users) each stream chat replies of ``--tokens``
+tokens, enough rounds that every N gives at least ``--samples`` replies (a p99 of 8
+replies would be their maximum: one slow moment, not a tail), once alone and once
+beside the hostile client; which of the two runs first alternates from one N to the
+next, so both see the same machine load. Reports TTFT p50/p99 and error rate of the
+well-behaved clients, the hostile client's statuses, and the server's RSS.
 
-    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--rounds 2] [--rate-limit N] [--without TEXT]
+    python bench/load.py [--clients 4 16 32 64] [--tokens 16] [--samples 100] [--rate-limit N] [--without TEXT]
 """
 
 from __future__ import annotations
@@ -248,7 +250,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16, 32, 64])
     parser.add_argument("--tokens", type=int, default=16, help="max_new_tokens per reply")
-    parser.add_argument("--rounds", type=int, default=2, help="replies per client")
+    parser.add_argument("--rounds", type=int, default=2, help="replies per client, at least")
+    parser.add_argument(
+        "--samples", type=int, default=100, help="replies per N and run, at least (more rounds at small N)"
+    )
     parser.add_argument("--model", type=Path, help="model folder (default: the converted default model)")
     parser.add_argument(
         "--rate-limit", type=int, help="requests per user per minute (default: the config's; 0 = no limit)"
@@ -275,13 +280,14 @@ def main() -> None:
             mallory = mint(data_dir, "mallory")
             warm = [mint(data_dir, f"warm-{i}") for i in range(4)]
             asyncio.run(run(address, warm, mallory, args.tokens, 1, proc.pid))  # not measured
-            for n in args.clients:
+            for index, n in enumerate(args.clients):
                 row: dict[str, Any] = {"clients": n}
-                for mode in ("calm", "attacked"):
+                rounds = max(args.rounds, -(-args.samples // n))
+                for mode in ("calm", "attacked") if index % 2 == 0 else ("attacked", "calm"):
                     users = [mint(data_dir, f"{mode}-{n}-{i}") for i in range(n)]
                     hostile_token = mallory if mode == "attacked" else None
                     row[mode] = asyncio.run(
-                        run(address, users, hostile_token, args.tokens, args.rounds, proc.pid, tuple(args.without))
+                        run(address, users, hostile_token, args.tokens, rounds, proc.pid, tuple(args.without))
                     )
                     print(f"N={n} {mode}: {json.dumps(row[mode])}", flush=True)
                 rows.append(row)
@@ -291,12 +297,17 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
     print(f"\nserver RSS: {rss_start:.0f} MiB at start, {rss_end:.0f} MiB at end; alive after the run: {alive}")
-    print(f"{'N':>4} {'TTFT p50 calm/attacked':>24} {'TTFT p99 calm/attacked':>24} {'p99 ratio':>9} {'errors':>8}")
+    print(
+        f"{'N':>4} {'replies':>8} {'TTFT p50 calm/attacked':>24} {'TTFT p99 calm/attacked':>24} "
+        f"{'p99 ratio':>9} {'errors':>8}"
+    )
     for r in rows:
         c, a = r["calm"], r["attacked"]
         print(
-            f"{r['clients']:>4} {c['ttft_p50_s']:>10.2f}s/{a['ttft_p50_s']:>6.2f}s {c['ttft_p99_s']:>14.2f}s/"
-            f"{a['ttft_p99_s']:>6.2f}s {a['ttft_p99_s'] / c['ttft_p99_s']:>8.2f}x {c['errors']:>3}/{a['errors']:<3}"
+            f"{r['clients']:>4} {c['requests']:>8} {c['ttft_p50_s']:>10.2f}s/{a['ttft_p50_s']:>6.2f}s "
+            f"{c['ttft_p99_s']:>14.2f}s/"
+            f"{a['ttft_p99_s']:>6.2f}s {a['ttft_p99_s'] / c['ttft_p99_s']:>8.2f}x "
+            f"{c['errors']:>3}/{a['errors']:<3}"
         )
     hostile_codes: Counter[str] = Counter()
     for r in rows:
@@ -310,7 +321,7 @@ def main() -> None:
         "bench": "load",
         "machine": f"{os.cpu_count()} cores, CPU, torch threads 1",
         "tokens": args.tokens,
-        "rounds": args.rounds,
+        "samples": args.samples,
         "rate_limit_per_minute": rate_limit,
         "rows": rows,
         "server_alive": alive,

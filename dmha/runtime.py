@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,10 @@ def build_runtime(
     configure_executor(cfg.server.executor_threads, cfg.server.executor_per_user)
     threads = set_torch_threads(cfg.model.threads)
     closers: list[Callable[[], Any]] = [shutdown_executor]
+    # Process-wide: the generation thread must not wait 5 ms for the lock at each op.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(cfg.server.gil_switch_interval_ms / 1000)
+    closers.append(lambda: sys.setswitchinterval(switch_interval))
 
     redis = RedisConnection(cfg.redis, cfg.data_dir)
     closers.append(redis.close)

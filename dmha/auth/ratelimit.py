@@ -19,6 +19,11 @@ class Limiter(Protocol):
         """Raises ResourceExhausted when ``key`` is over its limit."""
         ...
 
+    def refuse_known(self, key: str) -> None:
+        """Raises ResourceExhausted at once, with no I/O, when ``key`` is known to be over
+        its limit (so a client hammering past its limit costs no round trip)."""
+        ...
+
 
 class RateLimiter:
     """Allows ``per_minute`` requests per user, refilled continuously.
@@ -54,6 +59,9 @@ class RateLimiter:
                     f"rate limit of {int(self._burst)} requests/minute exceeded; retry in {wait:.1f}s"
                 )
             self._buckets[user_id] = (tokens - 1.0, now)
+
+    def refuse_known(self, user_id: str) -> None:
+        """Nothing to do: :meth:`check` itself is in memory."""
 
 
 # The same bucket as RateLimiter, kept in one Redis hash per key so every replica
@@ -95,6 +103,27 @@ class RedisRateLimiter:
         self._rate = per_minute / 60.0
         self._burst = float(per_minute)
         self._prefix = f"dmha:rate:{scope}:"
+        # Keys Redis refused, and until when: no token can appear in their bucket before
+        # then (only the refill adds tokens, and a refused request takes none), so
+        # refusing them here gives the answer Redis would, without the round trip.
+        self._refused: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def refuse_known(self, key: str) -> None:
+        """Refuse ``key`` at once while Redis's last answer says it is still over the limit.
+
+        Raises:
+            ResourceExhausted: over the limit (says when to retry).
+        """
+        if not self._refused:
+            return
+        now = time.monotonic()
+        with self._lock:
+            until, _ = self._refused.get(key, (0.0, 0.0))
+            if until <= now:
+                self._refused.pop(key, None)
+                return
+        raise self._exhausted(until - now)
 
     def check(self, key: str) -> None:
         """Take one request from ``key``'s bucket (blocking: one Redis round trip).
@@ -112,4 +141,12 @@ class RedisRateLimiter:
             )
         )
         if wait > 0:
-            raise ResourceExhausted(f"rate limit of {int(self._burst)} requests/minute exceeded; retry in {wait:.1f}s")
+            now = time.monotonic()
+            with self._lock:
+                self._refused[key] = (now + wait, now)
+                if len(self._refused) > 1024:  # keep the keys still refused
+                    self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
+            raise self._exhausted(wait)
+
+    def _exhausted(self, wait: float) -> ResourceExhausted:
+        return ResourceExhausted(f"rate limit of {int(self._burst)} requests/minute exceeded; retry in {wait:.1f}s")

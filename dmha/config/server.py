@@ -26,6 +26,12 @@ class ServerConfig(Section):
     """Most executor threads one user's requests may hold at once (capped at
     ``executor_threads - 1``); their further calls wait without holding a thread, so
     one user cannot take the executor from everyone else."""
+    gil_switch_interval_ms: float = Field(0.5, gt=0, le=100)
+    """How long a thread running Python may keep the interpreter lock while another
+    waits for it (``sys.setswitchinterval``). The generation thread gives the lock up
+    at every torch op and waits for it again after; at Python's default of 5 ms, one
+    thread of pure-Python work (deriving a user's knowledge-base consequences, parsing
+    a large request) made every op wait: decoding ran ~3x slower for everyone."""
     watch_poll_seconds: float = Field(0.5, gt=0, le=10)
     """WatchJob reads a job's events in non-blocking slices this far apart; no thread
     is held while it waits, so idle watches cost nothing."""
