@@ -133,3 +133,21 @@ def test_bfloat16_training_copy_learns_a_float32_candidate(tiny_model, fmt) -> N
 def test_unknown_training_precision_is_refused(tiny_model, fmt) -> None:
     with pytest.raises(ValueError, match="precision"):
         Editor(fmt, precision="int3").train(tiny_model, [ITEM], PLAN, _stats(tiny_model, fmt), _base(tiny_model), {})
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_auto_precision_follows_the_measurement_not_the_flag(tiny_model, monkeypatch, faster) -> None:
+    # A CPU can report AVX512-BF16 and still run bfloat16 slower than float32: ``auto``
+    # trains in bfloat16 only where bfloat16 passes measured faster.
+    from dmha.learning import precision
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+    monkeypatch.setattr(
+        precision, "_pass_seconds", lambda dtype, device: 1.0 if faster == (dtype == torch.bfloat16) else 2.0
+    )
+    precision.bf16_faster.cache_clear()
+    try:
+        work = precision.training_copy(tiny_model, "auto")
+    finally:
+        precision.bf16_faster.cache_clear()
+    assert next(work.parameters()).dtype == (torch.bfloat16 if faster else torch.float32)
