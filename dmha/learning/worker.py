@@ -16,7 +16,6 @@ each deploy.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -46,7 +45,7 @@ from dmha.learning.registry import BASE_VERSION, Registry
 from dmha.learning.steps import EagerStepModel
 from dmha.llm.base import ModelHandle
 from dmha.llm.engine import load_causal_lm
-from dmha.process_memory import trim
+from dmha.process_resources import lower_thread_priority, trim
 
 __all__ = ["LearningWorker", "PlanHook"]
 
@@ -385,7 +384,7 @@ class LearningWorker:
             # One at a time, in deploy order, without making the deploying job wait.
             if previous is not None:
                 previous.join()
-            _yield_cpu()
+            lower_thread_priority()
             try:
                 # The next edit needs the space; serving is correct without the frozen
                 # module (only slower), so the space comes first.
@@ -586,14 +585,6 @@ class _Outcome:
     publish: Callable[[dict[str, float], list[str]], Job] | None = None
     """For a deployed attempt: marks the job ``deployed`` (with the earlier attempts'
     figures and notes) once the meta-learner has its record."""
-
-
-def _yield_cpu() -> None:
-    """Lower the calling thread's CPU priority (Linux: per thread), so background work
-    (freezing a deployed version) gives way to the next job and to serving."""
-    # Not Linux, or not permitted: it runs at normal priority.
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _with_notes(error: str, notes: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""Handing freed heap memory back to the operating system.
+"""What background work takes from the process: heap memory handed back, CPU priority.
 
 A learning job allocates and frees a few gigabytes of tensors from several threads
 (the edit, the gate's probe threads, the freeze). glibc keeps freed chunks in
@@ -8,12 +8,15 @@ largest job's peak, and fragmentation grows it job after job.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
+import threading
 from functools import cache
 
-__all__ = ["trim"]
+__all__ = ["lower_thread_priority", "trim"]
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +44,11 @@ def trim() -> bool:
     """
     fn = _malloc_trim()
     return bool(fn(0)) if fn is not None else False
+
+
+def lower_thread_priority(nice: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: per thread), so background work
+    (freezing a deployed version) gives way to the next job and to serving."""
+    # Not Linux, or not permitted: it runs at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
