@@ -519,8 +519,7 @@ class LongTermMemory:
         self._store.probe(timeout)
 
     def close(self) -> None:
-        """Persist the loaded hot indexes, then release the store (and an embedded
-        Milvus Lite database)."""
+        """Persist the loaded hot indexes, then release the store (and Milvus Lite)."""
         try:
             self._hot.persist_all()
         finally:
