@@ -1,4 +1,5 @@
-"""What background work takes from the process: heap memory handed back, CPU priority.
+"""What background work takes from the process: heap memory handed back, CPU priority,
+the interpreter lock.
 
 A learning job allocates and frees a few gigabytes of tensors from several threads
 (the edit, the gate's probe threads, the freeze). glibc keeps freed chunks in
@@ -14,9 +15,11 @@ import ctypes.util
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
 from functools import cache
 
-__all__ = ["lower_thread_priority", "trim"]
+__all__ = ["foreground", "lower_thread_priority", "share_interpreter", "trim"]
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +55,41 @@ def lower_thread_priority(nice: int = 10) -> None:
     # Not Linux, or not permitted: it runs at normal priority.
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
+# Threads now doing latency-sensitive work that needs the interpreter lock between
+# native calls (decoding: one lock round trip per torch op). A plain counter: a stale
+# read costs one extra or one missed pause, never correctness.
+_foreground = 0
+_foreground_lock = threading.Lock()
+# Long enough for a waiting thread to wake and take the lock (tens of µs), short
+# enough that background work keeps most of its pace.
+_PAUSE_SECONDS = 20e-6
+
+
+@contextlib.contextmanager
+def foreground() -> Iterator[None]:
+    """Mark the enclosed work as latency-sensitive: background loops that call
+    :func:`share_interpreter` pause for it while it runs."""
+    global _foreground
+    with _foreground_lock:
+        _foreground += 1
+    try:
+        yield
+    finally:
+        with _foreground_lock:
+            _foreground -= 1
+
+
+def share_interpreter() -> None:
+    """Called often by pure-Python background work (knowledge-base derivation): while
+    foreground work runs, release the interpreter lock for a moment.
+
+    A thread that waits for the lock gets it only when the holder drops it, after up
+    to ``sys.getswitchinterval()``; decoding waits that long after every torch op and
+    ran 35-60x slower beside a derivation. ``os.sched_yield`` released the lock but,
+    on an idle core, took it straight back before the waiter woke (measured on this
+    2-core host); a real sleep lets the waiter in. It costs nothing when no one waits.
+    """
+    if _foreground:
+        time.sleep(_PAUSE_SECONDS)

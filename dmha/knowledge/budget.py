@@ -15,20 +15,20 @@ user's derivations may run per minute.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 
 from dmha.errors import ResourceExhausted
 from dmha.executor import check_cancelled
+from dmha.process_resources import share_interpreter
 
 __all__ = ["WorkBudget", "WorkQuota"]
 
 # Clock and cancellation are checked every this many steps (cheap counter otherwise).
 _CHECK_EVERY = 1024
-# The interpreter lock is offered to other threads every this many steps (tens of µs).
-_YIELD_EVERY = 16
+# Decoding gets the interpreter lock every this many steps (a few µs of work each).
+_SHARE_EVERY = 4
 
 
 class WorkBudget:
@@ -55,11 +55,11 @@ class WorkBudget:
             Cancelled: the request was cancelled.
         """
         self.steps += 1
-        if self.steps % _YIELD_EVERY == 0:
+        if self.steps % _SHARE_EVERY == 0:
             # Derivation is pure Python: it holds the interpreter lock while the
             # generation thread wants it back after every torch op. Without this, that
             # thread waited up to a switch interval per op and everyone's replies slowed.
-            os.sched_yield()
+            share_interpreter()
         if self.steps > self._max:
             raise ResourceExhausted(
                 f"knowledge-base work exceeds {self._max} derivation steps "

@@ -35,6 +35,7 @@ from dmha.llm.base import (
 )
 from dmha.llm.batching import Cohort, Request, copy_guard, make_cohorts
 from dmha.llm.eager import EagerStepModel
+from dmha.process_resources import foreground
 
 __all__ = ["HFEngine", "load_causal_lm", "load_eager_handle", "pick_device", "pick_dtype", "set_torch_threads"]
 
@@ -307,12 +308,14 @@ class HFEngine:
                     break
                 room -= 1
             cohorts.extend(make_cohorts(admitted))
-            for cohort in cohorts:
-                try:
-                    cohort.step()
-                except Exception as exc:  # a model failure ends these streams, not the server
-                    log.exception("generation failed")
-                    for req in cohort.requests:
-                        req.send(exc)
-                    cohort.requests = []
+            # Background derivations pause for the interpreter lock while this decodes.
+            with foreground():
+                for cohort in cohorts:
+                    try:
+                        cohort.step()
+                    except Exception as exc:  # a model failure ends these streams, not the server
+                        log.exception("generation failed")
+                        for req in cohort.requests:
+                            req.send(exc)
+                        cohort.requests = []
             cohorts = [c for c in cohorts if c.requests]

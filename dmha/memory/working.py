@@ -133,10 +133,10 @@ class RedisWorkingMemory:
         return self._range(user_id, session_id, -n, -1)
 
     def overflow(self, user_id: str, session_id: str) -> list[Turn]:
-        key = self._turns_key(user_id, session_id)
-        length = self._conn.call(lambda c: c.llen(key))
-        extra = length - self._cfg.max_turns
-        return self._range(user_id, session_id, 0, extra - 1) if extra > 0 else []
+        # One LRANGE to "all but the newest max_turns": reading the length first and the
+        # range second let a concurrent trim in between shift the list, and the newest
+        # turns were then archived and trimmed too (the session vanished from Redis).
+        return self._range(user_id, session_id, 0, -self._cfg.max_turns - 1)
 
     def trim(self, user_id: str, session_id: str, turn_ids: Sequence[str]) -> int:
         wanted = set(turn_ids)

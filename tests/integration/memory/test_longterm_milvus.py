@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -117,6 +118,19 @@ def test_crash_between_milvus_insert_and_redis_trim_loses_and_duplicates_nothing
     ltm.archive_session("alice", "s")
     texts = sorted(r["text"] for r in ltm.export("alice") if r["kind"] == "turn")
     assert texts == sorted(t.text for t in turns)
+
+
+def test_concurrent_archival_never_takes_the_newest_turns(make_memory):
+    """Every committed turn starts a background archival; two of them on one session
+    once archived the newest turns too (length and range were read apart, and a trim
+    in between shifted the list), and the session vanished from working memory."""
+    ltm, wm = make_memory(small_cfg())
+    turns = say(wm, "alice", "s", FACTS)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: ltm.archive_overflow("alice", "s"), range(16)))
+    assert [t.turn_id for t in wm.all_turns("alice", "s")] == [t.turn_id for t in turns[-2:]]
+    archived = {r["text"] for r in ltm.export("alice") if r["kind"] == "turn"}
+    assert archived == {t.text for t in turns[:-2]}
 
 
 def test_milvus_down_archival_raises_and_keeps_turns(make_memory, tmp_path):

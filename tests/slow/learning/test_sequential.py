@@ -1,4 +1,4 @@
-"""Ten corrections in a row on the real default model, through the learning worker.
+"""Six corrections in a row on the real default model, through the learning worker.
 
 The worker runs in this process with a real Redis job store, a real registry and the
 default learning config (null-space edits, gate, causal meta-learner with repairs);
@@ -25,15 +25,16 @@ from dmha.redis_connection import RedisConnection
 from dmha.report.reproducibility import knows, make_facts
 from tests.live_model import Live
 
-# Ten real edits: ~7 min on an idle 2-core machine, more when it is shared.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+# Six real edits: ~4 min on an idle 2-core machine, more when it is shared. The
+# benchmark (bench/online_edit.py) runs the long sequences; this keeps CI under budget.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MODEL = os.environ.get("DMHA_TEST_MODEL_PATH", "")
 SEED = 2612  # used by no tuning run
-N = 10
+N = 6
 
 
-def test_ten_sequential_corrections_keep_every_earlier_one(tmp_path) -> None:
+def test_sequential_corrections_keep_every_earlier_one(tmp_path) -> None:
     if not MODEL or not Path(MODEL).is_dir():
         # `make test` always prepares the model, so CI runs this test.
         pytest.skip("set DMHA_TEST_MODEL_PATH to the converted default model folder")
