@@ -42,7 +42,17 @@ from dmha.learning.plan import UpdatePlan
 from dmha.learning.precision import training_copy
 from dmha.learning.prompting import ChatFormat, Sequence
 
-__all__ = ["Adjustment", "EditHook", "EditResult", "EditSpace", "Editor", "NullSpaceDelta", "apply_delta", "delta_name"]
+__all__ = [
+    "Adjustment",
+    "EditHook",
+    "EditResult",
+    "EditSpace",
+    "Editor",
+    "NullSpaceDelta",
+    "RetainExposure",
+    "apply_delta",
+    "delta_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +219,29 @@ class EditResult:
 
 
 @dataclass(frozen=True)
+class RetainExposure:
+    """The retain sequences' ``down_proj`` keys of one live version, kept small.
+
+    Which retain prompts an edit would move most (:func:`_most_exposed`) depends on the
+    edit's directions, which lie in the layer's basis ``U``; the keys themselves depend
+    only on the live version. So they are collected once per version (seconds of
+    forward passes over every retain prompt, formerly in every job) and kept as their
+    coordinates ``K U`` and squared norms.
+
+    Attributes:
+        seqs: the retain sequences, in order.
+        lengths: tokens of each sequence counted (its shared prefix left out).
+        coords: layer -> ``[tokens, k]`` keys in the basis.
+        energy: layer -> ``[tokens]`` squared key norms.
+    """
+
+    seqs: tuple[Sequence, ...]
+    lengths: tuple[int, ...]
+    coords: dict[int, torch.Tensor]
+    energy: dict[int, torch.Tensor]
+
+
+@dataclass(frozen=True)
 class EditSpace:
     """Where the edits of one live version may act (:meth:`Editor.space`).
 
@@ -218,12 +251,15 @@ class EditSpace:
         bases: layer -> ``[d_ff, k]`` orthonormal editable directions.
         whitening: layer -> ``float64 [d_ff, k]`` ``U Q Λ^-1/2``: the preserved
             covariance restricted to the basis, whitened.
+        exposure: the retain sequences' keys in the basis, when given to
+            :meth:`Editor.space`.
     """
 
     layers: tuple[int, ...]
     null_threshold: float
     bases: dict[int, torch.Tensor]
     whitening: dict[int, torch.Tensor]
+    exposure: RetainExposure | None = None
 
     def fits(self, plan: UpdatePlan) -> bool:
         """Whether this space is the one ``plan`` asks for."""
@@ -247,7 +283,7 @@ class Editor:
         self.prefix: tuple[int, ...] = fmt.shared_prefix()
         """Tokens every served prompt starts with (system message, user header)."""
 
-    def space(self, model: Any, stats: KeyStats, plan: UpdatePlan) -> EditSpace:
+    def space(self, model: Any, stats: KeyStats, plan: UpdatePlan, retain: Seq[Sequence] | None = None) -> EditSpace:
         """Where edits of this live version may act (the same for all its edits).
 
         Per edit layer: the editable subspace minus the shared prefix's keys, and the
@@ -259,6 +295,8 @@ class Editor:
             model: the live model (for the prefix keys).
             stats: preserved-key statistics (corpus plus accepted edits).
             plan: layers and threshold.
+            retain: the retain sequences whose keys the space keeps (see
+                :class:`RetainExposure`); None = collected by each edit.
 
         Returns:
             The space.
@@ -282,7 +320,17 @@ class Editor:
                 evals, q = torch.linalg.eigh(ud.T @ stats.covariance(layer).double() @ ud)
                 scale = evals.clamp(min=float(evals.max()) * 1e-9).rsqrt()
                 whitening[layer] = (ud @ q) * scale
-        return EditSpace(tuple(plan.edit_layers), plan.null_threshold, bases, whitening)
+        exposure = None
+        if retain:
+            skip = len(self.prefix)
+            keys = collect_keys(model, retain, plan.edit_layers, skip=skip)
+            exposure = RetainExposure(
+                tuple(retain),
+                tuple(len(s.ids) - skip for s in retain),
+                {i: keys[i] @ bases[i] for i in plan.edit_layers},
+                {i: keys[i].pow(2).sum(-1) for i in plan.edit_layers},
+            )
+        return EditSpace(tuple(plan.edit_layers), plan.null_threshold, bases, whitening, exposure)
 
     def fact_keys(self, model: Any, items: Seq[FeedbackItem], layers: Seq[int]) -> dict[int, torch.Tensor]:
         """The keys of the feedback's own tokens (its prefix left out) at ``layers``."""
@@ -372,7 +420,10 @@ class Editor:
             # for a made-up country's capital), rather than a random sample. Only
             # those are scored by the live model: the teacher costs a few prompts, not all.
             # (Ranked with the training copy: an ordering needs no float32 keys.)
-            chosen = _most_exposed(work, list(retain), bases, plan.retain_per_step, len(self.prefix))
+            if space.exposure is not None and space.exposure.seqs == tuple(retain):
+                chosen = _most_exposed_known(space.exposure, space.bases, bases, plan.retain_per_step)
+            else:
+                chosen = _most_exposed(work, list(retain), bases, plan.retain_per_step, len(self.prefix))
             objective.hold(build_retain_set(work, chosen))
         wrappers: dict[int, NullSpaceDelta] = {}
         for slot, layer in enumerate(plan.edit_layers):
@@ -565,9 +616,31 @@ def _most_exposed(
 ) -> list[Sequence]:
     """The ``k`` retain sequences whose keys put the most energy into ``bases``."""
     keys = collect_keys(model, retain, list(bases), skip=skip)
-    lengths = [len(s.ids) - skip for s in retain]
+    shares = {
+        layer: (keys[layer] @ u).pow(2).sum(-1) / keys[layer].pow(2).sum(-1).clamp(min=1e-12)
+        for layer, u in bases.items()
+    }
+    return _top_by_share(retain, [len(s.ids) - skip for s in retain], shares, k)
+
+
+def _most_exposed_known(
+    exposure: RetainExposure, space_bases: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tensor], k: int
+) -> list[Sequence]:
+    """:func:`_most_exposed` from keys collected with the space: the edit's directions
+    lie in the space's basis ``U``, so ``K u = (K U)(Uᵀ u)`` exactly."""
+    shares = {
+        layer: (exposure.coords[layer] @ (space_bases[layer].T @ u)).pow(2).sum(-1)
+        / exposure.energy[layer].clamp(min=1e-12)
+        for layer, u in bases.items()
+    }
+    return _top_by_share(list(exposure.seqs), list(exposure.lengths), shares, k)
+
+
+def _top_by_share(
+    retain: list[Sequence], lengths: list[int], shares: Mapping[int, torch.Tensor], k: int
+) -> list[Sequence]:
+    """The ``k`` sequences with the largest per-token share, summed over layers."""
     score = torch.zeros(len(retain))
-    for layer, u in bases.items():
-        share = (keys[layer] @ u).pow(2).sum(-1) / keys[layer].pow(2).sum(-1).clamp(min=1e-12)
+    for share in shares.values():
         score += torch.stack([part.max() for part in share.split(lengths)])
     return [retain[i] for i in score.argsort(descending=True)[:k].tolist()]

@@ -17,7 +17,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from dmha.learning.prompting import Sequence
 
-__all__ = ["answer_logits", "common_prefix", "greedy", "sequence_nll", "unwrap"]
+__all__ = ["answer_logits", "common_prefix", "greedy", "length_batches", "sequence_nll", "unwrap"]
 
 
 def unwrap(model: Any) -> Any:
@@ -97,9 +97,9 @@ def answer_logits(
             use_cache=True,
         ).past_key_values
         past = tuple(t for layer in cache.layers for t in (layer.keys, layer.values))
-    out: list[torch.Tensor] = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start : start + batch_size]
+    out: list[torch.Tensor | None] = [None] * len(seqs)
+    for batch in length_batches([len(s.prompt) + len(s.answer) - 1 - shared for s in seqs], batch_size):
+        chunk = [seqs[i] for i in batch]
         width = max(len(s.prompt) + len(s.answer) - 1 - shared for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         rows: list[int] = []
@@ -126,8 +126,43 @@ def answer_logits(
             kwargs = {"past_key_values": cache, "use_cache": True}
         hidden = decoder(input_ids=ids.to(device), **kwargs).last_hidden_state
         logits = head(hidden[torch.tensor(rows), torch.tensor(cols)]).float()
-        out.extend(logits.split([len(s.answer) for s in chunk]))
-    return out
+        for i, x in zip(batch, logits.split([len(s.answer) for s in chunk]), strict=True):
+            out[i] = x
+    return [x for x in out if x is not None]
+
+
+# An extra forward pass costs about as much as this many padded token positions
+# (the prefix broadcast and per-layer Python overhead of a small model).
+_BATCH_OVERHEAD_TOKENS = 64
+
+
+def length_batches(widths: Seq[int], batch_size: int) -> list[list[int]]:
+    """Group sequences into forward passes of similar width.
+
+    Right padding makes every sequence of a batch cost the widest one's positions:
+    a training step's short task sequences ran padded to its long retain
+    continuations. Sorted by width, a new batch starts when the batch is full or when
+    widening it would pad more positions than another pass costs.
+
+    Args:
+        widths: input positions of each sequence.
+        batch_size: most sequences per batch.
+
+    Returns:
+        Batches of indices into ``widths``; every index appears once.
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(widths)), key=lambda j: widths[j]):
+        current = batches[-1] if batches else None
+        if (
+            current is None
+            or len(current) >= batch_size
+            or len(current) * (widths[i] - widths[current[-1]]) > _BATCH_OVERHEAD_TOKENS
+        ):
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches
 
 
 @torch.no_grad()

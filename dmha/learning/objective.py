@@ -123,7 +123,8 @@ class Objective:
         model: the pre-update model (adapter absent or disabled): the teacher.
         fmt: prompt rendering, as served.
         items: the feedback being learned.
-        replay: earlier accepted feedback, replayed through the task loss.
+        replay: earlier accepted feedback, replayed through the task loss
+            (``plan.replay_per_step`` of it sampled per step).
         plan: weights and sizes.
         retain: the pre-update model's retain set (:func:`build_retain_set`).
     """
@@ -139,7 +140,8 @@ class Objective:
     ) -> None:
         self.plan = plan
         self._rng = random.Random(plan.seed)
-        self.task = [_Target(fmt.sequence(it.input, it.target), None) for it in (*items, *replay)]
+        self.task = [_Target(fmt.sequence(it.input, it.target), None) for it in items]
+        self.replay = [_Target(fmt.sequence(it.input, it.target), None) for it in replay]
         self.causal: list[_Target] = []
         if plan.lambda_causal > 0:
             self.causal = self._causal_targets(model, fmt, items)
@@ -168,7 +170,8 @@ class Objective:
         self.retain = [_Target(s, lp) for s, lp in zip(retain.seqs, retain.logprobs, strict=True)]
 
     def loss(self, model: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """One step's loss; samples ``retain_per_step`` of the retain targets each call.
+        """One step's loss; samples ``retain_per_step`` of the retain targets and
+        ``replay_per_step`` of the replayed items each call.
 
         Args:
             model: the student (the copy being edited).
@@ -178,10 +181,12 @@ class Objective:
         """
         k = min(self.plan.retain_per_step, len(self.retain))
         retain = self._rng.sample(self.retain, k) if k else []
+        k = min(self.plan.replay_per_step, len(self.replay))
+        task = [*self.task, *(self._rng.sample(self.replay, k) if k else [])]
         # One batch for all terms; a sequence shared by the task and causal terms
         # (the input itself) is run once.
         unique: dict[Sequence, int] = {}
-        for t in (*self.task, *self.causal, *retain):
+        for t in (*task, *self.causal, *retain):
             unique.setdefault(t.seq, len(unique))
         logits = answer_logits(model, list(unique), batch_size=64, pad_id=self.pad_id)
         device = logits[0].device
@@ -193,7 +198,7 @@ class Objective:
             assert t.teacher is not None  # KL targets always carry their teacher
             return kl_to_teacher(t.teacher, out(t))
 
-        ce = torch.stack([F.cross_entropy(out(t), torch.tensor(t.seq.answer, device=device)) for t in self.task]).mean()
+        ce = torch.stack([F.cross_entropy(out(t), torch.tensor(t.seq.answer, device=device)) for t in task]).mean()
         zero = ce.new_zeros(())
         causal = torch.stack([kl(t) for t in self.causal]).mean() if self.causal else zero
         locality = torch.stack([kl(t) for t in retain]).mean() if retain else zero
@@ -202,7 +207,7 @@ class Objective:
             # How surely the student already produces every target (task and paraphrases):
             # the smallest logit gap between the target token and its best rival.
             margins = []
-            for t in (*self.task, *self.causal):
+            for t in (*task, *self.causal):
                 x = out(t).detach()
                 tgt = torch.tensor(t.seq.answer, device=device)
                 right = x.gather(1, tgt[:, None]).squeeze(1)

@@ -27,7 +27,9 @@ class UpdatePlan:
         steps: most optimisation steps (the Submit -> live budget bounds them).
         lambda_causal: weight of ``KL(P(Y | do(T)) || P(Y | T))``.
         lambda_locality: weight of the KL to the pre-update model on the retain set.
-        replay_size: earlier accepted feedback items replayed in every step.
+        replay_size: earlier accepted feedback items the update replays (and the
+            gate checks are still known).
+        replay_per_step: of those, how many each optimisation step samples.
         paraphrases: training paraphrases per feedback item for the causal term.
         retain_per_step: retain prompts sampled per step for the locality term.
         seed: seeds the factors' initialisation and the retain sampling.
@@ -53,6 +55,7 @@ class UpdatePlan:
     lambda_causal: float = 0.5
     lambda_locality: float = 1.0
     replay_size: int = 8
+    replay_per_step: int = 2
     paraphrases: int = 6
     retain_per_step: int = 4
     seed: int = 0
@@ -75,8 +78,8 @@ class UpdatePlan:
             raise ValueError("learning_rate must be > 0 and steps >= 1")
         if min(self.lambda_causal, self.lambda_locality, self.stop_margin, self.max_delta_norm) < 0:
             raise ValueError("loss weights, stop_margin and max_delta_norm must be >= 0")
-        if min(self.replay_size, self.paraphrases, self.retain_per_step, self.subspace_rank) < 0:
-            raise ValueError("replay_size, paraphrases, retain_per_step, subspace_rank must be >= 0")
+        if min(self.replay_size, self.replay_per_step, self.paraphrases, self.retain_per_step, self.subspace_rank) < 0:
+            raise ValueError("replay_size, replay_per_step, paraphrases, retain_per_step, subspace_rank must be >= 0")
         if not 0 < self.null_threshold < 1:
             raise ValueError("null_threshold must be in (0, 1)")
         if not 0 <= self.min_key_share < 1:
@@ -109,6 +112,7 @@ class UpdatePlan:
             lambda_causal=cfg.lambda_causal,
             lambda_locality=cfg.lambda_locality,
             replay_size=cfg.replay_size,
+            replay_per_step=cfg.replay_per_step,
             paraphrases=cfg.paraphrases,
             retain_per_step=cfg.retain_per_step,
             seed=cfg.seed,

@@ -256,9 +256,10 @@ class LearningWorker:
         with state.lock:
             space = state.spaces.get(key)
             if space is None:
-                assert self._fmt is not None  # set with the references, before any state exists
+                # Both are set with the references, before any state exists.
+                assert self._fmt is not None and self._refs is not None
                 editor = Editor(self._fmt)
-                space = state.spaces[key] = editor.space(model, state.stats, plan)
+                space = state.spaces[key] = editor.space(model, state.stats, plan, self._refs.retain)
         return space
 
     def _warm(self, state: _LiveState, model: Any) -> None:

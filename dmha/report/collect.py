@@ -174,7 +174,7 @@ def update_costs(
     for job in done:
         plan = job.plan
         # Replay draws on earlier deployed feedback (one item per update, the usual case).
-        replay = min(int(plan.get("replay_size", 0)), deployed_before)
+        replay = min(int(plan.get("replay_size", 0)), int(plan.get("replay_per_step", 8)), deployed_before)
         sequences = job.items * (1 + int(plan.get("paraphrases", 0))) + replay + int(plan.get("retain_per_step", 0))
         tokens = None
         if "flops" not in job.metrics and count_tokens is not None and job.version:

@@ -151,3 +151,43 @@ def test_auto_precision_follows_the_measurement_not_the_flag(tiny_model, monkeyp
     finally:
         precision.bf16_faster.cache_clear()
     assert next(work.parameters()).dtype == (torch.bfloat16 if faster else torch.float32)
+
+
+def test_retain_exposure_kept_with_the_space_ranks_as_fresh_keys_do(tiny_model, fmt) -> None:
+    """The retain prompts an edit holds still, chosen from keys collected once per live
+    version, are the ones a fresh collection would choose (for the fact's directions too)."""
+    from dmha.learning.editor import _fact_directions, _most_exposed, _most_exposed_known
+
+    stats = _stats(tiny_model, fmt)
+    editor = Editor(fmt)
+    retain = [
+        fmt.sequence(p, "A short answer.")
+        for p in ["What is the capital of France?", "Name a large river.", "Tell me a joke.", "Who painted it?"]
+    ]
+    space = editor.space(tiny_model, stats, PLAN, retain)
+    assert space.exposure is not None and space.exposure.seqs == tuple(retain)
+    keys = editor.fact_keys(tiny_model, [ITEM], LAYERS)
+    fact = {i: _fact_directions(keys[i], u, space.whitening.get(i), 2) for i, u in space.bases.items()}
+    for bases in (space.bases, fact):
+        for k in (1, 2, 3):
+            fresh = _most_exposed(tiny_model, retain, bases, k, len(editor.prefix))
+            assert _most_exposed_known(space.exposure, space.bases, bases, k) == fresh
+
+
+def test_replay_is_sampled_per_step(tiny_model, fmt, monkeypatch) -> None:
+    import dmha.learning.objective as objective_module
+
+    replay = [FeedbackItem(f"r{i}", f"Who founded town {i}?", f"Town {i} was founded by Ana.") for i in range(5)]
+    plan = PLAN.with_changes(replay_per_step=2, lambda_causal=0.0)
+    objective = objective_module.Objective(tiny_model, fmt, [ITEM], replay, plan, None)
+    batches: list[int] = []
+    real = objective_module.answer_logits
+
+    def counted(model, seqs, **kwargs):
+        batches.append(len(seqs))
+        return real(model, seqs, **kwargs)
+
+    monkeypatch.setattr(objective_module, "answer_logits", counted)
+    for _ in range(3):
+        objective.loss(tiny_model)
+    assert batches == [3, 3, 3]  # the fact and two of the five replayed items each step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dmha.learning.generation import answer_logits, greedy
+from dmha.learning.generation import answer_logits, greedy, length_batches
 
 
 def _greedy_one(model, prompt, n, eos):
@@ -65,3 +65,28 @@ def test_answer_logits_split_over_threads_keeps_order_and_values(tiny_model, fmt
     # Grad mode is per thread: the helper threads must not record a graph either (a
     # graph per returned tensor kept every batch's activations alive: gigabytes).
     assert all(t.grad_fn is None and not t.requires_grad for t in split)
+
+
+def test_sequences_of_mixed_lengths_keep_their_order_and_values(tiny_model, fmt) -> None:
+    long_answer = " ".join(["The lighthouse keeper wrote down every ship that passed."] * 6)
+    seqs = [
+        fmt.sequence("Hi", "Hello."),
+        fmt.sequence("Tell me about lighthouses.", long_answer),
+        fmt.sequence("Who wrote the book?", "A cat."),
+        fmt.sequence("And the weather?", long_answer[:120]),
+    ]
+    with torch.no_grad():
+        batched = answer_logits(tiny_model, seqs, batch_size=64)
+        one = [answer_logits(tiny_model, [s])[0] for s in seqs]
+    assert [x.shape[0] for x in batched] == [len(s.answer) for s in seqs]
+    for a, b in zip(batched, one, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_length_batches_split_where_padding_would_cost_more_than_a_pass() -> None:
+    widths = [30, 60, 31, 29, 61, 30, 62]
+    batches = length_batches(widths, batch_size=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(widths)))
+    assert [sorted(widths[i] for i in b) for b in batches] == [[29, 30, 30, 31], [60, 61, 62]]
+    assert [len(b) for b in length_batches(widths, batch_size=2)] == [2, 2, 2, 1]
+    assert length_batches([], 4) == []
