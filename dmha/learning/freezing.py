@@ -22,11 +22,12 @@ TorchScript is deprecated upstream but is still the supported freezing path on t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,26 @@ def _verify_batch(
     return worst
 
 
+@contextlib.contextmanager
+def _weights_marked_trainable(model: Any) -> Iterator[None]:
+    """Mark every weight ``requires_grad`` while the model is traced and frozen.
+
+    ``torch.jit.freeze`` kept a reference to every weight that did *not* require a
+    gradient (measured: an edited version's 272 weights, 0.5 GiB, stayed alive after
+    the version and its frozen module were gone, one model's worth per deployed
+    version). Weights that require one are released. Serving runs under
+    ``inference_mode`` and the freeze under ``no_grad``, so the flag records nothing.
+    """
+    flipped = [p for p in model.parameters() if not p.requires_grad]
+    for p in flipped:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in flipped:
+            p.requires_grad_(False)
+
+
 def freeze(
     model: Any,
     path: Path | None = None,
@@ -350,7 +371,7 @@ def freeze(
     mask = torch.ones_like(example)
     mask[1, :_TRACE_PAD] = 0
     try:
-        with jit_quietly(), torch.no_grad():
+        with jit_quietly(), torch.no_grad(), _weights_marked_trainable(src):
             # A TracerWarning means part of the graph was frozen to the example's
             # shapes or values: refuse the trace rather than serve a wrong one.
             warnings.simplefilter("error", torch.jit.TracerWarning)

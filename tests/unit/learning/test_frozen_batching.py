@@ -242,3 +242,28 @@ def test_without_onednn_the_frozen_module_uses_plain_linears(_tiny_model, monkey
     frozen = freeze(_tiny_model, device="cpu", tolerance=1e-4)
     assert not any("mkldnn" in str(fn.graph) for fn in frozen._fn.values())
     assert verify_step_model(frozen, EagerStepModel(_tiny_model), VOCAB, lengths=(4,), batch=(2, 8)) < 1e-4
+
+
+def test_freezing_releases_the_weights_of_a_model_that_needs_no_gradient(_tiny_model: Any) -> None:
+    """Every deployed version kept its weights alive (0.5 GiB each on the default
+    model): ``torch.jit.freeze`` held on to weights that did not require a gradient,
+    which is how edited candidates are built."""
+    import copy
+    import gc
+    import weakref
+
+    def frozen_and_dropped() -> list[weakref.ref]:
+        model = copy.deepcopy(_tiny_model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        weights = [weakref.ref(p) for p in model.parameters()]
+        step_model = freeze(model)
+        assert not any(p.requires_grad for p in model.parameters())  # the flags are put back
+        del step_model, model
+        return weights
+
+    first = frozen_and_dropped()
+    second = frozen_and_dropped()  # TorchScript caches its last trace's inputs until the next one
+    gc.collect()
+    assert sum(w() is not None for w in first) == 0
+    assert sum(w() is not None for w in second) <= 1
