@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmha.errors import LearningError, TrainingDiverged
+from dmha.learning.exposure import RetainExposure, most_exposed, most_exposed_known
 from dmha.learning.feedback import FeedbackItem
 from dmha.learning.meta.state import StepObservation
 from dmha.learning.nullspace import KeyStats, collect_keys
@@ -49,7 +50,6 @@ __all__ = [
     "EditSpace",
     "Editor",
     "NullSpaceDelta",
-    "RetainExposure",
     "apply_delta",
     "delta_name",
 ]
@@ -216,29 +216,6 @@ class EditResult:
     grads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     mechanisms: dict[int, float] = field(default_factory=dict)
     flops: float = 0.0
-
-
-@dataclass(frozen=True)
-class RetainExposure:
-    """The retain sequences' ``down_proj`` keys of one live version, kept small.
-
-    Which retain prompts an edit would move most (:func:`_most_exposed`) depends on the
-    edit's directions, which lie in the layer's basis ``U``; the keys themselves depend
-    only on the live version. So they are collected once per version (seconds of
-    forward passes over every retain prompt, formerly in every job) and kept as their
-    coordinates ``K U`` and squared norms.
-
-    Attributes:
-        seqs: the retain sequences, in order.
-        lengths: tokens of each sequence counted (its shared prefix left out).
-        coords: layer -> ``[tokens, k]`` keys in the basis.
-        energy: layer -> ``[tokens]`` squared key norms.
-    """
-
-    seqs: tuple[Sequence, ...]
-    lengths: tuple[int, ...]
-    coords: dict[int, torch.Tensor]
-    energy: dict[int, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -421,9 +398,9 @@ class Editor:
             # those are scored by the live model: the teacher costs a few prompts, not all.
             # (Ranked with the training copy: an ordering needs no float32 keys.)
             if space.exposure is not None and space.exposure.seqs == tuple(retain):
-                chosen = _most_exposed_known(space.exposure, space.bases, bases, plan.retain_per_step)
+                chosen = most_exposed_known(space.exposure, space.bases, bases, plan.retain_per_step)
             else:
-                chosen = _most_exposed(work, list(retain), bases, plan.retain_per_step, len(self.prefix))
+                chosen = most_exposed(work, list(retain), bases, plan.retain_per_step, len(self.prefix))
             objective.hold(build_retain_set(work, chosen))
         wrappers: dict[int, NullSpaceDelta] = {}
         for slot, layer in enumerate(plan.edit_layers):
@@ -609,38 +586,3 @@ def _fact_directions(keys: torch.Tensor, basis: torch.Tensor, white: torch.Tenso
     _, _, vh = torch.linalg.svd(keys.double() @ white, full_matrices=False)
     out, _ = torch.linalg.qr(white @ vh[:rank].T)
     return out.float().contiguous()
-
-
-def _most_exposed(
-    model: Any, retain: list[Sequence], bases: Mapping[int, torch.Tensor], k: int, skip: int
-) -> list[Sequence]:
-    """The ``k`` retain sequences whose keys put the most energy into ``bases``."""
-    keys = collect_keys(model, retain, list(bases), skip=skip)
-    shares = {
-        layer: (keys[layer] @ u).pow(2).sum(-1) / keys[layer].pow(2).sum(-1).clamp(min=1e-12)
-        for layer, u in bases.items()
-    }
-    return _top_by_share(retain, [len(s.ids) - skip for s in retain], shares, k)
-
-
-def _most_exposed_known(
-    exposure: RetainExposure, space_bases: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tensor], k: int
-) -> list[Sequence]:
-    """:func:`_most_exposed` from keys collected with the space: the edit's directions
-    lie in the space's basis ``U``, so ``K u = (K U)(Uᵀ u)`` exactly."""
-    shares = {
-        layer: (exposure.coords[layer] @ (space_bases[layer].T @ u)).pow(2).sum(-1)
-        / exposure.energy[layer].clamp(min=1e-12)
-        for layer, u in bases.items()
-    }
-    return _top_by_share(list(exposure.seqs), list(exposure.lengths), shares, k)
-
-
-def _top_by_share(
-    retain: list[Sequence], lengths: list[int], shares: Mapping[int, torch.Tensor], k: int
-) -> list[Sequence]:
-    """The ``k`` sequences with the largest per-token share, summed over layers."""
-    score = torch.zeros(len(retain))
-    for share in shares.values():
-        score += torch.stack([part.max() for part in share.split(lengths)])
-    return [retain[i] for i in score.argsort(descending=True)[:k].tolist()]

@@ -156,7 +156,8 @@ def test_auto_precision_follows_the_measurement_not_the_flag(tiny_model, monkeyp
 def test_retain_exposure_kept_with_the_space_ranks_as_fresh_keys_do(tiny_model, fmt) -> None:
     """The retain prompts an edit holds still, chosen from keys collected once per live
     version, are the ones a fresh collection would choose (for the fact's directions too)."""
-    from dmha.learning.editor import _fact_directions, _most_exposed, _most_exposed_known
+    from dmha.learning.editor import _fact_directions
+    from dmha.learning.exposure import most_exposed, most_exposed_known
 
     stats = _stats(tiny_model, fmt)
     editor = Editor(fmt)
@@ -170,8 +171,8 @@ def test_retain_exposure_kept_with_the_space_ranks_as_fresh_keys_do(tiny_model, 
     fact = {i: _fact_directions(keys[i], u, space.whitening.get(i), 2) for i, u in space.bases.items()}
     for bases in (space.bases, fact):
         for k in (1, 2, 3):
-            fresh = _most_exposed(tiny_model, retain, bases, k, len(editor.prefix))
-            assert _most_exposed_known(space.exposure, space.bases, bases, k) == fresh
+            fresh = most_exposed(tiny_model, retain, bases, k, len(editor.prefix))
+            assert most_exposed_known(space.exposure, space.bases, bases, k) == fresh
 
 
 def test_replay_is_sampled_per_step(tiny_model, fmt, monkeypatch) -> None:
