@@ -74,7 +74,7 @@ async def converse(
     from dmha.auth.tokens import Principal
     from dmha.config import default_data_dir, load_config
     from dmha.context import drain, resolve_options
-    from dmha.executor import _background
+    from dmha.executor import settle_background
     from dmha.llm.model_store import ensure_model
     from dmha.runtime import build_runtime
 
@@ -111,8 +111,7 @@ async def converse(
             result = await drain(runtime.pipeline.run(alice, sid, msg, options))
             sid = result.session_id
             if settle:
-                while _background:  # archival of the overflow: part of the turn here
-                    await asyncio.gather(*list(_background), return_exceptions=True)
+                await settle_background()  # archival of the overflow: part of the turn here
             else:
                 await asyncio.sleep(0)
             row: dict[str, object] = {

@@ -36,6 +36,7 @@ __all__ = [
     "configure_executor",
     "run_blocking",
     "run_in_background",
+    "settle_background",
     "shutdown_executor",
 ]
 
@@ -283,3 +284,20 @@ def run_in_background(fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[A
 
     task.add_done_callback(done)
     return task
+
+
+async def settle_background() -> None:
+    """Wait until this loop's background work, including work it schedules, has finished.
+
+    Tasks left behind by a loop that has since closed (an earlier test, a restarted
+    server) are dropped rather than awaited: they can never finish.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        for task in list(_background):
+            if task.get_loop().is_closed():
+                _background.discard(task)
+        mine = [t for t in _background if t.get_loop() is loop]
+        if not mine:
+            return
+        await asyncio.gather(*mine, return_exceptions=True)

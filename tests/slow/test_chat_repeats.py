@@ -18,7 +18,7 @@ import pytest
 from dmha.auth.tokens import Principal
 from dmha.config import load_config
 from dmha.context import drain, resolve_options
-from dmha.executor import _background
+from dmha.executor import settle_background
 from dmha.runtime import build_runtime
 
 pytestmark = pytest.mark.slow
@@ -69,8 +69,7 @@ async def test_ten_turn_chat_has_no_copied_reply(tmp_path, model_dir):
             remembered += len(result.memories)
             # Prompts never carry the assistant's own earlier replies as memories.
             assert all(m.text not in replies for m in result.memories), result.memories
-            while _background:  # archival of the overflow, so every run sees the same memories
-                await asyncio.gather(*list(_background), return_exceptions=True)
+            await settle_background()  # archival of the overflow, so every run sees the same memories
     finally:
         runtime.close()
     assert remembered > 0  # long-term memory took part
