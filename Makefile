@@ -83,6 +83,7 @@ bench: setup
 	$(BIN)/python bench/kb.py
 	$(BIN)/python bench/memory_locomo.py
 	$(BIN)/python bench/edit_speed.py
+	$(BIN)/python bench/freeze_memory.py
 	$(BIN)/python bench/online_edit.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/fuzz.py
