@@ -335,16 +335,24 @@ def _weights_marked_trainable(model: Any) -> Iterator[None]:
 
 
 def _round_trip(module: Any, path: Path | None, device: torch.device) -> Any:
-    """Save ``module`` (to ``path``, else to memory) and load it back."""
+    """Save ``module`` (to ``path``, else to memory) and load it back.
+
+    Raises:
+        FreezeError: TorchScript could not write or read it back.
+        OSError: ``path`` could not be written (full disk).
+    """
     with jit_quietly():
-        if path is not None:
-            # The caller provides atomicity (writes to a temporary name, then renames).
-            torch.jit.save(module, str(path))
-            return torch.jit.load(str(path), map_location=device)
-        buffer = io.BytesIO()
-        torch.jit.save(module, buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer, map_location=device)
+        try:
+            if path is not None:
+                # The caller provides atomicity (writes to a temporary name, then renames).
+                torch.jit.save(module, str(path))
+                return torch.jit.load(str(path), map_location=device)
+            buffer = io.BytesIO()
+            torch.jit.save(module, buffer)
+            buffer.seek(0)
+            return torch.jit.load(buffer, map_location=device)
+        except RuntimeError as exc:
+            raise FreezeError(f"cannot save and reload the frozen module: {exc}") from exc
 
 
 def freeze(
