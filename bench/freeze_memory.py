@@ -20,7 +20,6 @@ import copy
 import gc
 import json
 import os
-import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -34,21 +33,6 @@ def resident_gib() -> float:
     with open("/proc/self/status") as fh:
         kib = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
     return kib / 2**20
-
-
-def reachable_tensor_gib() -> float:
-    """Tensor memory reachable from Python objects (unique storages)."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
-    storages = {}
-    for t in tensors:
-        if t.layout == torch.strided and not t.is_meta:
-            s = t.untyped_storage()
-            storages[s.data_ptr()] = s.nbytes()
-    return sum(storages.values()) / 2**30
 
 
 def one_round(base, stage: str) -> None:
@@ -83,6 +67,7 @@ def main() -> None:
 
     from dmha.config import default_data_dir
     from dmha.llm.model_store import ensure_model
+    from dmha.process_resources import reachable_tensor_bytes
 
     torch.set_num_threads(1)
     base = AutoModelForCausalLM.from_pretrained(str(ensure_model(None, default_data_dir()))).eval()
@@ -92,10 +77,8 @@ def main() -> None:
         for i in range(args.rounds):
             one_round(base, stage)
             rss.append(resident_gib())
-            print(
-                f"{stage} round {i + 1}: resident {rss[-1]:.2f} GiB, tensors {reachable_tensor_gib():.2f} GiB",
-                flush=True,
-            )
+            tensors = reachable_tensor_bytes() / 2**30
+            print(f"{stage} round {i + 1}: resident {rss[-1]:.2f} GiB, tensors {tensors:.2f} GiB", flush=True)
         # The first round also pays one-off costs (kernels, caches): growth is measured after it.
         growth[stage] = (rss[-1] - rss[0]) / max(1, len(rss) - 1)
     print(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from functools import cache
 
-__all__ = ["foreground", "lower_thread_priority", "share_interpreter", "trim"]
+__all__ = ["foreground", "lower_thread_priority", "reachable_tensor_bytes", "share_interpreter", "trim"]
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +93,26 @@ def share_interpreter() -> None:
     """
     if _foreground:
         time.sleep(_PAUSE_SECONDS)
+
+
+def reachable_tensor_bytes() -> int:
+    """Bytes of tensor memory that Python objects reach (unique storages), after a collection.
+
+    A diagnostic for memory kept per model version: it also counts tensors that
+    outlived the weights they view (e.g. a frozen graph's constants).
+    """
+    import gc
+    import warnings
+
+    import torch
+
+    gc.collect()
+    with warnings.catch_warnings():  # touching every object wakes deprecated aliases
+        warnings.simplefilter("ignore")
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    storages = {}
+    for t in tensors:
+        if t.layout == torch.strided and not t.is_meta:
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+    return sum(storages.values())

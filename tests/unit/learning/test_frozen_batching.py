@@ -251,8 +251,9 @@ def test_freezing_releases_the_weights_of_a_model_that_needs_no_gradient(_tiny_m
     of the weights) outlived everything once the graphs were prepared for serving."""
     import copy
     import gc
-    import warnings
     import weakref
+
+    from dmha.process_resources import reachable_tensor_bytes
 
     def frozen_and_dropped() -> list[weakref.ref]:
         model = copy.deepcopy(_tiny_model).eval()
@@ -264,27 +265,15 @@ def test_freezing_releases_the_weights_of_a_model_that_needs_no_gradient(_tiny_m
         del step_model, model
         return weights
 
-    def alive_bytes() -> int:
-        # Every tensor memory Python can reach: also tensors that outlived the weights
-        # they viewed (the graphs' constants, kept once the graphs were prepared for serving).
-        gc.collect()
-        storages = {}
-        with warnings.catch_warnings():  # touching every object wakes deprecated aliases
-            warnings.simplefilter("ignore")
-            tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
-        for t in tensors:
-            if t.layout == torch.strided and not t.is_meta:
-                s = t.untyped_storage()
-                storages[s.data_ptr()] = s.nbytes()
-        return sum(storages.values())
-
     first = frozen_and_dropped()
     second = frozen_and_dropped()  # TorchScript caches its last trace's inputs until the next one
     gc.collect()
     assert sum(w() is not None for w in first) == 0
     assert sum(w() is not None for w in second) <= 1
-    before = alive_bytes()
+    # Also the tensors that outlived the weights they viewed (the graphs' constants,
+    # kept once the graphs were prepared for serving).
+    before = reachable_tensor_bytes()
     for _ in range(2):
         frozen_and_dropped()
     model_bytes = sum(p.numel() * p.element_size() for p in _tiny_model.parameters())
-    assert alive_bytes() - before < model_bytes / 2
+    assert reachable_tensor_bytes() - before < model_bytes / 2
