@@ -5,9 +5,11 @@ times in one process, dropping each result, and prints the process's resident me
 after each round (glibc's free lists handed back first) together with the tensor memory
 Python can still reach. Stages: ``trace`` (trace only), ``freeze`` (``torch.jit.freeze``
 as well), ``serve`` (what the server does: :func:`dmha.learning.freezing.freeze`, i.e.
-trace, freeze, optimise, round trip through bytes, prepare for serving, verify).
+trace, freeze, optimise, round trip through bytes, prepare for serving, verify),
+``child`` (what the server does since: the same in a child process, and only the
+written module loaded and prepared here: :mod:`dmha.learning.freeze_process`).
 
-    python bench/freeze_memory.py [--rounds 3] [--stages trace,freeze,serve]
+    python bench/freeze_memory.py [--rounds 3] [--stages trace,freeze,serve,child]
 
 Prints a line per round and one final JSON line: per stage, resident growth per round
 after the first (GiB).
@@ -47,6 +49,17 @@ def one_round(base, stage: str) -> None:
     if stage == "serve":
         freezing.freeze(model, device="cpu")
         return
+    if stage == "child":
+        import tempfile
+        from pathlib import Path
+
+        from dmha.config import default_data_dir
+        from dmha.learning.freeze_process import freeze_version
+        from dmha.llm.model_store import ensure_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            freeze_version(ensure_model(None, default_data_dir()), None, Path(tmp) / "v.pt", torch.float32, "cpu")
+        return
     core = LlamaStepCore(model, onednn=onednn_available(torch.device("cpu"), torch.float32)).eval()
     ids = torch.randint(0, 1000, (1, 16))
     with jit_quietly(), torch.no_grad():
@@ -59,7 +72,7 @@ def one_round(base, stage: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--stages", default="trace,freeze,serve")
+    parser.add_argument("--stages", default="trace,freeze,serve,child")
     args = parser.parse_args()
 
     import torch

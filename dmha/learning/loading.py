@@ -13,7 +13,8 @@ import torch
 from dmha.config import ModelConfig
 from dmha.errors import ArtifactError, FreezeError, LearningError
 from dmha.learning.editor import apply_delta
-from dmha.learning.freezing import FrozenStepModel, freeze
+from dmha.learning.freeze_process import freeze_version
+from dmha.learning.freezing import FrozenStepModel
 from dmha.learning.registry import BASE_VERSION, Registry, Version
 from dmha.learning.steps import EagerStepModel
 from dmha.llm.base import ModelHandle, StepModel
@@ -80,7 +81,8 @@ def load_version(
     """Load a version (default: the live one), falling back to intact ancestors.
 
     The frozen module comes from the registry's cache; when it is missing, unreadable
-    or from an older format it is rebuilt from the weights and cached again.
+    or from an older format it is rebuilt (base + delta, frozen in a child process:
+    :mod:`dmha.learning.freeze_process`) and cached again.
 
     Args:
         registry: the registry.
@@ -102,9 +104,9 @@ def load_version(
     delta = load_delta(version)
     model = base_model
     if delta:
-        params = dict(model.named_parameters())
-        base = {name: params[name].detach().clone() for name in delta}
-        apply_delta(model, base, delta)
+        # The float32 base files, as the worker built the candidate: in half precision
+        # the served weights' own rounding would give other weights than those gated.
+        apply_delta(model, read_base_weights(registry.base_path, sorted(delta)), delta)
     model.eval()
     if use_frozen and version.version_id != BASE_VERSION:
         cache = registry.frozen_cache(version.version_id)
@@ -123,7 +125,8 @@ def load_version(
             if step is None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 log.info("version %s: freezing (no usable cached frozen module)", version.version_id)
-                step = freeze(model, tmp, device, freeze_tolerance)
+                dtype = next(model.parameters()).dtype
+                step = freeze_version(registry.base_path, version.delta_path, tmp, dtype, device, freeze_tolerance)
                 tmp.replace(cache)
             return LoadedVersion(version, model, delta, step, "frozen")
         except (FreezeError, OSError):

@@ -31,7 +31,7 @@ import torch
 from dmha.config import LearningConfig
 from dmha.errors import DMHAError, FreezeError, LearningError, LossSpike, NotFound, TrainingDiverged
 from dmha.learning.editor import EditHook, Editor, EditResult, EditSpace, delta_name
-from dmha.learning.freezing import freeze
+from dmha.learning.freeze_process import freeze_version
 from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
 from dmha.learning.jobs import Job, JobStore
 from dmha.learning.loading import load_delta, read_base_weights, save_delta
@@ -399,13 +399,23 @@ class LearningWorker:
         self._post_deploy = threading.Thread(target=run, name="dmha-post-deploy", daemon=True)
         self._post_deploy.start()
 
-    def _frozen(self, model: Any, name: str) -> tuple[Any, Path] | None:
-        """``model`` frozen with TorchScript and checked against eager, written to a
-        temporary cache file; None when freezing failed (logged: serve eagerly)."""
+    def _frozen(self, model: Any, delta_path: Path | None, name: str) -> tuple[Any, Path] | None:
+        """``model`` (base + the delta at ``delta_path``) frozen with TorchScript in a
+        child process and checked against eager, written to a temporary cache file;
+        None when freezing failed (logged: serve eagerly)."""
         tmp = self.registry.frozen_cache(f".{name}")
+        dtype = next(model.parameters()).dtype
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            return freeze(model, tmp, self.cfg.freeze_device, self.cfg.freeze_tolerance), tmp
+            step_model = freeze_version(
+                self.registry.base_path,
+                delta_path,
+                tmp,
+                dtype,
+                self.cfg.freeze_device,
+                self.cfg.freeze_tolerance,
+            )
+            return step_model, tmp
         except (FreezeError, OSError) as exc:
             log.warning("%s: freezing failed (%s); the version is served eagerly", name, exc)
             tmp.unlink(missing_ok=True)
@@ -419,7 +429,7 @@ class LearningWorker:
         meanwhile. A failure only logs: the version stays served eagerly.
         """
         started = time.monotonic()
-        frozen = self._frozen(handle.torch_model, handle.version)
+        frozen = self._frozen(handle.torch_model, self.registry.get(handle.version).delta_path, handle.version)
         if frozen is None:
             return
         step_model, tmp = frozen
@@ -522,9 +532,10 @@ class LearningWorker:
         # worker (role ``worker``) freezes first: the replicas that follow the pointer
         # load the version from the registry and should find its frozen module there.
         self.jobs.transition(job.job_id, "freezing", metrics=metrics)
-        save_delta(result.delta, staging / "delta.safetensors")
+        delta_file = staging / "delta.safetensors"
+        save_delta(result.delta, delta_file)
         freeze_first = self.cfg.freeze and self.cfg.role == "worker"
-        early = self._frozen(result.model, staging.name) if freeze_first else None
+        early = self._frozen(result.model, delta_file, staging.name) if freeze_first else None
         if self._get_live().version != live.version:
             if early is not None:
                 early[1].unlink(missing_ok=True)
