@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -184,8 +185,9 @@ async def measure(
     tokens: int,
     repeats: int,
     pids: dict[str, int],
-) -> tuple[dict, dict[str, float]]:
-    """Figures per path and stream count, and CPU seconds used per streamed token.
+) -> tuple[dict[str, dict[int, list[dict[str, float]]]], dict[str, float]]:
+    """Each repeat's figures per path and stream count (aligned by repeat), and CPU
+    seconds used per streamed token.
 
     CPU time is what the gateway costs on a loaded machine, whatever the load: on
     2 cores every CPU second it uses is one the model does not get.
@@ -222,8 +224,7 @@ async def measure(
         "server_cpu_ms_per_token_grpc": 1000 * cpu["server_during_grpc"] / max(streamed["grpc"], 1),
         "server_cpu_ms_per_token_gateway": 1000 * cpu["server_during_gateway"] / max(streamed["gateway"], 1),
     }
-    figures = {path: {n: summarise(reps) for n, reps in by_n.items()} for path, by_n in runs.items()}
-    return figures, per_token
+    return runs, per_token
 
 
 def summarise(reps: list[dict[str, float]]) -> dict[str, float]:
@@ -233,6 +234,21 @@ def summarise(reps: list[dict[str, float]]) -> dict[str, float]:
         values = [r[k] for r in reps]
         out[f"{k}_spread"] = (max(values) - min(values)) / out[k] if out[k] else 0.0
     return out
+
+
+def paired(gateway: list[dict[str, float]], direct: list[dict[str, float]], key: str) -> dict[str, float]:
+    """The gateway's cost on ``key`` from repeats paired in time: median of the per-repeat
+    ratios, with a bootstrap 95 % interval of that median.
+
+    Each ABBA repeat measures both paths back to back, so a ratio within a repeat cancels
+    the machine's load at that moment, which moved the separate medians by 30-290 %.
+    """
+    ratios = [g[key] / d[key] for g, d in zip(gateway, direct, strict=True)]
+    # Slower is positive for both figures: TTFT grows, tokens/s shrinks.
+    costs = [r - 1 if key.startswith("ttft") else 1 - r for r in ratios]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(costs, k=len(costs))) for _ in range(2000))
+    return {"median": statistics.median(costs), "ci95_low": medians[50], "ci95_high": medians[1949]}
 
 
 def main() -> None:
@@ -257,9 +273,7 @@ def main() -> None:
         try:
             pids = {"server": server.pid, "gateway": gateway.pid}
             pool = ConnectionPool(url, fresh=args.new_connections)
-            figures, per_token = asyncio.run(
-                measure(address, pool, token, args.streams, args.tokens, args.repeats, pids)
-            )
+            runs, per_token = asyncio.run(measure(address, pool, token, args.streams, args.tokens, args.repeats, pids))
         finally:
             for proc in (gateway, server):
                 proc.terminate()
@@ -268,6 +282,7 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+    figures = {path: {n: summarise(reps) for n, reps in by_n.items()} for path, by_n in runs.items()}
     print(f"{'streams':>8} {'path':>8} {'TTFT p50':>10} {'tok/s/stream':>13} {'aggregate':>10}   spread over repeats")
     overhead = {}
     for n in args.streams:
@@ -283,12 +298,20 @@ def main() -> None:
             "ttft": g["ttft_p50_s"] / d["ttft_p50_s"] - 1,
             "tok_s": 1 - g["per_stream_tok_s"] / d["per_stream_tok_s"],
             "aggregate_tok_s": 1 - g["aggregate_tok_s"] / d["aggregate_tok_s"],
+            "paired_ttft": paired(runs["gateway"][n], runs["grpc"][n], "ttft_p50_s"),
+            "paired_tok_s": paired(runs["gateway"][n], runs["grpc"][n], "per_stream_tok_s"),
         }
     for n, o in overhead.items():
         print(
             f"overhead at {n} stream(s): TTFT {o['ttft'] * 100:+.1f} %, tok/s/stream {o['tok_s'] * 100:+.1f} %, "
             f"aggregate {o['aggregate_tok_s'] * 100:+.1f} %"
         )
+        for key, label in (("paired_ttft", "TTFT"), ("paired_tok_s", "tok/s/stream")):
+            p = o[key]
+            print(
+                f"  paired by repeat, {label}: median {p['median'] * 100:+.1f} % "
+                f"(95 % interval {p['ci95_low'] * 100:+.1f} .. {p['ci95_high'] * 100:+.1f} %)"
+            )
     share = per_token["gateway_cpu_ms_per_token"] / per_token["server_cpu_ms_per_token_grpc"]
     print(
         f"CPU per streamed token: gateway {per_token['gateway_cpu_ms_per_token']:.2f} ms, server "

@@ -57,7 +57,7 @@ def freeze_version(
         model_dir: the base model folder.
         delta_path: the version's cumulative delta (safetensors); None = the base itself.
         out: where the frozen module is written (the caller's temporary name: it is
-            removed by the caller on error).
+            removed by the caller on error); its folder is created when missing.
         dtype: the served parameter dtype (the candidate's).
         device: ``auto``, ``cpu`` or ``cuda`` (of the frozen module).
         tolerance: largest |logit| difference from eager accepted.
@@ -69,8 +69,10 @@ def freeze_version(
     Raises:
         FreezeError: the child refused (unsupported model, failed verification),
             crashed, or ran past ``timeout_s``; or ``out`` is unreadable.
+        OSError: ``out``'s folder cannot be created.
     """
     started = time.monotonic()
+    out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-c",

@@ -123,7 +123,6 @@ def load_version(
         tmp = registry.frozen_cache(f".{version.version_id}.{os.getpid()}")
         try:
             if step is None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
                 log.info("version %s: freezing (no usable cached frozen module)", version.version_id)
                 dtype = next(model.parameters()).dtype
                 step = freeze_version(registry.base_path, version.delta_path, tmp, dtype, device, freeze_tolerance)

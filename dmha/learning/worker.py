@@ -150,9 +150,6 @@ class LearningWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        self._join_post_deploy(timeout)
-
-    def _join_post_deploy(self, timeout: float | None = None) -> None:
         post = self._post_deploy
         if post is not None:
             post.join(timeout)
@@ -404,18 +401,10 @@ class LearningWorker:
         child process and checked against eager, written to a temporary cache file;
         None when freezing failed (logged: serve eagerly)."""
         tmp = self.registry.frozen_cache(f".{name}")
-        dtype = next(model.parameters()).dtype
+        dtype, cfg, base = next(model.parameters()).dtype, self.cfg, self.registry.base_path
         try:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            step_model = freeze_version(
-                self.registry.base_path,
-                delta_path,
-                tmp,
-                dtype,
-                self.cfg.freeze_device,
-                self.cfg.freeze_tolerance,
-            )
-            return step_model, tmp
+            step = freeze_version(base, delta_path, tmp, dtype, cfg.freeze_device, cfg.freeze_tolerance)
+            return step, tmp
         except (FreezeError, OSError) as exc:
             log.warning("%s: freezing failed (%s); the version is served eagerly", name, exc)
             tmp.unlink(missing_ok=True)
