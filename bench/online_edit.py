@@ -121,6 +121,7 @@ async def run_server_part(
                 f" gate: eff {m.get('efficacy', float('nan')):.2f} gen {m.get('generalisation', float('nan')):.2f}"
                 f" loc {m.get('locality', float('nan')):.4f} kl {m.get('kl_mean', float('nan')):.4f}"
                 f"/{m.get('kl_prompt_max', float('nan')):.3f}"
+                f" gated layers {m.get('gated_layers', 0):.0f}"
                 f" time: train {m.get('train_seconds', float('nan')):.1f}s"
                 f" gate {m.get('gate_seconds', float('nan')):.1f}s"
                 f" job {m.get('total_seconds', float('nan')):.1f}s {job.message}"
@@ -155,8 +156,12 @@ async def run_server_part(
                 "locality_token_agreement",
                 "kl_mean",
                 "kl_prompt_max",
+                "gated_layers",
             )
         },
+        "gated_share": (
+            sum(j["metrics"].get("gated_layers", 0) > 0 for j in deployed) / len(deployed) if deployed else None
+        ),
         "chat_one_shot": {
             "efficacy": statistics.mean(e for e, _ in one_shot_chat) if one_shot_chat else None,
             "generalisation": statistics.mean(x for _, g in one_shot_chat for x in g) if one_shot_chat else None,

@@ -111,6 +111,11 @@ class LearningConfig(Section):
     (measured: a teacher told "written by Prysk" put 0.06-0.12 on " P" after "written
     by", preferring "a French author named Prysk", and the edit never learned the
     name); 0 = the teacher as it is."""
+    gate_margin: float = Field(0.0, ge=0)
+    """When > 0, edits are key-gated (``dmha.learning.gated``): each acts only on tokens
+    whose ``down_proj`` key has at least this times the largest share of energy in the
+    edit's directions seen on the training retain prompts, so every other token's
+    output is exactly the base's; 0 = edits merged into the weights."""
     max_delta_norm: float = Field(0.0, ge=0)
     """Frobenius bound on each layer's change; 0 = unbounded."""
     min_key_share: float = Field(0.05, ge=0, lt=1)

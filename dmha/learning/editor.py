@@ -10,9 +10,11 @@ so ``ΔW k = 0`` for every key ``k`` orthogonal to ``U``: the preserved corpus's
 (almost), every earlier accepted edit's keys, and the shared prompt prefix's keys
 (exactly). Where it acts is decided by :mod:`dmha.learning.nullspace`; what it learns
 by :class:`~dmha.learning.objective.Objective` (task CE, the causal KL that carries
-paraphrases, and the locality KL). The result is a *dense cumulative delta* from the
-base weights per edited matrix, so a version is rebuilt as ``W_base + D`` exactly,
-whatever happened before it.
+paraphrases, and the locality KL). The result is a *cumulative delta* from the base
+weights, so a version is rebuilt exactly (:func:`~dmha.learning.adapters.apply_delta`)
+whatever happened before it: a dense ``D`` per edited matrix (``W_base + D``), or, when
+the plan's ``gate_margin`` is set, one more key-gated block per layer
+(:mod:`dmha.learning.gated`), which acts only on tokens whose key is the fact's.
 
 Measured on the 135M default model, see BENCHMARKS.md ("Learning that lands").
 """
@@ -30,12 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmha.errors import LearningError, TrainingDiverged
+from dmha.learning.adapters import NullSpaceDelta, apply_delta, delta_name
 from dmha.learning.exposure import RetainExposure, most_exposed, most_exposed_known
 from dmha.learning.feedback import FeedbackItem
+from dmha.learning.gated import append_edit, gate_thresholds, token_shares
 from dmha.learning.meta.state import StepObservation
 from dmha.learning.nullspace import KeyStats, collect_keys
 from dmha.learning.objective import Objective, build_retain_set
@@ -88,95 +91,6 @@ class EditHook(Protocol):
             TrainingDiverged: the hook judged the run diverged (e.g. a loss spike).
         """
         ...
-
-
-def delta_name(layer: int) -> str:
-    """State-dict name of the weight an edit at ``layer`` changes."""
-    return f"model.layers.{layer}.mlp.down_proj.weight"
-
-
-class NullSpaceDelta(nn.Module):
-    """``base(x) + scale · ((x U) A′ᵀ) Bᵀ``: a linear layer plus a confined low-rank change.
-
-    Args:
-        base: the frozen ``down_proj``.
-        basis: ``[d_in, k]`` orthonormal columns the change may read.
-        rank: rank of the change.
-        scale: multiplies the change (the plan's adapter scale).
-        generator: seeds ``A′``.
-    """
-
-    def __init__(
-        self, base: nn.Linear, basis: torch.Tensor, rank: int, scale: float, generator: torch.Generator
-    ) -> None:
-        super().__init__()
-        self.base = base
-        # The change is computed in float32 whatever the base's dtype: a bfloat16
-        # training copy (``Editor(precision=...)``) must not round the small factors.
-        device = base.weight.device
-        self.basis: torch.Tensor
-        self.register_buffer("basis", basis.float().to(device))
-        k = basis.shape[1]
-        init = torch.randn(rank, k, generator=generator) / math.sqrt(max(1, k))
-        self.a = nn.Parameter(init.to(device))
-        # B starts at zero: the wrapped model is exactly the live one at step 0.
-        self.b = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
-        self.scale = scale
-        self.out_grad_sq = 0.0
-        """Squared norm of the loss gradient at the change's output, summed since reset."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The base output plus the change."""
-        change = ((x.float() @ self.basis) @ self.a.T) @ self.b.T * self.scale
-        if change.requires_grad:
-            change.register_hook(self._record_grad)
-        return self.base(x) + change.to(x.dtype)
-
-    def _record_grad(self, grad: torch.Tensor) -> None:
-        self.out_grad_sq += float(grad.float().pow(2).sum())
-
-    def grad_norms(self) -> tuple[float, float]:
-        """``(|∇_out L|, |∇_W L|)`` of the last backward pass, then reset."""
-        w = sum(float(p.grad.float().pow(2).sum()) for p in (self.a, self.b) if p.grad is not None)
-        out = math.sqrt(self.out_grad_sq)
-        self.out_grad_sq = 0.0
-        return out, math.sqrt(w)
-
-    def delta(self) -> torch.Tensor:
-        """The change as a dense ``[d_out, d_in]`` float32 matrix."""
-        with torch.no_grad():
-            return (self.scale * (self.b.float() @ (self.a.float() @ self.basis.float().T))).contiguous()
-
-    def bound(self, max_norm: float) -> None:
-        """Scale ``B`` so that ``‖ΔW‖_F <= max_norm`` (no-op when already inside)."""
-        if max_norm <= 0:
-            return
-        with torch.no_grad():
-            norm = float(torch.linalg.matrix_norm(self.delta()))
-            if norm > max_norm:
-                self.b.mul_(max_norm / norm)
-
-
-def apply_delta(model: Any, base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> None:
-    """Set ``W = W_base + D`` for every matrix ``delta`` names (in place, float32 sum).
-
-    The same call builds the candidate at training time and every later reload, so a
-    version's weights are bitwise the ones the gate evaluated.
-
-    Args:
-        model: the model to modify.
-        base: name -> the base weight.
-        delta: name -> the cumulative delta from base.
-
-    Raises:
-        KeyError: a delta names a weight the model or ``base`` lacks.
-    """
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, d in delta.items():
-            w = params[name]
-            summed = base[name].float().to(w.device) + d.float().to(w.device)
-            w.copy_(summed.to(w.dtype))
 
 
 @dataclass
@@ -309,6 +223,31 @@ class Editor:
             )
         return EditSpace(tuple(plan.edit_layers), plan.null_threshold, bases, whitening, exposure)
 
+    def _thresholds(
+        self,
+        model: Any,
+        space: EditSpace,
+        bases: Mapping[int, torch.Tensor],
+        keys: Mapping[int, torch.Tensor],
+        plan: UpdatePlan,
+        retain: Seq[Sequence] | None,
+    ) -> dict[int, float]:
+        """Gate thresholds of a gated edit (:func:`_gate_thresholds`), from the retain prompts' keys."""
+        if not retain:
+            raise LearningError("a gated edit needs retain prompts to set its gate")
+        exposure = space.exposure
+        generic_max: dict[int, float] = {}
+        if exposure is not None and exposure.seqs == tuple(retain):
+            # The exposure keeps keys as coordinates in the space's basis; the edit's
+            # directions lie in that basis, so shares need only the coordinates.
+            for i, u in bases.items():
+                inside = (exposure.coords[i] @ (space.bases[i].T @ u)).square().sum(-1)
+                generic_max[i] = float((inside / exposure.energy[i].clamp(min=1e-12)).max())
+        else:
+            generic = collect_keys(model, list(retain), plan.edit_layers, skip=len(self.prefix))
+            generic_max = {i: float(token_shares(generic[i], u).max()) for i, u in bases.items() if len(generic[i])}
+        return gate_thresholds(generic_max, keys, bases, plan.gate_margin)
+
     def fact_keys(self, model: Any, items: Seq[FeedbackItem], layers: Seq[int]) -> dict[int, torch.Tensor]:
         """The keys of the feedback's own tokens (its prefix left out) at ``layers``."""
         seqs = [self.fmt.sequence(it.input, it.target) for it in items]
@@ -402,10 +341,19 @@ class Editor:
             else:
                 chosen = most_exposed(work, list(retain), bases, plan.retain_per_step, len(self.prefix))
             objective.hold(build_retain_set(work, chosen))
+        thresholds: dict[int, float] = {}
+        if plan.gate_margin > 0:
+            try:
+                thresholds = self._thresholds(model, space, bases, keys, plan, retain)
+            except LearningError as exc:
+                # Merged, as without gating: the gate decides whether that is local enough.
+                log.info("edit merged, not gated: %s", exc)
         wrappers: dict[int, NullSpaceDelta] = {}
         for slot, layer in enumerate(plan.edit_layers):
+            if thresholds and layer not in thresholds:
+                continue  # a gated edit where no token of the fact would open the gate
             mlp = work.model.layers[layer].mlp
-            w = NullSpaceDelta(mlp.down_proj, bases[layer], plan.rank, plan.scale, gen)
+            w = NullSpaceDelta(mlp.down_proj, bases[layer], plan.rank, plan.scale, gen, thresholds.get(layer))
             init = hook.initial(slot, w.a.shape, w.b.shape) if hook is not None else None
             if init is not None:
                 with torch.no_grad():
@@ -513,8 +461,12 @@ class Editor:
             factors[slots[layer]] = {"a": w.a.detach().float().cpu().clone(), "b": w.b.detach().float().cpu().clone()}
             if layer in last_grads:
                 grads[slots[layer]] = {k: v.float().cpu() for k, v in last_grads[layer].items()}
-            name = delta_name(layer)
-            delta[name] = delta[name] + change if name in delta else change
+            if w.threshold is not None:
+                a, b = w.gated_factors()
+                append_edit(delta, layer, w.basis.cpu(), w.threshold, a, b)
+            else:
+                name = delta_name(layer)
+                delta[name] = delta[name] + change if name in delta else change
             work.model.layers[layer].mlp.down_proj = w.base
         del work
         apply_delta(model, base_weights, delta)
@@ -526,6 +478,7 @@ class Editor:
             "steps": float(len(losses)),
             "flops": flops,
             "active_layers": float(len(wrappers)),
+            "gated_layers": float(sum(w.threshold is not None for w in wrappers.values())),
         }
         log.info(
             "edit trained in %.1fs over %d steps: loss %.3f -> %.3f %s",

@@ -128,6 +128,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _freeze(args: argparse.Namespace) -> None:
     from dmha.learning.editor import apply_delta
     from dmha.learning.freezing import freeze
+    from dmha.learning.gated import dense_names
     from dmha.learning.loading import read_base_weights
     from dmha.llm.engine import load_causal_lm
 
@@ -138,7 +139,7 @@ def _freeze(args: argparse.Namespace) -> None:
         delta = load_file(str(args.delta))
         # From the base files in float32, as the worker builds the candidate: bitwise
         # the weights the gate evaluated.
-        apply_delta(model, read_base_weights(args.model_dir, sorted(delta)), delta)
+        apply_delta(model, read_base_weights(args.model_dir, dense_names(delta)), delta)
     freeze(model, args.out, args.device, args.tolerance)
 
 

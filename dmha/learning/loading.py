@@ -15,6 +15,7 @@ from dmha.errors import ArtifactError, FreezeError, LearningError
 from dmha.learning.editor import apply_delta
 from dmha.learning.freeze_process import freeze_version
 from dmha.learning.freezing import FrozenStepModel
+from dmha.learning.gated import dense_names
 from dmha.learning.registry import BASE_VERSION, Registry, Version
 from dmha.learning.steps import EagerStepModel
 from dmha.llm.base import ModelHandle, StepModel
@@ -106,7 +107,7 @@ def load_version(
     if delta:
         # The float32 base files, as the worker built the candidate: in half precision
         # the served weights' own rounding would give other weights than those gated.
-        apply_delta(model, read_base_weights(registry.base_path, sorted(delta)), delta)
+        apply_delta(model, read_base_weights(registry.base_path, dense_names(delta)), delta)
     model.eval()
     if use_frozen and version.version_id != BASE_VERSION:
         cache = registry.frozen_cache(version.version_id)

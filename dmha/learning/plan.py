@@ -65,6 +65,7 @@ class UpdatePlan:
     min_key_share: float = 0.05
     subspace_rank: int = 8
     causal_floor: float = 0.9
+    gate_margin: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form notes from whoever made the plan (e.g. the meta-learner's reason);
     recorded with the version, never read by the editor."""
@@ -86,6 +87,8 @@ class UpdatePlan:
             raise ValueError("min_key_share must be in [0, 1)")
         if not 0 <= self.causal_floor < 1:
             raise ValueError("causal_floor must be in [0, 1)")
+        if self.gate_margin < 0:
+            raise ValueError("gate_margin must be >= 0")
         # Lists from JSON or config become tuples so the plan stays hashable and frozen.
         object.__setattr__(self, "edit_layers", tuple(sorted({int(i) for i in self.edit_layers})))
 
@@ -122,6 +125,7 @@ class UpdatePlan:
             min_key_share=cfg.min_key_share,
             subspace_rank=cfg.subspace_rank,
             causal_floor=cfg.causal_floor,
+            gate_margin=cfg.gate_margin,
         )
         return replace(plan, **changes) if changes else plan
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmha.learning.gated import GatedEdits
 from dmha.llm.eager import EagerStepModel
 
 __all__ = ["EagerStepModel", "LlamaStepCore", "UnsupportedArchitecture", "jit_quietly"]
@@ -143,7 +144,12 @@ class LlamaStepCore(nn.Module):
     def _mlp(self, mlp: Any, x: torch.Tensor) -> torch.Tensor:
         if not self.onednn:
             return mlp(x)
-        return self._proj(mlp.down_proj, mlp.act_fn(self._proj(mlp.gate_proj, x)) * self._proj(mlp.up_proj, x))
+        act = mlp.act_fn(self._proj(mlp.gate_proj, x)) * self._proj(mlp.up_proj, x)
+        down = mlp.down_proj
+        if isinstance(down, GatedEdits):
+            # Gated edits wrap the plain linear: oneDNN computes the base, the edits add theirs.
+            return self._proj(down.base, act) + down.change(act)
+        return self._proj(down, act)
 
     def _run(
         self,

@@ -33,6 +33,7 @@ from dmha.errors import DMHAError, FreezeError, LearningError, LossSpike, NotFou
 from dmha.learning.editor import EditHook, Editor, EditResult, EditSpace, delta_name
 from dmha.learning.freeze_process import freeze_version
 from dmha.learning.gate import Gate, GateThresholds, LiveProbe, probe_live
+from dmha.learning.gated import dense_names
 from dmha.learning.jobs import Job, JobStore
 from dmha.learning.loading import load_delta, read_base_weights, save_delta
 from dmha.learning.meta.controller import AttemptHook, MetaController
@@ -474,7 +475,7 @@ class LearningWorker:
         fmt = self._format(live)
 
         t0 = time.monotonic()
-        names = sorted({delta_name(i) for i in plan.edit_layers} | set(state.delta))
+        names = sorted({delta_name(i) for i in plan.edit_layers} | set(dense_names(state.delta)))
         deadline = t0 + self.cfg.max_train_seconds
 
         def should_stop() -> bool:

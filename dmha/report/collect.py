@@ -28,6 +28,7 @@ from dmha.knowledge.claims import relevant_facts
 from dmha.knowledge.hook import facts_block
 from dmha.knowledge.kb import KnowledgeBase
 from dmha.knowledge.parser import is_statement_line, parse_statement
+from dmha.learning.gated import effective_deltas
 from dmha.learning.jobs import JobStore
 from dmha.learning.loading import load_delta
 from dmha.learning.meta.store import MetaStore
@@ -120,7 +121,8 @@ def registry_changes(registry: Registry, versions: Sequence[VersionRecord]) -> l
         if version_id not in cache:
             try:
                 version = registry.get(version_id)
-                cache[version_id] = None if version.status == "pruned" else load_delta(version)
+                # Gated edits count as their full change (``b a``) on the module they wrap.
+                cache[version_id] = None if version.status == "pruned" else effective_deltas(load_delta(version))
             except (NotFound, DMHAError) as exc:
                 log.warning("version %s: delta unreadable (%s)", version_id, exc)
                 cache[version_id] = None

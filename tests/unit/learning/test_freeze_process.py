@@ -61,3 +61,30 @@ def test_a_missing_delta_is_a_freeze_error(base_dir, tmp_path) -> None:
 def test_a_child_past_its_time_is_stopped(base_dir, tmp_path) -> None:
     with pytest.raises(FreezeError, match="ran past"):
         freeze_version(base_dir, None, tmp_path / "v.pt", torch.float32, "cpu", timeout_s=0.5)
+
+
+def test_the_child_freezes_gated_edits(tiny_model, base_dir, tmp_path) -> None:
+    from dmha.learning.gated import append_edit
+
+    down = tiny_model.model.layers[1].mlp.down_proj
+    g = torch.Generator().manual_seed(5)
+    gate, _ = torch.linalg.qr(torch.randn(down.in_features, 4, generator=g))
+    delta: dict[str, torch.Tensor] = {}
+    # A threshold near a random key's share: some tokens take the edit, others not.
+    share = 4 / down.in_features
+    append_edit(
+        delta,
+        1,
+        gate,
+        share,
+        torch.randn(3, down.in_features, generator=g),
+        torch.randn(down.out_features, 3, generator=g),
+    )
+    save_delta(delta, tmp_path / "delta.safetensors")
+    frozen = freeze_version(base_dir, tmp_path / "delta.safetensors", tmp_path / "v1.pt", torch.float32, "cpu", 1e-4)
+
+    apply_delta(tiny_model, {}, delta)
+    vocab = int(tiny_model.config.vocab_size)
+    assert verify_step_model(frozen, EagerStepModel(tiny_model), vocab, lengths=(4, 9)) < 1e-4
+    base = type(tiny_model).from_pretrained(str(base_dir))
+    assert verify_step_model(frozen, EagerStepModel(base), vocab, lengths=(4, 9)) > 1e-3

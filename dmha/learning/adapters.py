@@ -1,0 +1,134 @@
+"""What an edit trains and how a stored delta becomes a model again.
+
+:class:`NullSpaceDelta` wraps one ``down_proj`` while an edit trains (merged or
+gated); :func:`apply_delta` rebuilds any version from the base weights and its
+stored cumulative delta, the same way at training time, reload and freezing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmha.learning.gated import GatedEdits, dense_names, install_gated
+
+__all__ = ["NullSpaceDelta", "apply_delta", "delta_name"]
+
+
+def delta_name(layer: int) -> str:
+    """State-dict name of the weight an edit at ``layer`` changes."""
+    return f"model.layers.{layer}.mlp.down_proj.weight"
+
+
+class NullSpaceDelta(nn.Module):
+    """``base(x) + scale · ((x U) A′ᵀ) Bᵀ``: a linear layer plus a confined low-rank change.
+
+    Args:
+        base: the frozen ``down_proj``.
+        basis: ``[d_in, k]`` orthonormal columns the change may read.
+        rank: rank of the change.
+        scale: multiplies the change (the plan's adapter scale).
+        generator: seeds ``A′``.
+        threshold: when set, the change acts only on tokens with at least this share
+            of their key energy in ``basis`` (a gated edit, :mod:`dmha.learning.gated`).
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear | GatedEdits,
+        basis: torch.Tensor,
+        rank: int,
+        scale: float,
+        generator: torch.Generator,
+        threshold: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        # The change is computed in float32 whatever the base's dtype: a bfloat16
+        # training copy (``Editor(precision=...)``) must not round the small factors.
+        device = next(base.parameters()).device
+        self.basis: torch.Tensor
+        self.register_buffer("basis", basis.float().to(device))
+        k = basis.shape[1]
+        init = torch.randn(rank, k, generator=generator) / math.sqrt(max(1, k))
+        self.a = nn.Parameter(init.to(device))
+        # B starts at zero: the wrapped model is exactly the live one at step 0.
+        self.b = nn.Parameter(torch.zeros(int(base.out_features), rank, device=device))
+        self.scale = scale
+        self.threshold = threshold
+        self.out_grad_sq = 0.0
+        """Squared norm of the loss gradient at the change's output, summed since reset."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base output plus the change."""
+        xf = x.float()
+        read = xf @ self.basis
+        change = (read @ self.a.T) @ self.b.T * self.scale
+        if self.threshold is not None:
+            # The same test as GatedEdits.change, so what trains is what is served.
+            on = read.square().sum(-1, keepdim=True) >= self.threshold * xf.square().sum(-1, keepdim=True)
+            change = change * on.float()
+        if change.requires_grad:
+            change.register_hook(self._record_grad)
+        return self.base(x) + change.to(x.dtype)
+
+    def _record_grad(self, grad: torch.Tensor) -> None:
+        self.out_grad_sq += float(grad.float().pow(2).sum())
+
+    def grad_norms(self) -> tuple[float, float]:
+        """``(|∇_out L|, |∇_W L|)`` of the last backward pass, then reset."""
+        w = sum(float(p.grad.float().pow(2).sum()) for p in (self.a, self.b) if p.grad is not None)
+        out = math.sqrt(self.out_grad_sq)
+        self.out_grad_sq = 0.0
+        return out, math.sqrt(w)
+
+    def delta(self) -> torch.Tensor:
+        """The change as a dense ``[d_out, d_in]`` float32 matrix."""
+        with torch.no_grad():
+            return (self.scale * (self.b.float() @ (self.a.float() @ self.basis.float().T))).contiguous()
+
+    def gated_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` of the change in :func:`~dmha.learning.gated.append_edit`'s form (CPU, float32)."""
+        with torch.no_grad():
+            a = (self.a.float() @ self.basis.float().T).cpu()
+            return a, (self.scale * self.b.float()).cpu()
+
+    def bound(self, max_norm: float) -> None:
+        """Scale ``B`` so that ``‖ΔW‖_F <= max_norm`` (no-op when already inside)."""
+        if max_norm <= 0:
+            return
+        with torch.no_grad():
+            norm = float(torch.linalg.matrix_norm(self.delta()))
+            if norm > max_norm:
+                self.b.mul_(max_norm / norm)
+
+
+def apply_delta(model: Any, base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> None:
+    """Set ``W = W_base + D`` for every dense matrix ``delta`` names, and install its gated edits.
+
+    The same call builds the candidate at training time and every later reload, so a
+    version's weights are bitwise the ones the gate evaluated. Dense entries are
+    summed in float32 (in place); gated entries (:mod:`dmha.learning.gated`) replace
+    the layers' ``down_proj`` by a :class:`~dmha.learning.gated.GatedEdits`.
+
+    Args:
+        model: the model to modify.
+        base: name -> the base weight of every dense entry.
+        delta: name -> the cumulative delta from base.
+
+    Raises:
+        KeyError: a delta names a weight the model or ``base`` lacks.
+    """
+    install_gated(model, {})  # plain linears first, so dense names resolve
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in dense_names(delta):
+            d = delta[name]
+            w = params[name]
+            summed = base[name].float().to(w.device) + d.float().to(w.device)
+            w.copy_(summed.to(w.dtype))
+    install_gated(model, delta)

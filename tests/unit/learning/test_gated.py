@@ -1,0 +1,197 @@
+"""Key-gated edits: exact zero off-key, the trained form is the served form, they stack and freeze."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dmha.learning import Editor, FeedbackItem, KeyStats, LearningError, UpdatePlan, apply_delta
+from dmha.learning.editor import NullSpaceDelta, delta_name
+from dmha.learning.gated import (
+    GatedEdits,
+    append_edit,
+    dense_names,
+    effective_deltas,
+    gate_thresholds,
+    gated_layers,
+    install_gated,
+)
+
+D_IN, D_OUT = 12, 5
+
+
+def _orthonormal(k: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(D_IN, k, generator=torch.Generator().manual_seed(seed)))
+    return q
+
+
+def _one_edit(seed: int, threshold: float = 0.5, k: int = 2, r: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    delta: dict[str, torch.Tensor] = {}
+    gate = _orthonormal(k, seed)
+    append_edit(delta, 0, gate, threshold, torch.randn(r, D_IN, generator=g), torch.randn(D_OUT, r, generator=g))
+    return delta
+
+
+def test_a_token_off_key_gets_exactly_the_base_output() -> None:
+    base = nn.Linear(D_IN, D_OUT)
+    delta = _one_edit(1, threshold=0.5)
+    fields = gated_layers(delta)[delta_name(0)]
+    module = GatedEdits(base, fields)
+    gate = fields["gate"]
+    on_key = gate @ torch.tensor([1.0, 0.5])  # all its energy in the gate
+    off_key = torch.randn(D_IN)
+    off_key = off_key - gate @ (gate.T @ off_key)  # none of it
+    x = torch.stack([on_key, off_key])
+    out = module(x)
+    assert torch.equal(out[1], base(x)[1])  # bitwise, not approximately
+    expected = base(x)[0] + fields["b"] @ (fields["a"] @ on_key)
+    torch.testing.assert_close(out[0], expected)
+
+
+def test_threshold_is_a_share_of_the_tokens_own_energy() -> None:
+    base = nn.Linear(D_IN, D_OUT)
+    fields = gated_layers(_one_edit(2, threshold=0.5))[delta_name(0)]
+    module = GatedEdits(base, fields)
+    gate = fields["gate"][:, 0]
+    other = torch.randn(D_IN)
+    other = other - fields["gate"] @ (fields["gate"].T @ other)
+    other = other / other.norm()
+    for share, fires in ((0.3, False), (0.7, True)):
+        x = (share**0.5) * gate + ((1 - share) ** 0.5) * other
+        for scale in (1e-3, 1.0, 1e3):  # the same at any size of the key
+            changed = not torch.equal(module(scale * x), base(scale * x))
+            assert changed == fires, (share, scale)
+
+
+def test_edits_stack_and_each_acts_only_on_its_own_key() -> None:
+    delta = _one_edit(3)
+    g = torch.Generator().manual_seed(9)
+    second_gate = _orthonormal(2, 4)
+    append_edit(delta, 0, second_gate, 0.5, torch.randn(4, D_IN, generator=g), torch.randn(D_OUT, 4, generator=g))
+    fields = gated_layers(delta)[delta_name(0)]
+    assert fields["gate"].shape == (D_IN, 4) and fields["a"].shape == (7, D_IN) and fields["b"].shape == (D_OUT, 7)
+    assert fields["gate_map"].tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+    assert fields["rank_map"].sum(1).tolist() == [3, 4]
+    module = GatedEdits(nn.Linear(D_IN, D_OUT), fields)
+    # A key inside the second gate only (and outside the first) gets the second edit's change.
+    first = fields["gate"][:, :2]
+    x = second_gate[:, 0] - first @ (first.T @ second_gate[:, 0])
+    x = x / x.norm()
+    share_second = float((second_gate.T @ x).square().sum())
+    assert share_second > 0.5
+    expected = fields["b"][:, 3:] @ (fields["a"][3:] @ x)
+    torch.testing.assert_close(module.change(x), expected)
+
+
+def test_install_replaces_and_removes_gated_modules(tiny_model) -> None:
+    layer = tiny_model.model.layers[0].mlp
+    d_in, d_out = layer.down_proj.in_features, layer.down_proj.out_features
+    g = torch.Generator().manual_seed(0)
+    delta: dict[str, torch.Tensor] = {}
+    gate, _ = torch.linalg.qr(torch.randn(d_in, 2, generator=g))
+    append_edit(delta, 0, gate, 0.3, torch.randn(2, d_in, generator=g), torch.randn(d_out, 2, generator=g))
+    install_gated(tiny_model, delta)
+    assert isinstance(layer.down_proj, GatedEdits) and layer.down_proj.edits == 1
+    plain = layer.down_proj.base
+    install_gated(tiny_model, delta)  # again: wraps the plain linear, not the wrapper
+    assert layer.down_proj.base is plain
+    install_gated(tiny_model, {})
+    assert layer.down_proj is plain
+    with pytest.raises(KeyError, match="lack"):
+        install_gated(tiny_model, {k: v for k, v in delta.items() if not k.endswith(".b")})
+
+
+def test_dense_and_effective_views() -> None:
+    delta = _one_edit(5)
+    delta[delta_name(1)] = torch.ones(D_OUT, D_IN)
+    assert dense_names(delta) == [delta_name(1)]
+    eff = effective_deltas(delta)
+    fields = gated_layers(delta)[delta_name(0)]
+    torch.testing.assert_close(eff[delta_name(0)], fields["b"] @ fields["a"])
+    assert torch.equal(eff[delta_name(1)], torch.ones(D_OUT, D_IN))
+
+
+def test_training_form_equals_served_form() -> None:
+    base = nn.Linear(D_IN, D_OUT)
+    basis = _orthonormal(3, 6)
+    w = NullSpaceDelta(base, basis, 2, 0.7, torch.Generator().manual_seed(0), threshold=0.4)
+    with torch.no_grad():
+        w.b.normal_()
+    delta: dict[str, torch.Tensor] = {}
+    a, b = w.gated_factors()
+    append_edit(delta, 0, basis, 0.4, a, b)
+    served = GatedEdits(base, gated_layers(delta)[delta_name(0)])
+    x = torch.cat([torch.randn(20, D_IN), (basis @ torch.randn(3, 20)).T])
+    with torch.no_grad():
+        trained = w(x)
+    torch.testing.assert_close(served(x), trained)
+    assert not torch.equal(served(x)[20:], base(x)[20:])  # the on-key rows did change
+
+
+def test_thresholds_refuse_a_fact_that_does_not_stand_out() -> None:
+    u = _orthonormal(2, 7)
+    fact_in = {0: (u @ torch.ones(2, 1)).T}  # all its energy in u: share 1.0
+    assert gate_thresholds({0: 0.2}, fact_in, {0: u}, 3.0) == {0: pytest.approx(0.6)}
+    with pytest.raises(LearningError, match="stands out"):
+        gate_thresholds({0: 0.5}, fact_in, {0: u}, 3.0)  # 1.5 > any share
+    # A layer where the fact does not reach its threshold is left out, not refused.
+    weak = {0: fact_in[0], 1: (0.1 * u[:, 0] + torch.ones(D_IN)).unsqueeze(0)}
+    assert set(gate_thresholds({0: 0.2, 1: 0.2}, weak, {0: u, 1: u}, 3.0)) == {0}
+
+
+def test_gated_edit_learns_and_leaves_generic_prompts_bitwise(tiny_model, fmt) -> None:
+    layers = (0, 1)
+    generic = ["Tell me a story about a cat.", "Who wrote the book?", "The quick brown fox."]
+    stats = KeyStats.compute(tiny_model, (), [fmt.sequence(p) for p in generic], layers)
+    params = dict(tiny_model.named_parameters())
+    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in layers}
+    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+    retain = [fmt.sequence(p, "I do not know.") for p in generic]
+    plan = UpdatePlan(
+        edit_layers=layers,
+        rank=4,
+        steps=60,
+        learning_rate=5e-2,
+        paraphrases=2,
+        lambda_locality=0.0,
+        stop_margin=0.0,
+        null_threshold=0.5,
+        min_key_share=0.0,
+        subspace_rank=2,
+        gate_margin=1.05,
+    )
+    result = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
+    assert not dense_names(result.delta) and gated_layers(result.delta)
+    assert result.metrics["gated_layers"] >= 1
+    # (A random tiny model opens the gate on few of the fact's tokens: it learns, but
+    # not enough to say the name; the real model does, see the slow tier.)
+    assert result.losses[-1] < 0.9 * result.losses[0]
+    # The retain prompts set the gate: on them the candidate computes exactly the live model.
+    for seq in retain:
+        ids = torch.tensor([list(seq.ids)])
+        with torch.no_grad():
+            assert torch.equal(result.model(ids).logits, tiny_model(ids).logits)
+    # The stored delta rebuilds the candidate, and a plain copy of the live model gets it.
+    rebuilt = copy.deepcopy(tiny_model)
+    apply_delta(rebuilt, base, result.delta)
+    ids = torch.tensor([list(fmt.prompt(item.input))])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, result.model(ids).logits)
+
+
+def test_a_fact_the_gate_cannot_tell_apart_is_merged(tiny_model, fmt) -> None:
+    layers = (0, 1)
+    generic = ["Tell me a story about a cat.", "Who wrote the book?"]
+    stats = KeyStats.compute(tiny_model, (), [fmt.sequence(p) for p in generic], layers)
+    params = dict(tiny_model.named_parameters())
+    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in layers}
+    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+    plan = UpdatePlan(edit_layers=layers, rank=2, steps=3, null_threshold=0.5, min_key_share=0.0, gate_margin=100.0)
+    retain = [fmt.sequence(p, "I do not know.") for p in generic]
+    result = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
+    assert dense_names(result.delta) == [delta_name(0), delta_name(1)] and not gated_layers(result.delta)
+    assert result.metrics["gated_layers"] == 0
