@@ -11,8 +11,10 @@ at most ``max_repairs`` times:
 - then, for a gate rejection, the direction the failing metric points to: an edit
   that did not take (efficacy, generalisation, retention) gets more room (a larger
   step, more steps, a higher stopping margin, more causal weight for
-  paraphrases); an edit that reached too far (locality, KL, perplexity) gets a smaller
-  step and more locality weight over more retain prompts.
+  paraphrases, and for a key-gated edit a lower gate margin, so the gate opens on
+  more of the fact's tokens); an edit that reached too far (locality, KL, perplexity)
+  gets a smaller step and more locality weight over more retain prompts (and a gated
+  one a higher margin).
 
 The loss is stable again when the moving mean of the last ten losses stops moving
 (:func:`stabilised`); the learned utilities then apply to the next update.
@@ -84,6 +86,7 @@ def repair_plan(failed: UpdatePlan, fixed: UpdatePlan, trigger: str, reasons: Se
     lam_c = 0.5 * (failed.lambda_causal + fixed.lambda_causal)
     lam_l = 0.5 * (failed.lambda_locality + fixed.lambda_locality)
     steps, margin, retain = fixed.steps, fixed.stop_margin, fixed.retain_per_step
+    gate = fixed.gate_margin
     if trigger in ("diverged", "loss spike"):
         lr = fixed.learning_rate * 0.5**attempt
     else:
@@ -93,10 +96,14 @@ def repair_plan(failed: UpdatePlan, fixed: UpdatePlan, trigger: str, reasons: Se
             lr = fixed.learning_rate * 0.6**attempt
             lam_l = max(lam_l, fixed.lambda_locality) * 3.0**attempt
             retain = max(1, fixed.retain_per_step) * 2
+            gate = fixed.gate_margin * 1.25**attempt
         elif under:
             lr = fixed.learning_rate * 1.5**attempt
             steps = math.ceil(fixed.steps * (1 + 0.5 * attempt))
             margin = fixed.stop_margin + 1.0 * attempt
+            if fixed.gate_margin > 0:
+                # Never below 1: the gate would then open on the retain prompts themselves.
+                gate = max(1.0, fixed.gate_margin * 0.75**attempt)
             if any(r.startswith("generalisation") for r in reasons):
                 lam_c = max(lam_c, fixed.lambda_causal) * 2.0**attempt
     plan = failed.with_changes(
@@ -107,11 +114,13 @@ def repair_plan(failed: UpdatePlan, fixed: UpdatePlan, trigger: str, reasons: Se
         steps=steps,
         stop_margin=margin,
         retain_per_step=retain,
+        gate_margin=gate,
         seed=fixed.seed + 1000 * attempt,
         extra={"repair": attempt, "trigger": trigger},
     )
     changes = {}
-    for name in ("learning_rate", "lambda_causal", "lambda_locality", "steps", "stop_margin", "retain_per_step"):
+    knobs = ("learning_rate", "lambda_causal", "lambda_locality", "steps", "stop_margin", "retain_per_step")
+    for name in (*knobs, "gate_margin"):
         before, after = float(getattr(failed, name)), float(getattr(plan, name))
         if not math.isclose(before, after):
             changes[name] = (before, after)

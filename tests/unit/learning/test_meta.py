@@ -104,6 +104,13 @@ def test_repair_plans_follow_the_failure() -> None:
     over = repair_plan(fixed, fixed, "gate", ["efficacy 0.000 < 0.990", "kl_mean 0.0200 > 0.0100"], 1)
     assert over.plan.learning_rate < fixed.learning_rate and over.plan.lambda_locality > fixed.lambda_locality
     assert "learning_rate" in over.changes and over.plan.seed != fixed.seed
+    # A gated edit that did not take opens its gate wider (never below the retain prompts' level).
+    gated = fixed.with_changes(gate_margin=2.0)
+    assert repair_plan(gated, gated, "gate", ["efficacy 0.000 < 0.990"], 1).plan.gate_margin == 1.5
+    assert repair_plan(gated, gated, "gate", ["efficacy 0.000 < 0.990"], 3).plan.gate_margin == 1.0
+    wider = repair_plan(gated, gated, "gate", ["locality 0.9800 < 0.9900"], 1)
+    assert wider.plan.gate_margin == 2.5 and wider.changes["gate_margin"] == (2.0, 2.5)
+    assert repair_plan(fixed, fixed, "gate", ["efficacy 0.000 < 0.990"], 1).plan.gate_margin == 0.0
 
 
 def test_stabilisation_is_the_moving_mean_converging() -> None:
