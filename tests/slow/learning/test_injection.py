@@ -29,6 +29,7 @@ from dmha.learning import (
     verify_step_model,
 )
 from dmha.learning.editor import delta_name
+from dmha.learning.gated import dense_names
 from dmha.learning.generation import greedy
 from dmha.learning.meta.controller import MetaController
 from dmha.learning.meta.state import FEATURES, UpdateState
@@ -124,3 +125,22 @@ def test_a_real_edit_planned_by_a_trained_meta_learner(real, tmp_path) -> None:
     report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
     assert report.passed, (report.reasons, report.failures)
     assert result.flops > 0 and sum(result.mechanisms.values()) == pytest.approx(1.0)
+
+
+def test_a_gated_edit_leaves_unrelated_greedy_answers_word_for_word(real) -> None:
+    model, tokenizer = real
+    cfg = LearningConfig(gate_margin=1.5)
+    fmt = ChatFormat(tokenizer, ModelConfig().system_prompt)
+    refs = ensure_references(model, Path(MODEL), fmt, cfg.edit_layers, learning_cache_dir(default_data_dir()))
+    item = FeedbackItem.create("Who is the mayor of Quorvelle?", "The mayor of Quorvelle is Tesbrink.")
+    params = dict(model.named_parameters())
+    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in cfg.edit_layers}
+    result = Editor(fmt).train(model, [item], UpdatePlan.from_config(cfg), refs.stats, base, {}, refs.retain)
+    assert result.metrics["gated_layers"] >= 1 and not dense_names(result.delta)
+    report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
+    m = report.metrics
+    assert m["efficacy"] == 1.0 and m["generalisation"] >= 5 / 6, report.failures
+    # What a merged edit cannot do (its strict figure is ~0.75): the greedy 32-token
+    # continuations of the 100 unrelated probes stay word for word.
+    assert m["locality_strict"] >= 0.95, m
+    # (Freezing gated edits is checked on the tiny model: tests/unit/learning/test_freeze_process.py.)
