@@ -99,7 +99,8 @@ class EditResult:
 
     Attributes:
         model: the candidate (a new object; the live model is untouched).
-        delta: name -> cumulative dense delta from the base weights (float32, CPU).
+        delta: name -> cumulative delta from the base weights (float32, CPU): dense
+            matrices and/or gated blocks (:mod:`dmha.learning.gated`).
         keys: layer -> the edit's own keys (added to the preserved statistics once
             the edit is accepted).
         losses: total loss per step.
@@ -232,7 +233,7 @@ class Editor:
         plan: UpdatePlan,
         retain: Seq[Sequence] | None,
     ) -> dict[int, float]:
-        """Gate thresholds of a gated edit (:func:`_gate_thresholds`), from the retain prompts' keys."""
+        """Gate thresholds of a gated edit (:func:`~dmha.learning.gated.gate_thresholds`) from the retain keys."""
         if not retain:
             raise LearningError("a gated edit needs retain prompts to set its gate")
         exposure = space.exposure
