@@ -10,11 +10,11 @@ per token,
 
 (``U_e``: the ``k`` directions the edit reads, along which the fact's keys stand out
 from generic ones, see :func:`~dmha.learning.editor._fact_directions`; ``τ_e``: a
-share of key energy above any seen on generic text). A token whose key does not
-match adds exactly zero, so its output is bitwise the base's: unrelated answers
-cannot move. The idea is WISE's and MELO's (route by key, edit a side memory); the
-routing here reuses the edit's own reading subspace, so it costs one projection
-already computed by the change.
+margin times the largest share of key energy any token of the training retain
+prompts has in them). A token whose key does not match adds exactly zero, so its
+output is bitwise the base's: unrelated answers cannot move. The idea is WISE's and
+MELO's (route by key, edit a side memory); the routing here reuses the edit's own
+reading subspace, so there is no separate key to learn or store.
 
 Every edit of a layer is stacked into one :class:`GatedEdits` module (written with
 comparisons and matmuls only, so it traces and freezes like the rest of the model).
