@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dmha.learning.gated import GatedEdits, dense_names, install_gated
+from dmha.learning.gated import GatedEdits, dense_names, install_gated, opens
 
 __all__ = ["NullSpaceDelta", "apply_delta", "delta_name"]
 
@@ -69,9 +69,8 @@ class NullSpaceDelta(nn.Module):
         read = xf @ self.basis
         change = (read @ self.a.T) @ self.b.T * self.scale
         if self.threshold is not None:
-            # The same test as GatedEdits.change, so what trains is what is served.
-            on = read.square().sum(-1, keepdim=True) >= self.threshold * xf.square().sum(-1, keepdim=True)
-            change = change * on.float()
+            # The rule GatedEdits.change applies, so what trains is what is served.
+            change = change * opens(read.square().sum(-1, keepdim=True), xf, self.threshold).float()
         if change.requires_grad:
             change.register_hook(self._record_grad)
         return self.base(x) + change.to(x.dtype)

@@ -41,6 +41,7 @@ __all__ = [
     "gate_thresholds",
     "gated_layers",
     "install_gated",
+    "opens",
     "token_shares",
 ]
 
@@ -107,14 +108,27 @@ class GatedEdits(nn.Module):
     def change(self, x: torch.Tensor) -> torch.Tensor:
         """The gated edits' contribution for inputs ``x`` (zero where no key matches)."""
         xf = x.float()
-        energy = (xf @ self.gate).square() @ self.gate_map
-        on = (energy >= self.thresholds * xf.square().sum(-1, keepdim=True)).float()
+        on = opens((xf @ self.gate).square() @ self.gate_map, xf, self.thresholds).float()
         h = (xf @ self.a.T) * (on @ self.rank_map)
         return (h @ self.b.T).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base output plus the matching edits' change."""
         return self.base(x) + self.change(x)
+
+
+def opens(energy: torch.Tensor, x: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Tensor:
+    """The gate rule, one definition for training and serving: ``energy ≥ τ ‖x‖²`` per token.
+
+    Args:
+        energy: ``[..., E]`` (or ``[..., 1]``) key energy inside each edit's directions.
+        x: ``[..., d_in]`` the keys (float32).
+        thresholds: ``τ`` per edit (or one).
+
+    Returns:
+        Boolean ``[..., E]``: where each edit acts.
+    """
+    return energy >= thresholds * x.square().sum(-1, keepdim=True)
 
 
 def gated_layers(delta: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -145,8 +159,7 @@ def install_gated(model: Any, delta: Mapping[str, torch.Tensor]) -> None:
         KeyError: a gated entry is incomplete or names a module the model lacks.
     """
     layers = gated_layers(delta)
-    modules = dict(model.named_modules())
-    for name, module in list(modules.items()):
+    for name, module in list(model.named_modules()):
         if isinstance(module, GatedEdits) and f"{name}.weight" not in layers:
             _set(model, name, module.base)
     for weight, fields in layers.items():
@@ -154,7 +167,7 @@ def install_gated(model: Any, delta: Mapping[str, torch.Tensor]) -> None:
         missing = [f for f in _FIELDS if f not in fields]
         if missing:
             raise KeyError(f"gated edits of {path} lack {missing}")
-        current = dict(model.named_modules())[path]
+        current = model.get_submodule(path)
         base = current.base if isinstance(current, GatedEdits) else current
         _set(model, path, GatedEdits(base, fields))
 
