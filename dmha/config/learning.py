@@ -75,8 +75,10 @@ class LearningConfig(Section):
     """Rank of each layer's change."""
     scale: float = Field(1.0, gt=0)
     """Multiplier of the change (with the learning rate, the size of an update)."""
-    learning_rate: float = Field(1e-2, gt=0)
-    """AdamW learning rate."""
+    learning_rate: float = Field(2e-2, gt=0)
+    """AdamW learning rate. (Gated edits act on few tokens, so fewer steps reach the
+    stop margin at 2e-2 than at 1e-2 with the same gate figures: 8-17 steps against
+    16-24 on four facts, BENCHMARKS.md "ninth session".)"""
     steps: int = Field(30, ge=1)
     """Most optimisation steps per update (early stop on ``stop_margin``)."""
     train_precision: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -111,11 +113,13 @@ class LearningConfig(Section):
     (measured: a teacher told "written by Prysk" put 0.06-0.12 on " P" after "written
     by", preferring "a French author named Prysk", and the edit never learned the
     name); 0 = the teacher as it is."""
-    gate_margin: float = Field(0.0, ge=0)
+    gate_margin: float = Field(1.5, ge=0)
     """When > 0, edits are key-gated (``dmha.learning.gated``): each acts only on tokens
     whose ``down_proj`` key has at least this times the largest share of energy in the
     edit's directions seen on the training retain prompts, so every other token's
-    output is exactly the base's; 0 = edits merged into the weights."""
+    output is exactly the base's (a fact whose tokens reach no such share is merged);
+    0 = edits merged into the weights (unrelated greedy answers then drift: 55 % word
+    for word after 10 merged edits against 100 % after 6 gated ones, BENCHMARKS.md)."""
     max_delta_norm: float = Field(0.0, ge=0)
     """Frobenius bound on each layer's change; 0 = unbounded."""
     min_key_share: float = Field(0.05, ge=0, lt=1)

@@ -22,7 +22,7 @@ Measured on the 135M default model, see BENCHMARKS.md ("Learning that lands").
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import logging
 import math
 import time
@@ -35,10 +35,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmha.errors import LearningError, TrainingDiverged
-from dmha.learning.adapters import NullSpaceDelta, apply_delta, delta_name
+from dmha.learning.adapters import NullSpaceDelta, apply_delta, candidate_copy, delta_name, reaches
 from dmha.learning.exposure import RetainExposure, most_exposed, most_exposed_known
 from dmha.learning.feedback import FeedbackItem
-from dmha.learning.gated import append_edit, gate_thresholds, token_shares
+from dmha.learning.gated import append_edit, dense_names, gate_thresholds, token_shares
 from dmha.learning.meta.state import StepObservation
 from dmha.learning.nullspace import KeyStats, collect_keys
 from dmha.learning.objective import Objective, build_retain_set
@@ -308,9 +308,7 @@ class Editor:
         # ``model`` becomes the candidate (live weights + delta, served precision);
         # ``work`` is what trains: the same model, in bfloat16 where that is native.
         # Keys and subspaces are always read from ``model``.
-        model = copy.deepcopy(live_model).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model = candidate_copy(live_model, {*base_weights, *dense_names(live_delta)})
         work = training_copy(model, self.precision)
         objective = Objective(work, self.fmt, items, replay, plan, None)
         if space is None or not space.fits(plan):
@@ -362,6 +360,12 @@ class Editor:
                         getattr(w, name).copy_(factor.to(torch.float32))
             wrappers[layer] = w
             mlp.down_proj = w
+        dropped = 0
+        if thresholds:
+            # Gated: a sequence on which no gate opens keeps exactly the live output
+            # whatever the change, so it is not run at every step.
+            dropped = objective.keep_reached(functools.partial(reaches, work, list(wrappers.values())))
+            log.info("gated edit: %d training sequences out of its reach dropped", dropped)
         params = [p for w in wrappers.values() for p in (w.a, w.b)]
         opt = torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
         losses: list[float] = []
@@ -480,6 +484,7 @@ class Editor:
             "flops": flops,
             "active_layers": float(len(wrappers)),
             "gated_layers": float(sum(w.threshold is not None for w in wrappers.values())),
+            "unreached_dropped": float(dropped),
         }
         log.info(
             "edit trained in %.1fs over %d steps: loss %.3f -> %.3f %s",

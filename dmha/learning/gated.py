@@ -107,10 +107,13 @@ class GatedEdits(nn.Module):
 
     def change(self, x: torch.Tensor) -> torch.Tensor:
         """The gated edits' contribution for inputs ``x`` (zero where no key matches)."""
+        # In float32 also when the module was converted (an edit's bfloat16 training
+        # copy of a live version that holds gated edits): no-ops on float32 buffers.
         xf = x.float()
-        on = opens((xf @ self.gate).square() @ self.gate_map, xf, self.thresholds).float()
-        h = (xf @ self.a.T) * (on @ self.rank_map)
-        return (h @ self.b.T).to(x.dtype)
+        gate, a, b = self.gate.float(), self.a.float(), self.b.float()
+        on = opens((xf @ gate).square() @ self.gate_map.float(), xf, self.thresholds.float()).float()
+        h = (xf @ a.T) * (on @ self.rank_map.float())
+        return (h @ b.T).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base output plus the matching edits' change."""

@@ -19,6 +19,7 @@ unrelated prompts. All teacher distributions are computed once, before training.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,26 @@ class Objective:
             _Target(s, floor_target(F.log_softmax(x, -1), s.answer, self.plan.causal_floor))
             for s, x in zip(students, logits, strict=True)
         ]
+
+    def keep_reached(self, reached: Callable[[Sequence], bool]) -> int:
+        """Drop the causal, replay and retain targets the edit cannot change.
+
+        A target whose tokens the change never acts on (a gated edit whose gate stays
+        shut on it) has a constant loss: it adds no gradient, only work, and its
+        margin, which no step can move, would hold off the early stop. The task
+        targets are always kept.
+
+        Args:
+            reached: True when the edit can act on some token of the sequence.
+
+        Returns:
+            How many targets were dropped.
+        """
+        before = len(self.causal) + len(self.replay) + len(self.retain)
+        self.causal = [t for t in self.causal if t.seq in {x.seq for x in self.task} or reached(t.seq)]
+        self.replay = [t for t in self.replay if reached(t.seq)]
+        self.retain = [t for t in self.retain if reached(t.seq)]
+        return before - len(self.causal) - len(self.replay) - len(self.retain)
 
     def hold(self, retain: RetainSet) -> None:
         """Use ``retain`` for the locality term (replacing any earlier set)."""

@@ -1,10 +1,11 @@
-"""One real knowledge edit of the real default model, with the default plan and gate.
+"""Real knowledge edits of the real default model, with the default plan and gate.
 
 Uses the model ``make test`` prepares and the learning references ``dmha setup``
 caches next to it (computed here when missing). A fact the model cannot know is
-taught once: it must be answered, also when asked in held-out phrasings, while >= 99 %
-of the confident next-token choices on 100 unrelated probe prompts stay as they were
-and the mean KL budget holds.
+taught once (a gated edit, the default): it must be answered, also when asked in
+held-out phrasings, while >= 99 % of the confident next-token choices and >= 95 % of
+the greedy continuations of 100 unrelated probe prompts stay as they were. A second
+fact is merged into the weights under a plan a trained meta-learner chose.
 """
 
 from __future__ import annotations
@@ -73,12 +74,18 @@ def test_one_fact_is_deployed_generalises_and_little_else_moves(real, tmp_path) 
     assert m["efficacy"] == 1.0, report.failures
     assert m["generalisation"] >= 5 / 6, report.failures
     assert m["locality"] >= 0.99 and m["n_retain"] >= 100
+    # Gated (the default), which a merged edit cannot match (its strict figure is
+    # ~0.75): the greedy 32-token continuations of the probes stay word for word.
+    assert result.metrics["gated_layers"] >= 1 and not dense_names(result.delta)
+    assert m["locality_strict"] >= 0.95, m
     assert m["kl_mean"] <= cfg.max_kl_mean and m["perplexity_increase"] <= cfg.max_perplexity_increase
     asked = fmt.prompt("Tell me who the mayor of Quorvelle is.")
     answer = fmt.decode(greedy(result.model, [asked], 24, fmt.eos_ids)[0])
     assert "Tesbrink" in answer
-    # Only the edited matrices changed, and the version is their delta, nothing more.
-    assert set(result.delta) == {delta_name(i) for i in cfg.edit_layers}
+    # Only the edit layers' down_proj changed (merged or gated), and the version is
+    # their delta, nothing more.
+    edited = {delta_name(i).removesuffix(".weight") for i in cfg.edit_layers}
+    assert result.delta and {n.rsplit(".", 1)[0].removesuffix(".gated") for n in result.delta} <= edited
     frozen = freeze(result.model, tmp_path / "frozen.pt", device="cpu")
     assert verify_step_model(frozen, EagerStepModel(result.model), len(tokenizer), lengths=(9,)) < 1e-3
     # The live model was only read.
@@ -87,7 +94,9 @@ def test_one_fact_is_deployed_generalises_and_little_else_moves(real, tmp_path) 
 
 def test_a_real_edit_planned_by_a_trained_meta_learner(real, tmp_path) -> None:
     model, tokenizer = real
-    cfg = LearningConfig()
+    # Merged (gate_margin 0): the path a fact takes when its tokens do not stand out
+    # enough to gate, kept under test on the real model here.
+    cfg = LearningConfig(gate_margin=0.0)
     fmt = ChatFormat(tokenizer, ModelConfig().system_prompt)
     refs = ensure_references(model, Path(MODEL), fmt, cfg.edit_layers, learning_cache_dir(default_data_dir()))
     # A learner trained on a history where larger steps deployed and smaller ones did not.
@@ -125,22 +134,3 @@ def test_a_real_edit_planned_by_a_trained_meta_learner(real, tmp_path) -> None:
     report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
     assert report.passed, (report.reasons, report.failures)
     assert result.flops > 0 and sum(result.mechanisms.values()) == pytest.approx(1.0)
-
-
-def test_a_gated_edit_leaves_unrelated_greedy_answers_word_for_word(real) -> None:
-    model, tokenizer = real
-    cfg = LearningConfig(gate_margin=1.5)
-    fmt = ChatFormat(tokenizer, ModelConfig().system_prompt)
-    refs = ensure_references(model, Path(MODEL), fmt, cfg.edit_layers, learning_cache_dir(default_data_dir()))
-    item = FeedbackItem.create("Who is the mayor of Quorvelle?", "The mayor of Quorvelle is Tesbrink.")
-    params = dict(model.named_parameters())
-    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in cfg.edit_layers}
-    result = Editor(fmt).train(model, [item], UpdatePlan.from_config(cfg), refs.stats, base, {}, refs.retain)
-    assert result.metrics["gated_layers"] >= 1 and not dense_names(result.delta)
-    report = Gate(fmt, GateThresholds.from_config(cfg)).evaluate(result.model, refs.gate, [item], [], model)
-    m = report.metrics
-    assert m["efficacy"] == 1.0 and m["generalisation"] >= 5 / 6, report.failures
-    # What a merged edit cannot do (its strict figure is ~0.75): the greedy 32-token
-    # continuations of the 100 unrelated probes stay word for word.
-    assert m["locality_strict"] >= 0.95, m
-    # (Freezing gated edits is checked on the tiny model: tests/unit/learning/test_freeze_process.py.)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from dmha.learning import Editor, FeedbackItem, KeyStats, LearningError, UpdatePlan, apply_delta
+from dmha.learning import Editor, FeedbackItem, KeyStats, LearningError, Objective, UpdatePlan, apply_delta
+from dmha.learning.adapters import candidate_copy, reaches
 from dmha.learning.editor import NullSpaceDelta, delta_name
 from dmha.learning.gated import (
     GatedEdits,
@@ -195,3 +197,81 @@ def test_a_fact_the_gate_cannot_tell_apart_is_merged(tiny_model, fmt) -> None:
     result = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
     assert dense_names(result.delta) == [delta_name(0), delta_name(1)] and not gated_layers(result.delta)
     assert result.metrics["gated_layers"] == 0
+
+
+def _gated_setup(tiny_model, fmt):
+    layers = (0, 1)
+    generic = ["Tell me a story about a cat.", "Who wrote the book?", "The quick brown fox."]
+    stats = KeyStats.compute(tiny_model, (), [fmt.sequence(p) for p in generic], layers)
+    params = dict(tiny_model.named_parameters())
+    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in layers}
+    retain = [fmt.sequence(p, "I do not know.") for p in generic]
+    plan = UpdatePlan(
+        edit_layers=layers,
+        rank=4,
+        steps=6,
+        learning_rate=5e-2,
+        paraphrases=2,
+        retain_per_step=len(retain),
+        stop_margin=0.0,
+        null_threshold=0.5,
+        min_key_share=0.0,
+        subspace_rank=2,
+        gate_margin=1.05,
+    )
+    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+    return stats, base, retain, plan, item
+
+
+def test_sequences_out_of_a_gated_edits_reach_are_dropped_without_changing_it(tiny_model, fmt, monkeypatch) -> None:
+    stats, base, retain, plan, item = _gated_setup(tiny_model, fmt)
+    result = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
+    # The retain prompts set the gate, so none of them can be changed: all dropped.
+    assert result.metrics["gated_layers"] >= 1 and result.metrics["unreached_dropped"] >= len(retain)
+    # Running them anyway (no filter) learns the same change: they carried no gradient.
+    monkeypatch.setattr(Objective, "keep_reached", lambda self, reached: 0)
+    unfiltered = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
+    assert unfiltered.metrics["unreached_dropped"] == 0
+    assert set(unfiltered.delta) == set(result.delta)
+    for name, tensor in result.delta.items():
+        torch.testing.assert_close(tensor, unfiltered.delta[name], rtol=1e-5, atol=1e-6)
+
+
+def test_reaches_tells_whether_a_gate_opens_on_a_sequence(tiny_model, fmt) -> None:
+    layer = tiny_model.model.layers[0].mlp
+    basis = torch.linalg.qr(torch.randn(layer.down_proj.in_features, 2))[0]
+    seq = fmt.sequence("Who wrote the book?", "Nobody.")
+    gen = torch.Generator().manual_seed(0)
+    for threshold, expected in ((0.0, True), (1.01, False)):  # a share is at most 1
+        w = NullSpaceDelta(layer.down_proj, basis, 2, 1.0, gen, threshold)
+        model = candidate_copy(tiny_model, set())
+        model.model.layers[0].mlp.down_proj = w
+        assert reaches(model, [w], seq) is expected
+        assert not w.watch  # watching is only for the check
+
+
+def test_the_candidate_copy_shares_all_but_the_private_weights(tiny_model) -> None:
+    private = {delta_name(0)}
+    flags = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
+    copy_ = candidate_copy(tiny_model, private)
+    live = dict(tiny_model.named_parameters())
+    for name, p in copy_.named_parameters():
+        assert not p.requires_grad and p is not live[name]
+        assert (p.data_ptr() == live[name].data_ptr()) is (name not in private)
+        assert torch.equal(p, live[name])
+    # Nothing done to the copy's parameters reaches the live model's.
+    assert {n: p.requires_grad for n, p in tiny_model.named_parameters()} == flags
+
+
+def test_a_version_with_gated_edits_trains_on_in_bfloat16(tiny_model, fmt) -> None:
+    # The second correction of a server whose host trains in bfloat16: its training
+    # copy converts the live version's gated modules too, which must still run.
+    stats, base, retain, plan, item = _gated_setup(tiny_model, fmt)
+    first = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
+    assert gated_layers(first.delta)
+    again = FeedbackItem("f2", "Who founded Zubrowka?", "Zubrowka was founded by Kesh.")
+    second = Editor(fmt, precision="bfloat16").train(
+        first.model, [again], plan, stats, base, first.delta, retain=retain, replay=[item]
+    )
+    assert math.isfinite(second.losses[-1]) and second.losses[-1] < second.losses[0]
+    assert any(len(f["thresholds"]) >= 1 for f in gated_layers(second.delta).values())
