@@ -145,27 +145,33 @@ def test_thresholds_refuse_a_fact_that_does_not_stand_out() -> None:
     assert set(gate_thresholds({0: 0.2, 1: 0.2}, weak, {0: u, 1: u}, 3.0)) == {0}
 
 
-def test_gated_edit_learns_and_leaves_generic_prompts_bitwise(tiny_model, fmt) -> None:
+def _gated_setup(tiny_model, fmt):
     layers = (0, 1)
     generic = ["Tell me a story about a cat.", "Who wrote the book?", "The quick brown fox."]
     stats = KeyStats.compute(tiny_model, (), [fmt.sequence(p) for p in generic], layers)
     params = dict(tiny_model.named_parameters())
     base = {delta_name(i): params[delta_name(i)].detach().clone() for i in layers}
-    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
     retain = [fmt.sequence(p, "I do not know.") for p in generic]
     plan = UpdatePlan(
         edit_layers=layers,
         rank=4,
-        steps=60,
+        steps=6,
         learning_rate=5e-2,
         paraphrases=2,
-        lambda_locality=0.0,
+        retain_per_step=len(retain),
         stop_margin=0.0,
         null_threshold=0.5,
         min_key_share=0.0,
         subspace_rank=2,
         gate_margin=1.05,
     )
+    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+    return stats, base, retain, plan, item
+
+
+def test_gated_edit_learns_and_leaves_generic_prompts_bitwise(tiny_model, fmt) -> None:
+    stats, base, retain, plan, item = _gated_setup(tiny_model, fmt)
+    plan = plan.with_changes(steps=60, lambda_locality=0.0)
     result = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
     assert not dense_names(result.delta) and gated_layers(result.delta)
     assert result.metrics["gated_layers"] >= 1
@@ -197,30 +203,6 @@ def test_a_fact_the_gate_cannot_tell_apart_is_merged(tiny_model, fmt) -> None:
     result = Editor(fmt).train(tiny_model, [item], plan, stats, base, {}, retain=retain)
     assert dense_names(result.delta) == [delta_name(0), delta_name(1)] and not gated_layers(result.delta)
     assert result.metrics["gated_layers"] == 0
-
-
-def _gated_setup(tiny_model, fmt):
-    layers = (0, 1)
-    generic = ["Tell me a story about a cat.", "Who wrote the book?", "The quick brown fox."]
-    stats = KeyStats.compute(tiny_model, (), [fmt.sequence(p) for p in generic], layers)
-    params = dict(tiny_model.named_parameters())
-    base = {delta_name(i): params[delta_name(i)].detach().clone() for i in layers}
-    retain = [fmt.sequence(p, "I do not know.") for p in generic]
-    plan = UpdatePlan(
-        edit_layers=layers,
-        rank=4,
-        steps=6,
-        learning_rate=5e-2,
-        paraphrases=2,
-        retain_per_step=len(retain),
-        stop_margin=0.0,
-        null_threshold=0.5,
-        min_key_share=0.0,
-        subspace_rank=2,
-        gate_margin=1.05,
-    )
-    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
-    return stats, base, retain, plan, item
 
 
 def test_sequences_out_of_a_gated_edits_reach_are_dropped_without_changing_it(tiny_model, fmt, monkeypatch) -> None:
