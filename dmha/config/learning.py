@@ -117,7 +117,8 @@ class LearningConfig(Section):
     """When > 0, edits are key-gated (``dmha.learning.gated``): each acts only on tokens
     whose ``down_proj`` key has at least this times the largest share of energy in the
     edit's directions seen on the training retain prompts, so every other token's
-    output is exactly the base's (a fact whose tokens reach no such share is merged);
+    output is exactly the base's (a fact whose tokens reach no such share is gated at the
+    margin halfway to 1, and merged when they reach none there either);
     0 = edits merged into the weights (unrelated greedy answers then drift: 55 % word
     for word after 10 merged edits against 100 % after 6 gated ones, BENCHMARKS.md)."""
     max_delta_norm: float = Field(0.0, ge=0)

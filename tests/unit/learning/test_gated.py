@@ -20,6 +20,7 @@ from dmha.learning.gated import (
     gate_thresholds,
     gated_layers,
     install_gated,
+    token_shares,
 )
 
 D_IN, D_OUT = 12, 5
@@ -138,8 +139,14 @@ def test_thresholds_refuse_a_fact_that_does_not_stand_out() -> None:
     u = _orthonormal(2, 7)
     fact_in = {0: (u @ torch.ones(2, 1)).T}  # all its energy in u: share 1.0
     assert gate_thresholds({0: 0.2}, fact_in, {0: u}, 3.0) == {0: pytest.approx(0.6)}
+    # Not by 3x (1.5 > any share), but by the margin halfway to 1 (2x: 1.0).
+    assert gate_thresholds({0: 0.5}, fact_in, {0: u}, 3.0) == {0: pytest.approx(1.0)}
     with pytest.raises(LearningError, match="stands out"):
-        gate_thresholds({0: 0.5}, fact_in, {0: u}, 3.0)  # 1.5 > any share
+        gate_thresholds({0: 0.5}, fact_in, {0: u}, 4.0)  # 2.0, then 1.25: more than any share
+    faint = {0: (0.1 * u[:, 0] + torch.ones(D_IN)).unsqueeze(0)}
+    share = float(token_shares(faint[0], u).max())
+    with pytest.raises(LearningError, match="stands out"):
+        gate_thresholds({0: 1.01 * share}, faint, {0: u}, 1.0)  # a margin of 1 has no lower rung
     # A layer where the fact does not reach its threshold is left out, not refused.
     weak = {0: fact_in[0], 1: (0.1 * u[:, 0] + torch.ones(D_IN)).unsqueeze(0)}
     assert set(gate_thresholds({0: 0.2, 1: 0.2}, weak, {0: u, 1: u}, 3.0)) == {0}
