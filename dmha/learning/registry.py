@@ -444,12 +444,16 @@ class Registry:
         return self.root / "frozen" / f"{version_id}.pt"
 
     def drop_frozen(self, keep: set[str]) -> None:
-        """Delete cached frozen modules of versions not in ``keep``."""
+        """Delete cached frozen modules of versions not in ``keep``.
+
+        A kept version's module being written (``.<version>.pt``, renamed when
+        checked) is kept too: a prune must not pull it from under its freeze.
+        """
         folder = self.root / "frozen"
         if not folder.is_dir():
             return
         for f in folder.iterdir():
-            if f.suffix == ".pt" and f.stem not in keep:
+            if f.suffix == ".pt" and f.stem.removeprefix(".") not in keep:
                 f.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------- live

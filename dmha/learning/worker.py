@@ -372,11 +372,8 @@ class LearningWorker:
             )
 
     def _after_deploy(self, handle: ModelHandle, state: _LiveState, freeze: bool) -> None:
-        """Freeze the new live version and prepare the next edit's space, off the job's path.
-
-        Runs in a thread, so the next job (often already queued: a trainer correcting
-        several answers) starts at once, on the other core.
-        """
+        """Freeze the new live version and prepare the next edit's space, off the job's path:
+        in a thread, so the next job (often already queued) starts at once, on the other core."""
         previous = self._post_deploy
 
         def run() -> None:
@@ -418,6 +415,8 @@ class LearningWorker:
         checked against eager (``freeze_tolerance``), unless a newer version went live
         meanwhile. A failure only logs: the version stays served eagerly.
         """
+        if self._get_live().version != handle.version:
+            return  # superseded while queued behind an earlier freeze: it would only cost a core
         started = time.monotonic()
         frozen = self._frozen(handle.torch_model, self.registry.get(handle.version).delta_path, handle.version)
         if frozen is None:

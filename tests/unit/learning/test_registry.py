@@ -131,6 +131,10 @@ def test_retention_keeps_live_ancestors_and_last(tmp_path, base) -> None:
     frozen.parent.mkdir(parents=True)
     frozen.write_bytes(b"module")
     reg.frozen_cache("v3").write_bytes(b"stale")
+    # Modules being written: the live version's survives a prune, another's does not.
+    writing, superseded = reg.frozen_cache(".v5"), reg.frozen_cache(".v4")
+    writing.write_bytes(b"half")
+    superseded.write_bytes(b"half")
     pruned = reg.prune(keep_ancestors=2, keep_last=2)
     # Kept: live v5, its ancestors v4 and v3, and the newest v7 and v8.
     assert pruned == ["v1", "v2", "v6"]
@@ -151,6 +155,7 @@ def test_retention_keeps_live_ancestors_and_last(tmp_path, base) -> None:
     assert len(reg.feedback_history("v8")) == 8
     # Only the live version's frozen module is kept.
     assert frozen.is_file() and not reg.frozen_cache("v3").exists()
+    assert writing.is_file() and not superseded.exists()
     # Rollback works to any retained version, and a pruned one is refused clearly.
     assert reg.rollback().version_id == "v4"
     reg.promote("v8")
