@@ -47,7 +47,7 @@ from typing import Any
 
 import redis
 
-from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, RedisUnavailable, ResourceExhausted
 from dmha.ids import check_id, redis_key
 from dmha.learning.feedback import FeedbackItem, new_id
 from dmha.learning.job_events import RUNNING_STATES, TERMINAL_STATES, JobEvent, JobState, JobWatch
@@ -404,8 +404,32 @@ class JobStore:
         return self.get(job_id)
 
     def progress(self, job_id: str, step: int, steps: int, loss: float) -> None:
-        """Record a training step (an event watchers see)."""
-        self.transition(job_id, "training", step=step, steps=steps, loss=loss)
+        """Record a training step (an event watchers see), best effort.
+
+        A step not recorded while Redis is unavailable is only a missed event (the
+        next one carries the same fields); the training job goes on rather than fail.
+        """
+        try:
+            self.transition(job_id, "training", step=step, steps=steps, loss=loss)
+        except RedisUnavailable as exc:
+            log.warning("job %s: step %d/%d not recorded: %s", job_id, step, steps, exc)
+
+    def settle(self, job_id: str, state: JobState, within: float, **fields: Any) -> Job | None:
+        """:meth:`transition`, retried while Redis is unavailable for up to ``within`` seconds.
+
+        For a worker that must not leave a job it holds running forever after an outage.
+
+        Returns:
+            The updated job, or None when Redis did not come back in time.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                return self.transition(job_id, state, **fields)
+            except RedisUnavailable:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(1.0)
 
     def renew(self) -> None:
         """Keep this owner's lease alive for ``lease_seconds`` more (several-worker layout).

@@ -331,8 +331,10 @@ class LearningWorker:
                 # A bug: the job must not stay "running" forever, but the error is re-raised
                 # (and logged with its traceback by the loop), never turned into a verdict.
                 self.registry.discard(staging)
-                try:
-                    self.jobs.transition(job.job_id, "failed", error="internal error (see the server log)")
+                try:  # retried through a Redis outage: a job left "training" would never end
+                    error = "internal error (see the server log)"
+                    if self.jobs.settle(job.job_id, "failed", self.cfg.claim_idle_seconds, error=error) is None:
+                        log.error("could not mark job %s failed: Redis stayed unavailable", job.job_id)
                 except DMHAError:
                     log.exception("could not mark job %s failed", job.job_id)
                 raise

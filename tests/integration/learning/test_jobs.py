@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from dmha.errors import FailedPrecondition, InvalidArgument, NotFound, RedisUnavailable, ResourceExhausted
 from dmha.learning import FeedbackItem, JobStore
 from dmha.redis_connection import RedisConnection
 
@@ -144,3 +144,24 @@ def test_watch_times_out_without_events(store) -> None:
     events = list(store.watch(job.job_id, timeout=0.5, block_ms=100))
     assert [e.state for e in events] == ["queued"]
     assert time.monotonic() - started < 5
+
+
+def test_a_redis_outage_skips_progress_and_a_failure_is_settled_when_it_is_back(store, monkeypatch) -> None:
+    job = store.submit([ITEM], "alice")
+    assert store.claim(0.5) is not None
+    store.transition(job.job_id, "training", steps=3)
+    real = store._conn.call
+    down = {"calls": 0}
+
+    def outage(fn, what):  # the first calls find Redis down, as during a stall
+        down["calls"] += 1
+        if down["calls"] <= 3:
+            raise RedisUnavailable(f"{what} (Redis) is unavailable; retry shortly")
+        return real(fn, what)
+
+    monkeypatch.setattr(store._conn, "call", outage)
+    store.progress(job.job_id, 1, 3, 0.5)  # a missed event, not an error
+    assert store.settle(job.job_id, "failed", 0.0, error="x") is None  # gave up at once
+    done = store.settle(job.job_id, "failed", 30.0, error="internal error")
+    assert done is not None and done.state == "failed" and done.error == "internal error"
+    assert job.job_id not in [j.job_id for j in store.list() if j.state == "training"]
