@@ -46,9 +46,9 @@ __all__ = [
     "token_shares",
 ]
 
-_FIELDS = ("gate", "gate_map", "thresholds", "a", "rank_map", "b")
 log = logging.getLogger(__name__)
 
+_FIELDS = ("gate", "gate_map", "thresholds", "a", "rank_map", "b")
 _MARK = ".gated."
 
 

@@ -181,7 +181,8 @@ class Objective:
             How many targets were dropped.
         """
         before = len(self.causal) + len(self.replay) + len(self.retain)
-        self.causal = [t for t in self.causal if t.seq in {x.seq for x in self.task} or reached(t.seq)]
+        asked = {t.seq for t in self.task}
+        self.causal = [t for t in self.causal if t.seq in asked or reached(t.seq)]
         self.replay = [t for t in self.replay if reached(t.seq)]
         self.retain = [t for t in self.retain if reached(t.seq)]
         return before - len(self.causal) - len(self.replay) - len(self.retain)
