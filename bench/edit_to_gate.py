@@ -43,6 +43,7 @@ def main() -> None:
     from dmha.learning import ChatFormat, Editor, FeedbackItem, Gate, GateThresholds, UpdatePlan, ensure_references
     from dmha.learning.editor import delta_name
     from dmha.learning.online import learning_cache_dir
+    from dmha.learning.precision import training_copy
     from dmha.llm.model_store import default_model_dir
     from dmha.report.reproducibility import make_facts
 
@@ -59,6 +60,9 @@ def main() -> None:
     params = dict(model.named_parameters())
     base = {delta_name(i): params[delta_name(i)].detach().clone() for i in cfg.edit_layers}
     editor = Editor(fmt, precision=cfg.train_precision)
+    # ``auto`` measures once per process which precision trains faster: step counts
+    # differ between the two, so the choice is part of the result.
+    precision = "float32" if training_copy(model, cfg.train_precision) is model else "bfloat16"
     plan = UpdatePlan.from_config(cfg)
     space = editor.space(model, refs.stats, plan, refs.retain)
     gate = Gate(fmt, GateThresholds.from_config(cfg), workers=cfg.gate_workers or 1)
@@ -98,6 +102,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     summary = {
         "learning_rate": cfg.learning_rate,
+        "train_precision": precision,
         "gate_margin": cfg.gate_margin,
         "seed": args.seed,
         "facts": len(rows),
