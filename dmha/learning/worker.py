@@ -328,7 +328,7 @@ class LearningWorker:
                     job.job_id, "failed", error=_with_notes(str(exc) or type(exc).__name__, notes)
                 )
             except BaseException:
-                # A bug: the job must not stay "running" forever, but the error is re-raised
+                # A bug or an outage: the job must not stay "running", but the error is re-raised
                 # (and logged with its traceback by the loop), never turned into a verdict.
                 self.registry.discard(staging)
                 try:  # retried through a Redis outage: a job left "training" would never end
