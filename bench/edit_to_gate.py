@@ -43,7 +43,7 @@ def main() -> None:
     from dmha.learning import ChatFormat, Editor, FeedbackItem, Gate, GateThresholds, UpdatePlan, ensure_references
     from dmha.learning.editor import delta_name
     from dmha.learning.online import learning_cache_dir
-    from dmha.learning.precision import training_copy
+    from dmha.learning.precision import resolve_precision
     from dmha.llm.model_store import default_model_dir
     from dmha.report.reproducibility import make_facts
 
@@ -62,7 +62,7 @@ def main() -> None:
     editor = Editor(fmt, precision=cfg.train_precision)
     # ``auto`` measures once per process which precision trains faster: step counts
     # differ between the two, so the choice is part of the result.
-    precision = "float32" if training_copy(model, cfg.train_precision) is model else "bfloat16"
+    precision = resolve_precision(cfg.train_precision, next(model.parameters()).device)
     plan = UpdatePlan.from_config(cfg)
     space = editor.space(model, refs.stats, plan, refs.retain)
     gate = Gate(fmt, GateThresholds.from_config(cfg), workers=cfg.gate_workers or 1)

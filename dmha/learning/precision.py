@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["bf16_faster", "bf16_native", "training_copy"]
+__all__ = ["bf16_faster", "bf16_native", "resolve_precision", "training_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,20 @@ def training_copy(model: Any, precision: str) -> Any:
     Raises:
         ValueError: an unknown precision.
     """
-    if precision not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"unknown training precision {precision!r}")
     param = next(model.parameters())
-    use = precision == "bfloat16" or (precision == "auto" and bf16_faster(param.device))
-    if not use or param.dtype != torch.float32:
+    if resolve_precision(precision, param.device) != "bfloat16" or param.dtype != torch.float32:
         return model
     return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What ``precision`` (``auto``, ``float32`` or ``bfloat16``) trains in on ``device``.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"unknown training precision {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if bf16_faster(device) else "float32"
+    return precision
