@@ -37,6 +37,7 @@ from dmha.errors import LearningError
 __all__ = [
     "GatedEdits",
     "append_edit",
+    "compact_write",
     "dense_names",
     "effective_deltas",
     "gate_thresholds",
@@ -70,7 +71,10 @@ class GatedEdits(nn.Module):
     - ``gate_map [G, E]``: which edit each gate direction belongs to (0/1);
     - ``thresholds [E]``: the share of a token's key energy an edit needs to act;
     - ``a [R, d_in]``, ``b [d_out, R]``: the edits' factors, ``ΔW_e = b_e a_e``;
-    - ``rank_map [E, R]``: which edit each rank component belongs to (0/1).
+    - ``rank_map [E, R]``: which edit each rank component belongs to (0/1);
+    - ``write [d_out, G]`` (derived, not stored): the edits' changes per gate
+      coordinate, served instead of ``a`` and ``b`` when every edit reads only its
+      gate (:func:`compact_write`).
 
     Args:
         base: the layer's linear map (dense edits already in its weight).
@@ -83,6 +87,7 @@ class GatedEdits(nn.Module):
     a: torch.Tensor
     rank_map: torch.Tensor
     b: torch.Tensor
+    write: torch.Tensor
 
     def __init__(self, base: nn.Module, fields: Mapping[str, torch.Tensor]) -> None:
         super().__init__()
@@ -92,6 +97,11 @@ class GatedEdits(nn.Module):
             # float32 whatever the served dtype: a gated change is small and must not
             # be rounded away in half precision.
             self.register_buffer(name, fields[name].detach().float().to(device).contiguous())
+        write = compact_write(self.gate, self.gate_map, self.a, self.rank_map, self.b)
+        self.compact = write is not None
+        """Whether :attr:`write` replaces ``a`` and ``b`` in :meth:`change` (see :func:`compact_write`)."""
+        # Derived from the fields at every install, so not part of the state.
+        self.register_buffer("write", write if write is not None else torch.zeros(0, device=device), persistent=False)
 
     @property
     def in_features(self) -> int:
@@ -113,14 +123,48 @@ class GatedEdits(nn.Module):
         # In float32 also when the module was converted (an edit's bfloat16 training
         # copy of a live version that holds gated edits): no-ops on float32 buffers.
         xf = x.float()
-        gate, a, b = self.gate.float(), self.a.float(), self.b.float()
-        on = opens((xf @ gate).square() @ self.gate_map.float(), xf, self.thresholds.float()).float()
-        h = (xf @ a.T) * (on @ self.rank_map.float())
-        return (h @ b.T).to(x.dtype)
+        gate_map = self.gate_map.float()
+        read = xf @ self.gate.float()
+        on = opens(read.square() @ gate_map, xf, self.thresholds.float()).float()
+        if self.compact:
+            return ((read * (on @ gate_map.T)) @ self.write.float().T).to(x.dtype)
+        h = (xf @ self.a.float().T) * (on @ self.rank_map.float())
+        return (h @ self.b.float().T).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base output plus the matching edits' change."""
         return self.base(x) + self.change(x)
+
+
+def compact_write(
+    gate: torch.Tensor, gate_map: torch.Tensor, a: torch.Tensor, rank_map: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor | None:
+    """Every edit's change as one map from its gate's coordinates: ``write [d_out, G]``.
+
+    An edit trained by the editor reads only its gate's directions (``a_e = a_e U_e U_eᵀ``,
+    see :meth:`~dmha.learning.adapters.NullSpaceDelta.gated_factors`), so its change
+    ``b_e a_e x`` equals ``(b_e a_e U_e)(U_eᵀ x)``: the gate's projection, computed anyway
+    to decide where the edit acts, is all it needs. Serving then skips the ``[R, d_in]``
+    read matrix, which is the largest part of the per-token cost once edits pile up
+    (measured at 200 edits of rank 8: 3.5 ms against 0.1 ms for the layer itself).
+
+    Args:
+        gate, gate_map, a, rank_map, b: a layer's stacked edits (:class:`GatedEdits`).
+
+    Returns:
+        ``write`` with column ``g`` the change per unit of gate coordinate ``g``, or None
+        when some edit reads outside its gate (then the general form is used).
+    """
+    write = torch.zeros(b.shape[0], gate.shape[1], dtype=torch.float32, device=b.device)
+    for e in range(gate_map.shape[1]):
+        cols = gate_map[:, e].nonzero().flatten()
+        rows = rank_map[e].nonzero().flatten()
+        u, a_e = gate[:, cols].float(), a[rows].float()
+        coords = a_e @ u
+        if float((a_e - coords @ u.T).norm()) > 1e-4 * max(float(a_e.norm()), 1e-30):
+            return None
+        write[:, cols] = b[:, rows].float() @ coords
+    return write
 
 
 def opens(energy: torch.Tensor, x: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dmha.learning.editor import NullSpaceDelta, delta_name
 from dmha.learning.gated import (
     GatedEdits,
     append_edit,
+    compact_write,
     dense_names,
     effective_deltas,
     gate_thresholds,
@@ -88,6 +89,33 @@ def test_edits_stack_and_each_acts_only_on_its_own_key() -> None:
     assert share_second > 0.5
     expected = fields["b"][:, 3:] @ (fields["a"][3:] @ x)
     torch.testing.assert_close(module.change(x), expected)
+
+
+def test_edits_that_read_only_their_gate_are_served_in_the_compact_form() -> None:
+    g = torch.Generator().manual_seed(11)
+    delta: dict[str, torch.Tensor] = {}
+    for seed, (k, r) in enumerate(((2, 3), (3, 2), (1, 1)), start=20):
+        gate = _orthonormal(k, seed)
+        a = torch.randn(r, k, generator=g) @ gate.T  # reads its gate only, as the editor's edits do
+        append_edit(delta, 0, gate, 0.2, a, torch.randn(D_OUT, r, generator=g))
+    fields = gated_layers(delta)[delta_name(0)]
+    module = GatedEdits(nn.Linear(D_IN, D_OUT), fields)
+    assert module.compact and module.write.shape == (D_OUT, 6)
+    x = torch.cat([torch.randn(30, D_IN, generator=g), (fields["gate"] @ torch.randn(6, 30, generator=g)).T])
+    # The general form, written out: each edit's b a x where its gate opens.
+    energy = (x @ fields["gate"]).square() @ fields["gate_map"]
+    on = energy >= fields["thresholds"] * x.square().sum(-1, keepdim=True)
+    expected = ((x @ fields["a"].T) * (on.float() @ fields["rank_map"])) @ fields["b"].T
+    assert on.any(0).all() and not on.all()  # every edit acts somewhere, none everywhere
+    torch.testing.assert_close(module.change(x), expected)
+    assert "write" not in module.state_dict()  # derived at install, never stored
+
+
+def test_an_edit_reading_outside_its_gate_keeps_the_general_form() -> None:
+    fields = gated_layers(_one_edit(12))[delta_name(0)]  # a random read matrix
+    module = GatedEdits(nn.Linear(D_IN, D_OUT), fields)
+    assert not module.compact
+    assert compact_write(*(fields[f] for f in ("gate", "gate_map", "a", "rank_map", "b"))) is None
 
 
 def test_install_replaces_and_removes_gated_modules(tiny_model) -> None:
