@@ -49,7 +49,8 @@ def main() -> None:
         from dmha.config import default_data_dir
 
         folder = Path(default_model_dir(default_data_dir()))
-    registry = Registry(args.data_dir / "registry", folder)
+    # shared: a running server owns the folder; a private open would clear its staging.
+    registry = Registry(args.data_dir / "registry", folder, shared=True)
     version = registry.get(args.version) if args.version else registry.live()
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
