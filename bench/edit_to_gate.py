@@ -9,10 +9,11 @@ fact: steps, seconds until the first step ended (copy, teachers, keys, gate
 thresholds, one step), training wall and process-CPU seconds (CPU seconds hardly move with the
 machine's load; wall seconds do), how many layers were gated, how many training
 sequences no gate could reach (dropped), the gate's seconds, verdict and figures.
-``--learning-rate`` and ``--gate-margin`` override the config to compare settings on
+``--learning-rate``, ``--gate-margin`` and ``--subspace-rank`` override the config to compare settings on
 the same facts. Prints one line per fact and one final JSON line.
 
-    python bench/edit_to_gate.py [--facts 4] [--seed 31415] [--learning-rate 0.02] [--gate-margin 1.5]
+    python bench/edit_to_gate.py [--facts 4] [--seed 31415] [--learning-rate 0.02]
+        [--gate-margin 1.5] [--subspace-rank 8]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=31415)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: learning.learning_rate")
     parser.add_argument("--gate-margin", type=float, default=None, help="default: learning.gate_margin")
+    parser.add_argument("--subspace-rank", type=int, default=None, help="default: learning.subspace_rank")
     args = parser.parse_args()
 
     import torch
@@ -51,9 +53,8 @@ def main() -> None:
     folder = Path(default_model_dir(default_data_dir()))
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    overrides = {
-        k: v for k, v in (("learning_rate", args.learning_rate), ("gate_margin", args.gate_margin)) if v is not None
-    }
+    asked = {"learning_rate": args.learning_rate, "gate_margin": args.gate_margin, "subspace_rank": args.subspace_rank}
+    overrides = {k: v for k, v in asked.items() if v is not None}
     cfg = LearningConfig(**overrides)
     fmt = ChatFormat(tokenizer, ModelConfig().system_prompt)
     refs = ensure_references(model, folder, fmt, cfg.edit_layers, learning_cache_dir(default_data_dir()))
@@ -96,7 +97,10 @@ def main() -> None:
             "dropped": int(result.metrics["unreached_dropped"]),
             "gate_s": round(time.perf_counter() - t, 1),
             "passed": report.passed,
-            **{k: round(m[k], 4) for k in ("efficacy", "generalisation", "locality", "locality_strict", "kl_mean")},
+            **{
+                k: round(m[k], 4)
+                for k in ("efficacy", "generalisation", "locality", "locality_strict", "kl_mean", "kl_prompt_max")
+            },
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -104,6 +108,7 @@ def main() -> None:
         "learning_rate": cfg.learning_rate,
         "train_precision": precision,
         "gate_margin": cfg.gate_margin,
+        "subspace_rank": cfg.subspace_rank,
         "seed": args.seed,
         "facts": len(rows),
         "passed": sum(r["passed"] for r in rows),
