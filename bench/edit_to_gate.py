@@ -8,12 +8,15 @@ a seed no tuning run used) trains one edit from the base model with the default 
 fact: steps, seconds until the first step ended (copy, teachers, keys, gate
 thresholds, one step), training wall and process-CPU seconds (CPU seconds hardly move with the
 machine's load; wall seconds do), how many layers were gated, how many training
-sequences no gate could reach (dropped), the gate's seconds, verdict and figures.
-``--learning-rate``, ``--gate-margin`` and ``--subspace-rank`` override the config to compare settings on
-the same facts. Prints one line per fact and one final JSON line.
+sequences no gate could reach (dropped), the gate's seconds and how many of its
+locality probes it ran (the others no gate of the edit opens on: skipped, as the
+worker does), verdict and figures. ``--learning-rate``, ``--gate-margin`` and
+``--subspace-rank`` override the config to compare settings on the same facts;
+``--compare-skip`` also runs the gate on every probe and reports its time and the
+largest difference in any figure. Prints one line per fact and one final JSON line.
 
     python bench/edit_to_gate.py [--facts 4] [--seed 31415] [--learning-rate 0.02]
-        [--gate-margin 1.5] [--subspace-rank 8]
+        [--gate-margin 1.5] [--subspace-rank 8] [--compare-skip]
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="default: learning.learning_rate")
     parser.add_argument("--gate-margin", type=float, default=None, help="default: learning.gate_margin")
     parser.add_argument("--subspace-rank", type=int, default=None, help="default: learning.subspace_rank")
+    parser.add_argument(
+        "--compare-skip", action="store_true", help="also run every locality probe (the gate before probe skipping)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -44,6 +50,7 @@ def main() -> None:
     from dmha.config import LearningConfig, ModelConfig, default_data_dir
     from dmha.learning import ChatFormat, Editor, FeedbackItem, Gate, GateThresholds, UpdatePlan, ensure_references
     from dmha.learning.editor import delta_name
+    from dmha.learning.gate import probe_live
     from dmha.learning.online import learning_cache_dir
     from dmha.learning.precision import resolve_precision
     from dmha.llm.model_store import default_model_dir
@@ -67,6 +74,8 @@ def main() -> None:
     plan = UpdatePlan.from_config(cfg)
     space = editor.space(model, refs.stats, plan, refs.retain)
     gate = Gate(fmt, GateThresholds.from_config(cfg), workers=cfg.gate_workers or 1)
+    # The live model's half of the gate, as the worker keeps it per live version.
+    live_probe = probe_live(model, refs.gate, cfg.gate_workers or 1, cfg.edit_layers)
     rows: list[dict[str, Any]] = []
     for fact in make_facts(args.facts, args.seed):
         item = FeedbackItem.create(fact["input"], fact["target"])
@@ -85,8 +94,18 @@ def main() -> None:
         )
         train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
         t = time.perf_counter()
-        report = gate.evaluate(result.model, refs.gate, [item], [], model)
+        report = gate.evaluate(result.model, refs.gate, [item], [], model, live_probe, (result.delta, {}))
+        gate_s = time.perf_counter() - t
         m = report.metrics
+        full: dict[str, Any] = {}
+        if args.compare_skip:
+            t = time.perf_counter()
+            every = gate.evaluate(result.model, refs.gate, [item], [], model, live_probe)
+            full = {
+                "gate_full_s": round(time.perf_counter() - t, 1),
+                "same_verdict": every.passed == report.passed,
+                "largest_metric_gap": max(abs(every.metrics[k] - m[k]) for k in m if k != "n_retain_run"),
+            }
         row = {
             "fact": fact["input"],
             "steps": int(result.metrics["steps"]),
@@ -95,7 +114,9 @@ def main() -> None:
             "train_cpu_s": round(train_cpu, 1),
             "gated_layers": int(result.metrics["gated_layers"]),
             "dropped": int(result.metrics["unreached_dropped"]),
-            "gate_s": round(time.perf_counter() - t, 1),
+            "gate_s": round(gate_s, 1),
+            "probes_run": int(m["n_retain_run"]),
+            **full,
             "passed": report.passed,
             **{
                 k: round(m[k], 4)
@@ -104,6 +125,7 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    extra = {"gate_full_s_median": statistics.median(r["gate_full_s"] for r in rows)} if args.compare_skip else {}
     summary = {
         "learning_rate": cfg.learning_rate,
         "train_precision": precision,
@@ -116,8 +138,9 @@ def main() -> None:
         "train_s_median": statistics.median(r["train_s"] for r in rows),
         "train_cpu_s_median": statistics.median(r["train_cpu_s"] for r in rows),
         "gate_s_median": statistics.median(r["gate_s"] for r in rows),
+        "probes_run_median": statistics.median(r["probes_run"] for r in rows),
     }
-    print(json.dumps(summary))
+    print(json.dumps({**summary, **extra}))
 
 
 if __name__ == "__main__":

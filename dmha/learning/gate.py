@@ -19,6 +19,10 @@ Strict identity (every position agrees) and token agreement (share of all
 positions) are reported too, without gating on them. Live and candidate are scored
 by the same eager code on the same sequences, so numerics cancel out.
 
+Probes a key-gated candidate provably answers as the live model does (no gate of
+it opens on any of their tokens: :mod:`dmha.learning.reach`) are not run; they
+count as identical, which they are bitwise.
+
 Greedy checks of the feedback are done by teacher forcing where that is exact: if
 the candidate's argmax at every position of a known continuation equals that
 continuation's next token, its greedy decoding reproduces the continuation token for
@@ -38,9 +42,10 @@ import torch
 
 from dmha.config import LearningConfig
 from dmha.learning.feedback import FeedbackItem
-from dmha.learning.generation import answer_logits, greedy, sequence_nll
+from dmha.learning.generation import answer_logits, common_prefix, greedy, sequence_nll
 from dmha.learning.paraphrase import paraphrases
 from dmha.learning.prompting import ChatFormat, Sequence
+from dmha.learning.reach import ProbeKeys, probe_keys, untouched
 from dmha.learning.retain import GATE_RETAIN, HELDOUT_TEXT
 
 __all__ = [
@@ -110,23 +115,36 @@ class LiveProbe:
     Attributes:
         logprobs: per probe sequence, ``float16 [positions, vocab]`` log-probabilities.
         heldout_nll: mean NLL of the held-out text.
+        keys: the live model's keys on the probes at the edit layers, which tell the
+            probes a gated candidate cannot have changed (None: every probe is run).
     """
 
     logprobs: tuple[torch.Tensor, ...]
     heldout_nll: float
+    keys: ProbeKeys | None = None
 
 
 @torch.no_grad()
-def probe_live(live: Any, reference: GateReference, workers: int = 1) -> LiveProbe:
+def probe_live(live: Any, reference: GateReference, workers: int = 1, layers: Seq[int] = ()) -> LiveProbe:
     """Score the probes under the live model (the half of the locality check that does
     not depend on the candidate; the worker computes it once per live version).
 
-    ``workers``: threads the probes are split over (:func:`answer_logits`)."""
+    Args:
+        live: the live model.
+        reference: the probes.
+        workers: threads the probes are split over (:func:`answer_logits`).
+        layers: edit layers whose keys are kept (:class:`~dmha.learning.reach.ProbeKeys`).
+
+    Returns:
+        The live model's scores.
+    """
     live.eval()
     logits = answer_logits(live, reference.seqs, workers=workers)
+    keys = probe_keys(live, reference.seqs, layers, common_prefix(reference.seqs)) if layers else None
     return LiveProbe(
         tuple(torch.log_softmax(x.float(), -1).half() for x in logits),
         sequence_nll(live, reference.heldout),
+        keys,
     )
 
 
@@ -201,12 +219,15 @@ class LocalityScore:
     confident_positions: int
 
 
-def compare_logits(live: Seq[torch.Tensor], candidate: Seq[torch.Tensor], confident_nats: float) -> LocalityScore:
+def compare_logits(
+    live: Seq[torch.Tensor], candidate: Seq[torch.Tensor | None], confident_nats: float
+) -> LocalityScore:
     """Score a candidate's next-token logits against the live model's, sequence by sequence.
 
     Args:
         live: per sequence, the live model's ``[positions, vocab]`` logits.
-        candidate: the candidate's logits at the same positions.
+        candidate: the candidate's logits at the same positions; None where they are
+            known to be the live model's (they agree everywhere, KL 0).
         confident_nats: a position counts as confident when the live model's best
             token leads its second by at least this many nats.
 
@@ -217,9 +238,20 @@ def compare_logits(live: Seq[torch.Tensor], candidate: Seq[torch.Tensor], confid
     kls: list[float] = []
     for lx, cx in zip(live, candidate, strict=True):
         lp = torch.log_softmax(lx.float(), -1)
-        cp = torch.log_softmax(cx.float(), -1)
         top2 = lp.topk(2, dim=-1).values
         confident = (top2[:, 0] - top2[:, 1]) >= confident_nats
+        if cx is None:
+            n = int(confident.sum())
+            agree_conf, n_conf, agree, total, strict = (
+                agree_conf + n,
+                n_conf + n,
+                agree + len(lp),
+                total + len(lp),
+                strict + 1,
+            )
+            kls.append(0.0)
+            continue
+        cp = torch.log_softmax(cx.float(), -1)
         same = lp.argmax(-1) == cp.argmax(-1)
         agree_conf += int((same & confident).sum())
         n_conf += int(confident.sum())
@@ -280,6 +312,24 @@ class Gate:
                     failures.append((cases[i][0], answer))
         return ok, failures
 
+    @staticmethod
+    def _candidate_keys(
+        candidate: Any, reference: GateReference, live_keys: ProbeKeys | None, run: list[int] | None
+    ) -> ProbeKeys | None:
+        """The candidate's keys on the probes: the live model's, with those of the probes
+        it ran recomputed (``run`` None: all of them, as after a dense change)."""
+        if live_keys is None:
+            return None
+        prefix = common_prefix(reference.seqs)
+        if run is None:
+            return probe_keys(candidate, reference.seqs, live_keys.layers, prefix)
+        if not run:
+            return live_keys
+        # Only probes a gate opened on are recomputed, so the prefix (no gate opens
+        # there, or every probe would have run) keeps its keys.
+        fresh = probe_keys(candidate, [reference.seqs[i] for i in run], live_keys.layers, prefix, with_prefix=False)
+        return live_keys.replaced(run, fresh)
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -289,6 +339,7 @@ class Gate:
         replay: Seq[FeedbackItem],
         live: Any,
         live_probe: LiveProbe | None = None,
+        deltas: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     ) -> GateReport:
         """Check a candidate against the live model.
 
@@ -299,6 +350,9 @@ class Gate:
             replay: earlier accepted feedback it must still know.
             live: the serving model the candidate would replace.
             live_probe: :func:`probe_live` of ``live`` when already computed.
+            deltas: the candidate's and the live version's cumulative deltas; with
+                the probe's keys they tell the probes the candidate cannot have
+                changed, which are then not run (:mod:`dmha.learning.reach`).
 
         Returns:
             The report; ``passed`` is False with one reason per missed threshold.
@@ -313,11 +367,23 @@ class Gate:
         gen = ok[len(direct) : len(direct) + len(para)]
         ret = ok[len(direct) + len(para) :]
         probe = live_probe if live_probe is not None else probe_live(live, reference, self.workers)
-        cand_logits = answer_logits(candidate, reference.seqs, workers=self.workers)
-        loc = compare_logits([x.float() for x in probe.logprobs], cand_logits, th.confident_nats)
+        same = untouched(probe.keys, *deltas) if probe.keys is not None and deltas is not None else None
+        run = [i for i in range(len(reference.seqs)) if same is None or not same[i]]
+        logits = answer_logits(candidate, [reference.seqs[i] for i in run], workers=self.workers) if run else []
+        computed = dict(zip(run, logits, strict=True))
+        cand_logits = [computed.get(i) for i in range(len(reference.seqs))]
+        loc = compare_logits(probe.logprobs, cand_logits, th.confident_nats)
         nll = sequence_nll(candidate, reference.heldout)
-        # Kept so that a deployed candidate need not be scored again as the new live model.
-        cand_probe = LiveProbe(tuple(torch.log_softmax(x.float(), -1).half() for x in cand_logits), nll)
+        # Kept so that a deployed candidate need not be scored again as the new live
+        # model: the probes not run keep the live model's scores and keys (bitwise its own).
+        cand_probe = LiveProbe(
+            tuple(
+                probe.logprobs[i] if x is None else torch.log_softmax(x.float(), -1).half()
+                for i, x in enumerate(cand_logits)
+            ),
+            nll,
+            self._candidate_keys(candidate, reference, probe.keys, run if same is not None else None),
+        )
         ppl_rise = math.exp(nll - probe.heldout_nll) - 1.0
 
         def share(xs: list[bool]) -> float:
@@ -337,6 +403,7 @@ class Gate:
             "n_paraphrases": float(len(gen)),
             "n_replayed": float(len(ret)),
             "n_retain": float(len(reference.seqs)),
+            "n_retain_run": float(len(run)),
             "n_confident_positions": float(loc.confident_positions),
         }
         reasons = []

@@ -51,6 +51,7 @@ from dmha.process_resources import lower_thread_priority, trim
 __all__ = ["LearningWorker", "PlanHook"]
 
 log = logging.getLogger(__name__)
+_Delta = dict[str, torch.Tensor]
 
 PlanHook = Callable[[Job, UpdatePlan], UpdatePlan]
 """``plan_for(job, default_plan) -> plan``: where the causal meta-learner decides."""
@@ -243,7 +244,7 @@ class LearningWorker:
                     # Earlier edits stay protected: their keys join the preserved set.
                     editor = Editor(self._format(live))
                     stats = stats.with_keys(editor.fact_keys(live.torch_model, history, self.cfg.edit_layers))
-            self._state = self._scored(live, refs, delta, stats, self._gate_workers)
+            self._state = self._scored(live, refs, delta, stats)
             self._warm(self._state, live.torch_model)
             log.info("learning state of %s ready in %.1fs", live.version, time.monotonic() - started)
             return self._state
@@ -264,13 +265,11 @@ class LearningWorker:
         """Decompose the preserved statistics now (seconds), not in the next job."""
         self._space(state, model, UpdatePlan.from_config(self.cfg))
 
-    @staticmethod
-    def _scored(
-        live: ModelHandle, refs: References, delta: dict[str, torch.Tensor], stats: KeyStats, workers: int
-    ) -> _LiveState:
+    def _scored(self, live: ModelHandle, refs: References, delta: _Delta, stats: KeyStats) -> _LiveState:
         # The live model's half of the gate: the same for every job until the next
         # deploy, so computed once (after a deploy the gate's own scores are reused).
-        return _LiveState(live.version, delta, stats, probe_live(live.torch_model, refs.gate, workers))
+        probe = probe_live(live.torch_model, refs.gate, self._gate_workers, self.cfg.edit_layers)
+        return _LiveState(live.version, delta, stats, probe)
 
     # ------------------------------------------------------------- one job
 
@@ -502,7 +501,8 @@ class LearningWorker:
         self.jobs.transition(job.job_id, "evaluating")
         t0 = time.monotonic()
         gate = Gate(fmt, GateThresholds.from_config(self.cfg), workers=self._gate_workers)
-        report = gate.evaluate(result.model, refs.gate, job.items, replay, live.torch_model, state.probe)
+        deltas = (result.delta, state.delta)  # with the probe's keys: the probes the edit cannot reach are not run
+        report = gate.evaluate(result.model, refs.gate, job.items, replay, live.torch_model, state.probe, deltas)
         gate_s = time.monotonic() - t0
         metrics = {
             **report.metrics,
@@ -554,9 +554,7 @@ class LearningWorker:
         metrics["stored_bytes"] = float(version.stored_bytes)
         # The next job starts from here: score the new live version now, after the swap.
         with self._prepare_lock:
-            probe = report.probe
-            if probe is None:
-                probe = probe_live(result.model, refs.gate, self._gate_workers)
+            probe = report.probe or probe_live(result.model, refs.gate, self._gate_workers, self.cfg.edit_layers)
             self._state = _LiveState(handle.version, result.delta, state.stats.with_keys(result.keys), probe)
         self._after_deploy(handle, self._state, freeze=self.cfg.freeze and not freeze_first)
 

@@ -12,6 +12,7 @@ from torch import nn
 from dmha.learning import Editor, FeedbackItem, KeyStats, LearningError, Objective, UpdatePlan, apply_delta
 from dmha.learning.adapters import candidate_copy, reaches
 from dmha.learning.editor import NullSpaceDelta, delta_name
+from dmha.learning.gate import Gate, GateThresholds, build_gate_reference, probe_live
 from dmha.learning.gated import (
     GatedEdits,
     append_edit,
@@ -23,6 +24,7 @@ from dmha.learning.gated import (
     install_gated,
     token_shares,
 )
+from dmha.learning.reach import untouched
 
 D_IN, D_OUT = 12, 5
 
@@ -292,3 +294,72 @@ def test_a_version_with_gated_edits_trains_on_in_bfloat16(tiny_model, fmt) -> No
     )
     assert math.isfinite(second.losses[-1]) and second.losses[-1] < second.losses[0]
     assert any(len(f["thresholds"]) >= 1 for f in gated_layers(second.delta).values())
+
+
+def test_the_gate_skips_probes_no_gate_opens_on_with_the_same_verdict(tiny_model, fmt) -> None:
+    prompts = [f"Tell me about the number {n}." for n in range(6)] + ["What is the capital of Zubrowka?"]
+    ref = build_gate_reference(tiny_model, fmt, prompts)
+    live_probe = probe_live(tiny_model, ref, layers=(0, 1))
+    keys = live_probe.keys
+    assert keys is not None
+    # An edit whose gate is the key of one token of the last probe: it opens there only.
+    target = keys.probe(0, len(prompts) - 1)[-3].float()
+    g = torch.Generator().manual_seed(3)
+    gate, _ = torch.linalg.qr(torch.stack([target, torch.randn(len(target), generator=g)], 1))
+    delta: dict[str, torch.Tensor] = {}
+    b = 3.0 * torch.randn(tiny_model.config.hidden_size, 2, generator=g)
+    append_edit(delta, 0, gate, 0.9, torch.randn(2, 2, generator=g) @ gate.T, b)
+    candidate = copy.deepcopy(tiny_model)
+    apply_delta(candidate, {}, delta)
+    same = untouched(keys, delta, {})
+    assert same == [True] * (len(prompts) - 1) + [False]
+    gate_ = Gate(fmt, GateThresholds())
+    item = FeedbackItem("f1", "What is the capital of Zubrowka?", "The capital is Vlorn.")
+    full = gate_.evaluate(candidate, ref, [item], [], tiny_model, live_probe)
+    skipping = gate_.evaluate(candidate, ref, [item], [], tiny_model, live_probe, (delta, {}))
+    assert (full.metrics["n_retain_run"], skipping.metrics["n_retain_run"]) == (len(prompts), 1)
+    assert full.metrics["kl_prompt_max"] > 0  # the edit did change the probe it reaches
+    # Skipped probes are bitwise the live model's: every count is the full run's, and
+    # the KL figures differ only by the rounding of the one probe run alone (batched
+    # with the others in the full run) and of the stored half-precision scores.
+    for name, value in full.metrics.items():
+        if name.startswith("kl_"):
+            assert skipping.metrics[name] == pytest.approx(value, rel=1e-3), name
+        elif name != "n_retain_run":
+            assert skipping.metrics[name] == value, name
+    assert skipping.passed == full.passed
+    assert full.probe is not None and skipping.probe is not None
+    pairs = list(zip(full.probe.logprobs, skipping.probe.logprobs, strict=True))
+    assert all(torch.equal(a, b) for a, b in pairs[:-1])
+    torch.testing.assert_close(pairs[-1][0].float(), pairs[-1][1].float(), atol=1e-3, rtol=1e-3)
+    # The keys carried to the next live version are the candidate's own.
+    carried, fresh = skipping.probe.keys, probe_live(candidate, ref, layers=(0, 1)).keys
+    assert carried is not None and fresh is not None and carried.offsets == fresh.offsets
+    for i in (0, 1):
+        torch.testing.assert_close(carried.rows[i].float(), fresh.rows[i].float(), atol=1e-3, rtol=1e-3)
+    assert not torch.equal(carried.rows[1], keys.rows[1])  # the reached probe's layer-1 keys moved
+
+
+def test_a_dense_change_or_an_unknown_layer_runs_every_probe(tiny_model, fmt) -> None:
+    ref = build_gate_reference(tiny_model, fmt, ["Tell me a story.", "Who wrote the book?"])
+    keys = probe_live(tiny_model, ref, layers=(0,)).keys
+    assert keys is not None
+    gated = _one_layer_edit(tiny_model, layer=0)
+    assert untouched(keys, gated, {}) is not None
+    assert untouched(keys, {**gated, delta_name(1): torch.ones(1)}, {}) is None  # dense change
+    assert untouched(keys, _one_layer_edit(tiny_model, layer=1), {}) is None  # keys not held
+    # A gate that opens on the shared prefix reaches every probe.
+    d_in = tiny_model.model.layers[0].mlp.down_proj.in_features
+    wide = {}
+    append_edit(wide, 0, torch.eye(d_in), 0.5, torch.eye(d_in)[:2], torch.zeros(tiny_model.config.hidden_size, 2))
+    assert untouched(keys, wide, {}) == [False, False]
+
+
+def _one_layer_edit(model, layer: int) -> dict[str, torch.Tensor]:
+    d_in = model.model.layers[layer].mlp.down_proj.in_features
+    d_out = model.config.hidden_size
+    g = torch.Generator().manual_seed(layer)
+    gate, _ = torch.linalg.qr(torch.randn(d_in, 2, generator=g))
+    delta: dict[str, torch.Tensor] = {}
+    append_edit(delta, layer, gate, 0.99, torch.randn(2, 2, generator=g) @ gate.T, torch.randn(d_out, 2, generator=g))
+    return delta
