@@ -8,6 +8,7 @@ change (a question about another country's capital, for a made-up country's capi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from dmha.learning.nullspace import collect_keys
 from dmha.learning.prompting import Sequence
 
-__all__ = ["RetainExposure", "most_exposed", "most_exposed_known"]
+__all__ = ["RetainExposure", "expose", "most_exposed", "most_exposed_known", "shares_in"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,36 @@ class RetainExposure:
     energy: dict[int, torch.Tensor]
 
 
+def expose(model: Any, seqs: Seq[Sequence], space_bases: Mapping[int, torch.Tensor], skip: int) -> RetainExposure:
+    """Collect ``seqs``' keys under ``model`` as coordinates in the space's bases.
+
+    Args:
+        model: the live model.
+        seqs: the sequences (retain prompts, or accepted feedback).
+        space_bases: layer -> the space's orthonormal basis ``U``.
+        skip: leading tokens every sequence shares (left out).
+
+    Returns:
+        The exposure.
+    """
+    layers = list(space_bases)
+    keys = collect_keys(model, list(seqs), layers, skip=skip)
+    return RetainExposure(
+        tuple(seqs),
+        tuple(len(s.ids) - skip for s in seqs),
+        {i: keys[i] @ space_bases[i] for i in layers},
+        {i: keys[i].pow(2).sum(-1) for i in layers},
+    )
+
+
+def shares_in(
+    exposure: RetainExposure, space_bases: Mapping[int, torch.Tensor], layer: int, u: torch.Tensor
+) -> torch.Tensor:
+    """Each token's share of key energy in the directions ``u`` (inside the space's basis)."""
+    inside = (exposure.coords[layer] @ (space_bases[layer].T @ u)).square().sum(-1)
+    return inside / exposure.energy[layer].clamp(min=1e-12)
+
+
 def most_exposed(
     model: Any, retain: list[Sequence], bases: Mapping[int, torch.Tensor], k: int, skip: int
 ) -> list[Sequence]:
@@ -59,11 +90,7 @@ def most_exposed_known(
 ) -> list[Sequence]:
     """:func:`most_exposed` from keys collected with the space: the edit's directions
     lie in the space's basis ``U``, so ``K u = (K U)(Uᵀ u)`` exactly."""
-    shares = {
-        layer: (exposure.coords[layer] @ (space_bases[layer].T @ u)).pow(2).sum(-1)
-        / exposure.energy[layer].clamp(min=1e-12)
-        for layer, u in bases.items()
-    }
+    shares = {layer: shares_in(exposure, space_bases, layer, u) for layer, u in bases.items()}
     return _top_by_share(list(exposure.seqs), list(exposure.lengths), shares, k)
 
 

@@ -292,7 +292,11 @@ def token_shares(keys: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 
 def gate_thresholds(
-    generic_max: Mapping[int, float], fact: Mapping[int, torch.Tensor], bases: Mapping[int, torch.Tensor], margin: float
+    generic_max: Mapping[int, float],
+    fact: Mapping[int, torch.Tensor],
+    bases: Mapping[int, torch.Tensor],
+    margin: float,
+    floors: Mapping[int, float] | None = None,
 ) -> dict[int, float]:
     """Per layer, the key share a gated edit needs: ``margin`` × the largest generic token's.
 
@@ -309,6 +313,8 @@ def gate_thresholds(
         fact: layer -> the fact's keys.
         bases: layer -> the directions the edit reads.
         margin: how far above generic text a token must stand.
+        floors: layer -> a threshold the gate needs at least, whatever the margin
+            (above the tokens of earlier feedback, which the gate must not open on).
 
     Returns:
         layer -> threshold, for the layers where the fact's keys reach it.
@@ -324,13 +330,14 @@ def gate_thresholds(
     }
     rungs = [margin, 1.0 + (margin - 1.0) / 2] if margin > 1.0 else [margin]
     for rung in rungs:
-        taus = {layer: rung * generic_max[layer] for layer in tops}  # above 1 no token can reach one
+        # (Above 1 no token can reach a threshold: the layer drops out.)
+        taus = {layer: max(rung * generic_max[layer], (floors or {}).get(layer, 0.0)) for layer in tops}
         out = {layer: tau for layer, tau in taus.items() if 0 < tau <= tops[layer]}
         if out:
             if rung != margin:
                 log.info("no token of the feedback stands out by %gx: gated at %gx", margin, rung)
             return out
     raise LearningError(
-        f"no token of the feedback stands out from generic text by {rungs[-1]:g}x in the edit's "
-        "directions: a gated edit could not tell it apart"
+        f"no token of the feedback stands out from generic text by {rungs[-1]:g}x (and above the "
+        "feedback learned before) in the edit's directions: a gated edit could not tell it apart"
     )

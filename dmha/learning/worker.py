@@ -16,6 +16,7 @@ each deploy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -203,8 +204,9 @@ class LearningWorker:
         if self._refs is None:
             fmt = self._format(live)
             base_model = live.torch_model
-            if live.version != BASE_VERSION:
-                base_model = _load_base(self.registry.base_path, live.torch_model)
+            if live.version != BASE_VERSION:  # references are the base model's: load a fresh one
+                param = next(live.torch_model.parameters())
+                base_model = load_causal_lm(self.registry.base_path, param.dtype, param.device)
             self._refs = ensure_references(
                 base_model,
                 self.registry.base_path,
@@ -257,8 +259,11 @@ class LearningWorker:
             if space is None:
                 # Both are set with the references, before any state exists.
                 assert self._fmt is not None and self._refs is not None
+                learned = []  # a live version outside the registry: edited over as base
+                with contextlib.suppress(NotFound):
+                    learned = self.registry.feedback_history(state.version)
                 editor = Editor(self._fmt)
-                space = state.spaces[key] = editor.space(model, state.stats, plan, self._refs.retain)
+                space = state.spaces[key] = editor.space(model, state.stats, plan, self._refs.retain, learned)
         return space
 
     def _warm(self, state: _LiveState, model: Any) -> None:
@@ -590,9 +595,3 @@ class _Outcome:
 
 def _with_notes(error: str, notes: list[str]) -> str:
     return " | ".join([*notes, error]) if notes else error
-
-
-def _load_base(model_dir: Path, like: Any) -> Any:
-    """A fresh base model (for references when the live version is not base)."""
-    param = next(like.parameters())
-    return load_causal_lm(model_dir, param.dtype, param.device)

@@ -24,6 +24,7 @@ from dmha.learning.gated import (
     install_gated,
     token_shares,
 )
+from dmha.learning.generation import answer_logits
 from dmha.learning.reach import untouched
 
 D_IN, D_OUT = 12, 5
@@ -363,3 +364,31 @@ def _one_layer_edit(model, layer: int) -> dict[str, torch.Tensor]:
     delta: dict[str, torch.Tensor] = {}
     append_edit(delta, layer, gate, 0.99, torch.randn(2, 2, generator=g) @ gate.T, torch.randn(d_out, 2, generator=g))
     return delta
+
+
+def test_a_gated_edit_stays_shut_on_the_feedback_learned_before(tiny_model, fmt) -> None:
+    stats, base, retain, plan, item = _gated_setup(tiny_model, fmt)
+    editor = Editor(fmt)
+    earlier = FeedbackItem("f0", "What is the capital of Xandoria?", "The capital is Quell.")
+    space = editor.space(tiny_model, stats, plan, retain, accepted=[earlier])
+    assert space.accepted is not None and space.accepted_inputs == ("what is the capital of xandoria?",)
+    result = editor.train(tiny_model, [item], plan, stats, base, {}, retain=retain, space=space)
+    assert gated_layers(result.delta)
+    # Not one token of the earlier question and answer opens the new gate: the earlier
+    # answer is scored bitwise as before. Without the earlier feedback some do.
+    seq = [fmt.sequence(earlier.input, earlier.target)]
+    with torch.no_grad():
+        before, after = answer_logits(tiny_model, seq)[0], answer_logits(result.model, seq)[0]
+    assert torch.equal(before, after)
+    unprotected = editor.train(
+        tiny_model, [item], plan, stats, base, {}, retain=retain, space=editor.space(tiny_model, stats, plan, retain)
+    )
+    with torch.no_grad():
+        assert not torch.equal(before, answer_logits(unprotected.model, seq)[0])
+    # The same question taught again is its correction: its own tokens are not shut out.
+    again = editor.space(tiny_model, stats, plan, retain, accepted=[FeedbackItem("f2", item.input, "Old answer.")])
+    retaught = editor.train(tiny_model, [item], plan, stats, base, {}, retain=retain, space=again)
+    assert torch.equal(
+        gated_layers(retaught.delta)[delta_name(0)]["thresholds"],
+        gated_layers(unprotected.delta)[delta_name(0)]["thresholds"],
+    )
